@@ -1,0 +1,90 @@
+//! `rowgate access`: a user's role, groups, readable tables with each one's
+//! effective filter as SQL, and every attribute value with where it came from.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use super::{FAILED, OK};
+use crate::policy::{Access, Grant, PolicySet, Role};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Path to proxy.yaml.
+    #[arg(short = 'c', long = "config", default_value = "proxy.yaml")]
+    config: PathBuf,
+    /// The user to show.
+    #[arg(long)]
+    user: String,
+}
+
+pub fn run(args: &Args) -> u8 {
+    let Some(loaded) = super::load_policies(&args.config) else {
+        return FAILED;
+    };
+    let Some(access) = loaded.policy.access(&args.user) else {
+        eprintln!("rowgate: no user `{}` in the policies", args.user);
+        return FAILED;
+    };
+    print!("{}", render(&loaded.policy, &access));
+    OK
+}
+
+/// The report `rowgate access` prints.
+pub fn render(policy: &PolicySet, access: &Access) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "user: {}", access.user);
+    let role_note = match access.role {
+        Role::Admin => "statements pass unchanged",
+        Role::Analyst => "reads every table, no row filters, read-only",
+        Role::Member => "reads granted tables, row filters apply, read-only",
+    };
+    let _ = writeln!(out, "role: {} ({role_note})", access.role.name());
+    let groups = if access.groups.is_empty() {
+        "(none)".to_string()
+    } else {
+        access.groups.join(", ")
+    };
+    let _ = writeln!(out, "groups: {groups}");
+
+    let _ = writeln!(out, "attributes:");
+    for (name, resolved) in &access.attributes {
+        let _ = writeln!(out, "  {name}: {resolved}");
+    }
+
+    let _ = writeln!(out, "tables:");
+    match access.role {
+        Role::Admin | Role::Analyst => {
+            let _ = writeln!(out, "  every table: all rows");
+        }
+        Role::Member if access.grants.is_empty() => {
+            let _ = writeln!(out, "  (none)");
+        }
+        Role::Member => {
+            for (grant, origin) in &access.grants {
+                match grant {
+                    Grant::Table(rel) => {
+                        let filter = filter_text(access, rel);
+                        let _ = writeln!(out, "  {rel} ({origin}): {filter}");
+                    }
+                    Grant::Schema(_) => {
+                        let _ = writeln!(
+                            out,
+                            "  {grant} ({origin}): every table of the schema; all rows unless a rule below applies"
+                        );
+                        for rel in policy.tables.keys().filter(|r| grant.covers(r)) {
+                            let _ = writeln!(out, "    {rel}: {}", filter_text(access, rel));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn filter_text(access: &Access, rel: &crate::names::RelName) -> String {
+    match access.filter(rel) {
+        None => "all rows".to_string(),
+        Some(expr) => format!("WHERE {expr}"),
+    }
+}

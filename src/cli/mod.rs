@@ -1,0 +1,93 @@
+//! The command line (SPEC §1): one module per command.
+
+mod access;
+mod check;
+mod explain;
+mod passwd;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Env};
+use crate::policy::{self, Loaded};
+
+/// Exit code for success.
+pub const OK: u8 = 0;
+/// Exit code for a refusal (`explain`) or problems found (`check`).
+pub const REFUSED: u8 = 1;
+/// Exit code for anything that stopped the command from doing its work.
+pub const FAILED: u8 = 2;
+
+/// rowgate: a PostgreSQL proxy that enforces row-level permissions.
+#[derive(Debug, Parser)]
+#[command(name = "rowgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy until SIGINT/SIGTERM; SIGHUP reloads policies.
+    Serve(ConfigArg),
+    /// Validate the config and every policy file.
+    Check(ConfigArg),
+    /// Print the SQL that would be forwarded upstream for a user, or the refusal.
+    Explain(explain::Args),
+    /// Show a user's role, readable tables, filters and attribute values.
+    Access(access::Args),
+    /// Read a password on stdin and print a SCRAM-SHA-256 verifier.
+    Passwd,
+    /// Start a throwaway PostgreSQL with sample data and the proxy in front of it.
+    Demo,
+}
+
+/// The `-c` option every command that reads a config takes.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Path to proxy.yaml.
+    #[arg(short = 'c', long = "config", default_value = "proxy.yaml")]
+    pub config: PathBuf,
+}
+
+impl Cli {
+    /// Runs the command and returns the process exit code.
+    pub fn run(self) -> u8 {
+        match self.command {
+            Command::Check(c) => check::run(&c.config),
+            Command::Explain(args) => explain::run(&args),
+            Command::Access(args) => access::run(&args),
+            Command::Passwd => passwd::run(),
+            Command::Serve(_) | Command::Demo => {
+                eprintln!("rowgate: this command arrives with the proxy; see the README");
+                FAILED
+            }
+        }
+    }
+}
+
+/// Loads the config (leniently: these commands never go upstream) and its
+/// policies, printing problems to stderr.
+fn load_policies(config: &Path) -> Option<Loaded> {
+    let config = match Config::load(config, Env::Lenient) {
+        Ok(c) => c,
+        Err(problems) => {
+            print_problems(&problems);
+            return None;
+        }
+    };
+    match policy::load_path(&config.policies) {
+        Ok(loaded) => Some(loaded),
+        Err(problems) => {
+            print_problems(&problems);
+            None
+        }
+    }
+}
+
+fn print_problems(problems: &[crate::diag::Diagnostic]) {
+    for p in problems {
+        eprintln!("{p}");
+    }
+}

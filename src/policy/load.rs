@@ -1,0 +1,646 @@
+//! Loading policy files: read every `*.yaml`/`*.yml` of a directory (or one
+//! file), merge them, and validate everything, collecting every problem with
+//! its `file:line:column` instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::Spanned;
+
+use super::raw::{self, Scalar};
+use super::{AttrType, Filter, Grant, Group, Password, PolicySet, Role, TablePolicy, User, Values};
+use crate::diag::{self, Diagnostic, Pos};
+use crate::names::{self, Part, RelName};
+
+/// One policy file's name and text.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// A policy set that loaded, with the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub policy: PolicySet,
+    pub warnings: Vec<Diagnostic>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Loads a policy directory (every `*.yaml`/`*.yml` in it, in name order) or
+/// a single file. On failure returns every problem found, sorted by position.
+pub fn load_path(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+    let io_error = |p: &Path, e: std::io::Error| {
+        vec![Diagnostic::error(
+            p,
+            Pos::START,
+            format!("cannot read: {e}"),
+        )]
+    };
+    let mut paths = Vec::new();
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path).map_err(|e| io_error(path, e))?;
+        for entry in entries {
+            let p = entry.map_err(|e| io_error(path, e))?.path();
+            let yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            if yaml && p.is_file() {
+                paths.push(p);
+            }
+        }
+        paths.sort();
+        if paths.is_empty() {
+            return Err(vec![Diagnostic::error(
+                path,
+                Pos::START,
+                "the policy directory holds no *.yaml or *.yml file",
+            )]);
+        }
+    } else {
+        paths.push(path.to_path_buf());
+    }
+    let mut sources = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(&p).map_err(|e| io_error(&p, e))?;
+        sources.push(Source { path: p, text });
+    }
+    load_sources(&sources)
+}
+
+/// Parses, merges and validates policy sources.
+pub fn load_sources(sources: &[Source]) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut v = Validator::default();
+    let mut files = Vec::new();
+    for source in sources {
+        if let Some(file) = v.parse(source) {
+            files.push((source.path.clone(), file));
+        }
+    }
+    v.merge(files);
+    v.finish(sources.iter().map(|s| s.path.clone()).collect())
+}
+
+/// The entries of one section of a file, in the order they were written.
+fn sorted<T>(map: Option<raw::Map<T>>) -> Vec<(Spanned<String>, Spanned<T>)> {
+    let mut entries: Vec<_> = map.unwrap_or_default().into_iter().collect();
+    entries.sort_by_key(|(k, _)| Pos::from(k.referenced));
+    entries
+}
+
+fn sorted_ref<T>(map: &Option<raw::Map<T>>) -> Vec<(&Spanned<String>, &Spanned<T>)> {
+    let mut entries: Vec<_> = map.iter().flatten().collect();
+    entries.sort_by_key(|(k, _)| Pos::from(k.referenced));
+    entries
+}
+
+/// Whether `text` has the shape of a PostgreSQL SCRAM-SHA-256 verifier:
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+fn is_scram_verifier(text: &str) -> bool {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+    let Some(rest) = text.strip_prefix("SCRAM-SHA-256$") else {
+        return false;
+    };
+    let Some((params, keys)) = rest.split_once('$') else {
+        return false;
+    };
+    let Some((iterations, salt)) = params.split_once(':') else {
+        return false;
+    };
+    let Some((stored, server)) = keys.split_once(':') else {
+        return false;
+    };
+    iterations.parse::<u32>().is_ok_and(|i| i > 0)
+        && b64(salt).is_some_and(|s| !s.is_empty())
+        && b64(stored).is_some_and(|k| k.len() == 32)
+        && b64(server).is_some_and(|k| k.len() == 32)
+}
+
+/// An entry of a merged section: where it was defined, and its raw content.
+struct Entry<T> {
+    file: PathBuf,
+    pos: Pos,
+    value: T,
+}
+
+#[derive(Default)]
+struct Validator {
+    diagnostics: Vec<Diagnostic>,
+    attributes: BTreeMap<String, Entry<raw::Attribute>>,
+    groups: BTreeMap<String, Entry<raw::Group>>,
+    users: BTreeMap<String, Entry<raw::User>>,
+    tables: BTreeMap<RelName, Entry<raw::Table>>,
+    functions: Vec<(PathBuf, Spanned<String>)>,
+    references: Vec<Reference>,
+}
+
+/// A `references` filter, kept with its position for the checks that need
+/// every table first.
+struct Reference {
+    file: PathBuf,
+    pos: Pos,
+    from: RelName,
+    to: RelName,
+}
+
+fn pos<T>(s: &Spanned<T>) -> Pos {
+    s.referenced.into()
+}
+
+impl Validator {
+    fn error(&mut self, file: &Path, pos: Pos, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::error(file, pos, message));
+    }
+
+    fn parse(&mut self, source: &Source) -> Option<raw::File> {
+        let has_content = source.text.lines().any(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#') && t != "---"
+        });
+        if !has_content {
+            return Some(raw::File::default());
+        }
+        match serde_saphyr::from_str_with_options::<raw::File>(&source.text, diag::yaml_options()) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                self.diagnostics
+                    .push(diag::from_yaml_error(&source.path, &e));
+                None
+            }
+        }
+    }
+
+    fn merge(&mut self, files: Vec<(PathBuf, raw::File)>) {
+        for (path, file) in files {
+            for (key, value) in sorted(file.attributes) {
+                self.insert_named("attribute", &path, key, value.value, |v| &mut v.attributes);
+            }
+            for (key, value) in sorted(file.groups) {
+                self.insert_named("group", &path, key, value.value, |v| &mut v.groups);
+            }
+            for (key, value) in sorted(file.users) {
+                self.insert_named("user", &path, key, value.value, |v| &mut v.users);
+            }
+            for (key, value) in sorted(file.tables) {
+                let at = pos(&key);
+                let Some(rel) = self.relation(&path, &key) else {
+                    continue;
+                };
+                if let Some(first) = self.tables.get(&rel) {
+                    let msg = format!(
+                        "table {rel} is already defined at {}:{}:{}",
+                        first.file.display(),
+                        first.pos.line,
+                        first.pos.column
+                    );
+                    self.error(&path, at, msg);
+                    continue;
+                }
+                let entry = Entry {
+                    file: path.clone(),
+                    pos: at,
+                    value: value.value,
+                };
+                self.tables.insert(rel, entry);
+            }
+            for f in file.functions.unwrap_or_default() {
+                self.functions.push((path.clone(), f));
+            }
+        }
+    }
+
+    fn insert_named<T>(
+        &mut self,
+        kind: &str,
+        path: &Path,
+        key: Spanned<String>,
+        value: T,
+        section: impl Fn(&mut Self) -> &mut BTreeMap<String, Entry<T>>,
+    ) {
+        let at = pos(&key);
+        if key.value.is_empty() {
+            self.error(path, at, format!("a {kind} name cannot be empty"));
+            return;
+        }
+        if let Some(first) = section(self).get(&key.value) {
+            let msg = format!(
+                "{kind} `{}` is already defined at {}:{}:{}",
+                key.value,
+                first.file.display(),
+                first.pos.line,
+                first.pos.column
+            );
+            self.error(path, at, msg);
+            return;
+        }
+        let entry = Entry {
+            file: path.to_path_buf(),
+            pos: at,
+            value,
+        };
+        section(self).insert(key.value, entry);
+    }
+
+    /// A `schema.table` name from a policy file; reports and returns `None`
+    /// when malformed.
+    fn relation(&mut self, file: &Path, name: &Spanned<String>) -> Option<RelName> {
+        match names::parse_dotted(&name.value) {
+            Ok(parts) => match parts.as_slice() {
+                [Part::Name(schema), Part::Name(table)] => Some(RelName::new(schema, table)),
+                [Part::Name(_)] => {
+                    let msg = format!(
+                        "table name `{}` must be schema-qualified, e.g. `public.{}`",
+                        name.value, name.value
+                    );
+                    self.error(file, pos(name), msg);
+                    None
+                }
+                _ => {
+                    let msg = format!(
+                        "`{}` is not a table name of the form schema.table",
+                        name.value
+                    );
+                    self.error(file, pos(name), msg);
+                    None
+                }
+            },
+            Err(e) => {
+                let msg = format!("malformed table name `{}`: {e}", name.value);
+                self.error(file, pos(name), msg);
+                None
+            }
+        }
+    }
+
+    /// A grant (`schema.table` or `schema.*`).
+    fn grant(&mut self, file: &Path, name: &Spanned<String>) -> Option<Grant> {
+        match names::parse_dotted(&name.value) {
+            Ok(parts) => match parts.as_slice() {
+                [Part::Name(s), Part::Star] => Some(Grant::Schema(s.clone())),
+                [Part::Name(_), Part::Name(_)] => self.relation(file, name).map(Grant::Table),
+                [Part::Name(_)] => self.relation(file, name).map(Grant::Table),
+                _ => {
+                    let msg = format!(
+                        "malformed table pattern `{}`: write schema.table or schema.*",
+                        name.value
+                    );
+                    self.error(file, pos(name), msg);
+                    None
+                }
+            },
+            Err(e) => {
+                let msg = format!("malformed table pattern `{}`: {e}", name.value);
+                self.error(file, pos(name), msg);
+                None
+            }
+        }
+    }
+
+    fn grants(&mut self, file: &Path, list: &Option<Vec<Spanned<String>>>) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        for name in list.iter().flatten() {
+            if let Some(g) = self.grant(file, name) {
+                if !grants.contains(&g) {
+                    grants.push(g);
+                }
+            }
+        }
+        grants
+    }
+
+    fn attribute_values(
+        &mut self,
+        file: &Path,
+        types: &BTreeMap<String, AttrType>,
+        attrs: &Option<raw::Map<raw::Values>>,
+    ) -> BTreeMap<String, Values> {
+        let mut out = BTreeMap::new();
+        for (key, values) in sorted_ref(attrs) {
+            let name = &key.value;
+            if name == super::USERNAME {
+                let msg = "`username` is built in (the login name) and cannot be assigned";
+                self.error(file, pos(key), msg);
+                continue;
+            }
+            let Some(&ty) = types.get(name) else {
+                self.error(file, pos(key), format!("undefined attribute `{name}`"));
+                continue;
+            };
+            let items: Vec<(Pos, &Scalar)> = match &values.value {
+                raw::Values::One(s) => vec![(pos(values), s)],
+                raw::Values::List(list) => list.iter().map(|s| (pos(s), &s.value)).collect(),
+            };
+            if items.iter().any(|(_, s)| **s == Scalar::Str("All".into())) {
+                if items.len() > 1 {
+                    let msg =
+                        format!("`{name}`: `All` already means every value; list nothing else");
+                    self.error(file, pos(values), msg);
+                }
+                out.insert(name.clone(), Values::All);
+                continue;
+            }
+            let mut typed = Vec::new();
+            for (at, scalar) in items {
+                match ty.check(scalar) {
+                    Ok(v) if !typed.contains(&v) => typed.push(v),
+                    Ok(_) => {}
+                    Err(e) => self.error(file, at, format!("attribute `{name}`: {e}")),
+                }
+            }
+            out.insert(name.clone(), Values::List(typed));
+        }
+        out
+    }
+
+    fn finish(mut self, files: Vec<PathBuf>) -> Result<Loaded, Vec<Diagnostic>> {
+        let mut policy = PolicySet::default();
+        let mut warnings = Vec::new();
+
+        for (name, entry) in std::mem::take(&mut self.attributes) {
+            if name == super::USERNAME {
+                let msg = "`username` is built in (the login name) and cannot be declared";
+                self.error(&entry.file, entry.pos, msg);
+                continue;
+            }
+            match AttrType::parse(&entry.value.ty.value) {
+                Some(ty) => {
+                    policy.attributes.insert(name, ty);
+                }
+                None => {
+                    let msg = format!(
+                        "attribute `{name}`: unknown type `{}` (expected one of {})",
+                        entry.value.ty.value,
+                        AttrType::NAMES
+                    );
+                    self.error(&entry.file, pos(&entry.value.ty), msg);
+                }
+            }
+        }
+        let types = policy.attributes.clone();
+
+        for (name, entry) in std::mem::take(&mut self.tables) {
+            let mut filters = Vec::new();
+            for f in entry.value.filters.iter().flatten() {
+                if let Some(filter) = self.filter(&entry.file, &types, &name, f) {
+                    filters.push(filter);
+                }
+            }
+            policy.tables.insert(name, TablePolicy { filters });
+        }
+        self.check_references(&policy);
+
+        for (name, entry) in std::mem::take(&mut self.groups) {
+            let tables = self.grants(&entry.file, &entry.value.tables);
+            let attributes = self.attribute_values(&entry.file, &types, &entry.value.attributes);
+            policy.groups.insert(name, Group { tables, attributes });
+        }
+
+        for (name, entry) in std::mem::take(&mut self.users) {
+            let file = entry.file.clone();
+            let u = entry.value;
+            let role = match &u.role {
+                None => Role::Member,
+                Some(r) => Role::parse(&r.value).unwrap_or_else(|| {
+                    let msg = format!(
+                        "user `{name}`: unknown role `{}` (expected admin, analyst or member)",
+                        r.value
+                    );
+                    self.error(&file, pos(r), msg);
+                    Role::Member
+                }),
+            };
+            let password = match &u.password {
+                None => {
+                    let msg = format!("user `{name}` has no password");
+                    self.error(&file, entry.pos, msg);
+                    Password::Plain(String::new())
+                }
+                Some(p) if p.value.starts_with("SCRAM-SHA-256$") => {
+                    if !is_scram_verifier(&p.value) {
+                        let msg = format!(
+                            "user `{name}`: malformed SCRAM-SHA-256 verifier (make one with `rowgate passwd`)"
+                        );
+                        self.error(&file, pos(p), msg);
+                    }
+                    Password::Scram(p.value.clone())
+                }
+                Some(p) if p.value.is_empty() => {
+                    self.error(
+                        &file,
+                        pos(p),
+                        format!("user `{name}` has an empty password"),
+                    );
+                    Password::Plain(String::new())
+                }
+                Some(p) => {
+                    let msg = format!(
+                        "user `{name}` has a plain-text password; store a verifier from `rowgate passwd` instead"
+                    );
+                    warnings.push(Diagnostic::warning(&file, pos(p), msg));
+                    Password::Plain(p.value.clone())
+                }
+            };
+            let mut groups = Vec::new();
+            for g in u.groups.iter().flatten() {
+                if !policy.groups.contains_key(&g.value) {
+                    let msg = format!("user `{name}`: undefined group `{}`", g.value);
+                    self.error(&file, pos(g), msg);
+                } else if !groups.contains(&g.value) {
+                    groups.push(g.value.clone());
+                }
+            }
+            let tables = self.grants(&file, &u.tables);
+            let attributes = self.attribute_values(&file, &types, &u.attributes);
+            let user = User {
+                password,
+                role,
+                groups,
+                tables,
+                attributes,
+            };
+            policy.users.insert(name, user);
+        }
+
+        for (file, f) in std::mem::take(&mut self.functions) {
+            match names::parse_dotted(&f.value) {
+                Ok(parts) => match parts.as_slice() {
+                    [Part::Name(s), Part::Name(n)] => {
+                        policy.functions.insert(RelName::new(s, n));
+                    }
+                    _ => {
+                        let msg = format!("function `{}` must be written schema.name", f.value);
+                        self.error(&file, pos(&f), msg);
+                    }
+                },
+                Err(e) => {
+                    let msg = format!("malformed function name `{}`: {e}", f.value);
+                    self.error(&file, pos(&f), msg);
+                }
+            }
+        }
+
+        if self.diagnostics.is_empty() {
+            warnings.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+            Ok(Loaded {
+                policy,
+                warnings,
+                files,
+            })
+        } else {
+            let mut all = self.diagnostics;
+            all.extend(warnings);
+            all.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+            Err(all)
+        }
+    }
+
+    /// Every reference must name a table with a policy entry, and references
+    /// must not form a cycle.
+    fn check_references(&mut self, policy: &PolicySet) {
+        let references = std::mem::take(&mut self.references);
+        let mut edges: HashMap<&RelName, Vec<&Reference>> = HashMap::new();
+        for r in &references {
+            if policy.tables.contains_key(&r.to) {
+                edges.entry(&r.from).or_default().push(r);
+            } else {
+                let msg = format!(
+                    "references table {} which has no entry under `tables:`; add one (it may have no filters)",
+                    r.to
+                );
+                self.error(&r.file, r.pos, msg);
+            }
+        }
+        // Depth-first search; a back edge closes a cycle, reported once at
+        // the reference that closes it.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            Active,
+            Done,
+        }
+        fn visit<'a>(
+            node: &'a RelName,
+            edges: &HashMap<&'a RelName, Vec<&'a Reference>>,
+            marks: &mut HashMap<&'a RelName, Mark>,
+            path: &mut Vec<&'a RelName>,
+            cycles: &mut Vec<(&'a Reference, String)>,
+        ) {
+            marks.insert(node, Mark::Active);
+            path.push(node);
+            for r in edges.get(node).into_iter().flatten() {
+                match marks.get(&r.to) {
+                    Some(Mark::Active) => {
+                        let start = path.iter().position(|n| **n == r.to).unwrap_or(0);
+                        let mut names: Vec<String> =
+                            path[start..].iter().map(|n| n.to_string()).collect();
+                        names.push(r.to.to_string());
+                        cycles.push((r, names.join(" -> ")));
+                    }
+                    Some(Mark::Done) => {}
+                    None => visit(&r.to, edges, marks, path, cycles),
+                }
+            }
+            path.pop();
+            marks.insert(node, Mark::Done);
+        }
+        let mut marks = HashMap::new();
+        let mut cycles = Vec::new();
+        for table in policy.tables.keys() {
+            if !marks.contains_key(table) {
+                visit(table, &edges, &mut marks, &mut Vec::new(), &mut cycles);
+            }
+        }
+        for (r, cycle) in cycles {
+            let msg = format!("references form a cycle: {cycle}");
+            self.diagnostics
+                .push(Diagnostic::error(&r.file, r.pos, msg));
+        }
+    }
+
+    fn filter(
+        &mut self,
+        file: &Path,
+        types: &BTreeMap<String, AttrType>,
+        from: &RelName,
+        f: &Spanned<raw::Filter>,
+    ) -> Option<Filter> {
+        let column = self.column(file, &f.value.column)?;
+        match (&f.value.attribute, &f.value.references) {
+            (Some(a), None) => {
+                if a.value != super::USERNAME && !types.contains_key(&a.value) {
+                    self.error(file, pos(a), format!("undefined attribute `{}`", a.value));
+                    return None;
+                }
+                Some(Filter::Attribute {
+                    column,
+                    attribute: a.value.clone(),
+                })
+            }
+            (None, Some(r)) => {
+                let parsed = names::parse_dotted_prefix(&r.value).and_then(|(parts, rest)| {
+                    let rest = rest.trim();
+                    let inner = rest
+                        .strip_prefix('(')
+                        .and_then(|s| s.strip_suffix(')'))
+                        .ok_or_else(|| "expected `(column)` after the table name".to_string())?;
+                    match (parts.as_slice(), names::parse_dotted(inner)?.as_slice()) {
+                        ([Part::Name(s), Part::Name(t)], [Part::Name(c)]) => {
+                            Ok((RelName::new(s, t), c.clone()))
+                        }
+                        ([Part::Name(_)], _) => {
+                            Err("the referenced table must be schema-qualified".to_string())
+                        }
+                        _ => Err("expected schema.table(column)".to_string()),
+                    }
+                });
+                match parsed {
+                    Ok((table, target_column)) => {
+                        self.references.push(Reference {
+                            file: file.to_path_buf(),
+                            pos: pos(r),
+                            from: from.clone(),
+                            to: table.clone(),
+                        });
+                        Some(Filter::References {
+                            column,
+                            table,
+                            target_column,
+                        })
+                    }
+                    Err(e) => {
+                        let msg = format!("malformed reference `{}`: {e}", r.value);
+                        self.error(file, pos(r), msg);
+                        None
+                    }
+                }
+            }
+            (Some(a), Some(_)) => {
+                let msg = "a filter has either `attribute` or `references`, not both";
+                self.error(file, pos(a), msg);
+                None
+            }
+            (None, None) => {
+                let msg =
+                    "a filter needs `attribute: <name>` or `references: schema.table(column)`";
+                self.error(file, pos(f), msg);
+                None
+            }
+        }
+    }
+
+    fn column(&mut self, file: &Path, name: &Spanned<String>) -> Option<String> {
+        match names::parse_dotted(&name.value) {
+            Ok(parts) => match parts.as_slice() {
+                [Part::Name(c)] => Some(c.clone()),
+                _ => {
+                    let msg = format!("`{}` is not a column name", name.value);
+                    self.error(file, pos(name), msg);
+                    None
+                }
+            },
+            Err(e) => {
+                let msg = format!("malformed column name `{}`: {e}", name.value);
+                self.error(file, pos(name), msg);
+                None
+            }
+        }
+    }
+}

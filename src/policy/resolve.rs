@@ -1,0 +1,323 @@
+//! Attribute resolution (SPEC §3): a user's own value wins; otherwise the
+//! union of their groups' values; `All` from any source that applies means
+//! unrestricted; otherwise no value, which means no rows. The result, an
+//! [`Access`], also holds each table's effective row filter as an AST
+//! predicate, built once per session and cloned into every statement.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, GroupByExpr, Query, Select, SelectFlavor, SelectItem, SetExpr,
+    TableFactor, TableWithJoins, Value,
+};
+use sqlparser::tokenizer::{Span, Token, TokenWithSpan};
+
+use super::{AttrValue, Filter, Grant, PolicySet, Role, Values, USERNAME};
+use crate::names::{ident, RelName};
+
+/// Where an attribute value or a grant came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The user's own entry.
+    User,
+    /// A group the user belongs to.
+    Group(String),
+    /// The login name (the built-in `username` attribute).
+    Login,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::User => f.write_str("user"),
+            Origin::Group(g) => write!(f, "group {g}"),
+            Origin::Login => f.write_str("login name"),
+        }
+    }
+}
+
+/// A user's effective values for one attribute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// Unrestricted, and which sources said `All`.
+    All(Vec<Origin>),
+    /// These values, each with the sources that gave it; empty means no rows.
+    Values(Vec<(AttrValue, Vec<Origin>)>),
+}
+
+impl fmt::Display for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origins = |o: &[Origin]| {
+            o.iter()
+                .map(|o| o.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Resolved::All(o) => write!(f, "All ({})", origins(o)),
+            Resolved::Values(v) if v.is_empty() => f.write_str("(no value: no rows)"),
+            Resolved::Values(v) => {
+                let parts: Vec<String> = v
+                    .iter()
+                    .map(|(val, o)| format!("{val} ({})", origins(o)))
+                    .collect();
+                f.write_str(&parts.join(", "))
+            }
+        }
+    }
+}
+
+/// Everything one user may read and see, resolved from a [`PolicySet`].
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub user: String,
+    pub role: Role,
+    pub groups: Vec<String>,
+    /// Every grant, with where it came from.
+    pub grants: Vec<(Grant, Origin)>,
+    /// Every declared attribute, and `username`.
+    pub attributes: BTreeMap<String, Resolved>,
+    /// The row predicate of every table with a policy entry; `None` means the
+    /// table shows every row to this user.
+    filters: HashMap<RelName, Option<Expr>>,
+}
+
+impl Access {
+    /// Whether the user may read `rel` at all (grants for members; analysts
+    /// and admins read everything).
+    pub fn may_read(&self, rel: &RelName) -> bool {
+        match self.role {
+            Role::Admin | Role::Analyst => true,
+            Role::Member => self.grants.iter().any(|(g, _)| g.covers(rel)),
+        }
+    }
+
+    /// The predicate rows of `rel` must satisfy for this user, or `None` when
+    /// every row is visible.
+    pub fn filter(&self, rel: &RelName) -> Option<&Expr> {
+        match self.role {
+            Role::Admin | Role::Analyst => None,
+            Role::Member => self.filters.get(rel).and_then(Option::as_ref),
+        }
+    }
+}
+
+pub(super) fn resolve(policy: &PolicySet, name: &str) -> Option<Access> {
+    let user = policy.users.get(name)?;
+    let mut grants: Vec<(Grant, Origin)> = Vec::new();
+    let mut add_grant = |g: &Grant, o: Origin| {
+        if !grants.iter().any(|(have, _)| have == g) {
+            grants.push((g.clone(), o));
+        }
+    };
+    for g in &user.tables {
+        add_grant(g, Origin::User);
+    }
+    for group in &user.groups {
+        for g in &policy.groups[group].tables {
+            add_grant(g, Origin::Group(group.clone()));
+        }
+    }
+
+    let mut attributes = BTreeMap::new();
+    for attr in policy.attributes.keys() {
+        attributes.insert(attr.clone(), resolve_attribute(policy, user, attr));
+    }
+    let login = vec![(AttrValue::Text(name.to_string()), vec![Origin::Login])];
+    attributes.insert(USERNAME.to_string(), Resolved::Values(login));
+
+    let mut filters = HashMap::new();
+    for rel in policy.tables.keys() {
+        filters.insert(rel.clone(), predicate(policy, &attributes, rel, 0));
+    }
+    Some(Access {
+        user: name.to_string(),
+        role: user.role,
+        groups: user.groups.clone(),
+        grants,
+        attributes,
+        filters,
+    })
+}
+
+fn resolve_attribute(policy: &PolicySet, user: &super::User, attr: &str) -> Resolved {
+    if let Some(own) = user.attributes.get(attr) {
+        return match own {
+            Values::All => Resolved::All(vec![Origin::User]),
+            Values::List(vs) => {
+                Resolved::Values(vs.iter().map(|v| (v.clone(), vec![Origin::User])).collect())
+            }
+        };
+    }
+    let mut all_from = Vec::new();
+    let mut values: Vec<(AttrValue, Vec<Origin>)> = Vec::new();
+    for group in &user.groups {
+        let origin = Origin::Group(group.clone());
+        match policy.groups[group].attributes.get(attr) {
+            None => {}
+            Some(Values::All) => all_from.push(origin),
+            Some(Values::List(vs)) => {
+                for v in vs {
+                    match values.iter_mut().find(|(have, _)| have == v) {
+                        Some((_, origins)) => origins.push(origin.clone()),
+                        None => values.push((v.clone(), vec![origin.clone()])),
+                    }
+                }
+            }
+        }
+    }
+    if all_from.is_empty() {
+        Resolved::Values(values)
+    } else {
+        Resolved::All(all_from)
+    }
+}
+
+/// References are validated to be acyclic; this bound only guards against a
+/// policy set that was built by hand without validation.
+const MAX_REFERENCE_DEPTH: usize = 64;
+
+/// The predicate of `rel` for these attribute values, columns qualified by
+/// the table's own name. `None` means no restriction.
+fn predicate(
+    policy: &PolicySet,
+    attributes: &BTreeMap<String, Resolved>,
+    rel: &RelName,
+    depth: usize,
+) -> Option<Expr> {
+    let table = policy.tables.get(rel)?;
+    if depth > MAX_REFERENCE_DEPTH {
+        return Some(Expr::value(Value::Boolean(false)));
+    }
+    let mut conjuncts = Vec::new();
+    for filter in &table.filters {
+        match filter {
+            Filter::Attribute { column, attribute } => match attributes.get(attribute) {
+                Some(Resolved::All(_)) => {}
+                Some(Resolved::Values(vs)) if !vs.is_empty() => conjuncts.push(Expr::InList {
+                    expr: Box::new(column_ref(rel, column)),
+                    list: vs.iter().map(|(v, _)| v.to_expr()).collect(),
+                    negated: false,
+                }),
+                _ => return Some(Expr::value(Value::Boolean(false))),
+            },
+            Filter::References {
+                column,
+                table: target,
+                target_column,
+            } => {
+                let inner = predicate(policy, attributes, target, depth + 1);
+                let is_false =
+                    |e: &Expr| matches!(e, Expr::Value(v) if v.value == Value::Boolean(false));
+                if inner.as_ref().is_some_and(is_false) {
+                    return Some(Expr::value(Value::Boolean(false)));
+                }
+                let subquery = select_column(target, target_column, inner);
+                conjuncts.push(Expr::InSubquery {
+                    expr: Box::new(column_ref(rel, column)),
+                    subquery: Box::new(subquery),
+                    negated: false,
+                });
+            }
+        }
+    }
+    and_all(conjuncts)
+}
+
+/// `a AND b AND ...`, each side parenthesized, or `None` for no conjuncts.
+pub(crate) fn and_all(conjuncts: Vec<Expr>) -> Option<Expr> {
+    let nest = |e: Expr| match e {
+        Expr::BinaryOp { .. } => Expr::Nested(Box::new(e)),
+        other => other,
+    };
+    let mut iter = conjuncts.into_iter();
+    let first = iter.next()?;
+    if iter.len() == 0 {
+        return Some(first);
+    }
+    Some(iter.fold(nest(first), |acc, e| {
+        Expr::Nested(Box::new(Expr::BinaryOp {
+            left: Box::new(acc),
+            op: BinaryOperator::And,
+            right: Box::new(nest(e)),
+        }))
+    }))
+}
+
+fn column_ref(rel: &RelName, column: &str) -> Expr {
+    Expr::CompoundIdentifier(vec![ident(&rel.name), ident(column)])
+}
+
+/// `SELECT rel.column FROM schema.rel [WHERE predicate]`.
+pub(crate) fn select_column(rel: &RelName, column: &str, predicate: Option<Expr>) -> Query {
+    select_from(
+        rel,
+        vec![SelectItem::UnnamedExpr(column_ref(rel, column))],
+        predicate,
+        None,
+    )
+}
+
+/// `SELECT <projection> FROM schema.rel [sample] [WHERE predicate]`, the shape
+/// of every filtered derived table.
+pub(crate) fn select_from(
+    rel: &RelName,
+    projection: Vec<SelectItem>,
+    predicate: Option<Expr>,
+    sample: Option<sqlparser::ast::TableSampleKind>,
+) -> Query {
+    let relation = TableFactor::Table {
+        name: rel.to_object_name(),
+        alias: None,
+        args: None,
+        with_hints: vec![],
+        version: None,
+        with_ordinality: false,
+        partitions: vec![],
+        json_path: None,
+        sample,
+        index_hints: vec![],
+    };
+    let select = Select {
+        select_token: TokenWithSpan::new(Token::make_keyword("SELECT"), Span::empty()).into(),
+        optimizer_hints: vec![],
+        distinct: None,
+        select_modifiers: None,
+        top: None,
+        top_before_distinct: false,
+        projection,
+        exclude: None,
+        into: None,
+        from: vec![TableWithJoins {
+            relation,
+            joins: vec![],
+        }],
+        lateral_views: vec![],
+        prewhere: None,
+        selection: predicate,
+        connect_by: vec![],
+        group_by: GroupByExpr::Expressions(vec![], vec![]),
+        cluster_by: vec![],
+        distribute_by: vec![],
+        sort_by: vec![],
+        having: None,
+        named_window: vec![],
+        qualify: None,
+        window_before_qualify: false,
+        value_table_mode: None,
+        flavor: SelectFlavor::Standard,
+    };
+    Query {
+        with: None,
+        body: Box::new(SetExpr::Select(Box::new(select))),
+        order_by: None,
+        limit_clause: None,
+        fetch: None,
+        locks: vec![],
+        for_clause: None,
+        settings: None,
+        format_clause: None,
+        pipe_operators: vec![],
+    }
+}

@@ -1,0 +1,340 @@
+//! Name resolution: which schema holds a relation, answered by a [`Catalog`].
+//! Offline (`explain`, `access`, tests) the [`OfflineCatalog`] answers from the
+//! tables the policy names, PostgreSQL's own catalogs, and `public`; the proxy
+//! answers from the live database.
+
+use std::collections::HashSet;
+
+use crate::names::RelName;
+use crate::policy::PolicySet;
+
+/// Which relations exist, for resolving unqualified names along a search path.
+pub trait Catalog: Send + Sync {
+    /// Whether `schema` holds a relation (table, view, ...) called `name`.
+    fn contains(&self, schema: &str, name: &str) -> bool;
+}
+
+/// Resolves a folded, unqualified relation name as PostgreSQL does: the
+/// system catalog first (unless the search path places it explicitly), then
+/// each schema of the search path in order. `$user` entries are skipped: the
+/// proxy pins an explicit search path upstream.
+pub fn resolve(catalog: &dyn Catalog, search_path: &[String], name: &str) -> Option<RelName> {
+    let implicit_catalog = (!search_path.iter().any(|s| s == "pg_catalog")).then_some("pg_catalog");
+    implicit_catalog
+        .into_iter()
+        .chain(search_path.iter().map(String::as_str))
+        .filter(|schema| !schema.starts_with('$'))
+        .find(|schema| catalog.contains(schema, name))
+        .map(|schema| RelName::new(schema, name))
+}
+
+/// The schemas of PostgreSQL's own catalogs, which members may read (except
+/// the relations of [`is_blocked_catalog`]).
+pub fn is_system_schema(schema: &str) -> bool {
+    schema == "pg_catalog" || schema == "information_schema"
+}
+
+/// Catalog relations that expose other rows' values, other sessions, or
+/// secrets, and that no member or analyst may read (SPEC §4).
+pub fn is_blocked_catalog(rel: &RelName) -> bool {
+    if rel.schema != "pg_catalog" {
+        return false;
+    }
+    let name = rel.name.as_str();
+    const PREFIXES: &[&str] = &["pg_stat", "pg_replication_"];
+    const NAMES: &[&str] = &[
+        "pg_authid",
+        "pg_shadow",
+        "pg_user_mapping",
+        "pg_user_mappings",
+        "pg_largeobject",
+        "pg_largeobject_metadata",
+        "pg_file_settings",
+        "pg_hba_file_rules",
+        "pg_ident_file_mappings",
+        "pg_prepared_xacts",
+        "pg_subscription",
+        "pg_locks",
+        "pg_backend_memory_contexts",
+        "pg_shmem_allocations",
+        "pg_config",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
+}
+
+/// The catalog used without a database: the policy's tables, PostgreSQL's
+/// built-in catalog relations, and any other name taken to be in `public`.
+#[derive(Clone, Debug)]
+pub struct OfflineCatalog {
+    tables: HashSet<RelName>,
+}
+
+impl OfflineCatalog {
+    pub fn new(policy: &PolicySet) -> Self {
+        Self {
+            tables: policy.tables.keys().cloned().collect(),
+        }
+    }
+}
+
+impl Catalog for OfflineCatalog {
+    fn contains(&self, schema: &str, name: &str) -> bool {
+        match schema {
+            "pg_catalog" => PG_CATALOG.binary_search(&name).is_ok(),
+            "information_schema" => INFORMATION_SCHEMA.binary_search(&name).is_ok(),
+            "public" => true,
+            _ => self.tables.contains(&RelName::new(schema, name)),
+        }
+    }
+}
+
+/// Tables and views of `pg_catalog` in PostgreSQL 15, sorted.
+pub const PG_CATALOG: &[&str] = &[
+    "pg_aggregate",
+    "pg_am",
+    "pg_amop",
+    "pg_amproc",
+    "pg_attrdef",
+    "pg_attribute",
+    "pg_auth_members",
+    "pg_authid",
+    "pg_available_extension_versions",
+    "pg_available_extensions",
+    "pg_backend_memory_contexts",
+    "pg_cast",
+    "pg_class",
+    "pg_collation",
+    "pg_config",
+    "pg_constraint",
+    "pg_conversion",
+    "pg_cursors",
+    "pg_database",
+    "pg_db_role_setting",
+    "pg_default_acl",
+    "pg_depend",
+    "pg_description",
+    "pg_enum",
+    "pg_event_trigger",
+    "pg_extension",
+    "pg_file_settings",
+    "pg_foreign_data_wrapper",
+    "pg_foreign_server",
+    "pg_foreign_table",
+    "pg_group",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_index",
+    "pg_indexes",
+    "pg_inherits",
+    "pg_init_privs",
+    "pg_language",
+    "pg_largeobject",
+    "pg_largeobject_metadata",
+    "pg_locks",
+    "pg_matviews",
+    "pg_namespace",
+    "pg_opclass",
+    "pg_operator",
+    "pg_opfamily",
+    "pg_parameter_acl",
+    "pg_partitioned_table",
+    "pg_policies",
+    "pg_policy",
+    "pg_prepared_statements",
+    "pg_prepared_xacts",
+    "pg_proc",
+    "pg_publication",
+    "pg_publication_namespace",
+    "pg_publication_rel",
+    "pg_publication_tables",
+    "pg_range",
+    "pg_replication_origin",
+    "pg_replication_origin_status",
+    "pg_replication_slots",
+    "pg_rewrite",
+    "pg_roles",
+    "pg_rules",
+    "pg_seclabel",
+    "pg_seclabels",
+    "pg_sequence",
+    "pg_sequences",
+    "pg_settings",
+    "pg_shadow",
+    "pg_shdepend",
+    "pg_shdescription",
+    "pg_shmem_allocations",
+    "pg_shseclabel",
+    "pg_stat_activity",
+    "pg_stat_all_indexes",
+    "pg_stat_all_tables",
+    "pg_stat_archiver",
+    "pg_stat_bgwriter",
+    "pg_stat_database",
+    "pg_stat_database_conflicts",
+    "pg_stat_gssapi",
+    "pg_stat_progress_analyze",
+    "pg_stat_progress_basebackup",
+    "pg_stat_progress_cluster",
+    "pg_stat_progress_copy",
+    "pg_stat_progress_create_index",
+    "pg_stat_progress_vacuum",
+    "pg_stat_recovery_prefetch",
+    "pg_stat_replication",
+    "pg_stat_replication_slots",
+    "pg_stat_slru",
+    "pg_stat_ssl",
+    "pg_stat_subscription",
+    "pg_stat_subscription_stats",
+    "pg_stat_sys_indexes",
+    "pg_stat_sys_tables",
+    "pg_stat_user_functions",
+    "pg_stat_user_indexes",
+    "pg_stat_user_tables",
+    "pg_stat_wal",
+    "pg_stat_wal_receiver",
+    "pg_stat_xact_all_tables",
+    "pg_stat_xact_sys_tables",
+    "pg_stat_xact_user_functions",
+    "pg_stat_xact_user_tables",
+    "pg_statio_all_indexes",
+    "pg_statio_all_sequences",
+    "pg_statio_all_tables",
+    "pg_statio_sys_indexes",
+    "pg_statio_sys_sequences",
+    "pg_statio_sys_tables",
+    "pg_statio_user_indexes",
+    "pg_statio_user_sequences",
+    "pg_statio_user_tables",
+    "pg_statistic",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_subscription",
+    "pg_subscription_rel",
+    "pg_tables",
+    "pg_tablespace",
+    "pg_timezone_abbrevs",
+    "pg_timezone_names",
+    "pg_transform",
+    "pg_trigger",
+    "pg_ts_config",
+    "pg_ts_config_map",
+    "pg_ts_dict",
+    "pg_ts_parser",
+    "pg_ts_template",
+    "pg_type",
+    "pg_user",
+    "pg_user_mapping",
+    "pg_user_mappings",
+    "pg_views",
+];
+
+/// Views of `information_schema` in PostgreSQL 15, sorted.
+pub const INFORMATION_SCHEMA: &[&str] = &[
+    "_pg_foreign_data_wrappers",
+    "_pg_foreign_servers",
+    "_pg_foreign_table_columns",
+    "_pg_foreign_tables",
+    "_pg_user_mappings",
+    "administrable_role_authorizations",
+    "applicable_roles",
+    "attributes",
+    "character_sets",
+    "check_constraint_routine_usage",
+    "check_constraints",
+    "collation_character_set_applicability",
+    "collations",
+    "column_column_usage",
+    "column_domain_usage",
+    "column_options",
+    "column_privileges",
+    "column_udt_usage",
+    "columns",
+    "constraint_column_usage",
+    "constraint_table_usage",
+    "data_type_privileges",
+    "domain_constraints",
+    "domain_udt_usage",
+    "domains",
+    "element_types",
+    "enabled_roles",
+    "foreign_data_wrapper_options",
+    "foreign_data_wrappers",
+    "foreign_server_options",
+    "foreign_servers",
+    "foreign_table_options",
+    "foreign_tables",
+    "information_schema_catalog_name",
+    "key_column_usage",
+    "parameters",
+    "referential_constraints",
+    "role_column_grants",
+    "role_routine_grants",
+    "role_table_grants",
+    "role_udt_grants",
+    "role_usage_grants",
+    "routine_column_usage",
+    "routine_privileges",
+    "routine_routine_usage",
+    "routine_sequence_usage",
+    "routine_table_usage",
+    "routines",
+    "schemata",
+    "sequences",
+    "sql_features",
+    "sql_implementation_info",
+    "sql_parts",
+    "sql_sizing",
+    "table_constraints",
+    "table_privileges",
+    "tables",
+    "transforms",
+    "triggered_update_columns",
+    "triggers",
+    "udt_privileges",
+    "usage_privileges",
+    "user_defined_types",
+    "user_mapping_options",
+    "user_mappings",
+    "view_column_usage",
+    "view_routine_usage",
+    "view_table_usage",
+    "views",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_lists_are_sorted() {
+        assert!(PG_CATALOG.windows(2).all(|w| w[0] < w[1]));
+        assert!(INFORMATION_SCHEMA.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn system_catalog_comes_first() {
+        let c = OfflineCatalog::new(&PolicySet::default());
+        let path = vec!["public".to_string()];
+        assert_eq!(
+            resolve(&c, &path, "pg_class"),
+            Some(RelName::new("pg_catalog", "pg_class"))
+        );
+        assert_eq!(
+            resolve(&c, &path, "orders"),
+            Some(RelName::new("public", "orders"))
+        );
+        assert!(is_blocked_catalog(&RelName::new(
+            "pg_catalog",
+            "pg_stat_activity"
+        )));
+        assert!(is_blocked_catalog(&RelName::new(
+            "pg_catalog",
+            "pg_statistic"
+        )));
+        assert!(!is_blocked_catalog(&RelName::new("pg_catalog", "pg_class")));
+        assert!(!is_blocked_catalog(&RelName::new("public", "pg_stats")));
+    }
+}

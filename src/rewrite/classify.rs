@@ -1,0 +1,270 @@
+//! Statement classification for members and analysts: an allowlist. Reads
+//! are rewritten; transaction control, SHOW, a short list of harmless SETs,
+//! and the statements that wrap a read (PREPARE, EXECUTE, DECLARE, FETCH,
+//! EXPLAIN without ANALYZE) are allowed; everything else is refused.
+
+use sqlparser::ast::{
+    Declare, Expr, ObjectName, Reset, ResetStatement, Set, Statement, UnaryOperator, Value,
+};
+
+use super::tables::{self, Scope, State};
+use super::{Context, Refusal};
+use crate::names::fold;
+
+/// Settings members and analysts may change: formatting, timeouts and
+/// client identification. Never `search_path`, `role`,
+/// `standard_conforming_strings`, `row_security` or `session_authorization`:
+/// the rewrite relies on them. `client_encoding` only to UTF8.
+pub const SETTABLE: &[&str] = &[
+    "application_name",
+    "bytea_output",
+    "client_encoding",
+    "client_min_messages",
+    "datestyle",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "extra_float_digits",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "intervalstyle",
+    "lock_timeout",
+    "statement_timeout",
+    "timezone",
+    "transaction_isolation",
+    "transaction_read_only",
+];
+
+pub(crate) fn check(
+    statement: &mut Statement,
+    cx: &Context,
+    state: &mut State,
+) -> Result<(), Refusal> {
+    match statement {
+        Statement::Query(query) => tables::rewrite_query(query, cx, &Scope::ROOT, state),
+
+        Statement::StartTransaction {
+            statements,
+            exception,
+            ..
+        } => {
+            if statements.is_empty() && exception.is_none() {
+                Ok(())
+            } else {
+                Err(Refusal::unsupported("BEGIN ... END blocks"))
+            }
+        }
+        Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => Ok(()),
+
+        Statement::ShowVariable { .. } => Ok(()),
+        Statement::Set(set) => check_set(set),
+        Statement::Reset(ResetStatement { reset }) => match reset {
+            Reset::ConfigurationParameter(name) => {
+                let name = setting_name(name)?;
+                if name == "client_encoding" {
+                    return Err(Refusal::Setting(name));
+                }
+                Ok(())
+            }
+            Reset::ALL => Err(Refusal::statement("RESET ALL")),
+            Reset::SessionAuthorization => Err(Refusal::statement("RESET SESSION AUTHORIZATION")),
+        },
+
+        Statement::Prepare { statement, .. } => match statement.as_mut() {
+            inner @ Statement::Query(_) => check(inner, cx, state),
+            other => Err(Refusal::statement(format!("PREPARE of {}", kind(other)))),
+        },
+        Statement::Execute {
+            name: Some(_),
+            parameters,
+            immediate: false,
+            into,
+            using,
+            output: false,
+            default: false,
+            ..
+        } if into.is_empty() && using.is_empty() => tables::rewrite_node(parameters, cx, state),
+        Statement::Deallocate { .. } => Ok(()),
+
+        Statement::Declare { stmts } => {
+            for Declare {
+                for_query,
+                assignment,
+                ..
+            } in stmts.iter_mut()
+            {
+                if assignment.is_some() {
+                    return Err(Refusal::unsupported("DECLARE with an assignment"));
+                }
+                match for_query {
+                    Some(query) => tables::rewrite_query(query, cx, &Scope::ROOT, state)?,
+                    None => return Err(Refusal::unsupported("DECLARE without a query")),
+                }
+            }
+            Ok(())
+        }
+        Statement::Fetch { into: None, .. } | Statement::Close { .. } => Ok(()),
+
+        Statement::Explain {
+            analyze,
+            statement,
+            options,
+            ..
+        } => {
+            let analyze_option = options
+                .iter()
+                .flatten()
+                .any(|o| fold(&o.name) == "analyze" && !is_false(o.arg.as_ref()));
+            if *analyze || analyze_option {
+                return Err(Refusal::statement(
+                    "EXPLAIN ANALYZE (it runs the statement and reports rows the filters removed)",
+                ));
+            }
+            match statement.as_mut() {
+                inner @ Statement::Query(_) => check(inner, cx, state),
+                other => Err(Refusal::statement(format!("EXPLAIN of {}", kind(other)))),
+            }
+        }
+
+        other => Err(Refusal::statement(kind(other))),
+    }
+}
+
+fn is_false(arg: Option<&Expr>) -> bool {
+    match arg {
+        Some(Expr::Value(v)) => match &v.value {
+            Value::Boolean(b) => !b,
+            Value::Number(n, _) => n == "0",
+            Value::SingleQuotedString(s) => {
+                matches!(s.to_ascii_lowercase().as_str(), "false" | "off" | "0")
+            }
+            _ => false,
+        },
+        Some(Expr::Identifier(i)) => {
+            matches!(i.value.to_ascii_lowercase().as_str(), "false" | "off")
+        }
+        _ => false,
+    }
+}
+
+fn check_set(set: &Set) -> Result<(), Refusal> {
+    match set {
+        Set::SingleAssignment {
+            variable, values, ..
+        } => check_assignment(variable, values),
+        Set::ParenthesizedAssignments { variables, values } => {
+            for variable in variables {
+                check_assignment(variable, values)?;
+            }
+            Ok(())
+        }
+        Set::MultipleAssignments { assignments } => {
+            for a in assignments {
+                check_assignment(&a.name, std::slice::from_ref(&a.value))?;
+            }
+            Ok(())
+        }
+        Set::SetTimeZone { value, .. } => check_value(value, "timezone"),
+        Set::SetNames {
+            charset_name,
+            collation_name,
+        } => {
+            if collation_name.is_none() && is_utf8(&charset_name.value) {
+                Ok(())
+            } else {
+                Err(Refusal::Setting("client_encoding".into()))
+            }
+        }
+        Set::SetTransaction { snapshot: None, .. } => Ok(()),
+        Set::SetTransaction { .. } => Err(Refusal::statement("SET TRANSACTION SNAPSHOT")),
+        Set::SetRole { .. } => Err(Refusal::statement("SET ROLE")),
+        Set::SetSessionAuthorization(_) => Err(Refusal::statement("SET SESSION AUTHORIZATION")),
+        Set::SetNamesDefault {} => Err(Refusal::Setting("client_encoding".into())),
+        Set::SetSessionParam(_) => Err(Refusal::statement("SET of a session parameter")),
+    }
+}
+
+fn setting_name(name: &ObjectName) -> Result<String, Refusal> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(fold)
+        .collect();
+    let joined = parts.join(".");
+    match parts.as_slice() {
+        [single] if parts.len() == name.0.len() && SETTABLE.contains(&single.as_str()) => {
+            Ok(single.clone())
+        }
+        _ => Err(Refusal::Setting(joined)),
+    }
+}
+
+fn check_assignment(variable: &ObjectName, values: &[Expr]) -> Result<(), Refusal> {
+    let name = setting_name(variable)?;
+    for value in values {
+        check_value(value, &name)?;
+    }
+    if name == "client_encoding" {
+        let utf8 = match values {
+            [Expr::Value(v)] => match &v.value {
+                Value::SingleQuotedString(s) => is_utf8(s),
+                _ => false,
+            },
+            [Expr::Identifier(i)] => is_utf8(&i.value),
+            _ => false,
+        };
+        if !utf8 {
+            return Err(Refusal::Setting(name));
+        }
+    }
+    Ok(())
+}
+
+/// A setting's value must be a constant: a literal, a bare word, or a signed
+/// number; never an expression that could read a table.
+fn check_value(value: &Expr, name: &str) -> Result<(), Refusal> {
+    match value {
+        Expr::Value(_) | Expr::Identifier(_) => Ok(()),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus | UnaryOperator::Plus,
+            expr,
+        } if matches!(**expr, Expr::Value(_)) => Ok(()),
+        Expr::Interval(_) if name == "timezone" => Ok(()),
+        _ => Err(Refusal::Setting(name.to_string())),
+    }
+}
+
+fn is_utf8(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    n == "utf8" || n == "unicode"
+}
+
+/// The leading keywords of a statement (`INSERT`, `CREATE TABLE`), to name
+/// it in a refusal without repeating any of its data.
+pub(crate) fn kind(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let mut words = text
+        .split(|c: char| !c.is_ascii_alphabetic() && c != '_')
+        .filter(|w| !w.is_empty());
+    let first = words
+        .next()
+        .unwrap_or("this statement")
+        .to_ascii_uppercase();
+    let two_word = matches!(
+        first.as_str(),
+        "CREATE" | "ALTER" | "DROP" | "COMMENT" | "SECURITY" | "REFRESH" | "IMPORT"
+    );
+    match words.next() {
+        Some(second) if two_word && second.chars().all(|c| c.is_ascii_uppercase() || c == '_') => {
+            format!("{first} {second}")
+        }
+        _ => first,
+    }
+}
