@@ -1,0 +1,259 @@
+//! The test harness: a throwaway PostgreSQL cluster, started once per test
+//! process from the machine's PostgreSQL installation (initdb + pg_ctl in a
+//! temp dir on a free port; as root the server runs as the `postgres` OS
+//! user, since initdb refuses root) and removed when the process exits, by
+//! a watcher process that outlives it even on a crash.
+//!
+//! A missing PostgreSQL is a test failure with a message saying what to
+//! install, never a silent skip.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A running throwaway cluster. Its superuser is `postgres`, trust auth on
+/// 127.0.0.1.
+pub struct Cluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+}
+
+/// The cluster of this test process, started on first use.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start().unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// Where PostgreSQL's server binaries are: `ROWGATE_PG_BIN`, `pg_config
+/// --bindir`, `PATH`, or the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_pg_bin() -> Result<PathBuf, String> {
+    let has_server = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
+    let mut candidates = Vec::new();
+    if let Ok(dir) = std::env::var("ROWGATE_PG_BIN") {
+        candidates.push(PathBuf::from(dir));
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    versioned.sort_by_key(|p| {
+        let version = p
+            .parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok());
+        std::cmp::Reverse(version)
+    });
+    candidates.extend(versioned);
+    candidates
+        .into_iter()
+        .find(|d| has_server(d))
+        .ok_or_else(|| {
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found. Install them \
+         (Debian/Ubuntu: `apt-get install postgresql`; macOS: `brew install postgresql`) or \
+         point ROWGATE_PG_BIN at their directory."
+                .to_string()
+        })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster, String> {
+        let bin = find_pg_bin()?;
+        let root = is_root();
+        let dir = std::env::temp_dir().join(format!(
+            "rowgate-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let data = dir.join("data");
+        let as_pg = |program: PathBuf| -> Command {
+            if root {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg("postgres").arg("--").arg(program);
+                c
+            } else {
+                Command::new(program)
+            }
+        };
+        if root {
+            let ok = Command::new("chown")
+                .arg("postgres:")
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!(
+                    "cannot hand {} to the postgres OS user (is there one?)",
+                    dir.display()
+                ));
+            }
+        }
+        spawn_reaper(&bin, &dir, &data, root);
+        let out = as_pg(bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .map_err(|e| format!("cannot run initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB",
+                dir.display()
+            );
+            let out = as_pg(bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &options, "-l"])
+                .arg(dir.join("server.log"))
+                .args(["-w", "-t", "60", "start"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
+            if out.status.success() {
+                return Ok(Cluster { port, dir, bin });
+            }
+            last_error = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        }
+        Err(format!("PostgreSQL did not start: {last_error}"))
+    }
+
+    /// A connection string for `database` as `user`.
+    pub fn url(&self, database: &str, user: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={database}",
+            self.port
+        )
+    }
+
+    /// A superuser connection to `database`.
+    pub fn connect(&self, database: &str) -> postgres::Client {
+        postgres::Client::connect(&self.url(database, "postgres"), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"))
+    }
+
+    /// Creates a fresh database named after `prefix`, unique in this process.
+    pub fn create_database(&self, prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}_{}", N.fetch_add(1, Ordering::Relaxed));
+        let mut admin = self.connect("postgres");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        name
+    }
+}
+
+/// Stops the cluster and removes its directory once this process is gone,
+/// however it ends.
+fn spawn_reaper(bin: &Path, dir: &Path, data: &Path, root: bool) {
+    let pg_ctl = bin.join("pg_ctl");
+    let stop = if root {
+        format!(
+            "runuser -u postgres -- '{}' -D '{}' stop -m immediate",
+            pg_ctl.display(),
+            data.display()
+        )
+    } else {
+        format!(
+            "'{}' -D '{}' stop -m immediate",
+            pg_ctl.display(),
+            data.display()
+        )
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf '{dir}'",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    let _ = Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+/// The rows of a simple query as text, the way psql would show them; NULL is
+/// `None`. Several statements: the rows of all of them.
+pub fn text_rows(
+    client: &mut postgres::Client,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, postgres::Error> {
+    let mut rows = Vec::new();
+    for message in client.simple_query(sql)? {
+        if let postgres::SimpleQueryMessage::Row(row) = message {
+            rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// The SQLSTATE of an error, if the server sent one.
+pub fn sqlstate(e: &postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_string())
+}
