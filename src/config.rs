@@ -18,6 +18,12 @@ pub const DEFAULT_POLICIES: &str = "policies";
 pub const DEFAULT_UPSTREAM_PORT: u16 = 5432;
 /// The default upstream user.
 pub const DEFAULT_UPSTREAM_USER: &str = "rowgate";
+/// The default cap on concurrent client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// The default cap on one client message (32 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// The default search path pinned upstream.
+pub const DEFAULT_SEARCH_PATH: &str = "public";
 
 mod raw {
     use super::*;
@@ -33,6 +39,12 @@ mod raw {
         pub upstream: Option<Upstream>,
         #[serde(default)]
         pub tls: Option<Tls>,
+        #[serde(default)]
+        pub search_path: Option<Vec<Spanned<String>>>,
+        #[serde(default)]
+        pub max_connections: Option<Spanned<String>>,
+        #[serde(default)]
+        pub max_message_bytes: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -115,6 +127,11 @@ pub struct Config {
     pub policies: PathBuf,
     pub upstream: Upstream,
     pub tls: Option<Tls>,
+    /// The schemas unqualified names resolve in, pinned upstream for
+    /// members and analysts.
+    pub search_path: Vec<String>,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
 }
 
 /// Whether `${NAME}` with `NAME` unset is an error (`serve`, `check`) or is
@@ -151,6 +168,9 @@ impl Config {
                 policies: None,
                 upstream: None,
                 tls: None,
+                search_path: None,
+                max_connections: None,
+                max_message_bytes: None,
             }
         } else {
             serde_saphyr::from_str_with_options(text, diag::yaml_options())
@@ -223,6 +243,33 @@ impl Config {
             database: cx.string(up.and_then(|u| u.database.as_ref())),
             tls: tls_mode,
         };
+        let search_path = match &raw.search_path {
+            None => vec![DEFAULT_SEARCH_PATH.to_string()],
+            Some(list) => {
+                let mut path = Vec::new();
+                for entry in list {
+                    let text = cx.string(Some(entry)).unwrap_or_default();
+                    match crate::names::parse_dotted(&text).as_deref() {
+                        Ok([crate::names::Part::Name(schema)]) => path.push(schema.clone()),
+                        _ => cx.error(entry, format!("search_path: `{text}` is not a schema name")),
+                    }
+                }
+                if path.is_empty() && !list.is_empty() {
+                    path.push(DEFAULT_SEARCH_PATH.to_string());
+                }
+                path
+            }
+        };
+        let max_connections = cx.number(
+            raw.max_connections.as_ref(),
+            "max_connections",
+            DEFAULT_MAX_CONNECTIONS,
+        );
+        let max_message_bytes = cx.number(
+            raw.max_message_bytes.as_ref(),
+            "max_message_bytes",
+            DEFAULT_MAX_MESSAGE_BYTES,
+        );
         let tls = raw.tls.as_ref().map(|t| Tls {
             cert: relative(cx.string(Some(&t.cert)).unwrap_or_default()),
             key: relative(cx.string(Some(&t.key)).unwrap_or_default()),
@@ -234,6 +281,9 @@ impl Config {
                 policies,
                 upstream,
                 tls,
+                search_path,
+                max_connections,
+                max_message_bytes,
             })
         } else {
             Err(cx.problems)
@@ -253,6 +303,21 @@ impl Expander<'_> {
         let pos = Pos::from(at.referenced);
         self.problems
             .push(Diagnostic::error(self.path, pos, message));
+    }
+
+    /// A positive whole number, or `default` when absent.
+    fn number(&mut self, value: Option<&Spanned<String>>, key: &str, default: usize) -> usize {
+        let Some(v) = value else {
+            return default;
+        };
+        let text = self.string(Some(v)).unwrap_or_default();
+        match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                self.error(v, format!("{key}: `{text}` is not a positive whole number"));
+                default
+            }
+        }
     }
 
     /// The value with `${NAME}` expanded (`$$` is a literal `$`).

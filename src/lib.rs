@@ -9,6 +9,10 @@
 pub mod cli;
 pub mod config;
 pub mod diag;
+pub mod frontend;
 pub mod names;
 pub mod policy;
 pub mod rewrite;
+pub mod server;
+pub mod upstream;
+pub mod wire;

@@ -4,6 +4,7 @@ mod access;
 mod check;
 mod explain;
 mod passwd;
+mod serve;
 
 use std::path::{Path, PathBuf};
 
@@ -59,7 +60,8 @@ impl Cli {
             Command::Explain(args) => explain::run(&args),
             Command::Access(args) => access::run(&args),
             Command::Passwd => passwd::run(),
-            Command::Serve(_) | Command::Demo => {
+            Command::Serve(c) => serve::run(&c.config),
+            Command::Demo => {
                 eprintln!("rowgate: this command arrives with the proxy; see the README");
                 FAILED
             }

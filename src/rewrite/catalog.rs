@@ -41,8 +41,13 @@ pub fn is_blocked_catalog(rel: &RelName) -> bool {
         return false;
     }
     let name = rel.name.as_str();
-    const PREFIXES: &[&str] = &["pg_stat", "pg_replication_"];
+    // `pg_stat_*`, `pg_statio_*` and `pg_stats*` are statistics of rows
+    // and sessions; `pg_statistic_ext` (definitions, not data) stays readable
+    // because psql's `\d` reads it.
+    const PREFIXES: &[&str] = &["pg_stat_", "pg_statio_", "pg_stats", "pg_replication_"];
     const NAMES: &[&str] = &[
+        "pg_statistic",
+        "pg_statistic_ext_data",
         "pg_authid",
         "pg_shadow",
         "pg_user_mapping",
@@ -333,6 +338,22 @@ mod tests {
         assert!(is_blocked_catalog(&RelName::new(
             "pg_catalog",
             "pg_statistic"
+        )));
+        assert!(is_blocked_catalog(&RelName::new(
+            "pg_catalog",
+            "pg_stats_ext"
+        )));
+        assert!(is_blocked_catalog(&RelName::new(
+            "pg_catalog",
+            "pg_statistic_ext_data"
+        )));
+        assert!(is_blocked_catalog(&RelName::new(
+            "pg_catalog",
+            "pg_statio_user_tables"
+        )));
+        assert!(!is_blocked_catalog(&RelName::new(
+            "pg_catalog",
+            "pg_statistic_ext"
         )));
         assert!(!is_blocked_catalog(&RelName::new("pg_catalog", "pg_class")));
         assert!(!is_blocked_catalog(&RelName::new("public", "pg_stats")));

@@ -237,7 +237,8 @@ fn check_value(value: &Expr, name: &str) -> Result<(), Refusal> {
     }
 }
 
-fn is_utf8(name: &str) -> bool {
+/// Whether an encoding name means UTF-8, the only client encoding members may use.
+pub fn is_utf8(name: &str) -> bool {
     let n: String = name
         .chars()
         .filter(|c| *c != '-' && *c != '_')

@@ -16,6 +16,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, OfflineCatalog};
+pub use classify::{is_utf8, SETTABLE};
 
 use crate::policy::{Access, Role};
 

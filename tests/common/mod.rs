@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod rls;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -151,6 +153,15 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        // Upstream authentication methods, one role each (see
+        // `Cluster::auth_roles`); everything else trusts 127.0.0.1.
+        let hba = "host all up_password 127.0.0.1/32 password\n\
+                   host all up_md5 127.0.0.1/32 md5\n\
+                   host all up_scram 127.0.0.1/32 scram-sha-256\n\
+                   host all all 127.0.0.1/32 trust\n\
+                   local all all trust\n";
+        std::fs::write(data.join("pg_hba.conf"), hba)
+            .map_err(|e| format!("cannot write pg_hba.conf: {e}"))?;
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -170,11 +181,33 @@ impl Cluster {
                 .output()
                 .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
             if out.status.success() {
-                return Ok(Cluster { port, dir, bin });
+                let cluster = Cluster { port, dir, bin };
+                cluster.create_auth_roles();
+                return Ok(cluster);
             }
             last_error = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
         }
         Err(format!("PostgreSQL did not start: {last_error}"))
+    }
+
+    /// Superuser roles that must authenticate with a password by one
+    /// method each: `(role, password)`.
+    pub const AUTH_ROLES: [(&'static str, &'static str); 3] = [
+        ("up_password", "clear-pw"),
+        ("up_md5", "md5-pw"),
+        ("up_scram", "scram-pw"),
+    ];
+
+    fn create_auth_roles(&self) {
+        let mut admin = self.connect("postgres");
+        admin.batch_execute("SET password_encryption = 'md5'; CREATE ROLE up_md5 SUPERUSER LOGIN PASSWORD 'md5-pw';").unwrap();
+        admin
+            .batch_execute(
+                "SET password_encryption = 'scram-sha-256';
+                 CREATE ROLE up_scram SUPERUSER LOGIN PASSWORD 'scram-pw';
+                 CREATE ROLE up_password SUPERUSER LOGIN PASSWORD 'clear-pw';",
+            )
+            .unwrap();
     }
 
     /// A connection string for `database` as `user`.
@@ -256,4 +289,128 @@ pub fn text_rows(
 /// The SQLSTATE of an error, if the server sent one.
 pub fn sqlstate(e: &postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_string())
+}
+
+/// A `rowgate serve` process in front of the test cluster.
+pub struct Proxy {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How the proxy authenticates upstream.
+pub struct UpstreamAuth {
+    pub user: &'static str,
+    pub password: Option<&'static str>,
+}
+
+impl UpstreamAuth {
+    pub const TRUST: UpstreamAuth = UpstreamAuth {
+        user: "postgres",
+        password: None,
+    };
+}
+
+impl Proxy {
+    /// Starts rowgate with the policy file or directory `policies` and the
+    /// extra proxy.yaml lines `extra`, upstream as the cluster superuser.
+    pub fn start(policies: &Path, extra: &str) -> Proxy {
+        Self::start_with(policies, extra, UpstreamAuth::TRUST)
+    }
+
+    // The child is waited for by `Drop`.
+    #[allow(clippy::zombie_processes)]
+    pub fn start_with(policies: &Path, extra: &str, auth: UpstreamAuth) -> Proxy {
+        let c = cluster();
+        let dir = tempfile::tempdir().unwrap();
+        let policies = std::fs::canonicalize(policies).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let password = auth
+                .password
+                .map(|p| format!("  password: {p}\n"))
+                .unwrap_or_default();
+            let config = format!(
+                "listen: 127.0.0.1:{port}\npolicies: {}\nupstream:\n  host: 127.0.0.1\n  port: {}\n  user: {}\n{password}{extra}",
+                policies.display(),
+                c.port,
+                auth.user
+            );
+            let path = dir.path().join("proxy.yaml");
+            std::fs::write(&path, config).unwrap();
+            let log = std::fs::File::create(dir.path().join("rowgate.log")).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_rowgate"))
+                .args(["serve", "-c"])
+                .arg(&path)
+                .env("ROWGATE_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start rowgate");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Proxy { port, dir, child };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+        }
+        panic!(
+            "rowgate did not start; log:\n{}",
+            std::fs::read_to_string(dir.path().join("rowgate.log")).unwrap_or_default()
+        );
+    }
+
+    /// A connection string through the proxy.
+    pub fn url(&self, database: &str, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={database}",
+            self.port
+        )
+    }
+
+    pub fn connect(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<postgres::Client, postgres::Error> {
+        postgres::Client::connect(&self.url(database, user, password), postgres::NoTls)
+    }
+
+    /// What the proxy logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("rowgate.log")).unwrap_or_default()
+    }
+
+    /// Sends a signal to the proxy process.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; its status, or `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
 }

@@ -1,0 +1,748 @@
+//! One client session: startup, authentication, the upstream session, and
+//! the two relays between them.
+//!
+//! Client to upstream: messages are framed and passed on as bytes, except
+//! Query and Parse (and FunctionCall), whose SQL is rewritten. A refused
+//! statement is replaced by a *marker*: a statement that fails to parse
+//! upstream with a token unique to this session and refusal. The upstream
+//! then reports the error at exactly the point PostgreSQL would, aborts the
+//! transaction block and skips to Sync as it does for any error, and the
+//! relay back swaps that error for the refusal. Ordering, pipelining and
+//! transaction state stay PostgreSQL's own.
+//!
+//! Upstream to client: messages pass on as bytes, streamed without being
+//! held whole; only ErrorResponse (for markers) and ReadyForQuery (to know
+//! when the session is idle) are looked at.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::auth;
+use super::sqlstate;
+use super::startup::{self, First};
+use crate::config::Upstream;
+use crate::policy::{Access, PolicySet, Role};
+use crate::rewrite::{self, Context, Refusal};
+use crate::upstream::{self, catalog::Snapshot, LiveCatalog, UpstreamError};
+use crate::wire::{self, Reader, WireError};
+
+/// What every session shares.
+pub struct Shared {
+    pub upstream: Upstream,
+    pub policy: ArcSwap<PolicySet>,
+    pub catalog: LiveCatalog,
+    /// Our cancel keys, to the upstream sessions' keys.
+    pub cancels: DashMap<(i32, i32), (i32, i32)>,
+    pub search_path: Vec<String>,
+    /// The largest message a client may send.
+    pub max_message: usize,
+    /// Keys the mock SCRAM salts of unknown users.
+    pub mock_key: [u8; 32],
+}
+
+/// The prefix of every refusal marker.
+const MARKER: &str = "rowgate_refusal_";
+/// The largest ErrorResponse or ReadyForQuery the relay reads whole.
+const MAX_INSPECTED: usize = 1 << 20;
+/// Rewrites remembered per session, keyed by statement text.
+const CACHE_ENTRIES: usize = 256;
+
+/// Runs one client connection to its end and logs one line about it.
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let mut log = LogLine::default();
+    let outcome = session(stream, &shared, shutdown, &mut log).await;
+    let elapsed = started.elapsed();
+    match &outcome {
+        Outcome::Cancel => debug!(client = %peer, "cancel request"),
+        o => info!(
+            user = log.user.as_deref().unwrap_or("-"),
+            database = log.database.as_deref().unwrap_or("-"),
+            client = %peer,
+            outcome = %o,
+            duration_ms = elapsed.as_millis() as u64,
+            statements = log.statements,
+            refused = log.refused,
+            "connection closed"
+        ),
+    }
+}
+
+#[derive(Default)]
+struct LogLine {
+    user: Option<String>,
+    database: Option<String>,
+    statements: u64,
+    refused: u64,
+}
+
+/// How a session ended.
+enum Outcome {
+    Cancel,
+    Terminated,
+    ClientGone,
+    Rejected(String),
+    Failed(String),
+    Shutdown,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Cancel => f.write_str("cancel"),
+            Outcome::Terminated => f.write_str("terminated by client"),
+            Outcome::ClientGone => f.write_str("client disconnected"),
+            Outcome::Rejected(why) => write!(f, "rejected: {why}"),
+            Outcome::Failed(why) => write!(f, "failed: {why}"),
+            Outcome::Shutdown => f.write_str("closed by shutdown"),
+        }
+    }
+}
+
+async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
+    let _ = stream
+        .write_all(&wire::error_response("FATAL", code, message))
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+async fn session(
+    mut stream: TcpStream,
+    shared: &Shared,
+    shutdown: watch::Receiver<bool>,
+    log: &mut LogLine,
+) -> Outcome {
+    let mut buf = BytesMut::with_capacity(8192);
+    let hello = match startup::negotiate(&mut stream, &mut buf).await {
+        Ok(First::Cancel { pid, secret }) => {
+            if let Some(key) = shared.cancels.get(&(pid, secret)).map(|k| *k) {
+                if let Err(e) = upstream::cancel(&shared.upstream, key).await {
+                    warn!("cannot forward a cancel request: {e}");
+                }
+            }
+            return Outcome::Cancel;
+        }
+        Ok(First::Startup(s)) => s,
+        Err(startup::StartupError::Wire(WireError::Closed)) => return Outcome::ClientGone,
+        Err(e) => {
+            let code = match e {
+                startup::StartupError::Protocol(..) => sqlstate::FEATURE_NOT_SUPPORTED,
+                _ => sqlstate::PROTOCOL_VIOLATION,
+            };
+            fatal(&mut stream, code, &e.to_string()).await;
+            return Outcome::Rejected(e.to_string());
+        }
+    };
+    log.user = Some(hello.user.clone());
+    log.database = Some(hello.database.clone());
+
+    // Protocol 3.x with x > 0, or protocol options: say what we speak.
+    let unrecognized: Vec<&str> = hello
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if hello.minor > 0 || !unrecognized.is_empty() {
+        let mut out = BytesMut::new();
+        wire::put_message(&mut out, b'v', |b| {
+            b.put_i32(0);
+            b.put_i32(unrecognized.len() as i32);
+            for name in &unrecognized {
+                wire::put_cstr(b, name);
+            }
+        });
+        if stream.write_all(&out).await.is_err() {
+            return Outcome::ClientGone;
+        }
+    }
+
+    let policy = shared.policy.load_full();
+    let user = policy.users.get(&hello.user);
+    let secret = auth::secret_for(user.map(|u| &u.password), &hello.user, &shared.mock_key);
+    match auth::scram(&mut stream, &mut buf, &hello.user, secret).await {
+        Ok(()) => {}
+        Err(auth::AuthError::Wire(_)) => return Outcome::ClientGone,
+        Err(e) => {
+            let why = e.to_string();
+            let code = match e {
+                auth::AuthError::Failed(_) => sqlstate::INVALID_PASSWORD,
+                _ => sqlstate::PROTOCOL_VIOLATION,
+            };
+            fatal(&mut stream, code, &why).await;
+            return Outcome::Rejected(why);
+        }
+    }
+    let Some(access) = policy.access(&hello.user) else {
+        // Unreachable: an unknown user's mock secret never authenticates.
+        fatal(
+            &mut stream,
+            sqlstate::INVALID_PASSWORD,
+            "authentication failed",
+        )
+        .await;
+        return Outcome::Rejected("unknown user".into());
+    };
+
+    let params = match startup_params(&hello.params, &access, &shared.search_path) {
+        Ok(p) => p,
+        Err(why) => {
+            fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
+            return Outcome::Rejected(why);
+        }
+    };
+    let database = shared
+        .upstream
+        .database
+        .clone()
+        .unwrap_or_else(|| hello.database.clone());
+    let connected = match upstream::connect(&shared.upstream, &database, &params).await {
+        Ok(c) => c,
+        Err(UpstreamError::Rejected(frame)) => {
+            let _ = stream.write_all(&frame).await;
+            return Outcome::Rejected("upstream refused the session".into());
+        }
+        Err(e) => {
+            warn!(user = %hello.user, "upstream connection failed: {e}");
+            let msg = "rowgate could not connect to the upstream database";
+            fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
+            return Outcome::Failed(e.to_string());
+        }
+    };
+    let catalog = if access.role == Role::Admin {
+        Arc::new(Snapshot::default())
+    } else {
+        match shared.catalog.get(&database).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(database = %database, "cannot read the upstream catalog: {e}");
+                let msg = "rowgate could not read the upstream catalog";
+                fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
+                return Outcome::Failed(e.to_string());
+            }
+        }
+    };
+
+    // Our own cancel key, mapped to the upstream session's.
+    let key = loop {
+        let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
+        if !shared.cancels.contains_key(&key) {
+            break key;
+        }
+    };
+    let _cancel = connected.key.map(|upstream_key| {
+        shared.cancels.insert(key, upstream_key);
+        CancelGuard(&shared.cancels, key)
+    });
+    let mut out = BytesMut::new();
+    for m in &connected.startup_messages {
+        out.put_slice(m);
+    }
+    wire::put_message(&mut out, b'K', |b| {
+        b.put_i32(key.0);
+        b.put_i32(key.1);
+    });
+    out.put_slice(&connected.ready);
+    if stream.write_all(&out).await.is_err() {
+        return Outcome::ClientGone;
+    }
+
+    let (client_rd, client_wr) = stream.into_split();
+    let (up_rd, up_wr) = connected.stream.into_split();
+    let refusals = Mutex::new(HashMap::new());
+    let pending = AtomicI64::new(0);
+    let client_done = AtomicBool::new(false);
+    let (fatal_tx, fatal_rx) = mpsc::channel(1);
+    let nonce: u64 = rand::random();
+    let mut front = Front {
+        shared,
+        user: hello.user.clone(),
+        database,
+        policy,
+        access,
+        catalog,
+        cache: HashMap::new(),
+        nonce,
+        seq: 0,
+        refusals: &refusals,
+        pending: &pending,
+        statements: 0,
+        refused: 0,
+        withdrawn: false,
+    };
+    let mut back = Back {
+        refusals: &refusals,
+        pending: &pending,
+        client_done: &client_done,
+        marker: format!("{MARKER}{nonce:016x}_"),
+    };
+    let outcome = {
+        let client = front.client_loop(client_rd, up_wr, buf, &client_done, fatal_tx);
+        let relay = back.relay(up_rd, client_wr, connected.buffer, fatal_rx, shutdown);
+        tokio::pin!(client, relay);
+        tokio::select! {
+            end = &mut relay => end,
+            end = &mut client => match tokio::time::timeout(Duration::from_secs(5), &mut relay).await {
+                Ok(relay_end) if end.is_none() => relay_end,
+                _ => end.unwrap_or(Outcome::ClientGone),
+            },
+        }
+    };
+    log.statements = front.statements;
+    log.refused = front.refused;
+    outcome
+}
+
+/// Removes a cancel key when its session ends.
+struct CancelGuard<'a>(&'a DashMap<(i32, i32), (i32, i32)>, (i32, i32));
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+    }
+}
+
+/// The parameters sent upstream at startup. Admins pass theirs unchanged;
+/// members and analysts pass only harmless ones, and get the session state
+/// the rewriter relies on pinned: the search path, standard-conforming
+/// strings, UTF-8.
+fn startup_params(
+    params: &[(String, String)],
+    access: &Access,
+    search_path: &[String],
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (k, v) in params {
+        if k.starts_with("_pq_.") {
+            continue;
+        }
+        if access.role == Role::Admin {
+            out.push((k.clone(), v.clone()));
+            continue;
+        }
+        if !startup::allowed_param(k) {
+            return Err(format!(
+                "permission denied to set parameter \"{k}\" through rowgate"
+            ));
+        }
+        if k.eq_ignore_ascii_case("client_encoding") {
+            continue; // pinned below
+        }
+        out.push((k.clone(), v.clone()));
+    }
+    if access.role != Role::Admin {
+        let path: Vec<String> = search_path
+            .iter()
+            .map(|s| crate::names::ident(s).to_string())
+            .collect();
+        out.push(("search_path".into(), path.join(", ")));
+        out.push(("standard_conforming_strings".into(), "on".into()));
+        out.push(("client_encoding".into(), "UTF8".into()));
+    }
+    Ok(out)
+}
+
+/// The client-to-upstream half.
+struct Front<'a> {
+    shared: &'a Shared,
+    user: String,
+    database: String,
+    policy: Arc<PolicySet>,
+    access: Access,
+    catalog: Arc<Snapshot>,
+    cache: HashMap<String, Result<String, Refusal>>,
+    nonce: u64,
+    seq: u64,
+    refusals: &'a Mutex<HashMap<u64, String>>,
+    pending: &'a AtomicI64,
+    statements: u64,
+    refused: u64,
+    withdrawn: bool,
+}
+
+impl Front<'_> {
+    /// Relays client messages until the client ends the session. `None`
+    /// means the client left; errors are sent to the client by the relay.
+    async fn client_loop(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+        mut buf: BytesMut,
+        client_done: &AtomicBool,
+        fatal_tx: mpsc::Sender<Bytes>,
+    ) -> Option<Outcome> {
+        let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+        let result = self.forward(&mut rd, &mut wr, &mut buf).await;
+        client_done.store(true, Ordering::SeqCst);
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+        match result {
+            Ok(end) => Some(end),
+            Err(WireError::Closed) | Err(WireError::Io(_)) => None,
+            Err(e) => {
+                let code = match e {
+                    WireError::TooLarge(..) => sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    _ => sqlstate::PROTOCOL_VIOLATION,
+                };
+                let why = format!("invalid message from the client: {e}");
+                let _ = fatal_tx
+                    .send(wire::error_response("FATAL", code, &why))
+                    .await;
+                Some(Outcome::Rejected(why))
+            }
+        }
+    }
+
+    async fn forward(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        wr: &mut BufWriter<OwnedWriteHalf>,
+        buf: &mut BytesMut,
+    ) -> Result<Outcome, WireError> {
+        loop {
+            while let Some(frame) = wire::try_frame(buf, self.shared.max_message)? {
+                // Admins' statements pass unchanged while they stay admins.
+                let rewrites = self.access.role != Role::Admin
+                    || (matches!(frame.tag(), b'Q' | b'P' | b'F')
+                        && self.refresh_policy().is_err());
+                match frame.tag() {
+                    b'Q' => {
+                        self.pending.fetch_add(1, Ordering::SeqCst);
+                        if rewrites {
+                            let out = self.query(frame.body()).await;
+                            wr.write_all(&out).await?;
+                        } else {
+                            wr.write_all(&frame.frame).await?;
+                        }
+                    }
+                    b'P' if rewrites => {
+                        let out = self.parse(frame.body()).await?;
+                        wr.write_all(&out).await?;
+                    }
+                    b'F' => {
+                        self.pending.fetch_add(1, Ordering::SeqCst);
+                        if rewrites {
+                            let refusal = Refusal::statement("the FunctionCall protocol message");
+                            let out = self.refuse(&refusal);
+                            wr.write_all(&query_message(&out)).await?;
+                        } else {
+                            wr.write_all(&frame.frame).await?;
+                        }
+                    }
+                    b'S' => {
+                        self.pending.fetch_add(1, Ordering::SeqCst);
+                        wr.write_all(&frame.frame).await?;
+                    }
+                    b'X' => {
+                        wr.write_all(&frame.frame).await?;
+                        return Ok(Outcome::Terminated);
+                    }
+                    b'P' | b'B' | b'E' | b'D' | b'C' | b'H' | b'd' | b'c' | b'f' => {
+                        wr.write_all(&frame.frame).await?;
+                    }
+                    _ => return Err(WireError::Malformed("frontend (unknown message type)")),
+                }
+            }
+            wr.flush().await?;
+            wire::fill(rd, buf).await?;
+        }
+    }
+
+    /// A Query message: the rewritten text, or a refusal marker.
+    async fn query(&mut self, body: &[u8]) -> Bytes {
+        let sql = Reader::new(body, "Query").cstr();
+        let text = match sql {
+            Ok(sql) => {
+                let sql = sql.to_string();
+                self.rewrite_or_refuse(&sql).await
+            }
+            Err(_) => self.refuse(&Refusal::Unparsable("the query is not valid UTF-8".into())),
+        };
+        query_message(&text)
+    }
+
+    /// A Parse message with its query rewritten (parameter types kept), or
+    /// a marker under the same statement name.
+    async fn parse(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
+        let mut r = Reader::new(body, "Parse");
+        let name = r.cstr()?.to_string();
+        let query = r.cstr();
+        let types = r.rest();
+        let (text, types) = match query {
+            Ok(q) => {
+                let q = q.to_string();
+                let text = self.rewrite_or_refuse(&q).await;
+                (text, types)
+            }
+            Err(_) => {
+                let refusal = Refusal::Unparsable("the query is not valid UTF-8".into());
+                (self.refuse(&refusal), &b"\0\0"[..])
+            }
+        };
+        let mut out = BytesMut::with_capacity(text.len() + name.len() + types.len() + 8);
+        wire::put_message(&mut out, b'P', |b| {
+            wire::put_cstr(b, &name);
+            wire::put_cstr(b, &text);
+            b.put_slice(types);
+        });
+        Ok(out.freeze())
+    }
+
+    async fn rewrite_or_refuse(&mut self, sql: &str) -> String {
+        self.statements += 1;
+        match self.rewrite(sql).await {
+            Ok(text) => {
+                debug!(user = %self.user, sql = %text, "forward");
+                text
+            }
+            Err(refusal) => {
+                self.refused += 1;
+                debug!(user = %self.user, %refusal, "refuse");
+                self.refuse(&refusal)
+            }
+        }
+    }
+
+    async fn rewrite(&mut self, sql: &str) -> Result<String, Refusal> {
+        self.refresh_policy()?;
+        if let Some(hit) = self.cache.get(sql) {
+            return hit.clone();
+        }
+        let mut result = self.rewrite_now(sql);
+        if let Err(Refusal::UnknownTable(_)) = result {
+            // A relation created since the snapshot: look again, once.
+            if let Ok(fresh) = self
+                .shared
+                .catalog
+                .refresh(&self.database, Duration::from_secs(1))
+                .await
+            {
+                if !Arc::ptr_eq(&fresh, &self.catalog) {
+                    self.catalog = fresh;
+                    self.cache.clear();
+                    result = self.rewrite_now(sql);
+                }
+            }
+        }
+        if self.cache.len() >= CACHE_ENTRIES {
+            self.cache.clear();
+        }
+        self.cache.insert(sql.to_string(), result.clone());
+        result
+    }
+
+    fn rewrite_now(&self, sql: &str) -> Result<String, Refusal> {
+        let cx = Context {
+            access: &self.access,
+            catalog: &*self.catalog,
+            search_path: &self.shared.search_path,
+        };
+        rewrite::rewrite(sql, &cx).map(|r| r.sql)
+    }
+
+    /// Takes up a reloaded policy set: the user's access is resolved again.
+    fn refresh_policy(&mut self) -> Result<(), Refusal> {
+        let current = self.shared.policy.load();
+        if Arc::ptr_eq(&current, &self.policy) {
+            return if self.withdrawn {
+                Err(withdrawn())
+            } else {
+                Ok(())
+            };
+        }
+        self.policy = current.clone();
+        self.cache.clear();
+        match self.policy.access(&self.user) {
+            Some(access) if access.role == self.access.role => {
+                self.access = access;
+                Ok(())
+            }
+            _ => {
+                // The user was removed, or their role changed (which needs
+                // a new session): nothing more runs.
+                self.access.grants.clear();
+                self.withdrawn = true;
+                Err(withdrawn())
+            }
+        }
+    }
+
+    /// Registers a refusal and returns the marker statement that stands in
+    /// for it upstream.
+    fn refuse(&mut self, refusal: &Refusal) -> String {
+        self.seq += 1;
+        let mut pending = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        // Markers skipped upstream (an earlier error in the same pipeline)
+        // are never matched; keep only the recent ones.
+        if pending.len() >= 64 {
+            let oldest = *pending.keys().min().unwrap_or(&0);
+            pending.remove(&oldest);
+        }
+        pending.insert(self.seq, refusal.to_string());
+        format!("{MARKER}{:016x}_{}", self.nonce, self.seq)
+    }
+}
+
+fn withdrawn() -> Refusal {
+    Refusal::statement("any statement (this user's access was withdrawn or changed; reconnect)")
+}
+
+fn query_message(text: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(text.len() + 6);
+    wire::put_message(&mut out, b'Q', |b| wire::put_cstr(b, text));
+    out.freeze()
+}
+
+/// The upstream-to-client half.
+struct Back<'a> {
+    refusals: &'a Mutex<HashMap<u64, String>>,
+    pending: &'a AtomicI64,
+    client_done: &'a AtomicBool,
+    /// `rowgate_refusal_<nonce>_`, as it appears in a marker's error.
+    marker: String,
+}
+
+impl Back<'_> {
+    async fn relay(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+        mut buf: BytesMut,
+        mut fatal_rx: mpsc::Receiver<Bytes>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Outcome {
+        let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+        let mut draining = *shutdown.borrow();
+        let result: Result<Outcome, WireError> = async {
+            let mut passthrough = 0usize;
+            loop {
+                self.drain(&mut buf, &mut wr, &mut passthrough).await?;
+                wr.flush().await?;
+                if draining && self.pending.load(Ordering::SeqCst) <= 0 && passthrough == 0 {
+                    let msg = "terminating connection due to administrator command";
+                    wr.write_all(&wire::error_response("FATAL", sqlstate::ADMIN_SHUTDOWN, msg)).await?;
+                    wr.flush().await?;
+                    return Ok(Outcome::Shutdown);
+                }
+                tokio::select! {
+                    biased;
+                    Some(fatal) = fatal_rx.recv() => {
+                        wr.write_all(&fatal).await?;
+                        wr.flush().await?;
+                        return Ok(Outcome::Rejected("invalid client message".into()));
+                    }
+                    changed = shutdown.changed(), if !draining => {
+                        draining = changed.is_err() || *shutdown.borrow();
+                    }
+                    read = wire::fill(&mut rd, &mut buf) => match read {
+                        Ok(()) => {}
+                        Err(_) if self.client_done.load(Ordering::SeqCst) => return Ok(Outcome::Terminated),
+                        Err(e) => {
+                            let msg = "the upstream database closed the connection";
+                            let _ = wr.write_all(&wire::error_response("FATAL", sqlstate::CONNECTION_FAILURE, msg)).await;
+                            let _ = wr.flush().await;
+                            return Ok(Outcome::Failed(format!("upstream: {e}")));
+                        }
+                    },
+                }
+            }
+        }
+        .await;
+        let _ = wr.shutdown().await;
+        result.unwrap_or_else(|e| {
+            if self.client_done.load(Ordering::SeqCst) {
+                Outcome::Terminated
+            } else {
+                Outcome::ClientGone.or_failed(e)
+            }
+        })
+    }
+
+    /// Writes every complete message in `buf`, streaming the ones not
+    /// looked at without waiting for their end.
+    async fn drain(
+        &mut self,
+        buf: &mut BytesMut,
+        wr: &mut BufWriter<OwnedWriteHalf>,
+        passthrough: &mut usize,
+    ) -> Result<(), WireError> {
+        loop {
+            if *passthrough > 0 {
+                let n = (*passthrough).min(buf.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                wr.write_all(&buf.split_to(n)).await?;
+                *passthrough -= n;
+                continue;
+            }
+            if buf.len() < 5 {
+                return Ok(());
+            }
+            let tag = buf[0];
+            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            if len < 4 {
+                return Err(WireError::BadLength(len.into()));
+            }
+            if tag != b'E' && tag != b'Z' {
+                *passthrough = len as usize + 1;
+                continue;
+            }
+            let Some(frame) = wire::try_frame(buf, MAX_INSPECTED)? else {
+                return Ok(());
+            };
+            if tag == b'Z' {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                wr.write_all(&frame.frame).await?;
+            } else if let Some(refusal) = self.refusal_for(frame.body()) {
+                let e = wire::error_response("ERROR", Refusal::SQLSTATE, &refusal);
+                wr.write_all(&e).await?;
+            } else {
+                wr.write_all(&frame.frame).await?;
+            }
+        }
+    }
+
+    /// The refusal a marker's error stands for, if this error is one.
+    fn refusal_for(&self, body: &[u8]) -> Option<String> {
+        let marker = self.marker.as_bytes();
+        let at = body.windows(marker.len()).position(|w| w == marker)?;
+        let digits: String = body[at + marker.len()..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .map(|&b| b as char)
+            .collect();
+        let seq: u64 = digits.parse().ok()?;
+        let mut pending = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let refusal = pending.remove(&seq)?;
+        // Earlier markers were skipped by an earlier error: forget them.
+        pending.retain(|&s, _| s > seq);
+        Some(refusal)
+    }
+}
+
+impl Outcome {
+    fn or_failed(self, e: WireError) -> Outcome {
+        match e {
+            WireError::Io(_) | WireError::Closed => self,
+            other => Outcome::Failed(other.to_string()),
+        }
+    }
+}

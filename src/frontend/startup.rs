@@ -1,0 +1,118 @@
+//! The first messages of a client connection: SSLRequest and GSSENCRequest
+//! (answered `N` without TLS), CancelRequest, and the StartupMessage with
+//! its parameters and protocol version.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::{self, Reader, WireError};
+
+/// What a new connection asked for.
+pub enum First {
+    Startup(Startup),
+    Cancel { pid: i32, secret: i32 },
+}
+
+/// A StartupMessage.
+#[derive(Debug)]
+pub struct Startup {
+    pub user: String,
+    pub database: String,
+    /// Every other parameter, in the order sent.
+    pub params: Vec<(String, String)>,
+    /// The protocol minor version the client asked for.
+    pub minor: i32,
+}
+
+/// Why startup failed; each carries the SQLSTATE and message to send.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("unsupported frontend protocol {0}.{1}: server supports 3.0")]
+    Protocol(i32, i32),
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+    #[error("invalid startup packet: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Reads the connection's first message(s), answering SSL and GSSAPI
+/// encryption requests with `N`.
+pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<First, StartupError> {
+    let mut encryption_answered = false;
+    loop {
+        let (code, body) = wire::read_startup(stream, buf).await?;
+        match code {
+            wire::SSL_REQUEST | wire::GSSENC_REQUEST if !encryption_answered => {
+                // Bytes sent before our answer would be a man-in-the-middle's.
+                if !buf.is_empty() {
+                    return Err(StartupError::Invalid(
+                        "data after an encryption request".into(),
+                    ));
+                }
+                stream.write_all(b"N").await.map_err(WireError::from)?;
+                encryption_answered = code == wire::SSL_REQUEST;
+            }
+            wire::SSL_REQUEST | wire::GSSENC_REQUEST => {
+                return Err(StartupError::Invalid("repeated encryption request".into()))
+            }
+            wire::CANCEL_REQUEST => {
+                let mut r = Reader::new(&body, "CancelRequest");
+                return Ok(First::Cancel {
+                    pid: r.i32()?,
+                    secret: r.i32()?,
+                });
+            }
+            code if code >> 16 == 3 => {
+                return parse_startup(&body, code & 0xffff).map(First::Startup)
+            }
+            code => return Err(StartupError::Protocol(code >> 16, code & 0xffff)),
+        }
+    }
+}
+
+fn parse_startup(body: &[u8], minor: i32) -> Result<Startup, StartupError> {
+    let mut r = Reader::new(body, "StartupMessage");
+    let mut user = None;
+    let mut database = None;
+    let mut params = Vec::new();
+    loop {
+        let key = r.cstr()?;
+        if key.is_empty() {
+            break;
+        }
+        let value = r.cstr()?.to_string();
+        match key {
+            "user" => user = Some(value),
+            "database" => database = Some(value),
+            _ => params.push((key.to_string(), value)),
+        }
+    }
+    if !r.is_empty() {
+        return Err(StartupError::Invalid(
+            "data after the parameter list".into(),
+        ));
+    }
+    let user = user.filter(|u| !u.is_empty()).ok_or(StartupError::NoUser)?;
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    Ok(Startup {
+        user,
+        database,
+        params,
+        minor,
+    })
+}
+
+/// Startup parameters members and analysts may pass on: the client's
+/// identity and formatting. Everything else (`options`, `replication`,
+/// `search_path`, ...) is refused, as its SET would be.
+pub fn allowed_param(name: &str) -> bool {
+    let folded = name.to_ascii_lowercase();
+    folded == "application_name" || crate::rewrite::SETTABLE.contains(&folded.as_str())
+}

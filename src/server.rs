@@ -1,0 +1,165 @@
+//! The listener: one task per client connection, a cap on connections,
+//! SIGHUP reloads the policies (a broken set is reported and the current one
+//! kept), SIGINT/SIGTERM drain (no new connections; each session closes once
+//! its running statement has finished) and exit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::frontend::session::{self, Shared};
+use crate::frontend::sqlstate;
+use crate::policy;
+use crate::upstream::LiveCatalog;
+use crate::wire;
+
+/// How long a drain waits for busy sessions before closing them anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the policies do not load:\n{0}")]
+    Policies(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A bound, not yet running proxy (binding first lets callers learn the port).
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    config: Config,
+}
+
+impl Server {
+    /// Loads the policies and binds the listen address.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let loaded = policy::load_path(&config.policies).map_err(|problems| {
+            ServeError::Policies(
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+        for w in &loaded.warnings {
+            warn!("{w}");
+        }
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| ServeError::Listen(config.listen.clone(), e))?;
+        let shared = Arc::new(Shared {
+            upstream: config.upstream.clone(),
+            policy: ArcSwap::from_pointee(loaded.policy),
+            catalog: LiveCatalog::new(config.upstream.clone()),
+            cancels: Default::default(),
+            search_path: config.search_path.clone(),
+            max_message: config.max_message_bytes,
+            mock_key: rand::random(),
+        });
+        Ok(Server {
+            listener,
+            shared,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until SIGINT or SIGTERM, then drains.
+    pub async fn run(self) -> Result<(), ServeError> {
+        let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut sessions = JoinSet::new();
+        info!(listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), "rowgate is serving");
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (mut stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let shared = self.shared.clone();
+                            let shutdown = shutdown_rx.clone();
+                            sessions.spawn(async move {
+                                session::run(stream, peer, shared, shutdown).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            sessions.spawn(async move {
+                                let msg = "sorry, too many clients already";
+                                let e = wire::error_response("FATAL", sqlstate::TOO_MANY_CONNECTIONS, msg);
+                                let _ = stream.write_all(&e).await;
+                            });
+                        }
+                    }
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                _ = sighup.recv() => self.reload(),
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        info!(
+            sessions = sessions.len(),
+            "shutting down: no new connections, draining sessions"
+        );
+        drop(self.listener);
+        let _ = shutdown_tx.send(true);
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                sessions = sessions.len(),
+                "drain timed out; closing the remaining sessions"
+            );
+            sessions.shutdown().await;
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    fn reload(&self) {
+        match policy::load_path(&self.config.policies) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    warn!("{w}");
+                }
+                self.shared.policy.store(Arc::new(loaded.policy));
+                info!("policies reloaded");
+            }
+            Err(problems) => {
+                for p in &problems {
+                    error!("{p}");
+                }
+                error!("policy reload failed; the current policies stay in force");
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Facing the warehouse: connecting and authenticating a session's upstream
+//! connection, forwarding cancels, and the live catalog the rewriter
+//! resolves names against.
+
+pub mod catalog;
+pub mod connect;
+
+pub use catalog::LiveCatalog;
+pub use connect::{cancel, connect, Connected, UpstreamError};
