@@ -56,6 +56,10 @@ impl Server {
         for w in &loaded.warnings {
             warn!("{w}");
         }
+        if std::env::var_os("ROWGATE_UNSAFE_NO_FENCE").is_some_and(|v| v == "1") {
+            crate::rewrite::disable_fence_for_benchmarks();
+            warn!("the side-channel fence is OFF (ROWGATE_UNSAFE_NO_FENCE=1): for benchmarks only");
+        }
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| ServeError::Listen(config.listen.clone(), e))?;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 pub use load::{load_path, load_sources, Loaded, Source};
-pub(crate) use resolve::select_from;
+pub(crate) use resolve::{and_all, select_from};
 pub use resolve::{Access, Origin, Resolved};
 pub use value::{AttrType, AttrValue};
 

@@ -4,7 +4,7 @@
 //! [`Access`], also holds each table's effective row filter as an AST
 //! predicate, built once per session and cloned into every statement.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use sqlparser::ast::{
@@ -81,6 +81,8 @@ pub struct Access {
     /// The row predicate of every table with a policy entry; `None` means the
     /// table shows every row to this user.
     filters: HashMap<RelName, Option<Expr>>,
+    /// User-defined functions the policy allows.
+    pub functions: BTreeSet<RelName>,
 }
 
 impl Access {
@@ -138,6 +140,7 @@ pub(super) fn resolve(policy: &PolicySet, name: &str) -> Option<Access> {
         grants,
         attributes,
         filters,
+        functions: policy.functions.clone(),
     })
 }
 

@@ -12,6 +12,13 @@ use crate::policy::PolicySet;
 pub trait Catalog: Send + Sync {
     /// Whether `schema` holds a relation (table, view, ...) called `name`.
     fn contains(&self, schema: &str, name: &str) -> bool;
+
+    /// Whether `schema` holds a function called `name`. Only schemas other
+    /// than `pg_catalog` are asked (to find user-defined functions that an
+    /// unqualified call could reach).
+    fn has_function(&self, _schema: &str, _name: &str) -> bool {
+        false
+    }
 }
 
 /// Resolves a folded, unqualified relation name as PostgreSQL does: the

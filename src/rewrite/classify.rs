@@ -4,7 +4,8 @@
 //! EXPLAIN without ANALYZE) are allowed; everything else is refused.
 
 use sqlparser::ast::{
-    Declare, Expr, ObjectName, Reset, ResetStatement, Set, Statement, UnaryOperator, Value,
+    CopySource, CopyTarget, Declare, Expr, ObjectName, Reset, ResetStatement, Set, Statement,
+    UnaryOperator, Value,
 };
 
 use super::tables::{self, Scope, State};
@@ -127,6 +128,45 @@ pub(crate) fn check(
                 other => Err(Refusal::statement(format!("EXPLAIN of {}", kind(other)))),
             }
         }
+
+        Statement::Copy {
+            source,
+            to: true,
+            target: CopyTarget::Stdout,
+            values,
+            ..
+        } if values.is_empty() => {
+            if let CopySource::Table {
+                table_name,
+                columns,
+            } = source
+            {
+                // `COPY t (cols) TO STDOUT` reads like `COPY (SELECT cols
+                // FROM t) TO STDOUT`, which is what gets rewritten.
+                let cols = if columns.is_empty() {
+                    "*".to_string()
+                } else {
+                    columns
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let text = format!("SELECT {cols} FROM {table_name}");
+                let query = match super::parse(&text)?.pop() {
+                    Some(Statement::Query(q)) => q,
+                    _ => return Err(Refusal::unsupported("this COPY source")),
+                };
+                *source = CopySource::Query(query);
+            }
+            match source {
+                CopySource::Query(query) => tables::rewrite_query(query, cx, &Scope::ROOT, state),
+                CopySource::Table { .. } => Err(Refusal::unsupported("this COPY source")),
+            }
+        }
+        Statement::Copy { .. } => Err(Refusal::statement(
+            "COPY other than COPY ... TO STDOUT (COPY FROM, to a file or a program)",
+        )),
 
         other => Err(Refusal::statement(kind(other))),
     }

@@ -9,6 +9,7 @@
 
 pub mod catalog;
 mod classify;
+pub mod functions;
 mod tables;
 
 use sqlparser::ast::Statement;
@@ -17,6 +18,7 @@ use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, OfflineCatalog};
 pub use classify::{is_utf8, SETTABLE};
+pub use tables::disable_fence_for_benchmarks;
 
 use crate::policy::{Access, Role};
 

@@ -14,12 +14,13 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Ident, ObjectNamePart, Query, Select, SelectItem, SelectItemQualifiedWildcardKind,
-    SetExpr, TableAlias, TableFactor, VisitMut, VisitorMut, WildcardAdditionalOptions,
+    BinaryOperator, Expr, FunctionArguments, Ident, JoinOperator, LimitClause, ObjectNamePart,
+    Offset, OffsetRows, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
+    TableAlias, TableFactor, UnaryOperator, Value, VisitMut, VisitorMut, WildcardAdditionalOptions,
 };
 
 use super::catalog::{self, is_blocked_catalog, is_system_schema};
-use super::{Context, Refusal};
+use super::{functions, Context, Refusal};
 use crate::names::{fold, RelName};
 use crate::policy::Role;
 
@@ -50,10 +51,33 @@ impl<'p> Scope<'p> {
 /// What one statement's rewrite collects for its final pass.
 #[derive(Default)]
 pub(crate) struct State {
-    /// Schema-qualified tables replaced without an alias of their own: their
-    /// derived table is named by the bare table name, so `schema.table.col`
-    /// references must drop the schema.
+    /// Tables replaced without an alias of their own: their derived table
+    /// is named by the bare table name, so `schema.table.col` references
+    /// must drop the schema.
     unaliased: Vec<RelName>,
+    /// Every table read without an alias, and whether it was replaced.
+    named: Vec<(RelName, bool)>,
+}
+
+impl State {
+    /// Records a table read without an alias. Two such tables of one name
+    /// from two schemas are fine in PostgreSQL, but not once one of them is
+    /// a derived table named by that bare name: that is refused with advice.
+    fn add_unaliased(&mut self, rel: &RelName, replaced: bool) -> Result<(), Refusal> {
+        let clash = self.named.iter().find(|(r, was_replaced)| {
+            r.name == rel.name && r.schema != rel.schema && (replaced || *was_replaced)
+        });
+        if let Some((other, _)) = clash {
+            return Err(Refusal::unsupported(format!(
+                "reading {other} and {rel} without aliases (give them aliases)"
+            )));
+        }
+        self.named.push((rel.clone(), replaced));
+        if replaced && !self.unaliased.contains(rel) {
+            self.unaliased.push(rel.clone());
+        }
+        Ok(())
+    }
 }
 
 /// Rewrites one query (and everything nested in it) in place.
@@ -102,6 +126,8 @@ fn rewrite_with_and_body(
         state,
         depth: -1,
         in_table: 0,
+        fenced: Vec::new(),
+        replaced: false,
     };
     match query.visit(&mut walker) {
         ControlFlow::Break(refusal) => Err(refusal),
@@ -156,6 +182,11 @@ struct Walker<'a, 's> {
     /// How many `TableFactor::Table` nodes enclose the current node: a
     /// relation name met outside one is a position this walk does not know.
     in_table: u32,
+    /// Aliases of the fenced derived tables made for the SELECT being
+    /// walked, for predicate pushdown when it is left.
+    fenced: Vec<String>,
+    /// Whether the SELECT being walked had a table replaced.
+    replaced: bool,
 }
 
 impl VisitorMut for Walker<'_, '_> {
@@ -183,14 +214,60 @@ impl VisitorMut for Walker<'_, '_> {
         ControlFlow::Continue(())
     }
 
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Refusal> {
+        if self.depth != 0 {
+            return ControlFlow::Continue(());
+        }
+        let checked = match expr {
+            Expr::Function(f) => {
+                let args = match &f.args {
+                    FunctionArguments::List(list) => list.args.len(),
+                    _ => 0,
+                };
+                self.check_function(&f.name, args)
+            }
+            Expr::BinaryOp {
+                op: BinaryOperator::PGCustomBinaryOperator(parts),
+                ..
+            } if !(parts.len() == 2 && parts[0] == "pg_catalog") => Err(Refusal::unsupported(
+                format!("the operator OPERATOR({})", parts.join(".")),
+            )),
+            _ => Ok(()),
+        };
+        match checked {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(refusal) => ControlFlow::Break(refusal),
+        }
+    }
+
+    fn post_visit_select(&mut self, select: &mut Select) -> ControlFlow<Refusal> {
+        if self.depth == 0 {
+            if std::mem::take(&mut self.replaced) && mentions_system_column(select) {
+                return ControlFlow::Break(Refusal::unsupported(
+                    "system columns (ctid, xmin, ...) of a filtered table",
+                ));
+            }
+            let fenced = std::mem::take(&mut self.fenced);
+            if !fenced.is_empty() {
+                push_down(select, &fenced);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Refusal> {
         match factor {
             TableFactor::Table { .. } => self.in_table += 1,
             TableFactor::Derived { .. }
             | TableFactor::NestedJoin { .. }
             | TableFactor::UNNEST { .. }
-            | TableFactor::Function { .. }
             | TableFactor::TableFunction { .. } => {}
+            TableFactor::Function { name, args, .. } if self.depth == 0 => {
+                if let Err(refusal) = self.check_function(&name.clone(), args.len()) {
+                    return ControlFlow::Break(refusal);
+                }
+            }
+            TableFactor::Function { .. } => {}
             _ => return ControlFlow::Break(Refusal::unsupported("this kind of FROM item")),
         }
         ControlFlow::Continue(())
@@ -220,6 +297,20 @@ impl VisitorMut for Walker<'_, '_> {
 }
 
 impl Walker<'_, '_> {
+    fn check_function(
+        &self,
+        name: &sqlparser::ast::ObjectName,
+        args: usize,
+    ) -> Result<(), Refusal> {
+        functions::check(
+            name,
+            args,
+            &self.cx.access.functions,
+            self.cx.catalog,
+            self.cx.search_path,
+        )
+    }
+
     fn replace_table(&mut self, factor: &mut TableFactor) -> Result<(), Refusal> {
         let TableFactor::Table {
             name,
@@ -236,9 +327,9 @@ impl Walker<'_, '_> {
         else {
             return Ok(());
         };
-        if args.is_some() {
+        if let Some(args) = args {
             // `FROM f(...)`: a set-returning function, not a table.
-            return Ok(());
+            return self.check_function(name, args.args.len());
         }
         if !with_hints.is_empty()
             || version.is_some()
@@ -256,6 +347,13 @@ impl Walker<'_, '_> {
                 ObjectNamePart::Function(_) => Err(Refusal::unsupported("computed table names")),
             })
             .collect::<Result<_, _>>()?;
+        // sqlparser reads `FROM ONLY t` as a table `only` aliased `t`.
+        if parts.len() == 1
+            && parts[0].quote_style.is_none()
+            && parts[0].value.eq_ignore_ascii_case("only")
+        {
+            return Err(Refusal::unsupported("FROM ONLY"));
+        }
         let member = self.cx.access.role == Role::Member;
         let rel = match parts.as_slice() {
             [single] => {
@@ -284,17 +382,19 @@ impl Walker<'_, '_> {
             return Err(Refusal::Table(rel.to_string()));
         }
         let Some(predicate) = self.cx.access.filter(&rel) else {
+            if alias.is_none() {
+                self.state.add_unaliased(&rel, false)?;
+            }
             // Every row is visible: pin the schema so the upstream search
             // path cannot redirect the name.
             *name = rel.to_object_name();
             return Ok(());
         };
+        self.replaced = true;
         let alias = match alias.take() {
             Some(alias) => alias,
             None => {
-                if parts.len() == 2 {
-                    self.state.unaliased.push(rel.clone());
-                }
+                self.state.add_unaliased(&rel, true)?;
                 TableAlias {
                     explicit: true,
                     name: parts[parts.len() - 1].clone(),
@@ -304,8 +404,26 @@ impl Walker<'_, '_> {
             }
         };
         let projection = vec![SelectItem::Wildcard(WildcardAdditionalOptions::default())];
-        let subquery =
+        let mut subquery =
             crate::policy::select_from(&rel, projection, Some(predicate.clone()), sample.take());
+        if fence_enabled() {
+            // `OFFSET 0` keeps PostgreSQL from flattening the derived table
+            // or pushing the query's own predicates into it, so they are
+            // evaluated only on rows the filter let through, as native RLS
+            // evaluates security quals first. Predicates that cannot leak are
+            // moved inside by `push_down`, which keeps index use.
+            subquery.limit_clause = Some(LimitClause::LimitOffset {
+                limit: None,
+                offset: Some(Offset {
+                    value: Expr::value(Value::Number("0".into(), false)),
+                    rows: OffsetRows::None,
+                }),
+                limit_by: vec![],
+            });
+            if alias.columns.is_empty() {
+                self.fenced.push(fold(&alias.name));
+            }
+        }
         *factor = TableFactor::Derived {
             lateral: false,
             subquery: Box::new(subquery),
@@ -380,9 +498,277 @@ pub(crate) fn rewrite_node<V: VisitMut>(
         state,
         depth: 0,
         in_table: 0,
+        fenced: Vec::new(),
+        replaced: false,
     };
     match node.visit(&mut walker) {
         ControlFlow::Break(refusal) => Err(refusal),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+static FENCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the side-channel fence off for this process: only for measuring
+/// what it costs. Without it, errors raised by a member's predicates on rows
+/// the filters hide can reveal those rows.
+pub fn disable_fence_for_benchmarks() {
+    FENCE.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn fence_enabled() -> bool {
+    FENCE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Moves the WHERE conjuncts that cannot leak (a column of one fenced
+/// derived table compared with a constant) into that derived table, where
+/// PostgreSQL can use them for index scans. Only into derived tables that no
+/// outer join makes nullable: there a WHERE and an inner predicate differ.
+fn push_down(select: &mut Select, fenced: &[String]) {
+    let Some(selection) = select.selection.take() else {
+        return;
+    };
+    let single = select.from.len() == 1 && select.from[0].joins.is_empty();
+    let original = selection.clone();
+    let mut kept = Vec::new();
+    let mut moved = false;
+    for conjunct in split_and(selection) {
+        let target = match leakproof_column(&conjunct) {
+            Some(Some(q)) if fenced.contains(&q) => Some(q),
+            Some(None) if single => match &select.from[0].relation {
+                TableFactor::Derived { alias: Some(a), .. } if fenced.contains(&fold(&a.name)) => {
+                    Some(fold(&a.name))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let pushed = target
+            .and_then(|t| inner_only_derived(select, &t))
+            .map(|subquery| {
+                if let SetExpr::Select(inner) = subquery.body.as_mut() {
+                    let existing = inner.selection.take();
+                    inner.selection = crate::policy::and_all(
+                        existing
+                            .into_iter()
+                            .chain([unqualified(conjunct.clone())])
+                            .collect(),
+                    );
+                    true
+                } else {
+                    false
+                }
+            });
+        if pushed == Some(true) {
+            moved = true;
+        } else {
+            kept.push(conjunct);
+        }
+    }
+    // Nothing moved: the WHERE stays exactly as written.
+    select.selection = if moved {
+        crate::policy::and_all(kept)
+    } else {
+        Some(original)
+    };
+}
+
+/// The subquery of the fenced derived table aliased `alias`, if it stands
+/// where only inner joins reach it.
+fn inner_only_derived<'s>(select: &'s mut Select, alias: &str) -> Option<&'s mut Query> {
+    for twj in &mut select.from {
+        let inner_only = twj.joins.iter().all(|j| {
+            matches!(
+                j.join_operator,
+                JoinOperator::Join(_) | JoinOperator::Inner(_) | JoinOperator::CrossJoin(_)
+            )
+        });
+        if !inner_only {
+            continue;
+        }
+        let factors =
+            std::iter::once(&mut twj.relation).chain(twj.joins.iter_mut().map(|j| &mut j.relation));
+        for factor in factors {
+            if let TableFactor::Derived {
+                alias: Some(a),
+                subquery,
+                ..
+            } = factor
+            {
+                if fold(&a.name) == alias {
+                    return Some(subquery);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn split_and(expr: Expr) -> Vec<Expr> {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            let mut out = split_and(*left);
+            out.extend(split_and(*right));
+            out
+        }
+        Expr::Nested(inner)
+            if matches!(
+                *inner,
+                Expr::BinaryOp {
+                    op: BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            split_and(*inner)
+        }
+        other => vec![other],
+    }
+}
+
+/// If `expr` is a comparison that raises no error whatever a row holds (a
+/// column against constants with a built-in comparison), the column's
+/// qualifier: `Some(Some(alias))`, or `Some(None)` when unqualified.
+fn leakproof_column(expr: &Expr) -> Option<Option<String>> {
+    fn column(e: &Expr) -> Option<Option<String>> {
+        match e {
+            Expr::Identifier(_) => Some(None),
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => Some(Some(fold(&parts[0]))),
+            Expr::Nested(inner) => column(inner),
+            _ => None,
+        }
+    }
+    fn constant(e: &Expr) -> bool {
+        match e {
+            Expr::Value(_) => true,
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus | UnaryOperator::Plus,
+                expr,
+            } => matches!(**expr, Expr::Value(_)),
+            Expr::Cast {
+                expr, data_type, ..
+            } => constant(expr) && builtin_type(data_type),
+            Expr::Nested(inner) => constant(inner),
+            _ => false,
+        }
+    }
+    match expr {
+        Expr::Nested(inner) => leakproof_column(inner),
+        Expr::BinaryOp { left, op, right }
+            if matches!(
+                op,
+                BinaryOperator::Eq
+                    | BinaryOperator::NotEq
+                    | BinaryOperator::Lt
+                    | BinaryOperator::LtEq
+                    | BinaryOperator::Gt
+                    | BinaryOperator::GtEq
+            ) =>
+        {
+            match (column(left), column(right)) {
+                (Some(q), None) if constant(right) => Some(q),
+                (None, Some(q)) if constant(left) => Some(q),
+                _ => None,
+            }
+        }
+        Expr::InList { expr, list, .. } if list.iter().all(constant) => column(expr),
+        Expr::Between {
+            expr, low, high, ..
+        } if constant(low) && constant(high) => column(expr),
+        Expr::IsNull(e) | Expr::IsNotNull(e) => column(e),
+        _ => None,
+    }
+}
+
+fn builtin_type(t: &sqlparser::ast::DataType) -> bool {
+    use sqlparser::ast::DataType as T;
+    matches!(
+        t,
+        T::Int(_)
+            | T::Integer(_)
+            | T::BigInt(_)
+            | T::SmallInt(_)
+            | T::Int2(_)
+            | T::Int4(_)
+            | T::Int8(_)
+            | T::Numeric(_)
+            | T::Decimal(_)
+            | T::Real
+            | T::Double(_)
+            | T::DoublePrecision
+            | T::Float4
+            | T::Float8
+            | T::Text
+            | T::Varchar(_)
+            | T::CharacterVarying(_)
+            | T::Char(_)
+            | T::Character(_)
+            | T::Bool
+            | T::Boolean
+            | T::Date
+            | T::Timestamp(_, _)
+            | T::Uuid
+    )
+}
+
+/// The conjunct with its column references unqualified, as it reads inside
+/// the derived table (whose only FROM item is the base table).
+fn unqualified(mut expr: Expr) -> Expr {
+    struct Strip;
+    impl VisitorMut for Strip {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if let Expr::CompoundIdentifier(parts) = e {
+                if parts.len() == 2 {
+                    *e = Expr::Identifier(parts[1].clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = expr.visit(&mut Strip);
+    expr
+}
+
+/// Whether a SELECT (not counting its nested queries) names a system column,
+/// which a derived table does not carry.
+fn mentions_system_column(select: &mut Select) -> bool {
+    const SYSTEM: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
+    struct Find {
+        depth: usize,
+        found: bool,
+    }
+    impl VisitorMut for Find {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            let last = match &*e {
+                Expr::Identifier(i) => Some(i),
+                Expr::CompoundIdentifier(parts) => parts.last(),
+                _ => None,
+            };
+            if self.depth == 0 && last.is_some_and(|i| SYSTEM.contains(&fold(i).as_str())) {
+                self.found = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut find = Find {
+        depth: 0,
+        found: false,
+    };
+    let _ = select.visit(&mut find);
+    find.found
 }

@@ -17,12 +17,20 @@ use crate::rewrite::Catalog;
 pub struct Snapshot {
     /// Relation names by schema.
     relations: HashMap<String, HashSet<String>>,
+    /// Function names by schema, outside the system schemas.
+    functions: HashMap<String, HashSet<String>>,
     taken: Option<Instant>,
 }
 
 impl Catalog for Snapshot {
     fn contains(&self, schema: &str, name: &str) -> bool {
         self.relations
+            .get(schema)
+            .is_some_and(|names| names.contains(name))
+    }
+
+    fn has_function(&self, schema: &str, name: &str) -> bool {
+        self.functions
             .get(schema)
             .is_some_and(|names| names.contains(name))
     }
@@ -46,6 +54,10 @@ pub struct LiveCatalog {
 const RELATIONS: &str = "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')";
+
+const FUNCTIONS: &str = "SELECT DISTINCT n.nspname, p.proname FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 impl LiveCatalog {
     pub fn new(upstream: Upstream) -> Self {
@@ -102,14 +114,19 @@ impl LiveCatalog {
         let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
         let task = tokio::spawn(connection);
         let rows = client.query(RELATIONS, &[]).await;
+        let functions = client.query(FUNCTIONS, &[]).await;
         drop(client);
         let _ = task.await;
-        let mut relations: HashMap<String, HashSet<String>> = HashMap::new();
-        for row in rows? {
-            relations.entry(row.get(0)).or_default().insert(row.get(1));
-        }
+        let by_schema = |rows: Vec<tokio_postgres::Row>| {
+            let mut map: HashMap<String, HashSet<String>> = HashMap::new();
+            for row in rows {
+                map.entry(row.get(0)).or_default().insert(row.get(1));
+            }
+            map
+        };
         Ok(Snapshot {
-            relations,
+            relations: by_schema(rows?),
+            functions: by_schema(functions?),
             taken: Some(Instant::now()),
         })
     }

@@ -1,0 +1,648 @@
+//! The proxy at the protocol level, with a raw client: startup negotiation,
+//! pipelined extended queries with a refusal in the middle, row-limited
+//! portals, session pinning, COPY, and bad input of every kind, each followed
+//! by proof that other sessions are unharmed. Also SIGHUP reload, the
+//! connection cap, and SIGTERM draining.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+
+const POLICY: &str = "tests/fixtures/proxy/policy.yaml";
+
+/// One database with the differential fixture's data, shared by the tests
+/// that only read.
+fn fixture_db() -> &'static str {
+    static DB: OnceLock<String> = OnceLock::new();
+    DB.get_or_init(|| {
+        let c = common::cluster();
+        let db = c.create_database("proxy_wire");
+        let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap();
+        c.connect(&db).batch_execute(&schema).unwrap();
+        db
+    })
+}
+
+fn proxy() -> &'static common::Proxy {
+    static PROXY: OnceLock<common::Proxy> = OnceLock::new();
+    PROXY.get_or_init(|| common::Proxy::start(Path::new(POLICY), "max_message_bytes: 1048576\n"))
+}
+
+/// A backend message: tag and body.
+#[derive(Debug)]
+struct Msg {
+    tag: u8,
+    body: Vec<u8>,
+}
+
+impl Msg {
+    /// The value of an ErrorResponse/NoticeResponse field.
+    fn field(&self, code: u8) -> Option<String> {
+        let mut rest = &self.body[..];
+        while let Some((&c, tail)) = rest.split_first() {
+            if c == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0)?;
+            if c == code {
+                return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
+            }
+            rest = &tail[end + 1..];
+        }
+        None
+    }
+}
+
+/// A minimal protocol client.
+struct Raw {
+    s: TcpStream,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Raw { s }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    fn read(&mut self) -> Option<Msg> {
+        let mut head = [0u8; 5];
+        self.s.read_exact(&mut head).ok()?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.s.read_exact(&mut body).ok()?;
+        Some(Msg { tag: head[0], body })
+    }
+
+    /// Messages up to and including the next ReadyForQuery.
+    fn until_ready(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while let Some(m) = self.read() {
+            let done = m.tag == b'Z';
+            out.push(m);
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
+    fn startup(&mut self, user: &str, database: &str, extra: &[(&str, &str)]) {
+        let mut buf = BytesMut::new();
+        let mut params = vec![("user", user), ("database", database)];
+        params.extend_from_slice(extra);
+        frontend::startup_message(params.into_iter(), &mut buf).unwrap();
+        self.send(&buf);
+    }
+
+    /// Startup and SCRAM; returns what the server said after authentication.
+    fn login(port: u16, user: &str, password: &str, database: &str) -> (Raw, Vec<Msg>) {
+        let mut raw = Raw::connect(port);
+        raw.startup(user, database, &[]);
+        let after = raw.scram(password);
+        (raw, after)
+    }
+
+    fn scram(&mut self, password: &str) -> Vec<Msg> {
+        let m = self.read().expect("authentication request");
+        assert_eq!(m.tag, b'R', "{m:?}");
+        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let mut buf = BytesMut::new();
+        frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut buf).unwrap();
+        self.send(&buf);
+        let m = self.read().expect("SASL continue");
+        if m.tag == b'E' {
+            return vec![m];
+        }
+        scram.update(&m.body[4..]).unwrap();
+        buf.clear();
+        frontend::sasl_response(scram.message(), &mut buf).unwrap();
+        self.send(&buf);
+        self.until_ready()
+    }
+
+    fn query(&mut self, sql: &str) -> Vec<Msg> {
+        let mut buf = BytesMut::new();
+        frontend::query(sql, &mut buf).unwrap();
+        self.send(&buf);
+        self.until_ready()
+    }
+}
+
+fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|m| m.tag as char).collect()
+}
+
+fn errors(msgs: &[Msg]) -> Vec<(String, String)> {
+    msgs.iter()
+        .filter(|m| m.tag == b'E')
+        .map(|m| {
+            (
+                m.field(b'C').unwrap_or_default(),
+                m.field(b'M').unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A DataRow's first column as text.
+fn first_value(msgs: &[Msg]) -> Option<String> {
+    let row = msgs.iter().find(|m| m.tag == b'D')?;
+    let len = i32::from_be_bytes([row.body[2], row.body[3], row.body[4], row.body[5]]);
+    (len >= 0).then(|| String::from_utf8_lossy(&row.body[6..6 + len as usize]).into_owned())
+}
+
+/// Proof that the proxy still serves: a new member session sees its rows.
+fn still_serving() {
+    let (mut raw, _) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    let out = raw.query("SELECT count(*) FROM merchants");
+    assert_eq!(
+        first_value(&out).as_deref(),
+        Some("3"),
+        "{:?}",
+        errors(&out)
+    );
+}
+
+#[test]
+fn member_sees_filtered_rows_and_refusals_keep_the_session() {
+    let (mut raw, after) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    let t = tags(&after);
+    assert!(
+        t.contains('S') && t.contains('K') && t.ends_with('Z'),
+        "{t}"
+    );
+    assert_eq!(
+        first_value(&raw.query("SELECT count(*) FROM merchants")).as_deref(),
+        Some("3")
+    );
+    let refused = raw.query("SELECT * FROM hr.salaries");
+    assert_eq!(tags(&refused), "EZ");
+    assert_eq!(
+        errors(&refused),
+        vec![(
+            "42501".to_string(),
+            "permission denied for table hr.salaries".to_string()
+        )]
+    );
+    assert_eq!(refused[0].field(b'S').as_deref(), Some("ERROR"));
+    // A text of several statements with one refused runs nothing.
+    let out = raw.query("SELECT 1; SELECT * FROM products; SELECT 2");
+    assert_eq!(tags(&out), "EZ", "{:?}", errors(&out));
+    assert!(errors(&out)[0].1.contains("public.products"));
+    assert_eq!(first_value(&raw.query("SELECT 42")).as_deref(), Some("42"));
+}
+
+#[test]
+fn a_refusal_in_a_pipeline_comes_at_its_place_and_skips_to_sync() {
+    let (mut raw, _) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    let mut buf = BytesMut::new();
+    frontend::parse(
+        "a",
+        "SELECT count(*) FROM merchants WHERE id > $1",
+        [23],
+        &mut buf,
+    )
+    .unwrap();
+    frontend::bind(
+        "",
+        "a",
+        [0],
+        [Some(1)],
+        |v: Option<i32>, out: &mut BytesMut| {
+            out.put_slice(v.unwrap().to_string().as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [0],
+        &mut buf,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, &mut buf).unwrap();
+    frontend::parse("b", "SELECT * FROM hr.salaries", [], &mut buf).unwrap();
+    frontend::bind(
+        "",
+        "b",
+        [],
+        [],
+        |_: (), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        &mut buf,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf);
+    let out = raw.until_ready();
+    // ParseComplete, BindComplete, DataRow, CommandComplete, the refusal;
+    // the rest of the pipeline is skipped until Sync, as PostgreSQL does.
+    assert_eq!(tags(&out), "12DCEZ", "{:?}", errors(&out));
+    assert_eq!(first_value(&out).as_deref(), Some("2"));
+    assert_eq!(errors(&out)[0].0, "42501");
+    // The refused statement does not exist; the good one does.
+    buf.clear();
+    frontend::describe(b'S', "b", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf);
+    let out = raw.until_ready();
+    assert_eq!(errors(&out)[0].0, "26000", "{:?}", errors(&out));
+    buf.clear();
+    frontend::describe(b'S', "a", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf);
+    assert_eq!(tags(&raw.until_ready()), "tTZ");
+}
+
+#[test]
+fn a_refusal_in_a_transaction_block_fails_it_as_postgresql_does() {
+    let (mut raw, _) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    raw.query("BEGIN");
+    let out = raw.query("SELECT * FROM hr.salaries");
+    assert_eq!(
+        out.last().unwrap().body,
+        b"E",
+        "transaction status after a refusal"
+    );
+    let out = raw.query("SELECT 1");
+    assert_eq!(errors(&out)[0].0, "25P02");
+    let out = raw.query("ROLLBACK");
+    assert_eq!(out.last().unwrap().body, b"I");
+}
+
+#[test]
+fn portals_suspend_at_their_row_limit() {
+    let mut client = proxy()
+        .connect(fixture_db(), "member", "member-pw")
+        .unwrap();
+    let mut tx = client.transaction().unwrap();
+    let stmt = tx.prepare("SELECT id FROM orders ORDER BY id").unwrap();
+    let portal = tx.bind(&stmt, &[]).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 2).unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        assert!(rows.len() <= 2);
+        seen.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    tx.commit().unwrap();
+    let direct: Vec<i32> = common::cluster()
+        .connect(fixture_db())
+        .query(
+            "SELECT id FROM orders WHERE merchant_id IN (SELECT id FROM merchants WHERE name = 'King Inc') ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, direct);
+    assert!(seen.len() > 2);
+}
+
+#[test]
+fn session_state_is_pinned_for_members() {
+    let mut client = proxy()
+        .connect(fixture_db(), "member", "member-pw")
+        .unwrap();
+    let show = |c: &mut postgres::Client, what: &str| -> String {
+        c.query_one(&format!("SHOW {what}"), &[]).unwrap().get(0)
+    };
+    assert_eq!(show(&mut client, "search_path"), "public");
+    assert_eq!(show(&mut client, "standard_conforming_strings"), "on");
+    assert_eq!(show(&mut client, "client_encoding"), "UTF8");
+    for set in [
+        "SET search_path = hr",
+        "SET standard_conforming_strings = off",
+        "SET client_encoding = 'LATIN1'",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "RESET ALL",
+        "SELECT set_config('search_path', 'hr', false)",
+    ] {
+        let e = client.batch_execute(set).expect_err(set);
+        assert_eq!(common::sqlstate(&e).as_deref(), Some("42501"), "{set}: {e}");
+    }
+    client
+        .batch_execute("SET application_name = 'still fine'")
+        .unwrap();
+    assert_eq!(show(&mut client, "application_name"), "still fine");
+    assert_eq!(show(&mut client, "search_path"), "public");
+}
+
+#[test]
+fn startup_options_are_refused_for_members_and_passed_for_admins() {
+    let mut raw = Raw::connect(proxy().port);
+    raw.startup("member", fixture_db(), &[("options", "-c search_path=hr")]);
+    let out = raw.scram("member-pw");
+    assert_eq!(errors(&out)[0].0, "42501", "{:?}", errors(&out));
+    assert!(errors(&out)[0].1.contains("options"));
+
+    let mut raw = Raw::connect(proxy().port);
+    raw.startup("admin", fixture_db(), &[("options", "-c search_path=hr")]);
+    let out = raw.scram("admin-pw");
+    assert_eq!(out.last().map(|m| m.tag), Some(b'Z'), "{:?}", errors(&out));
+    assert_eq!(
+        first_value(&raw.query("SHOW search_path")).as_deref(),
+        Some("hr")
+    );
+}
+
+#[test]
+fn ssl_and_gssenc_requests_are_answered_no() {
+    for code in [80_877_103i32, 80_877_104] {
+        let mut raw = Raw::connect(proxy().port);
+        let mut buf = BytesMut::new();
+        buf.put_i32(8);
+        buf.put_i32(code);
+        raw.send(&buf);
+        let mut answer = [0u8; 1];
+        raw.s.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"N");
+        raw.startup("member", fixture_db(), &[]);
+        let out = raw.scram("member-pw");
+        assert_eq!(out.last().map(|m| m.tag), Some(b'Z'));
+    }
+}
+
+#[test]
+fn an_old_protocol_version_is_refused_clearly() {
+    let mut raw = Raw::connect(proxy().port);
+    let mut buf = BytesMut::new();
+    buf.put_i32(8);
+    buf.put_i32(2 << 16);
+    raw.send(&buf);
+    let m = raw.read().unwrap();
+    assert_eq!(m.field(b'C').as_deref(), Some("0A000"));
+    assert!(m
+        .field(b'M')
+        .unwrap()
+        .contains("unsupported frontend protocol 2.0"));
+    still_serving();
+}
+
+#[test]
+fn members_copy_out_is_filtered_copy_in_refused_and_admins_copy_passes() {
+    let copy = |c: &mut postgres::Client, sql: &str| -> Result<String, postgres::Error> {
+        let mut out = String::new();
+        c.copy_out(sql)?.read_to_string(&mut out).unwrap();
+        Ok(out)
+    };
+    let mut member = proxy()
+        .connect(fixture_db(), "member", "member-pw")
+        .unwrap();
+    let rows = copy(&mut member, "COPY merchants (id, name) TO STDOUT").unwrap();
+    assert_eq!(rows, "1\tKing Inc\n7\tKing Inc\n11\tKing Inc\n");
+    let csv = copy(
+        &mut member,
+        "COPY (SELECT id FROM merchants ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
+    )
+    .unwrap();
+    assert_eq!(csv, "id\n1\n7\n11\n");
+    for refused in [
+        "COPY hr.salaries TO STDOUT",
+        "COPY merchants FROM STDIN",
+        "COPY merchants TO '/tmp/x'",
+        "COPY (SELECT 1) TO PROGRAM 'true'",
+    ] {
+        let e = member.batch_execute(refused).expect_err(refused);
+        assert_eq!(common::sqlstate(&e).as_deref(), Some("42501"), "{refused}");
+    }
+    let mut admin = proxy().connect(fixture_db(), "admin", "admin-pw").unwrap();
+    let all = copy(
+        &mut admin,
+        "COPY (SELECT id FROM merchants ORDER BY id) TO STDOUT",
+    )
+    .unwrap();
+    assert_eq!(all.lines().count(), 11);
+}
+
+#[test]
+fn garbage_bytes_end_only_that_connection() {
+    let mut raw = Raw::connect(proxy().port);
+    raw.send(b"\x16\x03\x01 this is not a startup packet at all");
+    let mut rest = Vec::new();
+    let _ = raw.s.read_to_end(&mut rest);
+    still_serving();
+
+    let (mut raw, _) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    raw.send(b"\x01\x00\x00\x00\x09garbage");
+    let m = raw.read().expect("an error before the connection ends");
+    assert_eq!(m.field(b'S').as_deref(), Some("FATAL"));
+    assert_eq!(m.field(b'C').as_deref(), Some("08P01"));
+    assert!(raw.read().is_none(), "the connection ends");
+    still_serving();
+}
+
+#[test]
+fn an_oversized_message_ends_only_that_connection() {
+    let (mut raw, _) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    let mut buf = BytesMut::new();
+    buf.put_u8(b'Q');
+    buf.put_i32(64 * 1024 * 1024);
+    raw.send(&buf);
+    let m = raw.read().expect("an error");
+    assert_eq!(m.field(b'C').as_deref(), Some("54000"));
+    assert!(m.field(b'M').unwrap().contains("exceeds the limit"));
+    assert!(raw.read().is_none());
+    still_serving();
+}
+
+#[test]
+fn a_truncated_message_and_a_vanished_client_harm_nothing() {
+    let (mut raw, _) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    let mut buf = BytesMut::new();
+    buf.put_u8(b'Q');
+    buf.put_i32(100);
+    buf.put_slice(b"SELECT");
+    raw.send(&buf);
+    drop(raw);
+
+    // A client that leaves in the middle of a query: its upstream session
+    // is closed too.
+    let mut raw = Raw::connect(proxy().port);
+    raw.startup("member", fixture_db(), &[("application_name", "vanishing")]);
+    raw.scram("member-pw");
+    let mut buf = BytesMut::new();
+    frontend::query("SELECT pg_sleep(1)", &mut buf).unwrap();
+    raw.send(&buf);
+    drop(raw);
+    let mut direct = common::cluster().connect("postgres");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vanishing'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream session outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    still_serving();
+}
+
+#[test]
+fn an_upstream_restart_ends_the_session_with_an_error() {
+    let (mut raw, _) = {
+        let mut raw = Raw::connect(proxy().port);
+        raw.startup("member", fixture_db(), &[("application_name", "victim")]);
+        let out = raw.scram("member-pw");
+        (raw, out)
+    };
+    let mut direct = common::cluster().connect("postgres");
+    direct
+        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim'")
+        .unwrap();
+    let mut buf = BytesMut::new();
+    frontend::query("SELECT 1", &mut buf).unwrap();
+    let _ = raw.s.write_all(&buf);
+    let mut fatal = None;
+    while let Some(m) = raw.read() {
+        if m.tag == b'E' && m.field(b'S').as_deref() == Some("FATAL") {
+            fatal = Some(m);
+        }
+    }
+    assert!(fatal.is_some(), "the client is told its session ended");
+    still_serving();
+}
+
+#[test]
+fn wrong_passwords_and_unknown_users_look_the_same() {
+    let (_, wrong) = Raw::login(proxy().port, "member", "nope", fixture_db());
+    let (_, unknown) = Raw::login(proxy().port, "nobody-here", "nope", fixture_db());
+    assert_eq!(errors(&wrong)[0].0, "28P01");
+    assert_eq!(errors(&unknown)[0].0, "28P01");
+    assert_eq!(
+        errors(&wrong)[0].1.replace("\"member\"", "\"X\""),
+        errors(&unknown)[0].1.replace("\"nobody-here\"", "\"X\"")
+    );
+}
+
+#[test]
+fn sighup_reloads_policies_and_a_broken_set_keeps_the_old_one() {
+    let db = fixture_db();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::copy(POLICY, &file).unwrap();
+    let proxy = common::Proxy::start(&file, "");
+    let mut client = proxy.connect(db, "member", "member-pw").unwrap();
+    let count = |c: &mut postgres::Client| -> Result<i64, postgres::Error> {
+        c.query_one("SELECT count(*) FROM merchants", &[])
+            .map(|r| r.get(0))
+    };
+    assert_eq!(count(&mut client).unwrap(), 3);
+
+    let text = std::fs::read_to_string(POLICY).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("merchant: [King Inc]", "merchant: [Bel Air]"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&mut client).unwrap() != 2 {
+        assert!(Instant::now() < deadline, "the reload did not take effect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    std::fs::write(&file, "users: [this is: not valid").unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("policy reload failed") {
+        assert!(Instant::now() < deadline, "no reload error was logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        count(&mut client).unwrap(),
+        2,
+        "the previous policies stay in force"
+    );
+    assert!(proxy.connect(db, "member", "member-pw").is_ok());
+}
+
+#[test]
+fn connections_over_the_cap_are_turned_away() {
+    let db = fixture_db();
+    let proxy = common::Proxy::start(Path::new(POLICY), "max_connections: 2\n");
+    let a = proxy.connect(db, "member", "member-pw").unwrap();
+    let b = proxy.connect(db, "member", "member-pw").unwrap();
+    let e = proxy.connect(db, "member", "member-pw").err().unwrap();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("53300"), "{e}");
+    drop((a, b));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.connect(db, "member", "member-pw").is_err() {
+        assert!(Instant::now() < deadline, "slots are not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_drains_running_statements_then_exits() {
+    let db = fixture_db();
+    let mut proxy = common::Proxy::start(Path::new(POLICY), "");
+    let url = proxy.url(db, "member", "member-pw") + " application_name=draining";
+    let busy = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query_one("SELECT pg_sleep(1.5)::text, count(*) FROM merchants", &[])
+            .map(|r| r.get::<_, i64>(1))
+    });
+    // Wait until the statement runs upstream.
+    let mut direct = common::cluster().connect("postgres");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'draining' AND query LIKE '%pg_sleep%' AND state = 'active'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if running == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the busy statement never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut idle = proxy.connect(db, "member", "member-pw").unwrap();
+    proxy.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        proxy.connect(db, "member", "member-pw").is_err(),
+        "no new connections while draining"
+    );
+    assert_eq!(
+        busy.join().unwrap().unwrap(),
+        3,
+        "the running statement finishes"
+    );
+    let status = proxy
+        .wait_exit(Duration::from_secs(15))
+        .expect("rowgate exits after the drain");
+    assert!(status.success());
+    assert!(idle.is_closed() || idle.is_valid(Duration::from_secs(1)).is_err());
+}
