@@ -79,9 +79,12 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
     let mut compared = 0;
     let mut refusals = 0;
     for (&user, oracle) in oracles.iter_mut() {
-        let mut through = proxy
-            .connect(&db, user, PASSWORD)
-            .unwrap_or_else(|e| panic!("{user} cannot connect through rowgate: {e}\n{}", proxy.log()));
+        let mut through = proxy.connect(&db, user, PASSWORD).unwrap_or_else(|e| {
+            panic!(
+                "{user} cannot connect through rowgate: {e}\n{}",
+                proxy.log()
+            )
+        });
         for &sql in QUERIES {
             let simple = (rls::run(&mut through, sql), rls::run(oracle, sql));
             match simple {
@@ -92,9 +95,14 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
                         compared += 1;
                     }
                 }
-                (a, b) => differences.push(format!("simple, {user}: {sql}\n  rowgate: {a:?}\n  native:  {b:?}")),
+                (a, b) => differences.push(format!(
+                    "simple, {user}: {sql}\n  rowgate: {a:?}\n  native:  {b:?}"
+                )),
             }
-            for (mode, f) in [("prepared", prepared as fn(&mut _, &str) -> _), ("unnamed", unnamed)] {
+            for (mode, f) in [
+                ("prepared", prepared as fn(&mut _, &str) -> _),
+                ("unnamed", unnamed),
+            ] {
                 match (f(&mut through, sql), f(oracle, sql)) {
                     (Ok(a), Ok(b)) if a == b => {
                         if a == Binary::Refused {
@@ -110,7 +118,10 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
             }
         }
         // The session is still usable after every refusal.
-        assert_eq!(rls::run(&mut through, "SELECT 1").unwrap(), Outcome::Rows(vec![vec![Some("1".into())]]));
+        assert_eq!(
+            rls::run(&mut through, "SELECT 1").unwrap(),
+            Outcome::Rows(vec![vec![Some("1".into())]])
+        );
     }
     assert!(
         differences.is_empty(),
