@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod frontend;
+pub mod localpg;
 pub mod names;
 pub mod policy;
 pub mod rewrite;

@@ -2,6 +2,7 @@
 
 mod access;
 mod check;
+pub mod demo;
 mod explain;
 mod passwd;
 mod serve;
@@ -61,10 +62,7 @@ impl Cli {
             Command::Access(args) => access::run(&args),
             Command::Passwd => passwd::run(),
             Command::Serve(c) => serve::run(&c.config),
-            Command::Demo => {
-                eprintln!("rowgate: this command arrives with the proxy; see the README");
-                FAILED
-            }
+            Command::Demo => demo::run(),
         }
     }
 }

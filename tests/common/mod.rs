@@ -11,7 +11,6 @@
 
 pub mod rls;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,162 +31,34 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| Cluster::start().unwrap_or_else(|e| panic!("{e}")))
 }
 
-/// Where PostgreSQL's server binaries are: `ROWGATE_PG_BIN`, `pg_config
-/// --bindir`, `PATH`, or the newest `/usr/lib/postgresql/*/bin`.
+/// Where PostgreSQL's server binaries are (see `rowgate::localpg`).
 pub fn find_pg_bin() -> Result<PathBuf, String> {
-    let has_server = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
-    let mut candidates = Vec::new();
-    if let Ok(dir) = std::env::var("ROWGATE_PG_BIN") {
-        candidates.push(PathBuf::from(dir));
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        if out.status.success() {
-            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path));
-    }
-    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    versioned.sort_by_key(|p| {
-        let version = p
-            .parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok());
-        std::cmp::Reverse(version)
-    });
-    candidates.extend(versioned);
-    candidates
-        .into_iter()
-        .find(|d| has_server(d))
-        .ok_or_else(|| {
-            "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found. Install them \
-         (Debian/Ubuntu: `apt-get install postgresql`; macOS: `brew install postgresql`) or \
-         point ROWGATE_PG_BIN at their directory."
-                .to_string()
-        })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    rowgate::localpg::find_bin_dir().map_err(|e| e.to_string())
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rowgate::localpg::free_port().unwrap()
 }
+
+/// Upstream authentication methods, one role each (see
+/// `Cluster::AUTH_ROLES`); everything else trusts 127.0.0.1.
+const HBA: &str = "host all up_password 127.0.0.1/32 password
+host all up_md5 127.0.0.1/32 md5
+host all up_scram 127.0.0.1/32 scram-sha-256
+host all all 127.0.0.1/32 trust
+local all all trust
+";
 
 impl Cluster {
     fn start() -> Result<Cluster, String> {
-        let bin = find_pg_bin()?;
-        let root = is_root();
-        let dir = std::env::temp_dir().join(format!(
-            "rowgate-test-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let data = dir.join("data");
-        let as_pg = |program: PathBuf| -> Command {
-            if root {
-                let mut c = Command::new("runuser");
-                c.arg("-u").arg("postgres").arg("--").arg(program);
-                c
-            } else {
-                Command::new(program)
-            }
+        let pg = rowgate::localpg::LocalPg::start("test", Some(HBA)).map_err(|e| e.to_string())?;
+        let cluster = Cluster {
+            port: pg.port,
+            dir: pg.dir.clone(),
+            bin: pg.bin.clone(),
         };
-        if root {
-            let ok = Command::new("chown")
-                .arg("postgres:")
-                .arg(&dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return Err(format!(
-                    "cannot hand {} to the postgres OS user (is there one?)",
-                    dir.display()
-                ));
-            }
-        }
-        spawn_reaper(&bin, &dir, &data, root);
-        let out = as_pg(bin.join("initdb"))
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(&data)
-            .output()
-            .map_err(|e| format!("cannot run initdb: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "initdb failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        // Upstream authentication methods, one role each (see
-        // `Cluster::auth_roles`); everything else trusts 127.0.0.1.
-        let hba = "host all up_password 127.0.0.1/32 password\n\
-                   host all up_md5 127.0.0.1/32 md5\n\
-                   host all up_scram 127.0.0.1/32 scram-sha-256\n\
-                   host all all 127.0.0.1/32 trust\n\
-                   local all all trust\n";
-        std::fs::write(data.join("pg_hba.conf"), hba)
-            .map_err(|e| format!("cannot write pg_hba.conf: {e}"))?;
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let options = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB",
-                dir.display()
-            );
-            let out = as_pg(bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-o", &options, "-l"])
-                .arg(dir.join("server.log"))
-                .args(["-w", "-t", "60", "start"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
-                .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
-            if out.status.success() {
-                let cluster = Cluster { port, dir, bin };
-                cluster.create_auth_roles();
-                return Ok(cluster);
-            }
-            last_error = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-        }
-        Err(format!("PostgreSQL did not start: {last_error}"))
+        cluster.create_auth_roles();
+        Ok(cluster)
     }
 
     /// Superuser roles that must authenticate with a password by one
@@ -234,37 +105,6 @@ impl Cluster {
             .unwrap();
         name
     }
-}
-
-/// Stops the cluster and removes its directory once this process is gone,
-/// however it ends.
-fn spawn_reaper(bin: &Path, dir: &Path, data: &Path, root: bool) {
-    let pg_ctl = bin.join("pg_ctl");
-    let stop = if root {
-        format!(
-            "runuser -u postgres -- '{}' -D '{}' stop -m immediate",
-            pg_ctl.display(),
-            data.display()
-        )
-    } else {
-        format!(
-            "'{}' -D '{}' stop -m immediate",
-            pg_ctl.display(),
-            data.display()
-        )
-    };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf '{dir}'",
-        pid = std::process::id(),
-        dir = dir.display()
-    );
-    let _ = Command::new("setsid")
-        .args(["sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    std::thread::sleep(Duration::from_millis(10));
 }
 
 /// The rows of a simple query as text, the way psql would show them; NULL is
