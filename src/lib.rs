@@ -15,5 +15,6 @@ pub mod names;
 pub mod policy;
 pub mod rewrite;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod wire;

@@ -59,7 +59,7 @@ pub fn find_bin_dir() -> Result<PathBuf, LocalPgError> {
             Some((version, e.path().join("bin")))
         })
         .collect();
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
     candidates.extend(versioned.into_iter().map(|(_, p)| p));
     candidates
         .into_iter()

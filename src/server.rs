@@ -32,6 +32,8 @@ pub enum ServeError {
     Listen(String, std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A bound, not yet running proxy (binding first lets callers learn the port).
@@ -60,6 +62,10 @@ impl Server {
             crate::rewrite::disable_fence_for_benchmarks();
             warn!("the side-channel fence is OFF (ROWGATE_UNSAFE_NO_FENCE=1): for benchmarks only");
         }
+        let tls = match &config.tls {
+            Some(t) => Some(crate::tls::acceptor(&t.cert, &t.key)?),
+            None => None,
+        };
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| ServeError::Listen(config.listen.clone(), e))?;
@@ -71,6 +77,7 @@ impl Server {
             search_path: config.search_path.clone(),
             max_message: config.max_message_bytes,
             mock_key: rand::random(),
+            tls,
         });
         Ok(Server {
             listener,

@@ -103,7 +103,7 @@ impl Raw {
         let mut buf = BytesMut::new();
         let mut params = vec![("user", user), ("database", database)];
         params.extend_from_slice(extra);
-        frontend::startup_message(params.into_iter(), &mut buf).unwrap();
+        frontend::startup_message(params, &mut buf).unwrap();
         self.send(&buf);
     }
 
@@ -635,10 +635,12 @@ fn sigterm_drains_running_statements_then_exits() {
         proxy.connect(db, "member", "member-pw").is_err(),
         "no new connections while draining"
     );
+    let result = busy.join().unwrap();
     assert_eq!(
-        busy.join().unwrap().unwrap(),
-        3,
-        "the running statement finishes"
+        result.as_ref().ok(),
+        Some(&3),
+        "the running statement finishes: {result:?}\n{}",
+        proxy.log()
     );
     let status = proxy
         .wait_exit(Duration::from_secs(15))

@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -35,6 +34,7 @@ use super::startup::{self, First};
 use crate::config::Upstream;
 use crate::policy::{Access, PolicySet, Role};
 use crate::rewrite::{self, Context, Refusal};
+use crate::tls::Stream;
 use crate::upstream::{self, catalog::Snapshot, LiveCatalog, UpstreamError};
 use crate::wire::{self, Reader, WireError};
 
@@ -50,12 +50,16 @@ pub struct Shared {
     pub max_message: usize,
     /// Keys the mock SCRAM salts of unknown users.
     pub mock_key: [u8; 32],
+    /// TLS towards clients, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The prefix of every refusal marker.
 const MARKER: &str = "rowgate_refusal_";
 /// The largest ErrorResponse or ReadyForQuery the relay reads whole.
 const MAX_INSPECTED: usize = 1 << 20;
+/// How long an idle session lives on once a drain has begun.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 /// Rewrites remembered per session, keyed by statement text.
 const CACHE_ENTRIES: usize = 256;
 
@@ -68,7 +72,7 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let mut log = LogLine::default();
-    let outcome = session(stream, &shared, shutdown, &mut log).await;
+    let outcome = session(Stream::Plain(stream), &shared, shutdown, &mut log).await;
     let elapsed = started.elapsed();
     match &outcome {
         Outcome::Cancel => debug!(client = %peer, "cancel request"),
@@ -116,7 +120,7 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
+async fn fatal(stream: &mut Stream, code: &str, message: &str) {
     let _ = stream
         .write_all(&wire::error_response("FATAL", code, message))
         .await;
@@ -124,13 +128,13 @@ async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
 }
 
 async fn session(
-    mut stream: TcpStream,
+    mut stream: Stream,
     shared: &Shared,
     shutdown: watch::Receiver<bool>,
     log: &mut LogLine,
 ) -> Outcome {
     let mut buf = BytesMut::with_capacity(8192);
-    let hello = match startup::negotiate(&mut stream, &mut buf).await {
+    let hello = match startup::negotiate(&mut stream, &mut buf, shared.tls.as_ref()).await {
         Ok(First::Cancel { pid, secret }) => {
             if let Some(key) = shared.cancels.get(&(pid, secret)).map(|k| *k) {
                 if let Err(e) = upstream::cancel(&shared.upstream, key).await {
@@ -264,12 +268,9 @@ async fn session(
         return Outcome::ClientGone;
     }
 
-    let (client_rd, client_wr) = stream.into_split();
-    let (up_rd, up_wr) = connected.stream.into_split();
     let refusals = Mutex::new(HashMap::new());
     let pending = AtomicI64::new(0);
     let client_done = AtomicBool::new(false);
-    let (fatal_tx, fatal_rx) = mpsc::channel(1);
     let nonce: u64 = rand::random();
     let mut front = Front {
         shared,
@@ -293,9 +294,58 @@ async fn session(
         client_done: &client_done,
         marker: format!("{MARKER}{nonce:016x}_"),
     };
-    let outcome = {
-        let client = front.client_loop(client_rd, up_wr, buf, &client_done, fatal_tx);
-        let relay = back.relay(up_rd, client_wr, connected.buffer, fatal_rx, shutdown);
+    let loops = Loops {
+        buf,
+        upstream_buf: connected.buffer,
+        client_done: &client_done,
+        shutdown,
+    };
+    // Plain TCP splits without a lock; TLS streams share one.
+    let outcome = match (stream, connected.stream) {
+        (Stream::Plain(client), Stream::Plain(upstream)) => {
+            let (client_rd, client_wr) = client.into_split();
+            let (up_rd, up_wr) = upstream.into_split();
+            loops.run(&mut front, &mut back, client_rd, client_wr, up_rd, up_wr).await
+        }
+        (client, upstream) => {
+            let (client_rd, client_wr) = tokio::io::split(client);
+            let (up_rd, up_wr) = tokio::io::split(upstream);
+            loops.run(&mut front, &mut back, client_rd, client_wr, up_rd, up_wr).await
+        }
+    };
+    log.statements = front.statements;
+    log.refused = front.refused;
+    outcome
+}
+
+/// What the two relays of a session share besides their halves.
+struct Loops<'a> {
+    buf: BytesMut,
+    upstream_buf: BytesMut,
+    client_done: &'a AtomicBool,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Loops<'_> {
+    /// Runs both relays until the session ends.
+    async fn run<CR, CW, UR, UW>(
+        self,
+        front: &mut Front<'_>,
+        back: &mut Back<'_>,
+        client_rd: CR,
+        client_wr: CW,
+        up_rd: UR,
+        up_wr: UW,
+    ) -> Outcome
+    where
+        CR: AsyncRead + Unpin,
+        CW: AsyncWrite + Unpin,
+        UR: AsyncRead + Unpin,
+        UW: AsyncWrite + Unpin,
+    {
+        let (fatal_tx, fatal_rx) = mpsc::channel(1);
+        let client = front.client_loop(client_rd, up_wr, self.buf, self.client_done, fatal_tx);
+        let relay = back.relay(up_rd, client_wr, self.upstream_buf, fatal_rx, self.shutdown);
         tokio::pin!(client, relay);
         tokio::select! {
             end = &mut relay => end,
@@ -304,10 +354,7 @@ async fn session(
                 _ => end.unwrap_or(Outcome::ClientGone),
             },
         }
-    };
-    log.statements = front.statements;
-    log.refused = front.refused;
-    outcome
+    }
 }
 
 /// Removes a cancel key when its session ends.
@@ -380,10 +427,10 @@ struct Front<'a> {
 impl Front<'_> {
     /// Relays client messages until the client ends the session. `None`
     /// means the client left; errors are sent to the client by the relay.
-    async fn client_loop(
+    async fn client_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
-        mut rd: OwnedReadHalf,
-        wr: OwnedWriteHalf,
+        mut rd: R,
+        wr: W,
         mut buf: BytesMut,
         client_done: &AtomicBool,
         fatal_tx: mpsc::Sender<Bytes>,
@@ -410,10 +457,10 @@ impl Front<'_> {
         }
     }
 
-    async fn forward(
+    async fn forward<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
-        rd: &mut OwnedReadHalf,
-        wr: &mut BufWriter<OwnedWriteHalf>,
+        rd: &mut R,
+        wr: &mut BufWriter<W>,
         buf: &mut BytesMut,
     ) -> Result<Outcome, WireError> {
         loop {
@@ -620,10 +667,10 @@ struct Back<'a> {
 }
 
 impl Back<'_> {
-    async fn relay(
+    async fn relay<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
-        mut rd: OwnedReadHalf,
-        wr: OwnedWriteHalf,
+        mut rd: R,
+        wr: W,
         mut buf: BytesMut,
         mut fatal_rx: mpsc::Receiver<Bytes>,
         mut shutdown: watch::Receiver<bool>,
@@ -635,18 +682,23 @@ impl Back<'_> {
             loop {
                 self.drain(&mut buf, &mut wr, &mut passthrough).await?;
                 wr.flush().await?;
-                if draining && self.pending.load(Ordering::SeqCst) <= 0 && passthrough == 0 {
-                    let msg = "terminating connection due to administrator command";
-                    wr.write_all(&wire::error_response("FATAL", sqlstate::ADMIN_SHUTDOWN, msg)).await?;
-                    wr.flush().await?;
-                    return Ok(Outcome::Shutdown);
-                }
+                // Draining, and nothing is running: the session closes after
+                // a short grace, so that a client reading the last result
+                // does not meet the termination notice in the same read.
+                let idle = draining && self.pending.load(Ordering::SeqCst) <= 0 && passthrough == 0;
+                let grace = tokio::time::sleep(if idle { SHUTDOWN_GRACE } else { Duration::MAX / 4 });
                 tokio::select! {
                     biased;
                     Some(fatal) = fatal_rx.recv() => {
                         wr.write_all(&fatal).await?;
                         wr.flush().await?;
                         return Ok(Outcome::Rejected("invalid client message".into()));
+                    }
+                    () = grace, if idle => {
+                        let msg = "terminating connection due to administrator command";
+                        wr.write_all(&wire::error_response("FATAL", sqlstate::ADMIN_SHUTDOWN, msg)).await?;
+                        wr.flush().await?;
+                        return Ok(Outcome::Shutdown);
                     }
                     changed = shutdown.changed(), if !draining => {
                         draining = changed.is_err() || *shutdown.borrow();
@@ -677,10 +729,10 @@ impl Back<'_> {
 
     /// Writes every complete message in `buf`, streaming the ones not
     /// looked at without waiting for their end.
-    async fn drain(
+    async fn drain<W: AsyncWrite + Unpin>(
         &mut self,
         buf: &mut BytesMut,
-        wr: &mut BufWriter<OwnedWriteHalf>,
+        wr: &mut BufWriter<W>,
         passthrough: &mut usize,
     ) -> Result<(), WireError> {
         loop {

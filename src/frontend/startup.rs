@@ -3,8 +3,9 @@
 //! its parameters and protocol version.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
+use crate::tls::Stream;
 use crate::wire::{self, Reader, WireError};
 
 /// What a new connection asked for.
@@ -33,32 +34,50 @@ pub enum StartupError {
     NoUser,
     #[error("invalid startup packet: {0}")]
     Invalid(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error(transparent)]
     Wire(#[from] WireError),
 }
 
-/// Reads the connection's first message(s), answering SSL and GSSAPI
-/// encryption requests with `N`.
-pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
+/// Reads the connection's first message(s). An SSLRequest is answered `S`
+/// and the connection switched to TLS when `tls` is given, `N` otherwise; a
+/// GSSENCRequest is answered `N`.
+pub async fn negotiate(
+    stream: &mut Stream,
     buf: &mut BytesMut,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
 ) -> Result<First, StartupError> {
-    let mut encryption_answered = false;
+    let mut ssl_answered = false;
+    let mut gss_answered = false;
     loop {
         let (code, body) = wire::read_startup(stream, buf).await?;
         match code {
-            wire::SSL_REQUEST | wire::GSSENC_REQUEST if !encryption_answered => {
+            wire::SSL_REQUEST | wire::GSSENC_REQUEST => {
+                let answered = if code == wire::SSL_REQUEST {
+                    &mut ssl_answered
+                } else {
+                    &mut gss_answered
+                };
+                if *answered || stream.is_tls() {
+                    return Err(StartupError::Invalid("repeated encryption request".into()));
+                }
+                *answered = true;
                 // Bytes sent before our answer would be a man-in-the-middle's.
                 if !buf.is_empty() {
-                    return Err(StartupError::Invalid(
-                        "data after an encryption request".into(),
-                    ));
+                    return Err(StartupError::Invalid("data after an encryption request".into()));
                 }
-                stream.write_all(b"N").await.map_err(WireError::from)?;
-                encryption_answered = code == wire::SSL_REQUEST;
-            }
-            wire::SSL_REQUEST | wire::GSSENC_REQUEST => {
-                return Err(StartupError::Invalid("repeated encryption request".into()))
+                match tls.filter(|_| code == wire::SSL_REQUEST) {
+                    Some(acceptor) => {
+                        stream.write_all(b"S").await.map_err(WireError::from)?;
+                        let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Closed) else {
+                            return Err(StartupError::Invalid("repeated encryption request".into()));
+                        };
+                        let tls = acceptor.accept(tcp).await.map_err(StartupError::Tls)?;
+                        *stream = Stream::Server(Box::new(tls));
+                    }
+                    None => stream.write_all(b"N").await.map_err(WireError::from)?,
+                }
             }
             wire::CANCEL_REQUEST => {
                 let mut r = Reader::new(&body, "CancelRequest");

@@ -658,17 +658,17 @@ fn leakproof_column(expr: &Expr) -> Option<Option<String>> {
     }
     match expr {
         Expr::Nested(inner) => leakproof_column(inner),
-        Expr::BinaryOp { left, op, right }
-            if matches!(
-                op,
+        Expr::BinaryOp {
+            left,
+            op:
                 BinaryOperator::Eq
-                    | BinaryOperator::NotEq
-                    | BinaryOperator::Lt
-                    | BinaryOperator::LtEq
-                    | BinaryOperator::Gt
-                    | BinaryOperator::GtEq
-            ) =>
-        {
+                | BinaryOperator::NotEq
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq,
+            right,
+        } => {
             match (column(left), column(right)) {
                 (Some(q), None) if constant(right) => Some(q),
                 (None, Some(q)) if constant(left) => Some(q),

@@ -6,10 +6,11 @@
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{Upstream, UpstreamTls};
+use crate::tls::{self, Stream};
 use crate::wire::{self, Frame, Reader, WireError};
 
 /// The upstream's startup messages are small; this bounds them.
@@ -29,8 +30,10 @@ pub enum UpstreamError {
         "the upstream database asks for an authentication method rowgate does not support ({0})"
     )]
     UnsupportedAuth(i32),
-    #[error("upstream TLS is required by the configuration but not yet supported")]
-    TlsUnsupported,
+    #[error("upstream.tls is `require` but the upstream database does not offer TLS")]
+    TlsRefused,
+    #[error("upstream TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -45,7 +48,7 @@ impl From<std::io::Error> for UpstreamError {
 
 /// An authenticated upstream session, ready for queries.
 pub struct Connected {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read past the startup messages.
     pub buffer: BytesMut,
     /// ParameterStatus and NoticeResponse messages, to relay to the client.
@@ -63,14 +66,37 @@ pub async fn connect(
     database: &str,
     params: &[(String, String)],
 ) -> Result<Connected, UpstreamError> {
-    if cfg.tls == UpstreamTls::Require {
-        return Err(UpstreamError::TlsUnsupported);
-    }
     let addr = format!("{}:{}", cfg.host, cfg.port);
-    let mut stream = TcpStream::connect(&addr)
+    let mut tcp = TcpStream::connect(&addr)
         .await
         .map_err(|e| UpstreamError::Connect(addr.clone(), e))?;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut stream = match cfg.tls {
+        UpstreamTls::Disable => Stream::Plain(tcp),
+        UpstreamTls::Prefer | UpstreamTls::Require => {
+            let mut out = BytesMut::new();
+            frontend::ssl_request(&mut out);
+            tcp.write_all(&out).await?;
+            match tcp.read_u8().await? {
+                b'S' => {
+                    let name = tls::server_name(&cfg.host)?;
+                    let tls = tls::upstream_connector()
+                        .connect(name, tcp)
+                        .await
+                        .map_err(UpstreamError::Tls)?;
+                    Stream::Client(Box::new(tls))
+                }
+                b'N' if cfg.tls == UpstreamTls::Prefer => Stream::Plain(tcp),
+                b'N' => return Err(UpstreamError::TlsRefused),
+                other => {
+                    return Err(UpstreamError::Protocol(format!(
+                        "unexpected answer {:?} to SSLRequest",
+                        other as char
+                    )))
+                }
+            }
+        }
+    };
 
     let mut out = BytesMut::new();
     let mut startup: Vec<(&str, &str)> = vec![("user", &cfg.user), ("database", database)];
@@ -117,7 +143,7 @@ async fn authenticate(
     cfg: &Upstream,
     frame: &Frame,
     scram: &mut Option<ScramSha256>,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
 ) -> Result<(), UpstreamError> {
     let mut r = Reader::new(frame.body(), "Authentication");
     let code = r.i32()?;

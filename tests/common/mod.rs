@@ -165,9 +165,14 @@ impl Proxy {
         Self::start_with(policies, extra, UpstreamAuth::TRUST)
     }
 
+    pub fn start_with(policies: &Path, extra: &str, auth: UpstreamAuth) -> Proxy {
+        Self::start_full(policies, extra, auth, "")
+    }
+
+    /// As `start_with`, with extra lines inside `upstream:` (e.g. `tls: require`).
     // The child is waited for by `Drop`.
     #[allow(clippy::zombie_processes)]
-    pub fn start_with(policies: &Path, extra: &str, auth: UpstreamAuth) -> Proxy {
+    pub fn start_full(policies: &Path, extra: &str, auth: UpstreamAuth, upstream_extra: &str) -> Proxy {
         let c = cluster();
         let dir = tempfile::tempdir().unwrap();
         let policies = std::fs::canonicalize(policies).unwrap();
@@ -178,10 +183,11 @@ impl Proxy {
                 .map(|p| format!("  password: {p}\n"))
                 .unwrap_or_default();
             let config = format!(
-                "listen: 127.0.0.1:{port}\npolicies: {}\nupstream:\n  host: 127.0.0.1\n  port: {}\n  user: {}\n{password}{extra}",
+                "listen: 127.0.0.1:{port}\npolicies: {}\nupstream:\n  host: 127.0.0.1\n  port: {}\n  user: {}\n{password}{upstream}{extra}",
                 policies.display(),
                 c.port,
-                auth.user
+                auth.user,
+                upstream = upstream_extra.lines().map(|l| format!("  {l}\n")).collect::<String>()
             );
             let path = dir.path().join("proxy.yaml");
             std::fs::write(&path, config).unwrap();
@@ -189,7 +195,7 @@ impl Proxy {
             let mut child = Command::new(env!("CARGO_BIN_EXE_rowgate"))
                 .args(["serve", "-c"])
                 .arg(&path)
-                .env("ROWGATE_LOG", "debug")
+                .env("ROWGATE_LOG", "info,rowgate=debug")
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
