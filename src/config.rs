@@ -5,7 +5,6 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::diag::{self, Diagnostic, Pos};
@@ -25,43 +24,36 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// The default search path pinned upstream.
 pub const DEFAULT_SEARCH_PATH: &str = "public";
 
+/// `proxy.yaml` exactly as written, each value with its position.
 mod raw {
-    use super::*;
+    use std::fmt;
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Config {
-        #[serde(default)]
-        pub listen: Option<Spanned<String>>,
-        #[serde(default)]
-        pub policies: Option<Spanned<String>>,
-        #[serde(default)]
-        pub upstream: Option<Upstream>,
-        #[serde(default)]
-        pub tls: Option<Tls>,
-        #[serde(default)]
-        pub search_path: Option<Vec<Spanned<String>>>,
-        #[serde(default)]
-        pub max_connections: Option<Spanned<String>>,
-        #[serde(default)]
-        pub max_message_bytes: Option<Spanned<String>>,
+    use serde_saphyr::Spanned;
+
+    use crate::diag::{yaml_struct, List, Text};
+
+    yaml_struct! {
+        #[derive(Debug)]
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, max_connections, max_message_bytes" {
+            "listen" => listen: Spanned<String> as Text,
+            "policies" => policies: Spanned<String> as Text,
+            "upstream" => upstream: Spanned<Upstream> as Upstream,
+            "tls" => tls: Spanned<Tls> as Tls,
+            "search_path" => search_path: Vec<Spanned<String>> as List<Text>,
+            "max_connections" => max_connections: Spanned<String> as Text,
+            "max_message_bytes" => max_message_bytes: Spanned<String> as Text,
+        }
     }
 
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Upstream {
-        #[serde(default)]
-        pub host: Option<Spanned<String>>,
-        #[serde(default)]
-        pub port: Option<Spanned<String>>,
-        #[serde(default)]
-        pub user: Option<Spanned<String>>,
-        #[serde(default)]
-        pub password: Option<Spanned<String>>,
-        #[serde(default)]
-        pub database: Option<Spanned<String>>,
-        #[serde(default)]
-        pub tls: Option<Spanned<String>>,
+    yaml_struct! {
+        pub struct Upstream: "a mapping with keys host, port, user, password, database, tls" {
+            "host" => host: Spanned<String> as Text,
+            "port" => port: Spanned<String> as Text,
+            "user" => user: Spanned<String> as Text,
+            "password" => password: Spanned<String> as Text,
+            "database" => database: Spanned<String> as Text,
+            "tls" => tls: Spanned<String> as Text,
+        }
     }
 
     impl fmt::Debug for Upstream {
@@ -70,11 +62,12 @@ mod raw {
         }
     }
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Tls {
-        pub cert: Spanned<String>,
-        pub key: Spanned<String>,
+    yaml_struct! {
+        #[derive(Debug)]
+        pub struct Tls: "a mapping like { cert: server.crt, key: server.key }" {
+            "cert" => cert: Spanned<String> as Text,
+            "key" => key: Spanned<String> as Text,
+        }
     }
 }
 
@@ -145,14 +138,27 @@ pub enum Env {
 impl Config {
     /// Reads and validates `path`, returning every problem found.
     pub fn load(path: &Path, env: Env) -> Result<Config, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![Diagnostic::error(
-                path,
-                Pos::START,
-                format!("cannot read: {e}"),
-            )]
-        })?;
-        Self::parse(path, &text, env, |name| std::env::var(name).ok())
+        let (config, problems) = Self::load_all(path, env);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Reads `path` as far as it goes: the config, with the default for
+    /// every value that is missing or has a problem, and every problem found
+    /// (sorted by position). A file that cannot be read gives the defaults
+    /// and that one problem.
+    pub fn load_all(path: &Path, env: Env) -> (Config, Vec<Diagnostic>) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse_all(path, &text, env, |name| std::env::var(name).ok()),
+            Err(e) => {
+                let (config, _) = Self::parse_all(path, "", env, |_| None);
+                let problem = Diagnostic::error(path, Pos::START, format!("cannot read: {e}"));
+                (config, vec![problem])
+            }
+        }
     }
 
     /// Parses config text; `lookup` answers environment variables.
@@ -162,25 +168,29 @@ impl Config {
         env: Env,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<Diagnostic>> {
-        let raw: raw::Config = if text.trim().is_empty() {
-            raw::Config {
-                listen: None,
-                policies: None,
-                upstream: None,
-                tls: None,
-                search_path: None,
-                max_connections: None,
-                max_message_bytes: None,
-            }
+        let (config, problems) = Self::parse_all(path, text, env, lookup);
+        if problems.is_empty() {
+            Ok(config)
         } else {
-            serde_saphyr::from_str_with_options(text, diag::yaml_options())
-                .map_err(|e| vec![diag::from_yaml_error(path, &e)])?
-        };
+            Err(problems)
+        }
+    }
+
+    /// Parses config text as far as it goes (see [`Config::load_all`]);
+    /// `lookup` answers environment variables.
+    pub fn parse_all(
+        path: &Path,
+        text: &str,
+        env: Env,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> (Config, Vec<Diagnostic>) {
+        let read = diag::read::<raw::Config>(path, text);
+        let raw = read.value.map(|c| c.value).unwrap_or_default();
         let mut cx = Expander {
             path,
             env,
             lookup: &lookup,
-            problems: Vec::new(),
+            problems: read.problems,
         };
         let base = path.parent().unwrap_or(Path::new(""));
         let relative = |p: String| {
@@ -195,11 +205,22 @@ impl Config {
         let listen = cx
             .string(raw.listen.as_ref())
             .unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let policies = relative(
-            cx.string(raw.policies.as_ref())
-                .unwrap_or_else(|| DEFAULT_POLICIES.into()),
-        );
-        let up = raw.upstream.as_ref();
+        // A `policies` value with a problem says nothing about where the
+        // policies are: the default stands in, so `check` still checks them.
+        let policies = match raw.policies.as_ref() {
+            None => DEFAULT_POLICIES.to_string(),
+            Some(p) => {
+                let before = cx.problems.len();
+                let text = cx.string(Some(p)).unwrap_or_default();
+                if cx.problems.len() == before {
+                    text
+                } else {
+                    DEFAULT_POLICIES.to_string()
+                }
+            }
+        };
+        let policies = relative(policies);
+        let up = raw.upstream.as_ref().map(|u| &u.value);
         let port = match up.and_then(|u| u.port.as_ref()) {
             None => DEFAULT_UPSTREAM_PORT,
             Some(p) => {
@@ -270,24 +291,33 @@ impl Config {
             "max_message_bytes",
             DEFAULT_MAX_MESSAGE_BYTES,
         );
-        let tls = raw.tls.as_ref().map(|t| Tls {
-            cert: relative(cx.string(Some(&t.cert)).unwrap_or_default()),
-            key: relative(cx.string(Some(&t.key)).unwrap_or_default()),
+        let tls = raw.tls.as_ref().map(|t| {
+            let mut file = |value: &Option<Spanned<String>>, key: &str| match value {
+                Some(v) => relative(cx.string(Some(v)).unwrap_or_default()),
+                None => {
+                    let msg = format!("tls: `{key}` is missing (the {key} file, in PEM)");
+                    cx.error_at(t.referenced, msg);
+                    PathBuf::new()
+                }
+            };
+            Tls {
+                cert: file(&t.value.cert, "cert"),
+                key: file(&t.value.key, "key"),
+            }
         });
-        if cx.problems.is_empty() {
-            Ok(Config {
-                path: path.to_path_buf(),
-                listen,
-                policies,
-                upstream,
-                tls,
-                search_path,
-                max_connections,
-                max_message_bytes,
-            })
-        } else {
-            Err(cx.problems)
-        }
+        let config = Config {
+            path: path.to_path_buf(),
+            listen,
+            policies,
+            upstream,
+            tls,
+            search_path,
+            max_connections,
+            max_message_bytes,
+        };
+        let mut problems = cx.problems;
+        diag::sort(&mut problems);
+        (config, problems)
     }
 }
 
@@ -300,7 +330,11 @@ struct Expander<'a> {
 
 impl Expander<'_> {
     fn error(&mut self, at: &Spanned<String>, message: String) {
-        let pos = Pos::from(at.referenced);
+        self.error_at(at.referenced, message);
+    }
+
+    fn error_at(&mut self, at: serde_saphyr::Location, message: String) {
+        let pos = Pos::from(at);
         self.problems
             .push(Diagnostic::error(self.path, pos, message));
     }
@@ -399,5 +433,48 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert!(e[0].message.contains("not a port"));
         assert!(e[1].message.contains("`maybe`"));
+    }
+
+    #[test]
+    fn every_problem_in_order_and_the_config_as_far_as_it_tells() {
+        let env = |name: &str| (name == "PW").then(|| "s3cret".to_string());
+        let text = "\
+tls: { cert: c.pem, ca: x }
+listne: x
+policies: ${NOPE}/p
+upstream: { hots: h, port: 0x10, password: '${PW}' }
+search_path: [a, [b]]
+";
+        let (config, problems) =
+            Config::parse_all(Path::new("conf/proxy.yaml"), text, Env::Require, env);
+        let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            problems,
+            [
+                "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
+                "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, max_connections, max_message_bytes",
+                "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
+                "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
+                "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",
+                "conf/proxy.yaml:5:18: invalid type: sequence, expected a single value",
+            ]
+        );
+        // A `policies` value with a problem cannot say where the policies
+        // are: the default stands in.
+        assert_eq!(config.policies, PathBuf::from("conf/policies"));
+        assert_eq!(config.upstream.password.as_deref(), Some("s3cret"));
+        assert_eq!(config.tls.unwrap().cert, PathBuf::from("conf/c.pem"));
+        assert_eq!(config.search_path, ["a"]);
+    }
+
+    #[test]
+    fn an_unreadable_config_reads_as_the_defaults() {
+        let (config, problems) =
+            Config::parse_all(Path::new("proxy.yaml"), "listen: [\n", Env::Require, |_| {
+                None
+            });
+        assert_eq!(problems.len(), 1);
+        assert_eq!(config.policies, PathBuf::from("policies"));
     }
 }

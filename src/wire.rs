@@ -142,12 +142,18 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, which must be UTF-8.
     pub fn cstr(&mut self) -> Result<&'a str, WireError> {
+        let bytes = self.cstr_bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| self.malformed())
+    }
+
+    /// A NUL-terminated string's bytes.
+    pub fn cstr_bytes(&mut self) -> Result<&'a [u8], WireError> {
         let end = self
             .buf
             .iter()
             .position(|&b| b == 0)
             .ok_or_else(|| self.malformed())?;
-        let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| self.malformed())?;
+        let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)
     }

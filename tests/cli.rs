@@ -1092,10 +1092,18 @@ fn check_reports_config_and_policy_problems_together() {
 
 #[test]
 fn check_reports_an_unknown_key_in_proxy_yaml() {
-    let set = Set::new(&[(
-        "proxy.yaml",
-        "listen: 127.0.0.1:6432\npolicies: policies\nupstream:\n  host: 127.0.0.1\n  hots: db\n",
-    )]);
+    // A valid policy set beside it: the policies are checked too, and an
+    // empty policy directory would be a problem of its own.
+    let set = Set::new(&[
+        (
+            "proxy.yaml",
+            "listen: 127.0.0.1:6432\npolicies: policies\nupstream:\n  host: 127.0.0.1\n  hots: db\n",
+        ),
+        (
+            "policies/users.yaml",
+            "users:\n  bob:\n    password: \"$VERIFIER\"\n",
+        ),
+    ]);
     let out = set.check();
     assert_lines(
         &out.stderr,
@@ -1242,7 +1250,7 @@ fn explain_prints_the_forwarded_sql_for_a_member() {
     let out = explain("king_manager", "SELECT * FROM orders");
     assert_eq!(
         out.stdout,
-        "SELECT * FROM (SELECT * FROM public.orders WHERE orders.merchant_id IN (SELECT merchants.id FROM public.merchants WHERE (merchants.name IN ('King Inc') AND merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam'))))) AS orders\n"
+        "SELECT * FROM (SELECT * FROM public.orders WHERE orders.merchant_id IN (SELECT merchants.id FROM public.merchants WHERE (merchants.name IN ('King Inc') AND merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam')))) OFFSET 0) AS orders\n"
     );
     assert_eq!(out.stderr, "");
     assert_eq!(out.code, Some(0));
@@ -1253,7 +1261,7 @@ fn explain_prints_the_forwarded_sql_for_a_member() {
     );
     assert_eq!(
         out.stdout,
-        "SELECT c.name, count(*) FROM (SELECT * FROM public.orders WHERE orders.merchant_id IN (SELECT merchants.id FROM public.merchants WHERE merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore')))) o JOIN (SELECT * FROM public.merchants WHERE merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore'))) m ON m.id = o.merchant_id JOIN (SELECT * FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore')) c ON c.id = m.country_id GROUP BY c.name\n"
+        "SELECT c.name, count(*) FROM (SELECT * FROM public.orders WHERE orders.merchant_id IN (SELECT merchants.id FROM public.merchants WHERE merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore'))) OFFSET 0) o JOIN (SELECT * FROM public.merchants WHERE merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore')) OFFSET 0) m ON m.id = o.merchant_id JOIN (SELECT * FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore') OFFSET 0) c ON c.id = m.country_id GROUP BY c.name\n"
     );
     assert_eq!(out.code, Some(0));
 }
@@ -1264,17 +1272,17 @@ fn explain_applies_username_no_value_and_schema_grants() {
         (
             "alice",
             "SELECT * FROM tickets WHERE subject = 'it''s'",
-            "SELECT * FROM (SELECT * FROM public.tickets WHERE tickets.assignee IN ('alice')) AS tickets WHERE subject = 'it''s'",
+            "SELECT * FROM (SELECT * FROM public.tickets WHERE (tickets.assignee IN ('alice') AND (subject = E'it\\'s')) OFFSET 0) AS tickets",
         ),
         (
             "newcomer",
             "SELECT * FROM countries",
-            "SELECT * FROM (SELECT * FROM public.countries WHERE false) AS countries",
+            "SELECT * FROM (SELECT * FROM public.countries WHERE false OFFSET 0) AS countries",
         ),
         (
             "hr_lead",
             "SELECT * FROM hr.salaries",
-            "SELECT * FROM (SELECT * FROM hr.salaries WHERE salaries.branch_id IN (7, 9)) AS salaries",
+            "SELECT * FROM (SELECT * FROM hr.salaries WHERE salaries.branch_id IN (7, 9) OFFSET 0) AS salaries",
         ),
         ("hr_lead", "select * from hr.branches", "SELECT * FROM hr.branches"),
     ];

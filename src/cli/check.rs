@@ -8,41 +8,16 @@ use crate::config::{Config, Env};
 use crate::policy;
 
 pub fn run(config_path: &Path) -> u8 {
-    let mut problems = Vec::new();
-    let config = match Config::load(config_path, Env::Require) {
-        Ok(c) => Some(c),
-        Err(p) => {
-            problems.extend(p);
-            None
-        }
-    };
-    // Policies are checked even when the config has problems, so that one
-    // run reports everything; a config that did not parse falls back on its
-    // default policy path.
-    let policies = match &config {
-        Some(c) => c.policies.clone(),
-        None => match Config::load(config_path, Env::Lenient) {
-            Ok(c) => c.policies,
-            Err(_) if !config_path.exists() => {
-                eprintln!("{}: cannot read: no such file", config_path.display());
-                return FAILED;
-            }
-            Err(_) => {
-                super::print_problems(&problems);
-                eprintln!("{} problem(s) found", problems.len());
-                return REFUSED;
-            }
-        },
-    };
-    let loaded = match policy::load_path(&policies) {
-        Ok(l) => Some(l),
-        Err(p) => {
-            problems.extend(p);
-            None
-        }
-    };
-    match loaded {
-        Some(loaded) if problems.is_empty() => {
+    if !config_path.exists() {
+        eprintln!("{}: cannot read: no such file", config_path.display());
+        return FAILED;
+    }
+    // One run reports everything: the policies are checked even when the
+    // config has problems, at the path it names or, where it cannot tell
+    // (no readable `policies` value), at the default path.
+    let (config, mut problems) = Config::load_all(config_path, Env::Require);
+    match policy::load_path(&config.policies) {
+        Ok(loaded) if problems.is_empty() => {
             super::print_problems(&loaded.warnings);
             let p = &loaded.policy;
             println!(
@@ -57,11 +32,20 @@ pub fn run(config_path: &Path) -> u8 {
             );
             OK
         }
-        _ => {
-            super::print_problems(&problems);
-            let errors = problems.iter().filter(|p| p.is_error()).count();
-            eprintln!("{errors} problem(s) found");
-            REFUSED
+        Ok(loaded) => refuse(problems, loaded.warnings),
+        Err(policy_problems) => {
+            problems.extend(policy_problems);
+            refuse(problems, Vec::new())
         }
     }
+}
+
+/// Prints the config's problems, then the policies' (each sorted by
+/// position), and the count of errors.
+fn refuse(mut problems: Vec<crate::diag::Diagnostic>, more: Vec<crate::diag::Diagnostic>) -> u8 {
+    problems.extend(more);
+    super::print_problems(&problems);
+    let errors = problems.iter().filter(|p| p.is_error()).count();
+    eprintln!("{errors} problem(s) found");
+    REFUSED
 }

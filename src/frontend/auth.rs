@@ -11,7 +11,7 @@ use pgwire::messages::Message;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::policy::Password;
-use crate::wire::{self, Reader, WireError};
+use crate::wire::{self, WireError};
 
 /// SASL messages are small.
 const MAX_SASL_MESSAGE: usize = 16 * 1024;
@@ -95,19 +95,12 @@ pub async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
     .await?;
 
     let first = read_sasl(stream, buf).await?;
-    let mut r = Reader::new(&first, "SASLInitialResponse");
-    let mechanism = r.cstr()?;
+    let (mechanism, data) = super::messages::sasl_initial(&first)?;
     if mechanism != "SCRAM-SHA-256" {
         return Err(AuthError::Mechanism(format!(
             "SASL authentication mechanism {mechanism} is not supported"
         )));
     }
-    let len = r.i32()?;
-    let data = if len < 0 {
-        &[][..]
-    } else {
-        r.take(len as usize)?
-    };
     let server = ScramServerAuth::new();
     let (server_first, waiting) = server
         .on_client_first_message_with_secret(data, secret)

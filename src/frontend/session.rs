@@ -28,15 +28,15 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::auth;
 use super::sqlstate;
 use super::startup::{self, First};
+use super::{auth, messages};
 use crate::config::Upstream;
 use crate::policy::{Access, PolicySet, Role};
 use crate::rewrite::{self, Context, Refusal};
 use crate::tls::Stream;
 use crate::upstream::{self, catalog::Snapshot, LiveCatalog, UpstreamError};
-use crate::wire::{self, Reader, WireError};
+use crate::wire::{self, WireError};
 
 /// What every session shares.
 pub struct Shared {
@@ -305,12 +305,16 @@ async fn session(
         (Stream::Plain(client), Stream::Plain(upstream)) => {
             let (client_rd, client_wr) = client.into_split();
             let (up_rd, up_wr) = upstream.into_split();
-            loops.run(&mut front, &mut back, client_rd, client_wr, up_rd, up_wr).await
+            loops
+                .run(&mut front, &mut back, client_rd, client_wr, up_rd, up_wr)
+                .await
         }
         (client, upstream) => {
             let (client_rd, client_wr) = tokio::io::split(client);
             let (up_rd, up_wr) = tokio::io::split(upstream);
-            loops.run(&mut front, &mut back, client_rd, client_wr, up_rd, up_wr).await
+            loops
+                .run(&mut front, &mut back, client_rd, client_wr, up_rd, up_wr)
+                .await
         }
     };
     log.statements = front.statements;
@@ -473,7 +477,7 @@ impl Front<'_> {
                     b'Q' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
                         if rewrites {
-                            let out = self.query(frame.body()).await;
+                            let out = self.query(frame.body()).await?;
                             wr.write_all(&out).await?;
                         } else {
                             wr.write_all(&frame.frame).await?;
@@ -513,41 +517,34 @@ impl Front<'_> {
     }
 
     /// A Query message: the rewritten text, or a refusal marker.
-    async fn query(&mut self, body: &[u8]) -> Bytes {
-        let sql = Reader::new(body, "Query").cstr();
-        let text = match sql {
+    async fn query(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
+        let text = match messages::query(body)? {
             Ok(sql) => {
                 let sql = sql.to_string();
                 self.rewrite_or_refuse(&sql).await
             }
-            Err(_) => self.refuse(&Refusal::Unparsable("the query is not valid UTF-8".into())),
+            Err(()) => self.refuse(&not_utf8()),
         };
-        query_message(&text)
+        Ok(query_message(&text))
     }
 
     /// A Parse message with its query rewritten (parameter types kept), or
     /// a marker under the same statement name.
     async fn parse(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
-        let mut r = Reader::new(body, "Parse");
-        let name = r.cstr()?.to_string();
-        let query = r.cstr();
-        let types = r.rest();
-        let (text, types) = match query {
+        let parse = messages::parse(body)?;
+        let text = match parse.query {
             Ok(q) => {
                 let q = q.to_string();
-                let text = self.rewrite_or_refuse(&q).await;
-                (text, types)
+                self.rewrite_or_refuse(&q).await
             }
-            Err(_) => {
-                let refusal = Refusal::Unparsable("the query is not valid UTF-8".into());
-                (self.refuse(&refusal), &b"\0\0"[..])
-            }
+            Err(()) => self.refuse(&not_utf8()),
         };
-        let mut out = BytesMut::with_capacity(text.len() + name.len() + types.len() + 8);
+        let mut out =
+            BytesMut::with_capacity(text.len() + parse.name.len() + parse.types.len() + 8);
         wire::put_message(&mut out, b'P', |b| {
-            wire::put_cstr(b, &name);
+            wire::put_cstr(b, parse.name);
             wire::put_cstr(b, &text);
-            b.put_slice(types);
+            b.put_slice(parse.types);
         });
         Ok(out.freeze())
     }
@@ -645,6 +642,10 @@ impl Front<'_> {
         pending.insert(self.seq, refusal.to_string());
         format!("{MARKER}{:016x}_{}", self.nonce, self.seq)
     }
+}
+
+fn not_utf8() -> Refusal {
+    Refusal::Unparsable("the statement is not valid UTF-8".into())
 }
 
 fn withdrawn() -> Refusal {

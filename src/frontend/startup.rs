@@ -65,13 +65,17 @@ pub async fn negotiate(
                 *answered = true;
                 // Bytes sent before our answer would be a man-in-the-middle's.
                 if !buf.is_empty() {
-                    return Err(StartupError::Invalid("data after an encryption request".into()));
+                    return Err(StartupError::Invalid(
+                        "data after an encryption request".into(),
+                    ));
                 }
                 match tls.filter(|_| code == wire::SSL_REQUEST) {
                     Some(acceptor) => {
                         stream.write_all(b"S").await.map_err(WireError::from)?;
                         let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Closed) else {
-                            return Err(StartupError::Invalid("repeated encryption request".into()));
+                            return Err(StartupError::Invalid(
+                                "repeated encryption request".into(),
+                            ));
                         };
                         let tls = acceptor.accept(tcp).await.map_err(StartupError::Tls)?;
                         *stream = Stream::Server(Box::new(tls));
@@ -80,11 +84,8 @@ pub async fn negotiate(
                 }
             }
             wire::CANCEL_REQUEST => {
-                let mut r = Reader::new(&body, "CancelRequest");
-                return Ok(First::Cancel {
-                    pid: r.i32()?,
-                    secret: r.i32()?,
-                });
+                let (pid, secret) = super::messages::cancel(&body)?;
+                return Ok(First::Cancel { pid, secret });
             }
             code if code >> 16 == 3 => {
                 return parse_startup(&body, code & 0xffff).map(First::Startup)
@@ -94,7 +95,8 @@ pub async fn negotiate(
     }
 }
 
-fn parse_startup(body: &[u8], minor: i32) -> Result<Startup, StartupError> {
+/// Decodes a StartupMessage body (after the length and version).
+pub fn parse_startup(body: &[u8], minor: i32) -> Result<Startup, StartupError> {
     let mut r = Reader::new(body, "StartupMessage");
     let mut user = None;
     let mut database = None;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_saphyr::Spanned;
 
-use super::raw::{self, Scalar};
+use super::raw;
 use super::{AttrType, Filter, Grant, Group, Password, PolicySet, Role, TablePolicy, User, Values};
 use crate::diag::{self, Diagnostic, Pos};
 use crate::names::{self, Part, RelName};
@@ -79,19 +79,6 @@ pub fn load_sources(sources: &[Source]) -> Result<Loaded, Vec<Diagnostic>> {
     v.finish(sources.iter().map(|s| s.path.clone()).collect())
 }
 
-/// The entries of one section of a file, in the order they were written.
-fn sorted<T>(map: Option<raw::Map<T>>) -> Vec<(Spanned<String>, Spanned<T>)> {
-    let mut entries: Vec<_> = map.unwrap_or_default().into_iter().collect();
-    entries.sort_by_key(|(k, _)| Pos::from(k.referenced));
-    entries
-}
-
-fn sorted_ref<T>(map: &Option<raw::Map<T>>) -> Vec<(&Spanned<String>, &Spanned<T>)> {
-    let mut entries: Vec<_> = map.iter().flatten().collect();
-    entries.sort_by_key(|(k, _)| Pos::from(k.referenced));
-    entries
-}
-
 /// Whether `text` has the shape of a PostgreSQL SCRAM-SHA-256 verifier:
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
 fn is_scram_verifier(text: &str) -> bool {
@@ -151,36 +138,28 @@ impl Validator {
         self.diagnostics.push(Diagnostic::error(file, pos, message));
     }
 
+    /// Reads one file, reporting every problem of its reading. Unknown keys
+    /// and keys written twice are left out and the rest is validated; a file
+    /// with a value of the wrong shape (or that could not be read at all)
+    /// is not validated further, as its definitions are incomplete.
     fn parse(&mut self, source: &Source) -> Option<raw::File> {
-        let has_content = source.text.lines().any(|l| {
-            let t = l.trim();
-            !t.is_empty() && !t.starts_with('#') && t != "---"
-        });
-        if !has_content {
-            return Some(raw::File::default());
-        }
-        match serde_saphyr::from_str_with_options::<raw::File>(&source.text, diag::yaml_options()) {
-            Ok(file) => Some(file),
-            Err(e) => {
-                self.diagnostics
-                    .push(diag::from_yaml_error(&source.path, &e));
-                None
-            }
-        }
+        let read = diag::read::<raw::File>(&source.path, &source.text);
+        self.diagnostics.extend(read.problems);
+        read.value.filter(|_| read.complete).map(|file| file.value)
     }
 
     fn merge(&mut self, files: Vec<(PathBuf, raw::File)>) {
         for (path, file) in files {
-            for (key, value) in sorted(file.attributes) {
+            for (key, value) in file.attributes.unwrap_or_default() {
                 self.insert_named("attribute", &path, key, value.value, |v| &mut v.attributes);
             }
-            for (key, value) in sorted(file.groups) {
+            for (key, value) in file.groups.unwrap_or_default() {
                 self.insert_named("group", &path, key, value.value, |v| &mut v.groups);
             }
-            for (key, value) in sorted(file.users) {
+            for (key, value) in file.users.unwrap_or_default() {
                 self.insert_named("user", &path, key, value.value, |v| &mut v.users);
             }
-            for (key, value) in sorted(file.tables) {
+            for (key, value) in file.tables.unwrap_or_default() {
                 let at = pos(&key);
                 let Some(rel) = self.relation(&path, &key) else {
                     continue;
@@ -314,7 +293,7 @@ impl Validator {
         attrs: &Option<raw::Map<raw::Values>>,
     ) -> BTreeMap<String, Values> {
         let mut out = BTreeMap::new();
-        for (key, values) in sorted_ref(attrs) {
+        for (key, values) in attrs.iter().flatten() {
             let name = &key.value;
             if name == super::USERNAME {
                 let msg = "`username` is built in (the login name) and cannot be assigned";
@@ -325,11 +304,13 @@ impl Validator {
                 self.error(file, pos(key), format!("undefined attribute `{name}`"));
                 continue;
             };
-            let items: Vec<(Pos, &Scalar)> = match &values.value {
-                raw::Values::One(s) => vec![(pos(values), s)],
-                raw::Values::List(list) => list.iter().map(|s| (pos(s), &s.value)).collect(),
+            let items: Vec<(Pos, &str)> = match &values.value {
+                raw::Values::One(s) => vec![(pos(values), s.as_str())],
+                raw::Values::List(list) => {
+                    list.iter().map(|s| (pos(s), s.value.as_str())).collect()
+                }
             };
-            if items.iter().any(|(_, s)| **s == Scalar::Str("All".into())) {
+            if items.iter().any(|(_, s)| *s == "All") {
                 if items.len() > 1 {
                     let msg =
                         format!("`{name}`: `All` already means every value; list nothing else");
@@ -339,8 +320,8 @@ impl Validator {
                 continue;
             }
             let mut typed = Vec::new();
-            for (at, scalar) in items {
-                match ty.check(scalar) {
+            for (at, written) in items {
+                match ty.check(written) {
                     Ok(v) if !typed.contains(&v) => typed.push(v),
                     Ok(_) => {}
                     Err(e) => self.error(file, at, format!("attribute `{name}`: {e}")),
@@ -361,17 +342,25 @@ impl Validator {
                 self.error(&entry.file, entry.pos, msg);
                 continue;
             }
-            match AttrType::parse(&entry.value.ty.value) {
+            let Some(ty) = &entry.value.ty else {
+                let msg = format!(
+                    "attribute `{name}` needs a `type` (one of {})",
+                    AttrType::NAMES
+                );
+                self.error(&entry.file, entry.pos, msg);
+                continue;
+            };
+            match AttrType::parse(&ty.value) {
                 Some(ty) => {
                     policy.attributes.insert(name, ty);
                 }
                 None => {
                     let msg = format!(
                         "attribute `{name}`: unknown type `{}` (expected one of {})",
-                        entry.value.ty.value,
+                        ty.value,
                         AttrType::NAMES
                     );
-                    self.error(&entry.file, pos(&entry.value.ty), msg);
+                    self.error(&entry.file, pos(ty), msg);
                 }
             }
         }
@@ -479,7 +468,7 @@ impl Validator {
         }
 
         if self.diagnostics.is_empty() {
-            warnings.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+            diag::sort(&mut warnings);
             Ok(Loaded {
                 policy,
                 warnings,
@@ -488,7 +477,7 @@ impl Validator {
         } else {
             let mut all = self.diagnostics;
             all.extend(warnings);
-            all.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+            diag::sort(&mut all);
             Err(all)
         }
     }
@@ -562,7 +551,12 @@ impl Validator {
         from: &RelName,
         f: &Spanned<raw::Filter>,
     ) -> Option<Filter> {
-        let column = self.column(file, &f.value.column)?;
+        let Some(column) = &f.value.column else {
+            let msg = "a filter needs `column: <name>`";
+            self.error(file, pos(f), msg);
+            return None;
+        };
+        let column = self.column(file, column)?;
         match (&f.value.attribute, &f.value.references) {
             (Some(a), None) => {
                 if a.value != super::USERNAME && !types.contains_key(&a.value) {
@@ -642,5 +636,76 @@ impl Validator {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::AttrValue;
+
+    fn load(text: &str) -> Result<Loaded, Vec<Diagnostic>> {
+        load_sources(&[Source {
+            path: PathBuf::from("p.yaml"),
+            text: text.to_string(),
+        }])
+    }
+
+    fn messages(problems: &[Diagnostic]) -> Vec<String> {
+        problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn values_are_kept_as_written() {
+        let loaded = load(
+            "attributes:\n  zip: { type: text }\n  amount: { type: numeric }\n  n: { type: integer }\n\
+             groups:\n  g: { attributes: { zip: &z 02134, amount: [12.50, 123456789012345678901234567890] } }\n\
+             users:\n  bob: { password: \"pw\", groups: [g], attributes: { zip: *z, n: [+7, \"-0\"] } }\n",
+        )
+        .unwrap();
+        let text = |s: &str| AttrValue::Text(s.into());
+        let policy = &loaded.policy;
+        assert_eq!(
+            policy.groups["g"].attributes["zip"],
+            Values::List(vec![text("02134")])
+        );
+        assert_eq!(
+            policy.groups["g"].attributes["amount"],
+            Values::List(vec![
+                AttrValue::Numeric("12.50".into()),
+                AttrValue::Numeric("123456789012345678901234567890".into()),
+            ])
+        );
+        let bob = &policy.users["bob"];
+        assert_eq!(bob.attributes["zip"], Values::List(vec![text("02134")]));
+        assert_eq!(
+            bob.attributes["n"],
+            Values::List(vec![AttrValue::Integer(7), AttrValue::Integer(0)])
+        );
+    }
+
+    #[test]
+    fn unknown_keys_do_not_stop_validation_but_misfits_stop_the_file() {
+        let problems =
+            load("users:\n  bob: { password: pw, shoe: 1, groups: [ghosts] }\n").unwrap_err();
+        assert_eq!(
+            messages(&problems),
+            [
+                "p.yaml:2:20: warning: user `bob` has a plain-text password; store a verifier from `rowgate passwd` instead",
+                "p.yaml:2:24: unknown field `shoe`, expected one of password, role, groups, tables, attributes",
+                "p.yaml:2:42: user `bob`: undefined group `ghosts`",
+            ]
+        );
+        // `groups: ghosts` (not a list): the file's definitions are
+        // incomplete, so only the reading problems are reported.
+        let problems =
+            load("users:\n  bob: { password: pw, groups: ghosts, role: [a] }\n").unwrap_err();
+        assert_eq!(
+            messages(&problems),
+            [
+                "p.yaml:2:32: `groups` must be a list, like [a, b]",
+                "p.yaml:2:46: `role` must be a single value",
+            ]
+        );
     }
 }

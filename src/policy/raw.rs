@@ -1,60 +1,56 @@
-//! The policy file format exactly as written: serde structs that keep the
-//! position of every name and value so that validation can point at it.
+//! The policy file format exactly as written (SPEC §3): every name and value
+//! keeps its position so that validation can point at it. Files are read with
+//! [`crate::diag::read`]: an unknown key or a value of the wrong shape is
+//! reported where it stands and the rest of the file is still read.
 
-use std::collections::HashMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize;
-use serde_saphyr::Spanned;
+use serde::de::SeqAccess;
+use serde_saphyr::{Location, Spanned};
 
-/// A mapping whose keys and values keep their positions.
-pub type Map<T> = HashMap<Spanned<String>, Spanned<T>>;
+use crate::diag::{self, yaml_struct, Entries, List, Shape, Text};
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct File {
-    #[serde(default)]
-    pub attributes: Option<Map<Attribute>>,
-    #[serde(default)]
-    pub groups: Option<Map<Group>>,
-    #[serde(default)]
-    pub users: Option<Map<User>>,
-    #[serde(default)]
-    pub tables: Option<Map<Table>>,
-    #[serde(default)]
-    pub functions: Option<Vec<Spanned<String>>>,
+/// The named entries of a mapping, in the order they are written.
+pub type Map<T> = Vec<(Spanned<String>, Spanned<T>)>;
+
+yaml_struct! {
+    /// One policy file.
+    #[derive(Debug)]
+    pub struct File: "a mapping with keys attributes, groups, users, tables, functions" {
+        "attributes" => attributes: Map<Attribute> as Entries<Attribute>,
+        "groups" => groups: Map<Group> as Entries<Group>,
+        "users" => users: Map<User> as Entries<User>,
+        "tables" => tables: Map<Table> as Entries<Table>,
+        "functions" => functions: Vec<Spanned<String>> as List<Text>,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Attribute {
-    #[serde(rename = "type")]
-    pub ty: Spanned<String>,
+yaml_struct! {
+    /// A declared attribute.
+    #[derive(Debug)]
+    pub struct Attribute: "a mapping like { type: text }" {
+        "type" => ty: Spanned<String> as Text,
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Group {
-    #[serde(default)]
-    pub tables: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    pub attributes: Option<Map<Values>>,
+yaml_struct! {
+    /// A group: grants and attribute values its members inherit.
+    #[derive(Debug)]
+    pub struct Group: "a mapping with keys tables, attributes" {
+        "tables" => tables: Vec<Spanned<String>> as List<Text>,
+        "attributes" => attributes: Map<Values> as Entries<ValuesNode>,
+    }
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct User {
-    #[serde(default)]
-    pub password: Option<Spanned<String>>,
-    #[serde(default)]
-    pub role: Option<Spanned<String>>,
-    #[serde(default)]
-    pub groups: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    pub tables: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    pub attributes: Option<Map<Values>>,
+yaml_struct! {
+    /// A user of the proxy.
+    pub struct User: "a mapping with keys password, role, groups, tables, attributes" {
+        "password" => password: Spanned<String> as Text,
+        "role" => role: Spanned<String> as Text,
+        "groups" => groups: Vec<Spanned<String>> as List<Text>,
+        "tables" => tables: Vec<Spanned<String>> as List<Text>,
+        "attributes" => attributes: Map<Values> as Entries<ValuesNode>,
+    }
 }
 
 impl fmt::Debug for User {
@@ -69,127 +65,64 @@ impl fmt::Debug for User {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Table {
-    #[serde(default)]
-    pub filters: Option<Vec<Spanned<Filter>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Filter {
-    pub column: Spanned<String>,
-    #[serde(default)]
-    pub attribute: Option<Spanned<String>>,
-    #[serde(default)]
-    pub references: Option<Spanned<String>>,
-}
-
-/// A YAML scalar as written, before it is checked against an attribute type.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Scalar {
-    Str(String),
-    Int(i128),
-    Float(f64),
-    Bool(bool),
-}
-
-impl fmt::Display for Scalar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scalar::Str(s) => f.write_str(s),
-            Scalar::Int(i) => write!(f, "{i}"),
-            Scalar::Float(x) => write!(f, "{x}"),
-            Scalar::Bool(b) => write!(f, "{b}"),
-        }
+yaml_struct! {
+    /// The row rules of one table.
+    #[derive(Debug)]
+    pub struct Table: "a mapping with the key filters" {
+        "filters" => filters: Vec<Spanned<Filter>> as List<Filter>,
     }
 }
 
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor)
+yaml_struct! {
+    /// One row filter: `column` with either `attribute` or `references`.
+    #[derive(Debug)]
+    pub struct Filter: "a filter, like { column: c, attribute: a }" {
+        "column" => column: Spanned<String> as Text,
+        "attribute" => attribute: Spanned<String> as Text,
+        "references" => references: Spanned<String> as Text,
     }
 }
 
-struct ScalarVisitor;
-
-impl Visitor<'_> for ScalarVisitor {
-    type Value = Scalar;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a single value (text, number, boolean or date)")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-        Ok(Scalar::Str(v.to_string()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
-        Ok(Scalar::Str(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-        Ok(Scalar::Int(v.into()))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-        Ok(Scalar::Int(v.into()))
-    }
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Scalar, E> {
-        Ok(Scalar::Int(v))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-        Ok(Scalar::Float(v))
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-        Ok(Scalar::Bool(v))
-    }
-}
-
-/// An attribute's values as written: one scalar (`All`, `Vietnam`) or a list.
+/// An attribute's values as written: one value (`All`, `Vietnam`) or a list.
+/// Each value is its text exactly as written (see [`Text`]), to be checked
+/// against the attribute's type.
 #[derive(Debug)]
 pub enum Values {
-    One(Scalar),
-    List(Vec<Spanned<Scalar>>),
+    One(String),
+    List(Vec<Spanned<String>>),
 }
 
-impl<'de> Deserialize<'de> for Values {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValuesVisitor)
-    }
+/// [`Values`] as read, before the position of a single value is known.
+pub enum ValuesNode {
+    One(Text),
+    List(Vec<Spanned<String>>),
 }
 
-struct ValuesVisitor;
+/// What each value of a list must be.
+const VALUE: &str = "a single value (text, number, boolean or date)";
 
-impl<'de> Visitor<'de> for ValuesVisitor {
-    type Value = Values;
+impl Shape for ValuesNode {
+    type Out = Spanned<Values>;
+    const EXPECTED: &'static str = "`All`, a value, or a list of values";
+    const ENTRIES: &'static str = "a mapping of attributes to values, like { country: [Vietnam] }";
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("`All`, a value, or a list of values")
+    fn scalar(text: Text) -> Option<Self> {
+        Some(ValuesNode::One(text))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Scalar>>()? {
-            items.push(item);
+
+    fn seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
+        let mut values = Vec::new();
+        while let Some(value) = diag::item::<Text, A>(&mut seq, VALUE)? {
+            values.extend(value);
         }
-        Ok(Values::List(items))
+        Ok(Some(ValuesNode::List(values)))
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Values, E> {
-        ScalarVisitor.visit_str(v).map(Values::One)
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Values, E> {
-        ScalarVisitor.visit_string(v).map(Values::One)
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Values, E> {
-        ScalarVisitor.visit_i64(v).map(Values::One)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Values, E> {
-        ScalarVisitor.visit_u64(v).map(Values::One)
-    }
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Values, E> {
-        ScalarVisitor.visit_i128(v).map(Values::One)
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Values, E> {
-        ScalarVisitor.visit_f64(v).map(Values::One)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Values, E> {
-        ScalarVisitor.visit_bool(v).map(Values::One)
+
+    fn finish(self, referenced: Location, defined: Location) -> Spanned<Values> {
+        let values = match self {
+            ValuesNode::One(text) => Values::One(text.finish(referenced, defined).value),
+            ValuesNode::List(list) => Values::List(list),
+        };
+        Spanned::new(values, referenced, defined)
     }
 }

@@ -5,8 +5,6 @@ use std::fmt;
 
 use sqlparser::ast::{Expr, UnaryOperator, Value};
 
-use super::raw::Scalar;
-
 /// The type of a declared attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttrType {
@@ -44,39 +42,45 @@ impl AttrType {
         }
     }
 
-    /// Checks a value as written against this type; the error says why it
-    /// does not fit.
-    pub fn check(self, scalar: &Scalar) -> Result<AttrValue, String> {
-        let misfit = || format!("`{scalar}` is not a valid {} value", self.name());
-        match (self, scalar) {
-            (AttrType::Text, s) => Ok(AttrValue::Text(s.to_string())),
-            (AttrType::Integer, Scalar::Int(i)) if i64::try_from(*i).is_ok() => {
-                Ok(AttrValue::Integer(*i as i64))
-            }
-            (AttrType::Integer, Scalar::Str(s)) => s
-                .trim()
+    /// Checks a value as written in the policy file against this type; the
+    /// error says why it does not fit. Values are checked as text, exactly as
+    /// written (YAML's own typing of plain scalars plays no part):
+    ///
+    /// - `text`: any value, kept as written: `02134`, `12.50`, `0x1A` and
+    ///   `yes` stay those very characters;
+    /// - `integer`: decimal digits with an optional sign, within 64 bits;
+    ///   `0x1A`, `0o17`, `1_000` and `1e3` are refused (write integers in
+    ///   decimal);
+    /// - `numeric`: a decimal number (`12.50`, `-3`, `1.5e3`), kept exactly
+    ///   as written, every digit (PostgreSQL numerics are exact);
+    /// - `boolean`: `true` or `false` in any letter case; YAML 1.1's `yes`,
+    ///   `no`, `on` and `off` are refused;
+    /// - `date`: `YYYY-MM-DD`, a real calendar date;
+    /// - `uuid`: 8-4-4-4-12 hex digits, kept lower-case.
+    ///
+    /// Spaces around a quoted value are ignored by every type but `text`.
+    pub fn check(self, written: &str) -> Result<AttrValue, String> {
+        let misfit = || format!("`{written}` is not a valid {} value", self.name());
+        let s = written.trim();
+        match self {
+            AttrType::Text => Ok(AttrValue::Text(written.to_string())),
+            AttrType::Integer if is_integer(s) => s
                 .parse::<i64>()
                 .map(AttrValue::Integer)
                 .map_err(|_| misfit()),
-            (AttrType::Numeric, Scalar::Int(i)) => Ok(AttrValue::Numeric(i.to_string())),
-            (AttrType::Numeric, Scalar::Float(x)) if x.is_finite() => {
-                Ok(AttrValue::Numeric(x.to_string()))
+            AttrType::Integer => {
+                let digits = s.strip_prefix(['+', '-']).unwrap_or(s).to_ascii_lowercase();
+                if ["0x", "0o", "0b"].iter().any(|p| digits.starts_with(p)) {
+                    Err(format!("{} (write integers in decimal)", misfit()))
+                } else {
+                    Err(misfit())
+                }
             }
-            (AttrType::Numeric, Scalar::Str(s)) if is_decimal(s.trim()) => {
-                Ok(AttrValue::Numeric(s.trim().to_string()))
-            }
-            (AttrType::Boolean, Scalar::Bool(b)) => Ok(AttrValue::Boolean(*b)),
-            (AttrType::Boolean, Scalar::Str(s)) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" => Ok(AttrValue::Boolean(true)),
-                "false" => Ok(AttrValue::Boolean(false)),
-                _ => Err(misfit()),
-            },
-            (AttrType::Date, Scalar::Str(s)) if is_date(s.trim()) => {
-                Ok(AttrValue::Date(s.trim().to_string()))
-            }
-            (AttrType::Uuid, Scalar::Str(s)) if is_uuid(s.trim()) => {
-                Ok(AttrValue::Uuid(s.trim().to_ascii_lowercase()))
-            }
+            AttrType::Numeric if is_decimal(s) => Ok(AttrValue::Numeric(s.to_string())),
+            AttrType::Boolean if s.eq_ignore_ascii_case("true") => Ok(AttrValue::Boolean(true)),
+            AttrType::Boolean if s.eq_ignore_ascii_case("false") => Ok(AttrValue::Boolean(false)),
+            AttrType::Date if is_date(s) => Ok(AttrValue::Date(s.to_string())),
+            AttrType::Uuid if is_uuid(s) => Ok(AttrValue::Uuid(s.to_ascii_lowercase())),
             _ => Err(misfit()),
         }
     }
@@ -87,7 +91,7 @@ impl AttrType {
 pub enum AttrValue {
     Text(String),
     Integer(i64),
-    /// A decimal number in its canonical written form.
+    /// A decimal number exactly as written.
     Numeric(String),
     Boolean(bool),
     /// `YYYY-MM-DD`.
@@ -135,6 +139,12 @@ fn number(text: &str) -> Expr {
             false,
         )),
     }
+}
+
+/// Decimal digits with an optional sign.
+fn is_integer(s: &str) -> bool {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn is_decimal(s: &str) -> bool {
@@ -195,39 +205,60 @@ mod tests {
     #[test]
     fn typed_values() {
         let int = AttrType::Integer;
-        assert_eq!(int.check(&Scalar::Int(7)), Ok(AttrValue::Integer(7)));
+        assert_eq!(int.check("7"), Ok(AttrValue::Integer(7)));
+        assert_eq!(int.check(" -42 "), Ok(AttrValue::Integer(-42)));
+        assert_eq!(int.check("007"), Ok(AttrValue::Integer(7)));
+        assert!(int.check("abc").is_err());
+        assert!(int.check("1.5").is_err());
+        assert!(int.check("1e3").is_err());
+        assert!(int.check("1_000").is_err());
         assert_eq!(
-            int.check(&Scalar::Str("42".into())),
-            Ok(AttrValue::Integer(42))
+            int.check("0x1A"),
+            Err("`0x1A` is not a valid integer value (write integers in decimal)".into())
         );
-        assert!(int.check(&Scalar::Str("abc".into())).is_err());
-        assert!(int.check(&Scalar::Float(1.5)).is_err());
-        assert!(int.check(&Scalar::Int(i128::from(i64::MAX) + 1)).is_err());
-        assert!(AttrType::Numeric
-            .check(&Scalar::Str("1.5e3".into()))
-            .is_ok());
-        assert!(AttrType::Numeric
-            .check(&Scalar::Str("1.5.3".into()))
-            .is_err());
-        assert!(AttrType::Numeric.check(&Scalar::Str(".".into())).is_err());
-        assert!(AttrType::Date
-            .check(&Scalar::Str("2024-02-29".into()))
-            .is_ok());
-        assert!(AttrType::Date
-            .check(&Scalar::Str("2023-02-29".into()))
-            .is_err());
-        assert!(AttrType::Date
-            .check(&Scalar::Str("2023-13-01".into()))
-            .is_err());
-        assert!(AttrType::Uuid
-            .check(&Scalar::Str("123E4567-e89b-12d3-a456-426614174000".into()))
-            .is_ok());
-        assert!(AttrType::Uuid.check(&Scalar::Str("123".into())).is_err());
-        assert!(AttrType::Boolean.check(&Scalar::Str("yes".into())).is_err());
         assert_eq!(
-            AttrType::Text.check(&Scalar::Int(5)),
-            Ok(AttrValue::Text("5".into()))
+            int.check("99999999999999999999"),
+            Err("`99999999999999999999` is not a valid integer value".into())
         );
+        assert_eq!(
+            int.check("9223372036854775807"),
+            Ok(AttrValue::Integer(i64::MAX))
+        );
+        let num = AttrType::Numeric;
+        assert!(num.check("1.5e3").is_ok());
+        assert_eq!(
+            num.check("123456789012345678901234567890.10"),
+            Ok(AttrValue::Numeric(
+                "123456789012345678901234567890.10".into()
+            ))
+        );
+        assert_eq!(num.check("12.50"), Ok(AttrValue::Numeric("12.50".into())));
+        assert!(num.check("1.5.3").is_err());
+        assert!(num.check(".").is_err());
+        assert!(num.check(".nan").is_err());
+        assert!(num.check("0x1A").is_err());
+        assert!(AttrType::Date.check("2024-02-29").is_ok());
+        assert!(AttrType::Date.check("2023-02-29").is_err());
+        assert!(AttrType::Date.check("2023-13-01").is_err());
+        assert_eq!(
+            AttrType::Uuid.check("123E4567-e89b-12d3-a456-426614174000"),
+            Ok(AttrValue::Uuid(
+                "123e4567-e89b-12d3-a456-426614174000".into()
+            ))
+        );
+        assert!(AttrType::Uuid.check("123").is_err());
+        let boolean = AttrType::Boolean;
+        assert_eq!(boolean.check("true"), Ok(AttrValue::Boolean(true)));
+        assert_eq!(boolean.check("FALSE"), Ok(AttrValue::Boolean(false)));
+        for yaml11 in ["yes", "no", "on", "off", "y", "1"] {
+            assert!(boolean.check(yaml11).is_err(), "{yaml11}");
+        }
+        for written in ["02134", "12.50", "0x1A", "yes", " padded "] {
+            assert_eq!(
+                AttrType::Text.check(written),
+                Ok(AttrValue::Text(written.into()))
+            );
+        }
     }
 
     #[test]

@@ -111,6 +111,13 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
         rewrite_statement(statement, cx)?;
     }
     let sql = print(&statements);
+    // What PostgreSQL will read must be exactly what was checked: a printed
+    // literal or identifier that reads back differently is refused.
+    if parse(&sql).ok().as_ref() != Some(&statements) {
+        return Err(Refusal::unsupported(
+            "a literal or identifier that cannot be forwarded exactly",
+        ));
+    }
     Ok(Rewritten {
         sql,
         statements: Some(statements),
@@ -122,7 +129,31 @@ pub fn rewrite_statement(statement: &mut Statement, cx: &Context) -> Result<(), 
     let mut state = tables::State::default();
     classify::check(statement, cx, &mut state)?;
     tables::fix_qualified_references(statement, &state);
+    exact_literals(statement);
     Ok(())
+}
+
+/// sqlparser prints a `'...'` literal holding `\'` or `''` as if they were
+/// escapes already, which PostgreSQL (with standard_conforming_strings on)
+/// reads differently. Such values are printed as `E'...'` literals, whose
+/// escaping is exact.
+fn exact_literals(statement: &mut Statement) {
+    use sqlparser::ast::{Value, ValueWithSpan, VisitMut, VisitorMut};
+    use std::ops::ControlFlow;
+    struct Exact;
+    impl VisitorMut for Exact {
+        type Break = ();
+        fn pre_visit_value(&mut self, value: &mut ValueWithSpan) -> ControlFlow<()> {
+            if let Value::SingleQuotedString(s) | Value::NationalStringLiteral(s) = &mut value.value
+            {
+                if s.contains(['\'', '\\']) {
+                    value.value = Value::EscapedStringLiteral(std::mem::take(s));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = statement.visit(&mut Exact);
 }
 
 /// The text of a list of statements, as forwarded upstream.

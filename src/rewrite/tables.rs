@@ -668,13 +668,11 @@ fn leakproof_column(expr: &Expr) -> Option<Option<String>> {
                 | BinaryOperator::Gt
                 | BinaryOperator::GtEq,
             right,
-        } => {
-            match (column(left), column(right)) {
-                (Some(q), None) if constant(right) => Some(q),
-                (None, Some(q)) if constant(left) => Some(q),
-                _ => None,
-            }
-        }
+        } => match (column(left), column(right)) {
+            (Some(q), None) if constant(right) => Some(q),
+            (None, Some(q)) if constant(left) => Some(q),
+            _ => None,
+        },
         Expr::InList { expr, list, .. } if list.iter().all(constant) => column(expr),
         Expr::Between {
             expr, low, high, ..
