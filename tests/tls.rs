@@ -13,7 +13,8 @@ const POLICY: &str = "tests/fixtures/proxy/policy.yaml";
 /// A self-signed certificate and key for 127.0.0.1/localhost, as PEM files
 /// in `dir`.
 fn write_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let cert = dir.join("server.crt");
     let key = dir.join("server.key");
     std::fs::write(&cert, ck.cert.pem()).unwrap();
@@ -49,19 +50,35 @@ fn psql(port: u16, sslmode: &str, sql: &str) -> std::process::Output {
 fn clients_get_tls_when_configured_and_plain_clients_still_work() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = write_cert(dir.path());
-    let extra = format!("tls:\n  cert: {}\n  key: {}\n", cert.display(), key.display());
+    let extra = format!(
+        "tls:\n  cert: {}\n  key: {}\n",
+        cert.display(),
+        key.display()
+    );
     let proxy = common::Proxy::start(Path::new(POLICY), &extra);
 
     let out = psql(proxy.port, "require", "SELECT count(*) FROM merchants");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.starts_with("3\n"), "{stdout}");
     assert!(stdout.contains("SSL connection"), "{stdout}");
 
     let out = psql(proxy.port, "disable", "SELECT count(*) FROM merchants");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with("3\n") && !stdout.contains("SSL connection"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("3\n") && !stdout.contains("SSL connection"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -95,13 +112,21 @@ fn enable_upstream_ssl() {
 #[test]
 fn upstream_tls_is_used_when_required() {
     enable_upstream_ssl();
-    let proxy = common::Proxy::start_full(Path::new(POLICY), "", common::UpstreamAuth::TRUST, "tls: require");
+    let proxy = common::Proxy::start_full(
+        Path::new(POLICY),
+        "",
+        common::UpstreamAuth::TRUST,
+        "tls: require",
+    );
     let mut client = postgres::Client::connect(
         &(proxy.url(fixture_db(), "member", "member-pw") + " application_name=tls-probe"),
         postgres::NoTls,
     )
     .unwrap();
-    let n: i64 = client.query_one("SELECT count(*) FROM merchants", &[]).unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM merchants", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
     let mut direct = common::cluster().connect("postgres");
     let ssl: bool = direct

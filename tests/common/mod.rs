@@ -172,7 +172,12 @@ impl Proxy {
     /// As `start_with`, with extra lines inside `upstream:` (e.g. `tls: require`).
     // The child is waited for by `Drop`.
     #[allow(clippy::zombie_processes)]
-    pub fn start_full(policies: &Path, extra: &str, auth: UpstreamAuth, upstream_extra: &str) -> Proxy {
+    pub fn start_full(
+        policies: &Path,
+        extra: &str,
+        auth: UpstreamAuth,
+        upstream_extra: &str,
+    ) -> Proxy {
         let c = cluster();
         let dir = tempfile::tempdir().unwrap();
         let policies = std::fs::canonicalize(policies).unwrap();
