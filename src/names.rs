@@ -172,17 +172,7 @@ const RESERVED: &[&str] = &[
 /// either a plain identifier (folded) or a double-quoted one (exact).
 /// Returns the parts, or a message saying what is wrong.
 pub fn parse_dotted(text: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut rest = text.trim();
-    loop {
-        let (part, after) = parse_part(rest)?;
-        parts.push(part);
-        rest = after.trim_start();
-        match rest.strip_prefix('.') {
-            Some(after_dot) => rest = after_dot.trim_start(),
-            None => break,
-        }
-    }
+    let (parts, rest) = parse_dotted_prefix(text.trim())?;
     if !rest.is_empty() {
         return Err(format!("unexpected `{rest}` after the name"));
     }

@@ -2,30 +2,24 @@
 //! effective filter as SQL, and every attribute value with where it came from.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
-use super::{FAILED, OK};
+use super::{ConfigArg, FAILED, OK};
 use crate::policy::{Access, Grant, PolicySet, Role};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Path to proxy.yaml.
-    #[arg(short = 'c', long = "config", default_value = "proxy.yaml")]
-    config: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
     /// The user to show.
     #[arg(long)]
     user: String,
 }
 
 pub fn run(args: &Args) -> u8 {
-    let Some(loaded) = super::load_policies(&args.config) else {
+    let Some(view) = super::load_user(&args.config.config, &args.user) else {
         return FAILED;
     };
-    let Some(access) = loaded.policy.access(&args.user) else {
-        eprintln!("rowgate: no user `{}` in the policies", args.user);
-        return FAILED;
-    };
-    print!("{}", render(&loaded.policy, &access));
+    print!("{}", render(&view.loaded.policy, &view.access));
     OK
 }
 

@@ -2,39 +2,37 @@
 //! for a user, or the refusal with its SQLSTATE. No upstream connection: the
 //! catalog is the offline one.
 
-use std::path::PathBuf;
-
-use super::{FAILED, OK, REFUSED};
+use super::{ConfigArg, FAILED, OK, REFUSED};
 use crate::rewrite::{self, Context, OfflineCatalog};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Path to proxy.yaml.
-    #[arg(short = 'c', long = "config", default_value = "proxy.yaml")]
-    config: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
     /// The user to rewrite for.
     #[arg(long)]
     user: String,
-    /// Schemas to resolve unqualified names in, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "public")]
-    search_path: Vec<String>,
+    /// Schemas to resolve unqualified names in, comma-separated (default:
+    /// the config's `search_path`).
+    #[arg(long, value_delimiter = ',')]
+    search_path: Option<Vec<String>>,
     /// The statement(s).
     sql: String,
 }
 
 pub fn run(args: &Args) -> u8 {
-    let Some(loaded) = super::load_policies(&args.config) else {
+    let Some(view) = super::load_user(&args.config.config, &args.user) else {
         return FAILED;
     };
-    let Some(access) = loaded.policy.access(&args.user) else {
-        eprintln!("rowgate: no user `{}` in the policies", args.user);
-        return FAILED;
-    };
-    let catalog = OfflineCatalog::new(&loaded.policy);
+    let catalog = OfflineCatalog::new(&view.loaded.policy);
+    let search_path = args
+        .search_path
+        .as_ref()
+        .unwrap_or(&view.config.search_path);
     let cx = Context {
-        access: &access,
+        access: &view.access,
         catalog: &catalog,
-        search_path: &args.search_path,
+        search_path,
     };
     match rewrite::rewrite(&args.sql, &cx) {
         Ok(rewritten) => {

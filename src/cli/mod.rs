@@ -67,9 +67,17 @@ impl Cli {
     }
 }
 
-/// Loads the config (leniently: these commands never go upstream) and its
-/// policies, printing problems to stderr.
-fn load_policies(config: &Path) -> Option<Loaded> {
+/// What `explain` and `access` work on: the config, its policies, and one
+/// user's resolved access.
+struct UserView {
+    config: Config,
+    loaded: Loaded,
+    access: crate::policy::Access,
+}
+
+/// Loads the config (leniently: these commands never go upstream), its
+/// policies and `user`'s access, printing problems to stderr.
+fn load_user(config: &Path, user: &str) -> Option<UserView> {
     let config = match Config::load(config, Env::Lenient) {
         Ok(c) => c,
         Err(problems) => {
@@ -77,13 +85,22 @@ fn load_policies(config: &Path) -> Option<Loaded> {
             return None;
         }
     };
-    match policy::load_path(&config.policies) {
-        Ok(loaded) => Some(loaded),
+    let loaded = match policy::load_path(&config.policies) {
+        Ok(loaded) => loaded,
         Err(problems) => {
             print_problems(&problems);
-            None
+            return None;
         }
-    }
+    };
+    let Some(access) = loaded.policy.access(user) else {
+        eprintln!("rowgate: no user `{user}` in the policies");
+        return None;
+    };
+    Some(UserView {
+        config,
+        loaded,
+        access,
+    })
 }
 
 fn print_problems(problems: &[crate::diag::Diagnostic]) {
