@@ -71,6 +71,15 @@ mod raw {
     }
 }
 
+/// Every key `proxy.yaml` accepts, by the mapping it stands in (`""` is the
+/// top level), as the reader knows them: for the reference documentation
+/// and the test that keeps it in step.
+pub const KEYS: &[(&str, &[&str])] = &[
+    ("", raw::Config::KEYS),
+    ("upstream", raw::Upstream::KEYS),
+    ("tls", raw::Tls::KEYS),
+];
+
 /// How rowgate talks TLS to the warehouse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UpstreamTls {

@@ -566,11 +566,19 @@ impl Front<'_> {
 
     async fn rewrite(&mut self, sql: &str) -> Result<String, Refusal> {
         self.refresh_policy()?;
+        if self.catalog.age() > self.shared.catalog.max_age {
+            if let Ok(fresh) = self.shared.catalog.get(&self.database).await {
+                if !Arc::ptr_eq(&fresh, &self.catalog) {
+                    self.catalog = fresh;
+                    self.cache.clear();
+                }
+            }
+        }
         if let Some(hit) = self.cache.get(sql) {
             return hit.clone();
         }
         let mut result = self.rewrite_now(sql);
-        if let Err(Refusal::UnknownTable(_)) = result {
+        if let Err(Refusal::UnknownTable(_) | Refusal::UnknownFunction(_)) = result {
             // A relation created since the snapshot: look again, once.
             if let Ok(fresh) = self
                 .shared

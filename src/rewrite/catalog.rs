@@ -19,6 +19,36 @@ pub trait Catalog: Send + Sync {
     fn has_function(&self, _schema: &str, _name: &str) -> bool {
         false
     }
+
+    /// Whether `schema` holds a function of one row-typed argument called
+    /// `name`: reachable by attribute notation (`t.name`, `(t).name`).
+    fn has_row_function(&self, _schema: &str, _name: &str) -> bool {
+        false
+    }
+
+    /// Whether `pg_catalog` has a function called `name`. Offline this is
+    /// not known and taken to be so.
+    fn has_builtin_function(&self, _name: &str) -> bool {
+        true
+    }
+
+    /// Whether `schema` (outside the system schemas) holds an operator
+    /// written `symbol`.
+    fn has_operator(&self, _schema: &str, _symbol: &str) -> bool {
+        false
+    }
+
+    /// Whether `schema` holds a domain called `name` (its constraints can
+    /// run any function).
+    fn has_domain(&self, _schema: &str, _name: &str) -> bool {
+        false
+    }
+
+    /// Whether a user-defined function implements a cast to the type
+    /// PostgreSQL names `type_name` (as `format_type` prints it).
+    fn has_user_cast_to(&self, _type_name: &str) -> bool {
+        false
+    }
 }
 
 /// Resolves a folded, unqualified relation name as PostgreSQL does: the
@@ -44,6 +74,13 @@ pub fn is_system_schema(schema: &str) -> bool {
 /// Catalog relations that expose other rows' values, other sessions, or
 /// secrets, and that no member or analyst may read (SPEC §4).
 pub fn is_blocked_catalog(rel: &RelName) -> bool {
+    if rel.schema == "information_schema" {
+        // Views over pg_user_mapping, which holds foreign-server passwords.
+        return matches!(
+            rel.name.as_str(),
+            "user_mapping_options" | "user_mappings" | "_pg_user_mappings"
+        );
+    }
     if rel.schema != "pg_catalog" {
         return false;
     }
@@ -70,6 +107,8 @@ pub fn is_blocked_catalog(rel: &RelName) -> bool {
         "pg_backend_memory_contexts",
         "pg_shmem_allocations",
         "pg_config",
+        // Sequences' last values: writes of other sessions.
+        "pg_sequences",
     ];
     PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }
@@ -364,5 +403,13 @@ mod tests {
         )));
         assert!(!is_blocked_catalog(&RelName::new("pg_catalog", "pg_class")));
         assert!(!is_blocked_catalog(&RelName::new("public", "pg_stats")));
+        assert!(is_blocked_catalog(&RelName::new(
+            "information_schema",
+            "user_mapping_options"
+        )));
+        assert!(!is_blocked_catalog(&RelName::new(
+            "information_schema",
+            "tables"
+        )));
     }
 }

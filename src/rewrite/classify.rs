@@ -35,6 +35,31 @@ pub const SETTABLE: &[&str] = &[
     "transaction_read_only",
 ];
 
+/// Settings PostgreSQL shows only to superusers (server paths and commands);
+/// the upstream role may be one, so members and analysts may not SHOW them.
+/// `SHOW ALL` would list them too.
+pub const SHOW_DENIED: &[&str] = &[
+    "all",
+    "archive_cleanup_command",
+    "archive_command",
+    "config_file",
+    "data_directory",
+    "dynamic_library_path",
+    "external_pid_file",
+    "hba_file",
+    "ident_file",
+    "log_directory",
+    "primary_conninfo",
+    "recovery_end_command",
+    "restore_command",
+    "ssl_ca_file",
+    "ssl_cert_file",
+    "ssl_crl_dir",
+    "ssl_crl_file",
+    "ssl_key_file",
+    "ssl_passphrase_command",
+];
+
 pub(crate) fn check(
     statement: &mut Statement,
     cx: &Context,
@@ -59,7 +84,14 @@ pub(crate) fn check(
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. } => Ok(()),
 
-        Statement::ShowVariable { .. } => Ok(()),
+        Statement::ShowVariable { variable } => {
+            let name = variable.iter().map(fold).collect::<Vec<_>>().join(" ");
+            if SHOW_DENIED.contains(&name.as_str()) {
+                Err(Refusal::statement(format!("SHOW {name}")))
+            } else {
+                Ok(())
+            }
+        }
         Statement::Set(set) => check_set(set),
         Statement::Reset(ResetStatement { reset }) => match reset {
             Reset::ConfigurationParameter(name) => {
@@ -114,10 +146,9 @@ pub(crate) fn check(
             options,
             ..
         } => {
-            let analyze_option = options
-                .iter()
-                .flatten()
-                .any(|o| fold(&o.name) == "analyze" && !is_false(o.arg.as_ref()));
+            let analyze_option = options.iter().flatten().any(|o| {
+                matches!(fold(&o.name).as_str(), "analyze" | "analyse") && !is_false(o.arg.as_ref())
+            });
             if *analyze || analyze_option {
                 return Err(Refusal::statement(
                     "EXPLAIN ANALYZE (it runs the statement and reports rows the filters removed)",

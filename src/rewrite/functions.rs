@@ -90,6 +90,8 @@ pub const DENIED: &[&str] = &[
     "pg_get_replication_slots",
     "pg_get_shmem_allocations",
     "pg_mcv_list_items",
+    "pg_config",
+    "pg_sequence_last_value",
 ];
 
 /// Families refused by prefix.
@@ -104,6 +106,46 @@ pub const DENIED_PREFIXES: &[&str] = &[
     "pg_stat_",
     "pg_wal_",
     "pg_control_",
+];
+
+/// Functions of SQL syntax rather than of `pg_catalog` (`COALESCE(...)`,
+/// `CURRENT_DATE`, `XMLCONCAT(...)`, ...): always PostgreSQL's own.
+const SYNTAX: &[&str] = &[
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+    "current_user",
+    "current_role",
+    "current_catalog",
+    "current_schema",
+    "session_user",
+    "system_user",
+    "user",
+    "xmlconcat",
+    "xmlelement",
+    "xmlforest",
+    "xmlparse",
+    "xmlpi",
+    "xmlroot",
+    "xmlserialize",
+    "xmlexists",
+    "grouping",
+    "row",
+    "array",
+    "extract",
+    "position",
+    "substring",
+    "trim",
+    "overlay",
+    "normalize",
+    "collation",
+    "treat",
 ];
 
 /// Schemas whose functions are PostgreSQL's own.
@@ -149,18 +191,197 @@ pub(crate) fn check(
         // Unqualified: any same-named function in a schema of the search
         // path could be the one PostgreSQL picks, so each must be allowed.
         None => {
-            for s in search_path.iter().filter(|s| !is_builtin_schema(s)) {
-                if catalog.has_function(s, function) && !allowed(s) {
-                    return Err(Refusal::Function(format!(
-                        "{}.{}",
-                        crate::names::ident(s),
-                        crate::names::ident(function)
-                    )));
+            let mut user_defined = false;
+            for s in user_schemas(search_path) {
+                if catalog.has_function(s, function) {
+                    if !allowed(s) {
+                        return Err(Refusal::Function(qualified(s, function)));
+                    }
+                    user_defined = true;
                 }
+            }
+            // A name the snapshot does not know may be a function created
+            // since: the proxy looks again before running it.
+            if !user_defined
+                && !SYNTAX.contains(&function)
+                && !catalog.has_builtin_function(function)
+            {
+                return Err(Refusal::UnknownFunction(name.to_string()));
             }
             Ok(())
         }
     }
+}
+
+fn user_schemas(search_path: &[String]) -> impl Iterator<Item = &str> {
+    search_path
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !is_builtin_schema(s))
+}
+
+fn qualified(schema: &str, name: &str) -> String {
+    format!(
+        "{}.{}",
+        crate::names::ident(schema),
+        crate::names::ident(name)
+    )
+}
+
+/// `t.name` or `(t).name`: a column, or a call of a function `name` taking
+/// the row. A user-defined one of that name must be allowed.
+pub(crate) fn check_attribute(
+    name: &str,
+    allowlist: &BTreeSet<RelName>,
+    catalog: &dyn Catalog,
+    search_path: &[String],
+) -> Result<(), Refusal> {
+    for s in user_schemas(search_path) {
+        if catalog.has_row_function(s, name) && !allowlist.contains(&RelName::new(s, name)) {
+            return Err(Refusal::Function(qualified(s, name)));
+        }
+    }
+    Ok(())
+}
+
+/// An operator written `symbol`: a user-defined one on the search path may
+/// run any function.
+pub(crate) fn check_operator(
+    symbol: &str,
+    catalog: &dyn Catalog,
+    search_path: &[String],
+) -> Result<(), Refusal> {
+    for s in user_schemas(search_path) {
+        if catalog.has_operator(s, symbol) {
+            return Err(Refusal::unsupported(format!(
+                "the user-defined operator {symbol} in schema {}",
+                crate::names::ident(s)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A cast to a domain: its constraints may run any function.
+pub(crate) fn check_domain(
+    data_type: &sqlparser::ast::DataType,
+    catalog: &dyn Catalog,
+    search_path: &[String],
+) -> Result<(), Refusal> {
+    if let sqlparser::ast::DataType::Custom(name, _) = data_type {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident())
+            .map(fold)
+            .collect();
+        let domain = match parts.as_slice() {
+            [n] => user_schemas(search_path).any(|s| catalog.has_domain(s, n)),
+            [s, n] => catalog.has_domain(s, n),
+            _ => false,
+        };
+        if domain {
+            return Err(Refusal::unsupported(format!(
+                "the cast to the domain {data_type}, whose constraints run user-defined code"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A whole row cast to a type that a user-defined function casts to (casts
+/// from a table's row type are the ones members can reach): in a SELECT, a
+/// bare name of one of its FROM items, cast.
+pub(crate) fn check_row_casts(
+    select: &mut sqlparser::ast::Select,
+    catalog: &dyn Catalog,
+) -> Result<(), Refusal> {
+    use sqlparser::ast::{Expr, Query, TableFactor, VisitMut, VisitorMut};
+    use std::ops::ControlFlow;
+    let mut names = Vec::new();
+    for twj in &select.from {
+        for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            match factor {
+                TableFactor::Table { name, alias, .. } => match alias {
+                    Some(a) => names.push(fold(&a.name)),
+                    None => names.extend(name.0.last().and_then(|p| p.as_ident()).map(fold)),
+                },
+                TableFactor::Derived { alias: Some(a), .. } => names.push(fold(&a.name)),
+                _ => {}
+            }
+        }
+    }
+    struct Find<'a> {
+        names: &'a [String],
+        catalog: &'a dyn Catalog,
+        depth: usize,
+        found: Option<String>,
+    }
+    impl VisitorMut for Find<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if let Expr::Cast {
+                expr, data_type, ..
+            } = e
+            {
+                let whole_row = match expr.as_ref() {
+                    Expr::Identifier(i) => self.names.contains(&fold(i)),
+                    Expr::Nested(_) | Expr::Tuple(_) => true,
+                    _ => false,
+                };
+                if self.depth == 0
+                    && whole_row
+                    && self.catalog.has_user_cast_to(&pg_type_name(data_type))
+                {
+                    self.found = Some(data_type.to_string());
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut find = Find {
+        names: &names,
+        catalog,
+        depth: 0,
+        found: None,
+    };
+    let _ = select.visit(&mut find);
+    match find.found {
+        Some(t) => Err(Refusal::unsupported(format!(
+            "the cast of a row to {t}, which runs user-defined code"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A type as PostgreSQL's `format_type` names it, for the common spellings.
+fn pg_type_name(data_type: &sqlparser::ast::DataType) -> String {
+    let text = data_type.to_string().to_ascii_lowercase();
+    let base = text.split('(').next().unwrap_or(&text).trim();
+    match base {
+        "int" | "int4" | "integer" => "integer",
+        "int8" | "bigint" => "bigint",
+        "int2" | "smallint" => "smallint",
+        "float8" | "double" | "double precision" => "double precision",
+        "float4" | "real" => "real",
+        "bool" | "boolean" => "boolean",
+        "varchar" | "character varying" => "character varying",
+        "char" | "character" | "bpchar" => "character",
+        "decimal" | "numeric" => "numeric",
+        "timestamp" => "timestamp without time zone",
+        "timestamptz" => "timestamp with time zone",
+        other => other,
+    }
+    .to_string()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, OfflineCatalog};
-pub use classify::{is_utf8, SETTABLE};
+pub use classify::{is_utf8, SETTABLE, SHOW_DENIED};
 pub use tables::disable_fence_for_benchmarks;
 
 use crate::policy::{Access, Role};
@@ -65,6 +65,11 @@ pub enum Refusal {
     Setting(String),
     #[error("permission denied for function {0}")]
     Function(String),
+    /// A function the catalog snapshot does not know; worded like
+    /// [`Refusal::Function`]. The proxy refreshes its catalog and retries
+    /// once on this one.
+    #[error("permission denied for function {0}")]
+    UnknownFunction(String),
     #[error("permission denied: rowgate does not support {0}, so the statement is refused")]
     Unsupported(String),
     #[error("permission denied: rowgate could not parse the statement, so it is refused ({0})")]
@@ -106,8 +111,12 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
             statements: None,
         });
     }
-    let mut statements = parse(sql)?;
-    for statement in &mut statements {
+    let (text, moves) = moves_as_fetches(sql);
+    let mut statements = parse(&text)?;
+    for (i, statement) in statements.iter_mut().enumerate() {
+        if moves.contains(&i) && !matches!(statement, Statement::Fetch { into: None, .. }) {
+            return Err(Refusal::unsupported("this form of MOVE"));
+        }
         rewrite_statement(statement, cx)?;
     }
     let sql = print(&statements);
@@ -118,10 +127,86 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
             "a literal or identifier that cannot be forwarded exactly",
         ));
     }
+    let sql = if moves.is_empty() {
+        sql
+    } else {
+        print_with_moves(&statements, &moves)
+    };
     Ok(Rewritten {
         sql,
         statements: Some(statements),
     })
+}
+
+/// `MOVE` repositions a cursor and returns no rows; sqlparser reads only its
+/// twin `FETCH`. Each statement that starts with the keyword `MOVE` is read
+/// as a `FETCH` (only that keyword's bytes change), and the indices of those
+/// statements are returned so that they go out as `MOVE` again.
+fn moves_as_fetches(sql: &str) -> (String, Vec<usize>) {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
+        return (sql.to_string(), Vec::new());
+    };
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |loc: sqlparser::tokenizer::Location| {
+        let line = line_starts.get(loc.line.saturating_sub(1) as usize)?;
+        let col = sql[*line..]
+            .char_indices()
+            .nth(loc.column.saturating_sub(1) as usize)?
+            .0;
+        Some(line + col)
+    };
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut copied = 0;
+    let mut moves = Vec::new();
+    let mut statement = 0;
+    let mut at_start = true;
+    for t in &tokens {
+        match &t.token {
+            Token::Whitespace(_) => continue,
+            Token::SemiColon => {
+                statement += 1;
+                at_start = true;
+                continue;
+            }
+            Token::Word(w)
+                if at_start && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("move") =>
+            {
+                if let Some(start) = offset(t.span.start) {
+                    out.push_str(&sql[copied..start]);
+                    out.push_str("FETCH");
+                    copied = start + 4;
+                    moves.push(statement);
+                }
+            }
+            _ => {}
+        }
+        at_start = false;
+    }
+    out.push_str(&sql[copied..]);
+    (out, moves)
+}
+
+/// The statements printed, the ones read from `MOVE` written as `MOVE`.
+fn print_with_moves(statements: &[Statement], moves: &[usize]) -> String {
+    let mut out = String::new();
+    for (i, s) in statements.iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        let text = s.to_string();
+        match text.strip_prefix("FETCH") {
+            Some(rest) if moves.contains(&i) => {
+                out.push_str("MOVE");
+                out.push_str(rest);
+            }
+            _ => out.push_str(&text),
+        }
+    }
+    out
 }
 
 /// Classifies one parsed statement and rewrites it in place.

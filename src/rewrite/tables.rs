@@ -211,6 +211,16 @@ impl VisitorMut for Walker<'_, '_> {
         if self.depth == 0 && select.into.is_some() {
             return ControlFlow::Break(Refusal::statement("SELECT INTO"));
         }
+        // `SELECT 'a'\n'b'` is one string in PostgreSQL; sqlparser reads the
+        // second as a quoted alias, which PostgreSQL has no syntax for.
+        let string_alias = select.projection.iter().any(|item| {
+            matches!(item, SelectItem::ExprWithAlias { alias, .. } if alias.quote_style == Some('\''))
+        });
+        if self.depth == 0 && string_alias {
+            return ControlFlow::Break(Refusal::unsupported(
+                "string constants continued on another line",
+            ));
+        }
         ControlFlow::Continue(())
     }
 
@@ -218,23 +228,7 @@ impl VisitorMut for Walker<'_, '_> {
         if self.depth != 0 {
             return ControlFlow::Continue(());
         }
-        let checked = match expr {
-            Expr::Function(f) => {
-                let args = match &f.args {
-                    FunctionArguments::List(list) => list.args.len(),
-                    _ => 0,
-                };
-                self.check_function(&f.name, args)
-            }
-            Expr::BinaryOp {
-                op: BinaryOperator::PGCustomBinaryOperator(parts),
-                ..
-            } if !(parts.len() == 2 && parts[0] == "pg_catalog") => Err(Refusal::unsupported(
-                format!("the operator OPERATOR({})", parts.join(".")),
-            )),
-            _ => Ok(()),
-        };
-        match checked {
+        match self.check_expr(expr) {
             Ok(()) => ControlFlow::Continue(()),
             Err(refusal) => ControlFlow::Break(refusal),
         }
@@ -242,6 +236,9 @@ impl VisitorMut for Walker<'_, '_> {
 
     fn post_visit_select(&mut self, select: &mut Select) -> ControlFlow<Refusal> {
         if self.depth == 0 {
+            if let Err(refusal) = functions::check_row_casts(select, self.cx.catalog) {
+                return ControlFlow::Break(refusal);
+            }
             if std::mem::take(&mut self.replaced) && mentions_system_column(select) {
                 return ControlFlow::Break(Refusal::unsupported(
                     "system columns (ctid, xmin, ...) of a filtered table",
@@ -297,6 +294,69 @@ impl VisitorMut for Walker<'_, '_> {
 }
 
 impl Walker<'_, '_> {
+    /// Function calls and everything else that can run a function: attribute
+    /// notation, operators, casts.
+    fn check_expr(&self, expr: &Expr) -> Result<(), Refusal> {
+        let cx = self.cx;
+        let attribute = |name: &Ident| {
+            functions::check_attribute(
+                &fold(name),
+                &cx.access.functions,
+                cx.catalog,
+                cx.search_path,
+            )
+        };
+        let operator =
+            |symbol: String| functions::check_operator(&symbol, cx.catalog, cx.search_path);
+        match expr {
+            Expr::Function(f) => {
+                let args = match &f.args {
+                    FunctionArguments::List(list) => list.args.len(),
+                    _ => 0,
+                };
+                self.check_function(&f.name, args)
+            }
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                attribute(&parts[parts.len() - 1])
+            }
+            Expr::CompoundFieldAccess { access_chain, .. } => {
+                access_chain.iter().try_for_each(|a| match a {
+                    sqlparser::ast::AccessExpr::Dot(Expr::Identifier(i)) => attribute(i),
+                    _ => Ok(()),
+                })
+            }
+            Expr::BinaryOp {
+                op: BinaryOperator::PGCustomBinaryOperator(parts),
+                ..
+            } => {
+                if parts.len() == 2 && parts[0] == "pg_catalog" {
+                    Ok(())
+                } else {
+                    Err(Refusal::unsupported(format!(
+                        "the operator OPERATOR({})",
+                        parts.join(".")
+                    )))
+                }
+            }
+            // `U&"..."` identifiers, which sqlparser reads as `U & "..."`.
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::BitwiseAnd,
+                right,
+            } if matches!(left.as_ref(), Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("u"))
+                && matches!(right.as_ref(), Expr::Identifier(i) if i.quote_style == Some('"')) =>
+            {
+                Err(Refusal::unsupported("U&\"...\" identifiers"))
+            }
+            Expr::BinaryOp { op, .. } => operator(op.to_string()),
+            Expr::UnaryOp { op, .. } => operator(op.to_string()),
+            Expr::Cast { data_type, .. } => {
+                functions::check_domain(data_type, cx.catalog, cx.search_path)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check_function(
         &self,
         name: &sqlparser::ast::ObjectName,

@@ -19,6 +19,17 @@ pub struct Snapshot {
     relations: HashMap<String, HashSet<String>>,
     /// Function names by schema, outside the system schemas.
     functions: HashMap<String, HashSet<String>>,
+    /// Of those, functions of one row-typed argument.
+    row_functions: HashMap<String, HashSet<String>>,
+    /// Function names of `pg_catalog`.
+    builtin_functions: HashSet<String>,
+    /// Operator names by schema, outside the system schemas.
+    operators: HashMap<String, HashSet<String>>,
+    /// Domain names by schema, outside the system schemas.
+    domains: HashMap<String, HashSet<String>>,
+    /// Target types (as `format_type` prints them) of casts implemented by
+    /// user-defined functions.
+    user_casts: HashSet<String>,
     taken: Option<Instant>,
 }
 
@@ -30,10 +41,32 @@ impl Catalog for Snapshot {
     }
 
     fn has_function(&self, schema: &str, name: &str) -> bool {
-        self.functions
-            .get(schema)
-            .is_some_and(|names| names.contains(name))
+        in_schema(&self.functions, schema, name)
     }
+
+    fn has_row_function(&self, schema: &str, name: &str) -> bool {
+        in_schema(&self.row_functions, schema, name)
+    }
+
+    fn has_builtin_function(&self, name: &str) -> bool {
+        self.builtin_functions.contains(name)
+    }
+
+    fn has_operator(&self, schema: &str, symbol: &str) -> bool {
+        in_schema(&self.operators, schema, symbol)
+    }
+
+    fn has_domain(&self, schema: &str, name: &str) -> bool {
+        in_schema(&self.domains, schema, name)
+    }
+
+    fn has_user_cast_to(&self, type_name: &str) -> bool {
+        self.user_casts.contains(type_name)
+    }
+}
+
+fn in_schema(map: &HashMap<String, HashSet<String>>, schema: &str, name: &str) -> bool {
+    map.get(schema).is_some_and(|names| names.contains(name))
 }
 
 impl Snapshot {
@@ -47,7 +80,8 @@ pub struct LiveCatalog {
     upstream: Upstream,
     snapshots: DashMap<String, Arc<Snapshot>>,
     loading: Mutex<()>,
-    /// A snapshot older than this is reloaded when a session starts.
+    /// A snapshot older than this is reloaded before the next statement
+    /// that uses it: objects created upstream are seen within this time.
     pub max_age: Duration,
 }
 
@@ -55,9 +89,50 @@ const RELATIONS: &str = "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c 
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')";
 
-const FUNCTIONS: &str = "SELECT DISTINCT n.nspname, p.proname FROM pg_catalog.pg_proc p \
+/// The system schemas, whose objects are PostgreSQL's own.
+const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
+/// `(schema, name)` queries, one per kind of object the rewriter asks about.
+fn object_queries() -> [String; 5] {
+    [
+        format!(
+            "SELECT DISTINCT n.nspname, p.proname FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}"
+        ),
+        format!(
+            "SELECT DISTINCT n.nspname, p.proname FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
+             WHERE {USER_SCHEMAS} AND p.pronargs = 1 \
+             AND (t.typtype IN ('c', 'p') OR t.typrelid <> 0)"
+        ),
+        "SELECT DISTINCT 'pg_catalog', p.proname FROM pg_catalog.pg_proc p \
+         WHERE p.pronamespace = 'pg_catalog'::regnamespace"
+            .to_string(),
+        // Operators written in SQL or a procedural language: the ones that
+        // can read tables. Extensions' C operators (citext, hstore, ...) are
+        // not counted, or every `=` would be suspect where they live.
+        format!(
+            "SELECT DISTINCT n.nspname, o.oprname FROM pg_catalog.pg_operator o \
+             JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+             JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
+             JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+             WHERE {USER_SCHEMAS} AND l.lanname NOT IN ('c', 'internal')"
+        ),
+        format!(
+            "SELECT DISTINCT n.nspname, t.typname FROM pg_catalog.pg_type t \
+             JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+             WHERE {USER_SCHEMAS} AND t.typtype = 'd'"
+        ),
+    ]
+}
+
+const USER_CASTS: &str = "SELECT DISTINCT '', pg_catalog.format_type(c.casttarget, NULL) \
+     FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')";
+     JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND l.lanname NOT IN ('c', 'internal')";
 
 impl LiveCatalog {
     pub fn new(upstream: Upstream) -> Self {
@@ -65,7 +140,7 @@ impl LiveCatalog {
             upstream,
             snapshots: DashMap::new(),
             loading: Mutex::new(()),
-            max_age: Duration::from_secs(60),
+            max_age: Duration::from_secs(10),
         }
     }
 
@@ -113,20 +188,56 @@ impl LiveCatalog {
         }
         let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
         let task = tokio::spawn(connection);
-        let rows = client.query(RELATIONS, &[]).await;
-        let functions = client.query(FUNCTIONS, &[]).await;
+        let result = async {
+            let by_schema = |rows: Vec<tokio_postgres::Row>| {
+                let mut map: HashMap<String, HashSet<String>> = HashMap::new();
+                for row in rows {
+                    map.entry(row.get(0)).or_default().insert(row.get(1));
+                }
+                map
+            };
+            let relations = by_schema(client.query(RELATIONS, &[]).await?);
+            let [functions, row_functions, builtin, operators, domains] = object_queries();
+            let functions = by_schema(client.query(&functions, &[]).await?);
+            let row_functions = by_schema(client.query(&row_functions, &[]).await?);
+            let builtin_functions = by_schema(client.query(&builtin, &[]).await?)
+                .remove("pg_catalog")
+                .unwrap_or_default();
+            let operators = by_schema(client.query(&operators, &[]).await?);
+            let domains = by_schema(client.query(&domains, &[]).await?);
+            let user_casts = by_schema(client.query(USER_CASTS, &[]).await?)
+                .remove("")
+                .unwrap_or_default();
+            Ok::<_, tokio_postgres::Error>((
+                relations,
+                functions,
+                row_functions,
+                builtin_functions,
+                operators,
+                domains,
+                user_casts,
+            ))
+        }
+        .await;
         drop(client);
         let _ = task.await;
-        let by_schema = |rows: Vec<tokio_postgres::Row>| {
-            let mut map: HashMap<String, HashSet<String>> = HashMap::new();
-            for row in rows {
-                map.entry(row.get(0)).or_default().insert(row.get(1));
-            }
-            map
-        };
+        let (
+            relations,
+            functions,
+            row_functions,
+            builtin_functions,
+            operators,
+            domains,
+            user_casts,
+        ) = result?;
         Ok(Snapshot {
-            relations: by_schema(rows?),
-            functions: by_schema(functions?),
+            relations,
+            functions,
+            row_functions,
+            builtin_functions,
+            operators,
+            domains,
+            user_casts,
             taken: Some(Instant::now()),
         })
     }

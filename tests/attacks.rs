@@ -1,0 +1,1033 @@
+//! The attack suite of the hardening issue, as data: every case of
+//! `tests/cases/attacks.yaml` is sent through `rowgate serve` by a raw
+//! protocol client as the restricted member `king` of the differential
+//! fixture, with the cluster's superuser as rowgate's upstream role, so that
+//! rowgate alone stands between the member and the data.
+//!
+//! A case expects one of:
+//!
+//! - `refuse`: an ErrorResponse with SQLSTATE 42501, and no row, COPY data
+//!   or function result before it;
+//! - `rls`: exactly what native row-level security gives the same user on a
+//!   direct connection as that user's native-RLS role (`rls::setup`): the
+//!   same rows as a multiset, or an error with the same SQLSTATE;
+//! - `rls_or_refuse`: the same, or a refusal (text that rowgate's parser
+//!   cannot read, which it may refuse rather than forward);
+//! - `ok`: success, and when `rows` is given exactly those rows (for harmless
+//!   neighbours whose values differ by connection, like plans and `SHOW`).
+//!
+//! For every case, whatever the expectation, no secret appears in any byte
+//! the client receives (rows, COPY data, errors with their detail, hint and
+//! context, notices, parameter statuses): names of merchants and countries
+//! the member cannot see, other hidden column values, salaries, password
+//! hashes and passwords, a user mapping's password, a large object, a
+//! sequence's state, and the query text of two other sessions that run
+//! throughout the suite. After every case the session must still answer
+//! `SELECT 1`. After the suite, every fixture table, the sequence and the
+//! large objects are unchanged, and no relation, role, function, policy,
+//! extension, server setting or other catalog object has appeared or
+//! changed.
+//!
+//! Every failure is collected and reported at the end by case name; a
+//! failure is a bug in rowgate unless the case is wrong.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use common::rls;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use serde::Deserialize;
+
+const CASES: &str = "tests/cases/attacks.yaml";
+const SETUP: &str = "tests/fixtures/attacks/setup.sql";
+const FUNCTIONS: &str = "tests/fixtures/attacks/functions.yaml";
+/// The restricted member: sees merchant 'King Inc' in country 'Vietnam'.
+const MEMBER: &str = "king";
+/// The case categories, as the first part of each case's name.
+const CATEGORIES: &[&str] = &[
+    "statements",
+    "hidden_reads",
+    "functions",
+    "catalog",
+    "side_channels",
+    "lexer",
+];
+/// How long one protocol read may wait before the case fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// Marks the other sessions' query texts, which must never reach the member.
+const OTHER_SESSION: &str = "other-session-secret-77";
+const OTHER_MEMBER: &str = "other-member-secret-78";
+
+/// A function created after rowgate has read the catalog: a fresh name that
+/// the member then calls unqualified.
+const LATE_FUNCTION: &str = "CREATE FUNCTION public.atk_late_salaries() RETURNS SETOF int \
+     LANGUAGE sql AS $$ SELECT amount FROM hr.salaries $$";
+
+/// One case, as written in the case file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    /// Unique; `category.what`.
+    name: String,
+    /// What the case shows, when the name does not say it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    note: Option<String>,
+    /// The statement text (for `function_call`, the function's signature).
+    sql: String,
+    expect: Expect,
+    /// Statements run first on the same session (and on the native one).
+    #[serde(default)]
+    before: Vec<String>,
+    /// For `ok`: the exact rows, as a multiset.
+    #[serde(default)]
+    rows: Option<Rows>,
+    /// Extra startup parameters.
+    #[serde(default)]
+    startup: BTreeMap<String, String>,
+    #[serde(default)]
+    protocol: Protocol,
+    /// For `function_call`: the arguments, in text format.
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Expect {
+    Refuse,
+    Rls,
+    RlsOrRefuse,
+    Ok,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Protocol {
+    /// One Query message.
+    #[default]
+    Simple,
+    /// Parse, Bind, Describe, Execute, Sync with the unnamed statement.
+    Extended,
+    /// The FunctionCall message.
+    FunctionCall,
+}
+
+type Rows = Vec<Vec<Option<String>>>;
+
+/// What a statement gave.
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    /// Data rows, COPY data lines or a function result, in arrival order.
+    Rows(Rows),
+    /// The first error.
+    Error { code: String, message: String },
+}
+
+impl Outcome {
+    fn is_refusal(&self) -> bool {
+        matches!(self, Outcome::Error { code, .. } if code == "42501")
+    }
+
+    fn sorted(&self) -> Outcome {
+        match self {
+            Outcome::Rows(rows) => {
+                let mut rows = rows.clone();
+                rows.sort();
+                Outcome::Rows(rows)
+            }
+            e => e.clone(),
+        }
+    }
+
+    /// The same result: rows as a multiset, errors by SQLSTATE.
+    fn agrees(&self, other: &Outcome) -> bool {
+        match (self.sorted(), other.sorted()) {
+            (Outcome::Rows(a), Outcome::Rows(b)) => a == b,
+            (Outcome::Error { code: a, .. }, Outcome::Error { code: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+
+    fn show(&self) -> String {
+        let text = match self {
+            Outcome::Rows(rows) => format!("{} row(s) {:?}", rows.len(), self.sorted()),
+            Outcome::Error { code, message } => format!("ERROR {code}: {message}"),
+        };
+        truncate(&text, 600)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// A backend message: tag and body.
+struct Msg {
+    tag: u8,
+    body: Vec<u8>,
+}
+
+impl Msg {
+    /// A field of an ErrorResponse or NoticeResponse.
+    fn field(&self, code: u8) -> Option<String> {
+        let mut rest = &self.body[..];
+        while let Some((&c, tail)) = rest.split_first() {
+            if c == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0)?;
+            if c == code {
+                return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
+            }
+            rest = &tail[end + 1..];
+        }
+        None
+    }
+
+    /// The columns of a DataRow, as text.
+    fn columns(&self) -> Vec<Option<String>> {
+        let b = &self.body;
+        let n = i16::from_be_bytes([b[0], b[1]]) as usize;
+        let mut at = 2;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            at += 4;
+            if len < 0 {
+                out.push(None);
+            } else {
+                let end = at + len as usize;
+                out.push(Some(String::from_utf8_lossy(&b[at..end]).into_owned()));
+                at = end;
+            }
+        }
+        out
+    }
+}
+
+/// A minimal protocol client that keeps every byte it receives.
+struct Client {
+    s: TcpStream,
+    received: Vec<u8>,
+    /// The transaction status of the last ReadyForQuery.
+    status: u8,
+}
+
+impl Client {
+    fn connect(port: u16) -> Result<Client, String> {
+        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(READ_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        Ok(Client {
+            s,
+            received: Vec::new(),
+            status: b'I',
+        })
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.s.write_all(bytes).map_err(|e| format!("send: {e}"))
+    }
+
+    fn read(&mut self) -> Result<Msg, String> {
+        let mut head = [0u8; 5];
+        self.s
+            .read_exact(&mut head)
+            .map_err(|e| format!("no answer from the server ({e})"))?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if len < 4 {
+            return Err(format!("bad message length {len}"));
+        }
+        let mut body = vec![0u8; len as usize - 4];
+        self.s
+            .read_exact(&mut body)
+            .map_err(|e| format!("truncated message ({e})"))?;
+        self.received.extend_from_slice(&head);
+        self.received.extend_from_slice(&body);
+        Ok(Msg { tag: head[0], body })
+    }
+
+    /// Messages up to and including the next ReadyForQuery. A COPY FROM
+    /// that reaches the server is failed at once, so that nothing waits.
+    fn until_ready(&mut self) -> Result<Vec<Msg>, String> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.read()?;
+            match m.tag {
+                b'G' => {
+                    let mut buf = BytesMut::new();
+                    frontend::copy_fail("the attack suite sends no COPY data", &mut buf)
+                        .map_err(|e| e.to_string())?;
+                    self.send(&buf)?;
+                }
+                b'Z' => {
+                    self.status = m.body.first().copied().unwrap_or(b'I');
+                    out.push(m);
+                    return Ok(out);
+                }
+                _ => {}
+            }
+            out.push(m);
+        }
+    }
+
+    /// Starts a session; `Ok(Some(error))` when the server refuses it.
+    fn login(
+        &mut self,
+        user: &str,
+        database: &str,
+        password: Option<&str>,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Option<Outcome>, String> {
+        let mut buf = BytesMut::new();
+        let mut all = vec![("user", user), ("database", database)];
+        all.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        frontend::startup_message(all, &mut buf).map_err(|e| e.to_string())?;
+        self.send(&buf)?;
+        let mut scram = None;
+        loop {
+            let m = self.read()?;
+            match m.tag {
+                b'R' => {
+                    let code = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
+                    buf.clear();
+                    match code {
+                        0 => {}
+                        10 => {
+                            let password = password.ok_or("a password was asked for")?;
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf)
+                                .map_err(|e| e.to_string())?;
+                            self.send(&buf)?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or("SASL continue before SASL")?;
+                            s.update(&m.body[4..]).map_err(|e| e.to_string())?;
+                            frontend::sasl_response(s.message(), &mut buf)
+                                .map_err(|e| e.to_string())?;
+                            self.send(&buf)?;
+                        }
+                        12 => {
+                            let mut s = scram.take().ok_or("SASL final before SASL")?;
+                            s.finish(&m.body[4..]).map_err(|e| e.to_string())?;
+                        }
+                        other => return Err(format!("unexpected authentication request {other}")),
+                    }
+                }
+                b'E' => return Ok(Some(error_outcome(&m))),
+                b'Z' => {
+                    self.status = m.body.first().copied().unwrap_or(b'I');
+                    return Ok(None);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// One Query message.
+    fn simple(&mut self, sql: &str) -> Result<(Outcome, Vec<Msg>), String> {
+        let mut buf = BytesMut::new();
+        frontend::query(sql, &mut buf).map_err(|e| e.to_string())?;
+        self.send(&buf)?;
+        let msgs = self.until_ready()?;
+        Ok((outcome(&msgs), msgs))
+    }
+
+    /// The unnamed statement and portal, text results.
+    fn extended(&mut self, sql: &str) -> Result<(Outcome, Vec<Msg>), String> {
+        let mut buf = BytesMut::new();
+        frontend::parse("", sql, [], &mut buf).map_err(|e| e.to_string())?;
+        frontend::bind(
+            "",
+            "",
+            [],
+            [],
+            |_: (), _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
+            [],
+            &mut buf,
+        )
+        .map_err(|_| "cannot build Bind".to_string())?;
+        frontend::describe(b'P', "", &mut buf).map_err(|e| e.to_string())?;
+        frontend::execute("", 0, &mut buf).map_err(|e| e.to_string())?;
+        frontend::sync(&mut buf);
+        self.send(&buf)?;
+        let msgs = self.until_ready()?;
+        Ok((outcome(&msgs), msgs))
+    }
+
+    /// The FunctionCall message: text arguments, a text result.
+    fn function_call(&mut self, oid: u32, args: &[String]) -> Result<(Outcome, Vec<Msg>), String> {
+        let mut body = BytesMut::new();
+        body.put_u32(oid);
+        body.put_i16(1);
+        body.put_i16(0);
+        body.put_i16(args.len() as i16);
+        for a in args {
+            body.put_i32(a.len() as i32);
+            body.put_slice(a.as_bytes());
+        }
+        body.put_i16(0);
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'F');
+        buf.put_i32(body.len() as i32 + 4);
+        buf.put_slice(&body);
+        self.send(&buf)?;
+        let msgs = self.until_ready()?;
+        Ok((outcome(&msgs), msgs))
+    }
+
+    fn terminate(&mut self) {
+        let mut buf = BytesMut::new();
+        frontend::terminate(&mut buf);
+        let _ = self.send(&buf);
+    }
+}
+
+fn error_outcome(m: &Msg) -> Outcome {
+    Outcome::Error {
+        code: m.field(b'C').unwrap_or_default(),
+        message: m.field(b'M').unwrap_or_default(),
+    }
+}
+
+/// The rows of a response (DataRow, CopyData, FunctionCallResponse), or
+/// its first error.
+fn outcome(msgs: &[Msg]) -> Outcome {
+    let mut rows = Vec::new();
+    for m in msgs {
+        match m.tag {
+            b'E' => return error_outcome(m),
+            b'D' => rows.push(m.columns()),
+            b'd' => rows.push(vec![Some(String::from_utf8_lossy(&m.body).into_owned())]),
+            b'V' => {
+                let b = &m.body;
+                let len = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                let value = (len >= 0)
+                    .then(|| String::from_utf8_lossy(&b[4..4 + len as usize]).into_owned());
+                rows.push(vec![value]);
+            }
+            _ => {}
+        }
+    }
+    Outcome::Rows(rows)
+}
+
+/// Values the member must never receive.
+struct Secrets {
+    values: Vec<String>,
+}
+
+impl Secrets {
+    /// Every secret found in `bytes`.
+    fn found_in(&self, bytes: &[u8]) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .values
+            .iter()
+            .filter(|s| contains(bytes, s.as_bytes()))
+            .cloned()
+            .collect();
+        let md5_hash = bytes.windows(35).any(|w| {
+            w.starts_with(b"md5")
+                && w[3..]
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        });
+        if md5_hash {
+            found.push("an md5 password hash".into());
+        }
+        found
+    }
+
+    fn in_text(&self, text: &str) -> Option<&String> {
+        self.values.iter().find(|s| text.contains(s.as_str()))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Everything the cases run against.
+struct Env {
+    db: String,
+    proxy_port: u16,
+    cluster_port: u16,
+    native_role: String,
+    secrets: Secrets,
+    /// Function OIDs by signature, for FunctionCall cases.
+    oids: BTreeMap<String, u32>,
+}
+
+fn load_cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(CASES).unwrap_or_else(|e| panic!("{CASES}: {e}"));
+    let cases: Vec<Case> =
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{CASES} is malformed: {e}"));
+    let mut names = BTreeSet::new();
+    for c in &cases {
+        assert!(names.insert(c.name.as_str()), "duplicate case {}", c.name);
+        assert!(
+            CATEGORIES.contains(&category(&c.name)),
+            "{}: the name must start with one of {CATEGORIES:?}",
+            c.name
+        );
+        assert!(
+            c.rows.is_none() || c.expect == Expect::Ok,
+            "{}: `rows` goes with `expect: ok`",
+            c.name
+        );
+        assert!(
+            c.args.is_empty() || c.protocol == Protocol::FunctionCall,
+            "{}: `args` goes with `protocol: function_call`",
+            c.name
+        );
+    }
+    cases
+}
+
+fn category(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+/// The secrets of the fixture: every hidden value of the columns below that
+/// does not overlap a value the member may see (ignoring case), and is long
+/// enough not to turn up by chance; the markers of the suite's own setup;
+/// every stored password hash; the other sessions' markers.
+fn secrets(admin: &mut postgres::Client, native: &mut postgres::Client) -> Secrets {
+    const COLUMNS: &[(&str, &str)] = &[
+        ("merchants", "name"),
+        ("countries", "name"),
+        ("orders", "note"),
+        ("orders", "status"),
+        ("products", "name"),
+        ("orders", "amount::text"),
+        ("sales.\"Returns\"", "reason"),
+        ("tickets", "title"),
+        ("hr.salaries", "amount::text"),
+    ];
+    let values = |c: &mut postgres::Client, table: &str, column: &str| -> BTreeSet<String> {
+        let sql = format!("SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL");
+        match c.query(sql.as_str(), &[]) {
+            Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+            Err(_) => BTreeSet::new(), // not granted natively: nothing visible
+        }
+    };
+    let mut visible = BTreeSet::new();
+    let mut all = BTreeSet::new();
+    for (table, column) in COLUMNS {
+        visible.extend(values(native, table, column));
+        all.extend(values(admin, table, column));
+    }
+    let visible_lower: Vec<String> = visible.iter().map(|v| v.to_lowercase()).collect();
+    let mut out: BTreeSet<String> = all
+        .difference(&visible)
+        .filter(|h| h.chars().count() >= 6)
+        .filter(|h| {
+            let h = h.to_lowercase();
+            !visible_lower
+                .iter()
+                .any(|v| v.contains(&h) || h.contains(v.as_str()))
+        })
+        .cloned()
+        .collect();
+    for fixed in [
+        "Zyxel Secret Ltd",
+        "Atlantis Hidden",
+        "987654",
+        "31337",
+        "order-secret-note-4242",
+        "return-secret-reason-88",
+        "ticket-secret-title-55",
+        "424242",
+        "lo-secret-bytes-66",
+        "fdw-secret-pass-31",
+        "fdw-public-pass-32",
+        "atk-scram-password-1",
+        "atk-md5-password-2",
+        "SCRAM-SHA-256$",
+        OTHER_SESSION,
+        OTHER_MEMBER,
+    ] {
+        out.insert(fixed.to_string());
+    }
+    for (_, password) in common::Cluster::AUTH_ROLES {
+        out.insert(password.to_string());
+    }
+    for row in admin
+        .query(
+            "SELECT rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+    {
+        out.insert(row.get(0));
+    }
+    // As they would stand in SQL text or in escaped output.
+    for s in out.clone() {
+        if s.contains('\'') {
+            out.insert(s.replace('\'', "''"));
+        }
+        if s.contains('\\') {
+            out.insert(s.replace('\\', "\\\\"));
+        }
+    }
+    Secrets {
+        values: out.into_iter().collect(),
+    }
+}
+
+/// A fingerprint of everything a case could change: the fixture's data,
+/// the sequence, large objects, and the catalog objects and settings a
+/// write, DDL or server-state change would leave behind.
+fn fingerprint(db: &str) -> BTreeMap<String, String> {
+    let c = common::cluster();
+    let mut admin = c.connect(db);
+    let mut checks: Vec<(String, String)> = Vec::new();
+    for table in [
+        "countries",
+        "merchants",
+        "orders",
+        "products",
+        "tickets",
+        "sales.\"Returns\"",
+        "hr.salaries",
+    ] {
+        checks.push((
+            format!("table {table}"),
+            format!(
+                "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"
+            ),
+        ));
+    }
+    // (what, relation, the columns that identify and describe each row).
+    let catalog: &[(&str, &str, &str)] = &[
+        ("sequence atk_seq", "atk_seq", "last_value, is_called"),
+        (
+            "large objects",
+            "pg_largeobject",
+            "loid, pageno, encode(data, 'hex')",
+        ),
+        (
+            "large object metadata",
+            "pg_largeobject_metadata",
+            "oid, lomacl",
+        ),
+        (
+            "relations",
+            "pg_class",
+            "oid, relname, relkind, relnamespace, relacl, relrowsecurity, relforcerowsecurity",
+        ),
+        (
+            "columns",
+            "pg_attribute",
+            "attrelid, attnum, attname, atttypid, attisdropped",
+        ),
+        (
+            "roles",
+            "pg_authid",
+            "oid, rolname, rolsuper, rolbypassrls, rolcanlogin, rolpassword",
+        ),
+        ("role memberships", "pg_auth_members", "roleid, member"),
+        (
+            "role settings",
+            "pg_db_role_setting",
+            "setdatabase, setrole, setconfig",
+        ),
+        ("functions", "pg_proc", "oid, proname, prosecdef, proacl"),
+        ("namespaces", "pg_namespace", "oid, nspname, nspacl"),
+        (
+            "policies",
+            "pg_policy",
+            "oid, polname, pg_get_expr(polqual, polrelid)",
+        ),
+        ("types", "pg_type", "oid, typname"),
+        ("operators", "pg_operator", "oid, oprname"),
+        ("casts", "pg_cast", "oid, castfunc"),
+        ("constraints", "pg_constraint", "oid, conname"),
+        ("triggers", "pg_trigger", "oid, tgname, tgenabled"),
+        ("event triggers", "pg_event_trigger", "oid, evtname"),
+        ("rules", "pg_rewrite", "oid, rulename"),
+        ("extensions", "pg_extension", "oid, extname, extversion"),
+        ("statistics objects", "pg_statistic_ext", "oid, stxname"),
+        (
+            "comments",
+            "pg_description",
+            "objoid, classoid, objsubid, description",
+        ),
+        (
+            "security labels",
+            "pg_seclabel",
+            "objoid, classoid, objsubid, label",
+        ),
+        (
+            "foreign servers",
+            "pg_foreign_server",
+            "oid, srvname, srvoptions",
+        ),
+        ("user mappings", "pg_user_mapping", "oid, umuser, umoptions"),
+        ("default privileges", "pg_default_acl", "oid, defaclacl"),
+        ("databases", "pg_database", "oid, datname, datacl"),
+        (
+            "configuration files",
+            "pg_file_settings",
+            "sourcefile, sourceline, name, setting",
+        ),
+        ("prepared transactions", "pg_prepared_xacts", "gid"),
+        ("replication slots", "pg_replication_slots", "slot_name"),
+        ("subscriptions", "pg_subscription", "oid, subname"),
+        ("publications", "pg_publication", "oid, pubname"),
+    ];
+    checks.extend(catalog.iter().map(|(label, relation, columns)| {
+        (
+            label.to_string(),
+            format!(
+                "SELECT count(*) || ':' || md5(coalesce(string_agg(x, ',' ORDER BY x), '')) \
+                 FROM (SELECT concat_ws('/', {columns}) AS x FROM {relation}) r"
+            ),
+        )
+    }));
+    checks
+        .into_iter()
+        .map(|(label, sql)| {
+            let value: String = admin
+                .query_one(sql.as_str(), &[])
+                .unwrap_or_else(|e| panic!("{label}: {e:?}"))
+                .get(0);
+            (label, value)
+        })
+        .collect()
+}
+
+/// Runs the case's statement on a logged-in session.
+fn run_statement(
+    client: &mut Client,
+    case: &Case,
+    env: &Env,
+) -> Result<(Outcome, Vec<Msg>), String> {
+    match case.protocol {
+        Protocol::Simple => client.simple(&case.sql),
+        Protocol::Extended => client.extended(&case.sql),
+        Protocol::FunctionCall => client.function_call(env.oids[&case.sql], &case.args),
+    }
+}
+
+/// What native RLS gives: the same before-statements and statement on a
+/// direct connection as the member's native-RLS role.
+fn native(case: &Case, env: &Env) -> Result<Outcome, String> {
+    let mut client = Client::connect(env.cluster_port)?;
+    if let Some(e) = client.login(&env.native_role, &env.db, None, &case.startup)? {
+        return Err(format!("the native session was refused: {}", e.show()));
+    }
+    for b in &case.before {
+        let (out, _) = client.simple(b)?;
+        if let Outcome::Error { .. } = out {
+            return Err(format!("`{b}` fails natively: {}", out.show()));
+        }
+    }
+    let (out, _) = run_statement(&mut client, case, env)?;
+    client.terminate();
+    Ok(out)
+}
+
+/// Runs one case; the problems found (none when it passes).
+fn check(case: &Case, env: &Env) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut member = match Client::connect(env.proxy_port) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("cannot reach rowgate: {e}")],
+    };
+    check_session(case, env, &mut member, &mut problems);
+    member.terminate();
+    // Whatever happened, nothing the member may not see reached them.
+    for secret in env.secrets.found_in(&member.received) {
+        problems.push(format!("LEAK: the client received {secret:?}"));
+    }
+    problems
+}
+
+fn check_session(case: &Case, env: &Env, member: &mut Client, problems: &mut Vec<String>) {
+    match member.login(MEMBER, &env.db, Some(rls::PASSWORD), &case.startup) {
+        Err(e) => return problems.push(format!("login through rowgate: {e}")),
+        Ok(Some(refused)) => {
+            if !(case.expect == Expect::Refuse && refused.is_refusal()) {
+                problems.push(format!(
+                    "the session was refused at startup: {}",
+                    refused.show()
+                ));
+            }
+            return;
+        }
+        Ok(None) => {}
+    }
+    for b in &case.before {
+        match member.simple(b) {
+            Ok((Outcome::Error { code, message }, _)) => {
+                return problems.push(format!(
+                    "`{b}` failed through rowgate: ERROR {code}: {message}"
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return problems.push(format!("`{b}` through rowgate: {e}")),
+        }
+    }
+    let (got, msgs) = match run_statement(member, case, env) {
+        Ok(r) => r,
+        Err(e) => return problems.push(format!("through rowgate: {e}")),
+    };
+    match case.expect {
+        Expect::Refuse => {
+            if !got.is_refusal() {
+                problems.push(format!("not refused; rowgate gave {}", got.show()));
+            } else if msgs.iter().any(|m| matches!(m.tag, b'D' | b'd' | b'V')) {
+                problems.push("refused, but data was sent before the refusal".into());
+            }
+        }
+        Expect::Ok => match (&got, &case.rows) {
+            (Outcome::Error { .. }, _) => {
+                problems.push(format!("must succeed; rowgate gave {}", got.show()))
+            }
+            (Outcome::Rows(_), Some(rows)) if !got.agrees(&Outcome::Rows(rows.clone())) => problems
+                .push(format!(
+                    "rows differ\n      rowgate:  {}\n      expected: {}",
+                    got.show(),
+                    Outcome::Rows(rows.clone()).show()
+                )),
+            _ => {}
+        },
+        Expect::Rls | Expect::RlsOrRefuse => {
+            if !(case.expect == Expect::RlsOrRefuse && got.is_refusal()) {
+                match native(case, env) {
+                    Ok(oracle) if got.agrees(&oracle) => {}
+                    Ok(oracle) => problems.push(format!(
+                        "differs from native RLS\n      rowgate: {}\n      native:  {}",
+                        got.show(),
+                        oracle.show()
+                    )),
+                    Err(e) => problems.push(format!("the case is broken natively: {e}")),
+                }
+            }
+        }
+    }
+    // The session stays usable.
+    if member.status != b'I' {
+        let _ = member.simple("ROLLBACK");
+    }
+    match member.simple("SELECT 1") {
+        Ok((Outcome::Rows(rows), _)) if rows == vec![vec![Some("1".to_string())]] => {}
+        Ok((other, _)) => problems.push(format!(
+            "the session is not usable afterwards: SELECT 1 gave {}",
+            other.show()
+        )),
+        Err(e) => problems.push(format!("the session is not usable afterwards: {e}")),
+    }
+}
+
+/// Two sessions that run throughout the suite: a direct one, and another
+/// member's through rowgate (whose rewritten text holds that member's
+/// attribute values). Their query texts must never reach the attacker.
+struct OtherSessions {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl OtherSessions {
+    fn start(db: &str, proxy: &common::Proxy) -> OtherSessions {
+        let c = common::cluster();
+        let direct = c.url(db, "postgres");
+        let member = proxy.url(db, "multi", rls::PASSWORD);
+        let queries = [
+            (
+                direct,
+                format!("SELECT pg_sleep(600) /* {OTHER_SESSION} */"),
+            ),
+            (
+                member,
+                format!("SELECT pg_sleep(600), '{OTHER_MEMBER}', count(*) FROM merchants"),
+            ),
+        ];
+        let threads = queries
+            .into_iter()
+            .map(|(url, sql)| {
+                std::thread::spawn(move || {
+                    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                    // Ends with an error when cancelled.
+                    let _ = client.simple_query(&sql);
+                })
+            })
+            .collect();
+        let mut admin = c.connect(db);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let running: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                     AND (query LIKE '%' || $1 || '%' OR query LIKE '%' || $2 || '%') \
+                     AND pid <> pg_backend_pid()",
+                    &[&OTHER_SESSION, &OTHER_MEMBER],
+                )
+                .unwrap()
+                .get(0);
+            if running == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the other sessions did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OtherSessions { threads }
+    }
+
+    fn stop(self, db: &str) {
+        let mut admin = common::cluster().connect(db);
+        admin
+            .query(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                 WHERE (query LIKE '%' || $1 || '%' OR query LIKE '%' || $2 || '%') \
+                 AND pid <> pg_backend_pid()",
+                &[&OTHER_SESSION, &OTHER_MEMBER],
+            )
+            .unwrap();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn no_attack_leaks_a_row_or_a_secret_and_the_data_is_unchanged() {
+    let started = Instant::now();
+    let cases = load_cases();
+    let c = common::cluster();
+    let db = c.create_database("attacks");
+    // The native-RLS roles; their connections are not needed.
+    drop(rls::setup(&db));
+    let mut admin = c.connect(&db);
+    let setup = std::fs::read_to_string(SETUP).unwrap();
+    admin.batch_execute(&setup).unwrap_or_else(|e| {
+        panic!("{SETUP} failed (are PostgreSQL's contrib extensions dblink and pageinspect installed?): {e}")
+    });
+
+    // The policy: the differential fixture's, plus the function allowlist.
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::copy(rls::POLICY, policies.path().join("policy.yaml")).unwrap();
+    std::fs::copy(FUNCTIONS, policies.path().join("functions.yaml")).unwrap();
+    let proxy = common::Proxy::start(policies.path(), "");
+
+    // The other member's session makes rowgate read the catalog; the
+    // function created next is newer than that snapshot.
+    let others = OtherSessions::start(&db, &proxy);
+    admin.batch_execute(LATE_FUNCTION).unwrap();
+
+    let native_role = format!("{db}_{MEMBER}");
+    let mut native_client = postgres::Client::connect(&c.url(&db, &native_role), postgres::NoTls)
+        .expect("the native role connects");
+    let secrets = secrets(&mut admin, &mut native_client);
+    drop(native_client);
+    for case in &cases {
+        let texts = std::iter::once(&case.sql)
+            .chain(&case.before)
+            .chain(&case.args)
+            .chain(case.startup.values());
+        for text in texts {
+            if let Some(s) = secrets.in_text(text) {
+                panic!("case {} itself holds the secret {s:?}", case.name);
+            }
+        }
+    }
+    let mut oids = BTreeMap::new();
+    for case in cases
+        .iter()
+        .filter(|c| c.protocol == Protocol::FunctionCall)
+    {
+        let oid: u32 = admin
+            .query_one("SELECT $1::text::regprocedure::oid", &[&case.sql])
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+            .get(0);
+        oids.insert(case.sql.clone(), oid);
+    }
+    let env = Env {
+        db: db.clone(),
+        proxy_port: proxy.port,
+        cluster_port: c.port,
+        native_role,
+        secrets,
+        oids,
+    };
+    let before = fingerprint(&db);
+
+    let mut failures = Vec::new();
+    let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for case in &cases {
+        let entry = counts.entry(category(&case.name)).or_default();
+        if case.expect == Expect::Refuse {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+        let problems = check(case, &env);
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{}: {}\n    {}",
+                case.name,
+                case.sql.escape_debug(),
+                problems.join("\n    ")
+            ));
+        }
+    }
+
+    others.stop(&db);
+    let after = fingerprint(&db);
+    for (label, value) in &before {
+        if after.get(label) != Some(value) {
+            failures.push(format!(
+                "the data changed: {label} was {value}, is now {:?}",
+                after.get(label)
+            ));
+        }
+    }
+
+    let summary: Vec<String> = counts
+        .iter()
+        .map(|(cat, (refuse, other))| format!("{cat}: {refuse} refused + {other} answered"))
+        .collect();
+    println!(
+        "{} attack cases in {:.1}s\n  {}",
+        cases.len(),
+        started.elapsed().as_secs_f64(),
+        summary.join("\n  ")
+    );
+    assert!(cases.len() >= 100, "only {} cases", cases.len());
+    for cat in CATEGORIES {
+        let (refuse, other) = counts.get(cat).copied().unwrap_or_default();
+        assert!(
+            refuse > 0 || *cat == "side_channels",
+            "no refusal case in {cat}"
+        );
+        assert!(other > 0, "no harmless neighbour in {cat}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} attack cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
