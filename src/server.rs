@@ -121,6 +121,7 @@ impl Server {
                             });
                         }
                         Err(_) => {
+                            warn!(client = %peer, limit = self.config.max_connections, "connection refused: max_connections reached");
                             sessions.spawn(async move {
                                 let msg = "sorry, too many clients already";
                                 let e = wire::error_response("FATAL", sqlstate::TOO_MANY_CONNECTIONS, msg);

@@ -547,12 +547,22 @@ fn sighup_reloads_policies_and_a_broken_set_keeps_the_old_one() {
     let file = dir.path().join("policy.yaml");
     std::fs::copy(POLICY, &file).unwrap();
     let proxy = common::Proxy::start(&file, "");
-    let mut client = proxy.connect(db, "member", "member-pw").unwrap();
     let count = |c: &mut postgres::Client| -> Result<i64, postgres::Error> {
         c.query_one("SELECT count(*) FROM merchants", &[])
             .map(|r| r.get(0))
     };
-    assert_eq!(count(&mut client).unwrap(), 3);
+    let (mut member, _) = Raw::login(proxy.port, "member", "member-pw", db);
+    let mut admin = proxy.connect(db, "admin", "admin-pw").unwrap();
+    assert_eq!(
+        first_value(&member.query("SELECT count(*) FROM merchants")).as_deref(),
+        Some("3")
+    );
+    // A statement prepared under the old access must not run under the new.
+    let mut buf = BytesMut::new();
+    frontend::parse("old", "SELECT count(*) FROM merchants", [], &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    member.send(&buf);
+    assert_eq!(tags(&member.until_ready()), "1Z");
 
     let text = std::fs::read_to_string(POLICY).unwrap();
     std::fs::write(
@@ -562,10 +572,35 @@ fn sighup_reloads_policies_and_a_broken_set_keeps_the_old_one() {
     .unwrap();
     proxy.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&mut client).unwrap() != 2 {
-        assert!(Instant::now() < deadline, "the reload did not take effect");
+    while !proxy.log().contains("policies reloaded") {
+        assert!(Instant::now() < deadline, "the reload was not logged");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The member's access changed: the session ends, prepared statement and all.
+    let mut buf = BytesMut::new();
+    frontend::bind(
+        "",
+        "old",
+        [],
+        [],
+        |_: (), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        &mut buf,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    member.send(&buf);
+    let m = member.read().expect("the client is told why");
+    assert_eq!(m.field(b'S').as_deref(), Some("FATAL"));
+    assert_eq!(m.field(b'C').as_deref(), Some("57P01"));
+    assert!(m.field(b'M').unwrap().contains("access changed"));
+    assert!(member.read().is_none(), "no rows under the old access");
+    // The admin's did not: that session goes on.
+    assert_eq!(count(&mut admin).unwrap(), 11);
+    let mut member = proxy.connect(db, "member", "member-pw").unwrap();
+    assert_eq!(count(&mut member).unwrap(), 2);
 
     std::fs::write(&file, "users: [this is: not valid").unwrap();
     proxy.signal("HUP");
@@ -575,7 +610,7 @@ fn sighup_reloads_policies_and_a_broken_set_keeps_the_old_one() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        count(&mut client).unwrap(),
+        count(&mut member).unwrap(),
         2,
         "the previous policies stay in force"
     );
@@ -647,4 +682,28 @@ fn sigterm_drains_running_statements_then_exits() {
         .expect("rowgate exits after the drain");
     assert!(status.success());
     assert!(idle.is_closed() || idle.is_valid(Duration::from_secs(1)).is_err());
+}
+
+#[test]
+fn upstream_authentication_failures_do_not_name_the_upstream_role() {
+    let proxy = common::Proxy::start_with(
+        Path::new(POLICY),
+        "",
+        common::UpstreamAuth {
+            user: "up_scram",
+            password: Some("wrong"),
+        },
+    );
+    let e = proxy
+        .connect(fixture_db(), "member", "member-pw")
+        .err()
+        .expect("the connection fails");
+    let db = e.as_db_error().expect("an error from rowgate");
+    assert_eq!(db.code().code(), "08006");
+    assert_eq!(
+        db.message(),
+        "rowgate could not authenticate to the upstream database"
+    );
+    assert!(!db.message().contains("up_scram"));
+    assert!(proxy.log().contains("refused rowgate's credentials"));
 }

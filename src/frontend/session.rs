@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -105,6 +105,7 @@ enum Outcome {
     Rejected(String),
     Failed(String),
     Shutdown,
+    AccessChanged,
 }
 
 impl std::fmt::Display for Outcome {
@@ -116,6 +117,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Rejected(why) => write!(f, "rejected: {why}"),
             Outcome::Failed(why) => write!(f, "failed: {why}"),
             Outcome::Shutdown => f.write_str("closed by shutdown"),
+            Outcome::AccessChanged => f.write_str("closed: access changed by a policy reload"),
         }
     }
 }
@@ -220,7 +222,16 @@ async fn session(
     let connected = match upstream::connect(&shared.upstream, &database, &params).await {
         Ok(c) => c,
         Err(UpstreamError::Rejected(frame)) => {
-            let _ = stream.write_all(&frame).await;
+            // The upstream's own error passes (a missing database, too many
+            // connections), except its authentication failures, which are
+            // rowgate's configuration and would name the upstream role.
+            if upstream_auth_failure(&frame) {
+                warn!(user = %hello.user, "the upstream database refused rowgate's credentials");
+                let msg = "rowgate could not authenticate to the upstream database";
+                fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
+            } else {
+                let _ = stream.write_all(&frame).await;
+            }
             return Outcome::Rejected("upstream refused the session".into());
         }
         Err(e) => {
@@ -286,7 +297,6 @@ async fn session(
         pending: &pending,
         statements: 0,
         refused: 0,
-        withdrawn: false,
     };
     let mut back = Back {
         refusals: &refusals,
@@ -361,6 +371,16 @@ impl Loops<'_> {
     }
 }
 
+/// Whether an upstream ErrorResponse is an authentication failure (SQLSTATE
+/// class 28).
+fn upstream_auth_failure(frame: &[u8]) -> bool {
+    frame
+        .get(5..)
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .any(|field| field.len() == 6 && field[0] == b'C' && field[1..].starts_with(b"28"))
+}
+
 /// Removes a cancel key when its session ends.
 struct CancelGuard<'a>(&'a DashMap<(i32, i32), (i32, i32)>, (i32, i32));
 
@@ -425,7 +445,6 @@ struct Front<'a> {
     pending: &'a AtomicI64,
     statements: u64,
     refused: u64,
-    withdrawn: bool,
 }
 
 impl Front<'_> {
@@ -441,24 +460,40 @@ impl Front<'_> {
     ) -> Option<Outcome> {
         let mut wr = BufWriter::with_capacity(64 * 1024, wr);
         let result = self.forward(&mut rd, &mut wr, &mut buf).await;
-        client_done.store(true, Ordering::SeqCst);
-        let _ = wr.flush().await;
-        let _ = wr.shutdown().await;
-        match result {
-            Ok(end) => Some(end),
-            Err(WireError::Closed) | Err(WireError::Io(_)) => None,
+        // The client is told why before the upstream side closes, so the
+        // relay writes this before it can see the upstream end.
+        let (end, fatal) = match result {
+            Ok(Outcome::AccessChanged) => {
+                let why = "terminating connection: this user's access changed with a policy reload; reconnect";
+                let fatal = wire::error_response("FATAL", sqlstate::ADMIN_SHUTDOWN, why);
+                (Some(Outcome::AccessChanged), Some(fatal))
+            }
+            Ok(end) => (Some(end), None),
+            Err(WireError::Closed) | Err(WireError::Io(_)) => (None, None),
             Err(e) => {
                 let code = match e {
                     WireError::TooLarge(..) => sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     _ => sqlstate::PROTOCOL_VIOLATION,
                 };
                 let why = format!("invalid message from the client: {e}");
-                let _ = fatal_tx
-                    .send(wire::error_response("FATAL", code, &why))
-                    .await;
-                Some(Outcome::Rejected(why))
+                let fatal = wire::error_response("FATAL", code, &why);
+                (Some(Outcome::Rejected(why)), Some(fatal))
             }
+        };
+        if let Some(fatal) = fatal {
+            // Read what the client already sent, so that closing does not
+            // reset the connection before the client reads why.
+            let mut scratch = [0u8; 8192];
+            let _ = tokio::time::timeout(Duration::from_millis(100), async {
+                while matches!(rd.read(&mut scratch).await, Ok(n) if n > 0) {}
+            })
+            .await;
+            let _ = fatal_tx.send(fatal).await;
         }
+        client_done.store(true, Ordering::SeqCst);
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+        end
     }
 
     async fn forward<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -469,10 +504,12 @@ impl Front<'_> {
     ) -> Result<Outcome, WireError> {
         loop {
             while let Some(frame) = wire::try_frame(buf, self.shared.max_message)? {
-                // Admins' statements pass unchanged while they stay admins.
-                let rewrites = self.access.role != Role::Admin
-                    || (matches!(frame.tag(), b'Q' | b'P' | b'F')
-                        && self.refresh_policy().is_err());
+                // Nothing prepared, bound or declared under a user's old
+                // access runs after a reload changed it.
+                if !self.access_unchanged() {
+                    return Ok(Outcome::AccessChanged);
+                }
+                let rewrites = self.access.role != Role::Admin;
                 match frame.tag() {
                     b'Q' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
@@ -565,7 +602,6 @@ impl Front<'_> {
     }
 
     async fn rewrite(&mut self, sql: &str) -> Result<String, Refusal> {
-        self.refresh_policy()?;
         if self.catalog.age() > self.shared.catalog.max_age {
             if let Ok(fresh) = self.shared.catalog.get(&self.database).await {
                 if !Arc::ptr_eq(&fresh, &self.catalog) {
@@ -609,31 +645,15 @@ impl Front<'_> {
         rewrite::rewrite(sql, &cx).map(|r| r.sql)
     }
 
-    /// Takes up a reloaded policy set: the user's access is resolved again.
-    fn refresh_policy(&mut self) -> Result<(), Refusal> {
+    /// Takes up a reloaded policy set; false when it changed this user's
+    /// access (or removed the user), which ends the session.
+    fn access_unchanged(&mut self) -> bool {
         let current = self.shared.policy.load();
         if Arc::ptr_eq(&current, &self.policy) {
-            return if self.withdrawn {
-                Err(withdrawn())
-            } else {
-                Ok(())
-            };
+            return true;
         }
         self.policy = current.clone();
-        self.cache.clear();
-        match self.policy.access(&self.user) {
-            Some(access) if access.role == self.access.role => {
-                self.access = access;
-                Ok(())
-            }
-            _ => {
-                // The user was removed, or their role changed (which needs
-                // a new session): nothing more runs.
-                self.access.grants.clear();
-                self.withdrawn = true;
-                Err(withdrawn())
-            }
-        }
+        self.policy.access(&self.user).as_ref() == Some(&self.access)
     }
 
     /// Registers a refusal and returns the marker statement that stands in
@@ -654,10 +674,6 @@ impl Front<'_> {
 
 fn not_utf8() -> Refusal {
     Refusal::Unparsable("the statement is not valid UTF-8".into())
-}
-
-fn withdrawn() -> Refusal {
-    Refusal::statement("any statement (this user's access was withdrawn or changed; reconnect)")
 }
 
 fn query_message(text: &str) -> Bytes {

@@ -69,7 +69,7 @@ impl fmt::Display for Resolved {
 }
 
 /// Everything one user may read and see, resolved from a [`PolicySet`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Access {
     pub user: String,
     pub role: Role,
