@@ -138,3 +138,23 @@ fn upstream_tls_is_used_when_required() {
         .get(0);
     assert!(ssl, "the upstream session is encrypted");
 }
+
+#[test]
+fn an_upstream_that_accepts_only_tls_serves_members() {
+    // `up_tls_only` may only log in over TLS (pg_hba `hostnossl ... reject`):
+    // members need both their session and the catalog connection on TLS.
+    enable_upstream_ssl();
+    let auth = common::UpstreamAuth {
+        user: "up_tls_only",
+        password: None,
+    };
+    let proxy = common::Proxy::start_full(Path::new(POLICY), "", auth, "tls: require");
+    let mut client = proxy
+        .connect(fixture_db(), "member", "member-pw")
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log()));
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM merchants", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+}

@@ -351,13 +351,16 @@ impl Walker<'_, '_> {
             Expr::BinaryOp { op, .. } => operator(op.to_string()),
             Expr::UnaryOp { op, .. } => operator(op.to_string()),
             // Operators PostgreSQL applies without their symbol written.
-            Expr::InList { .. } | Expr::InSubquery { .. } | Expr::IsDistinctFrom(..) | Expr::IsNotDistinctFrom(..) => {
-                operator("=".into()).and(operator("<>".into()))
-            }
+            Expr::InList { .. }
+            | Expr::InSubquery { .. }
+            | Expr::IsDistinctFrom(..)
+            | Expr::IsNotDistinctFrom(..) => operator("=".into()).and(operator("<>".into())),
             Expr::Between { .. } => operator(">=".into()).and(operator("<=".into())),
             Expr::Like { .. } => operator("~~".into()).and(operator("!~~".into())),
             Expr::ILike { .. } => operator("~~*".into()).and(operator("!~~*".into())),
-            Expr::AnyOp { compare_op, .. } | Expr::AllOp { compare_op, .. } => operator(compare_op.to_string()),
+            Expr::AnyOp { compare_op, .. } | Expr::AllOp { compare_op, .. } => {
+                operator(compare_op.to_string())
+            }
             Expr::Cast { data_type, .. } => {
                 functions::check_domain(data_type, cx.catalog, cx.search_path)
             }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::Mutex;
 
-use crate::config::Upstream;
+use crate::config::{Upstream, UpstreamTls};
 use crate::rewrite::Catalog;
+use tokio_postgres::config::SslMode;
 
 /// Relations of one database at one moment.
 #[derive(Debug, Default)]
@@ -186,8 +187,29 @@ impl LiveCatalog {
         if let Some(p) = &self.upstream.password {
             config.password(p);
         }
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        let task = tokio::spawn(connection);
+        // The same TLS rule as the sessions' upstream connections.
+        let (client, task) = match self.upstream.tls {
+            UpstreamTls::Disable => {
+                config.ssl_mode(SslMode::Disable);
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                (
+                    client,
+                    tokio::spawn(async move { connection.await.map(drop) }),
+                )
+            }
+            mode => {
+                config.ssl_mode(if mode == UpstreamTls::Require {
+                    SslMode::Require
+                } else {
+                    SslMode::Prefer
+                });
+                let (client, connection) = config.connect(crate::tls::MakeRustls::new()).await?;
+                (
+                    client,
+                    tokio::spawn(async move { connection.await.map(drop) }),
+                )
+            }
+        };
         let result = async {
             let by_schema = |rows: Vec<tokio_postgres::Row>| {
                 let mut map: HashMap<String, HashSet<String>> = HashMap::new();

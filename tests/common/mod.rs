@@ -42,7 +42,9 @@ pub fn free_port() -> u16 {
 
 /// Upstream authentication methods, one role each (see
 /// `Cluster::AUTH_ROLES`); everything else trusts 127.0.0.1.
-const HBA: &str = "host all up_password 127.0.0.1/32 password
+const HBA: &str = "hostnossl all up_tls_only 127.0.0.1/32 reject
+host all up_tls_only 127.0.0.1/32 trust
+host all up_password 127.0.0.1/32 password
 host all up_md5 127.0.0.1/32 md5
 host all up_scram 127.0.0.1/32 scram-sha-256
 host all all 127.0.0.1/32 trust
@@ -76,7 +78,8 @@ impl Cluster {
             .batch_execute(
                 "SET password_encryption = 'scram-sha-256';
                  CREATE ROLE up_scram SUPERUSER LOGIN PASSWORD 'scram-pw';
-                 CREATE ROLE up_password SUPERUSER LOGIN PASSWORD 'clear-pw';",
+                 CREATE ROLE up_password SUPERUSER LOGIN PASSWORD 'clear-pw';
+                 CREATE ROLE up_tls_only SUPERUSER LOGIN;",
             )
             .unwrap();
     }
