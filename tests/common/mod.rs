@@ -208,6 +208,22 @@ impl Proxy {
                 .stderr(log)
                 .spawn()
                 .expect("start rowgate");
+            // Proxies kept in statics are never dropped: stop this one when
+            // the test process is gone, however it ends.
+            let _ = Command::new("setsid")
+                .args([
+                    "sh",
+                    "-c",
+                    &format!(
+                        "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill {} 2>/dev/null",
+                        std::process::id(),
+                        child.id()
+                    ),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while std::time::Instant::now() < deadline {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
