@@ -18,26 +18,21 @@ fuzz_target!(|data: &[u8]| {
     // Then tagged messages, framed with a small cap so that the length
     // checks are reached too.
     let mut buf = BytesMut::from(data);
-    loop {
-        match wire::try_frame(&mut buf, 4096) {
-            Ok(Some(frame)) => {
-                let body = frame.body();
-                match frame.tag() {
-                    b'Q' => {
-                        let _ = messages::query(body);
-                    }
-                    b'P' => {
-                        if let Ok(parse) = messages::parse(body) {
-                            assert!(parse.types.len() >= 2);
-                        }
-                    }
-                    b'p' => {
-                        let _ = messages::sasl_initial(body);
-                    }
-                    _ => {}
+    while let Ok(Some(frame)) = wire::try_frame(&mut buf, 4096) {
+        let body = frame.body();
+        match frame.tag() {
+            b'Q' => {
+                let _ = messages::query(body);
+            }
+            b'P' => {
+                if let Ok(parse) = messages::parse(body) {
+                    assert!(parse.types.len() >= 2);
                 }
             }
-            Ok(None) | Err(_) => break,
+            b'p' => {
+                let _ = messages::sasl_initial(body);
+            }
+            _ => {}
         }
     }
 });

@@ -1,0 +1,1 @@
+SELECT id, amount FROM public.orders WHERE id = $1

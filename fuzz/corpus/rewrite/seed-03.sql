@@ -1,0 +1,1 @@
+SELECT o.id FROM orders o JOIN merchants m ON m.id = o.merchant_id

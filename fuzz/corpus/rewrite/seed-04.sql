@@ -1,0 +1,1 @@
+SELECT * FROM orders o LEFT JOIN merchants m ON m.id = o.merchant_id RIGHT JOIN countries c ON c.id = m.country_id

@@ -1,0 +1,1 @@
+SELECT * FROM countries c FULL JOIN merchants m USING (id) CROSS JOIN tickets

@@ -1,0 +1,1 @@
+SELECT * FROM (orders o JOIN merchants m ON m.id = o.merchant_id) JOIN countries ON true

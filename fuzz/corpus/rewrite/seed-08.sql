@@ -1,0 +1,1 @@
+SELECT m.name, count(*), sum(o.amount) FROM orders o JOIN merchants m ON m.id = o.merchant_id GROUP BY m.name HAVING count(*) > 1 ORDER BY 2 DESC LIMIT 10

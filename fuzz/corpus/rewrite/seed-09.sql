@@ -1,0 +1,1 @@
+SELECT * FROM orders WHERE merchant_id IN (SELECT id FROM merchants WHERE name = 'King Inc')

@@ -1,0 +1,1 @@
+SELECT * FROM merchants m WHERE EXISTS (SELECT 1 FROM orders o WHERE o.merchant_id = m.id)

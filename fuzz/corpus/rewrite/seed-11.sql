@@ -1,0 +1,1 @@
+SELECT (SELECT count(*) FROM orders) AS n, (SELECT max(id) FROM merchants)

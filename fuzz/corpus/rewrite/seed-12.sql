@@ -1,0 +1,1 @@
+SELECT * FROM (SELECT * FROM orders) AS sub WHERE sub.id > 3

@@ -1,0 +1,1 @@
+SELECT * FROM merchants m CROSS JOIN LATERAL (SELECT * FROM orders o WHERE o.merchant_id = m.id LIMIT 1) AS l

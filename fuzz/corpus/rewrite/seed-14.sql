@@ -1,0 +1,1 @@
+WITH big AS (SELECT * FROM orders WHERE amount > 100) SELECT * FROM big JOIN merchants ON merchants.id = big.merchant_id

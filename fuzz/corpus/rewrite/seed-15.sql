@@ -1,0 +1,1 @@
+WITH orders AS (SELECT * FROM orders) SELECT * FROM orders

@@ -1,0 +1,1 @@
+WITH a AS (SELECT * FROM b), b AS (SELECT * FROM orders) SELECT * FROM a

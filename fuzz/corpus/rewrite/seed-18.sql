@@ -1,0 +1,1 @@
+SELECT id FROM orders UNION SELECT id FROM merchants EXCEPT SELECT id FROM countries

@@ -1,0 +1,1 @@
+(SELECT id FROM orders ORDER BY id LIMIT 1) UNION ALL (SELECT id FROM tickets)

@@ -1,0 +1,1 @@
+SELECT public.orders.id, public.orders.* FROM public.orders

@@ -1,0 +1,1 @@
+SELECT * FROM "Audit" a JOIN public."Audit" b ON a.merchant = b.merchant

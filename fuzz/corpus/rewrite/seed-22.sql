@@ -1,0 +1,1 @@
+SELECT * FROM sales.refunds r JOIN orders o ON o.id = r.order_id

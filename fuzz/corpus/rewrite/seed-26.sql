@@ -1,0 +1,1 @@
+SELECT * FROM generate_series(1, 3) AS g(n) JOIN orders ON orders.id = g.n

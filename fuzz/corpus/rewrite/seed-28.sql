@@ -1,0 +1,1 @@
+PREPARE p (int) AS SELECT * FROM orders WHERE id = $1; EXECUTE p(1)

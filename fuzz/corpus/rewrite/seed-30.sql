@@ -1,0 +1,1 @@
+SET statement_timeout = 1000; SHOW search_path; SELECT 1

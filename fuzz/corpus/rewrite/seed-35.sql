@@ -1,0 +1,1 @@
+SELECT * FROM "orders" o, ONLY merchants WHERE o."merchant_id" = merchants.id

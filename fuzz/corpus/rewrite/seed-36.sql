@@ -1,0 +1,1 @@
+SELECT 'it''s' AS "a""b", name FROM merchants WHERE name <> 'x'

@@ -1,0 +1,1 @@
+SELECT E'a\nb', $$x$$, $t$y$t$, B'101', X'ff', U&'d\0061t' FROM countries
