@@ -21,6 +21,9 @@ pub const DEFAULT_UPSTREAM_USER: &str = "rowgate";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// The default cap on one client message (32 MiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Runs of a statement shape in one session after which it is prepared
+/// upstream (see `frontend::autoprep`).
+pub const DEFAULT_PREPARE_THRESHOLD: usize = 2;
 /// The default search path pinned upstream.
 pub const DEFAULT_SEARCH_PATH: &str = "public";
 
@@ -34,7 +37,7 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, max_connections, max_message_bytes" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, max_connections, max_message_bytes, prepare_threshold" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
@@ -42,6 +45,7 @@ mod raw {
             "search_path" => search_path: Vec<Spanned<String>> as List<Text>,
             "max_connections" => max_connections: Spanned<String> as Text,
             "max_message_bytes" => max_message_bytes: Spanned<String> as Text,
+            "prepare_threshold" => prepare_threshold: Spanned<String> as Text,
         }
     }
 
@@ -134,6 +138,9 @@ pub struct Config {
     pub search_path: Vec<String>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+    /// After how many runs in a session a statement shape is prepared
+    /// upstream automatically; 0 never.
+    pub prepare_threshold: usize,
 }
 
 /// Whether `${NAME}` with `NAME` unset is an error (`serve`, `check`) or is
@@ -300,6 +307,17 @@ impl Config {
             "max_message_bytes",
             DEFAULT_MAX_MESSAGE_BYTES,
         );
+        let prepare_threshold = match raw.prepare_threshold.as_ref() {
+            None => DEFAULT_PREPARE_THRESHOLD,
+            Some(v) => {
+                let text = cx.string(Some(v)).unwrap_or_default();
+                text.trim().parse::<usize>().unwrap_or_else(|_| {
+                    let msg = format!("prepare_threshold: `{text}` is not a whole number (0 turns automatic preparing off)");
+                    cx.error(v, msg);
+                    DEFAULT_PREPARE_THRESHOLD
+                })
+            }
+        };
         let tls = raw.tls.as_ref().map(|t| {
             let mut file = |value: &Option<Spanned<String>>, key: &str| match value {
                 Some(v) => relative(cx.string(Some(v)).unwrap_or_default()),
@@ -323,6 +341,7 @@ impl Config {
             search_path,
             max_connections,
             max_message_bytes,
+            prepare_threshold,
         };
         let mut problems = cx.problems;
         diag::sort(&mut problems);
@@ -462,7 +481,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, max_connections, max_message_bytes",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, max_connections, max_message_bytes, prepare_threshold",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",

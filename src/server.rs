@@ -76,6 +76,7 @@ impl Server {
             cancels: Default::default(),
             search_path: config.search_path.clone(),
             max_message: config.max_message_bytes,
+            prepare_threshold: config.prepare_threshold,
             mock_key: rand::random(),
             tls,
         });

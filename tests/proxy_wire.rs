@@ -707,3 +707,111 @@ fn upstream_authentication_failures_do_not_name_the_upstream_role() {
     assert!(!db.message().contains("up_scram"));
     assert!(proxy.log().contains("refused rowgate's credentials"));
 }
+
+/// Parse (unnamed), Bind (unnamed portal, one text parameter), Execute.
+fn parse_bind_execute(buf: &mut BytesMut, sql: &str, value: i32, describe: bool) {
+    frontend::parse("", sql, [23], buf).unwrap();
+    if describe {
+        frontend::describe(b'S', "", buf).unwrap();
+    }
+    bind_execute(buf, value);
+}
+
+fn bind_execute(buf: &mut BytesMut, value: i32) {
+    frontend::bind(
+        "",
+        "",
+        [0],
+        [Some(value)],
+        |v: Option<i32>, out: &mut BytesMut| {
+            out.put_slice(v.unwrap().to_string().as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [0],
+        buf,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, buf).unwrap();
+}
+
+/// The values of every DataRow's first column.
+fn first_values(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| first_value(std::slice::from_ref(m)).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn repeated_statements_prepared_automatically_keep_the_protocol_exact() {
+    let (mut raw, _) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    let sql = "SELECT count(*) FROM merchants WHERE id > $1";
+    let mut buf = BytesMut::new();
+    // One Sync each: the first Parse goes as it is, the second creates
+    // rowgate's upstream statement, the later ones reuse it. The client sees
+    // the same messages every time.
+    for (v, count) in [(0, "3"), (1, "2"), (2, "2"), (7, "1"), (11, "0")] {
+        buf.clear();
+        parse_bind_execute(&mut buf, sql, v, false);
+        frontend::sync(&mut buf);
+        raw.send(&buf);
+        let out = raw.until_ready();
+        assert_eq!(tags(&out), "12DCZ", "{:?}", errors(&out));
+        assert_eq!(first_value(&out).as_deref(), Some(count));
+    }
+    // Pipelined before one Sync, with Describe of the unnamed statement.
+    buf.clear();
+    parse_bind_execute(&mut buf, sql, 0, true);
+    parse_bind_execute(&mut buf, sql, 1, false);
+    bind_execute(&mut buf, 7);
+    frontend::sync(&mut buf);
+    raw.send(&buf);
+    let out = raw.until_ready();
+    assert_eq!(tags(&out), "1tT2DC12DC2DCZ", "{:?}", errors(&out));
+    assert_eq!(first_values(&out), ["3", "2", "1"]);
+    // Closing the unnamed statement, or a Query, drops it as PostgreSQL
+    // does: a Bind to it then fails.
+    for drop_it in ["close", "query"] {
+        buf.clear();
+        frontend::parse("", sql, [23], &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        raw.send(&buf);
+        assert_eq!(tags(&raw.until_ready()), "1Z");
+        if drop_it == "close" {
+            buf.clear();
+            frontend::close(b'S', "", &mut buf).unwrap();
+            frontend::sync(&mut buf);
+            raw.send(&buf);
+            assert_eq!(tags(&raw.until_ready()), "3Z");
+        } else {
+            assert_eq!(tags(&raw.query("SELECT 1")), "TDCZ");
+        }
+        buf.clear();
+        bind_execute(&mut buf, 0);
+        frontend::sync(&mut buf);
+        raw.send(&buf);
+        let out = raw.until_ready();
+        assert_eq!(tags(&out), "EZ", "{drop_it}");
+        assert_eq!(errors(&out)[0].0, "26000", "{drop_it}");
+    }
+    // Simple queries: the first run is rewritten as usual, later ones run
+    // rowgate's prepared statement; the client sees PostgreSQL's messages
+    // for a SELECT each time, and nothing of the PREPARE.
+    for (id, rows) in [(1, 1), (2, 0), (7, 1), (3, 0), (11, 1)] {
+        let out = raw.query(&format!("SELECT name FROM merchants WHERE id = {id}"));
+        let expected = if rows == 1 { "TDCZ" } else { "TCZ" };
+        assert_eq!(tags(&out), expected, "{:?}", errors(&out));
+        let complete = out.iter().find(|m| m.tag == b'C').unwrap();
+        assert_eq!(complete.body, format!("SELECT {rows}\0").as_bytes());
+    }
+    // The simple query's statement is prepared upstream. The extended one
+    // was forgotten when the Binds above failed with 26000 (rowgate then
+    // assumes its statements may be gone) and closed upstream since.
+    let out = raw.query("SELECT name FROM pg_prepared_statements ORDER BY name");
+    let names = first_values(&out);
+    assert!(
+        names.len() == 1 && names[0].starts_with("rowgate_auto_"),
+        "{names:?}"
+    );
+}

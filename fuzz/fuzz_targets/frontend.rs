@@ -32,6 +32,12 @@ fuzz_target!(|data: &[u8]| {
             b'p' => {
                 let _ = messages::sasl_initial(body);
             }
+            b'B' => {
+                let _ = messages::bind(body);
+            }
+            b'D' | b'C' => {
+                let _ = messages::target(body);
+            }
             _ => {}
         }
     }

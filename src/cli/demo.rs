@@ -131,6 +131,7 @@ async fn serve(pg: &LocalPg) -> u8 {
         search_path: vec![crate::config::DEFAULT_SEARCH_PATH.to_string()],
         max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
         max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+        prepare_threshold: crate::config::DEFAULT_PREPARE_THRESHOLD,
     };
     let server = match Server::bind(config).await {
         Ok(s) => s,

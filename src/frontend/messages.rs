@@ -34,6 +34,26 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, WireError> {
     Ok(Parse { name, query, types })
 }
 
+/// A Bind message's portal and statement names, and the rest as sent.
+pub fn bind(body: &[u8]) -> Result<(&str, &str, &[u8]), WireError> {
+    let mut r = Reader::new(body, "Bind");
+    let portal = r.cstr()?;
+    let statement = r.cstr()?;
+    Ok((portal, statement, r.rest()))
+}
+
+/// A Describe or Close message: `S` (statement) or `P` (portal), and the
+/// name.
+pub fn target(body: &[u8]) -> Result<(u8, &str), WireError> {
+    let mut r = Reader::new(body, "Describe/Close");
+    let kind = r.take(1)?[0];
+    let name = r.cstr()?;
+    if !r.is_empty() {
+        return Err(WireError::Malformed("Describe/Close"));
+    }
+    Ok((kind, name))
+}
+
 /// A SASLInitialResponse: the mechanism and the client's first message.
 pub fn sasl_initial(body: &[u8]) -> Result<(&str, &[u8]), WireError> {
     let mut r = Reader::new(body, "SASLInitialResponse");
@@ -72,5 +92,10 @@ mod tests {
         );
         assert!(sasl_initial(b"SCRAM-SHA-256\0\0\0\0\x09ab").is_err());
         assert!(cancel(b"\0\0\0\x01").is_err());
+        assert_eq!(bind(b"p\0s\0\0\0").unwrap(), ("p", "s", &b"\0\0"[..]));
+        assert!(bind(b"p\0s").is_err());
+        assert_eq!(target(b"S\0").unwrap(), (b'S', ""));
+        assert!(target(b"S").is_err());
+        assert!(target(b"Pa\0b").is_err());
     }
 }

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::autoprep::{self, Action, Auto, Expectations};
 use super::sqlstate;
 use super::startup::{self, First};
 use super::{auth, messages};
@@ -37,6 +38,7 @@ use crate::rewrite::{self, Context, Refusal};
 use crate::tls::Stream;
 use crate::upstream::{self, catalog::Snapshot, LiveCatalog, UpstreamError};
 use crate::wire::{self, WireError};
+use sqlparser::tokenizer::Token;
 
 /// What every session shares.
 pub struct Shared {
@@ -48,6 +50,9 @@ pub struct Shared {
     pub search_path: Vec<String>,
     /// The largest message a client may send.
     pub max_message: usize,
+    /// Runs of a statement shape after which a session prepares it
+    /// upstream; 0 never.
+    pub prepare_threshold: usize,
     /// Keys the mock SCRAM salts of unknown users.
     pub mock_key: [u8; 32],
     /// TLS towards clients, when configured.
@@ -56,12 +61,23 @@ pub struct Shared {
 
 /// The prefix of every refusal marker.
 const MARKER: &str = "rowgate_refusal_";
+/// A ParseComplete message.
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+/// The prefix of the names of automatic prepared statements.
+const AUTO: &str = "rowgate_auto_";
 /// The largest ErrorResponse or ReadyForQuery the relay reads whole.
 const MAX_INSPECTED: usize = 1 << 20;
 /// How long an idle session lives on once a drain has begun.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 /// Rewrites remembered per session, keyed by statement text.
 const CACHE_ENTRIES: usize = 256;
+/// Statement shapes and unnamed statement texts remembered per session for
+/// automatic preparing (see [`autoprep`]).
+const SEEN_ENTRIES: usize = 1024;
+/// Statements a session prepares upstream automatically, at most.
+const MAX_AUTOS: usize = 512;
+/// Failed attempts after which a statement is not prepared again.
+const MAX_FAILURES: u8 = 3;
 
 /// Runs one client connection to its end and logs one line about it.
 pub async fn run(
@@ -280,6 +296,7 @@ async fn session(
     }
 
     let refusals = Mutex::new(HashMap::new());
+    let expect = Expectations::default();
     let pending = AtomicI64::new(0);
     let client_done = AtomicBool::new(false);
     let nonce: u64 = rand::random();
@@ -297,9 +314,18 @@ async fn session(
         pending: &pending,
         statements: 0,
         refused: 0,
+        expect: &expect,
+        cycles: 0,
+        shapes: HashMap::new(),
+        texts: HashMap::new(),
+        unnamed: None,
+        autos: 0,
+        retired: Vec::new(),
     };
     let mut back = Back {
         refusals: &refusals,
+        expect: &expect,
+        cycles: 0,
         pending: &pending,
         client_done: &client_done,
         marker: format!("{MARKER}{nonce:016x}_"),
@@ -438,13 +464,74 @@ struct Front<'a> {
     policy: Arc<PolicySet>,
     access: Access,
     catalog: Arc<Snapshot>,
-    cache: HashMap<String, Result<String, Refusal>>,
+    cache: HashMap<String, Result<Forward, Refusal>>,
     nonce: u64,
     seq: u64,
     refusals: &'a Mutex<HashMap<u64, String>>,
     pending: &'a AtomicI64,
     statements: u64,
     refused: u64,
+    /// The responses the relay back is to treat specially.
+    expect: &'a Expectations,
+    /// Query, Sync and FunctionCall messages sent upstream so far: each
+    /// ends a cycle with one ReadyForQuery.
+    cycles: u64,
+    /// Simple-query statement shapes, for automatic preparing.
+    shapes: HashMap<Vec<Token>, Seen>,
+    /// Unnamed Parse texts (rewritten), then their parameter types, for
+    /// automatic preparing.
+    texts: HashMap<String, HashMap<Vec<u8>, Seen>>,
+    /// The upstream statement that stands for the client's unnamed one.
+    unnamed: Option<Arc<Auto>>,
+    /// Statements prepared automatically so far.
+    autos: usize,
+    /// Automatic statements no longer used, to close upstream.
+    retired: Vec<String>,
+}
+
+/// A rewrite that may be forwarded.
+#[derive(Clone, Debug)]
+struct Forward {
+    sql: String,
+    /// One read, which may be prepared automatically.
+    preparable: bool,
+    /// Drops every prepared statement of the session.
+    deallocates_all: bool,
+}
+
+/// A statement seen, for automatic preparing.
+#[derive(Debug, Default)]
+struct Seen {
+    runs: usize,
+    failures: u8,
+    /// Never prepared automatically.
+    never: bool,
+    /// Prepared, with its parameter types (simple query).
+    auto: Option<(Arc<Auto>, Vec<&'static str>)>,
+}
+
+impl Seen {
+    /// The prepared statement if it may be used in `cycle`. A statement
+    /// whose preparing failed is forgotten (and, after a few failures, not
+    /// tried again).
+    fn usable(&mut self, cycle: u64) -> Option<(&Arc<Auto>, &[&'static str])> {
+        if self.auto.as_ref().is_some_and(|(a, _)| a.failed()) {
+            self.auto = None;
+            self.runs = 0;
+            self.failures += 1;
+            self.never = self.failures >= MAX_FAILURES;
+        }
+        match &self.auto {
+            Some((a, types)) if a.usable(cycle) => Some((a, types)),
+            _ => None,
+        }
+    }
+
+    /// Counts a run; whether this one should prepare the statement.
+    fn run(&mut self, threshold: usize) -> bool {
+        self.runs += 1;
+        !self.never && self.auto.is_none() && threshold > 0 && self.runs >= threshold
+    }
 }
 
 impl Front<'_> {
@@ -510,6 +597,10 @@ impl Front<'_> {
                     return Ok(Outcome::AccessChanged);
                 }
                 let rewrites = self.access.role != Role::Admin;
+                if rewrites && self.expect.stale.load(Ordering::SeqCst) {
+                    self.expect.stale.store(false, Ordering::SeqCst);
+                    self.forget_autos(true);
+                }
                 match frame.tag() {
                     b'Q' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
@@ -519,10 +610,22 @@ impl Front<'_> {
                         } else {
                             wr.write_all(&frame.frame).await?;
                         }
+                        self.cycles += 1;
                     }
                     b'P' if rewrites => {
                         let out = self.parse(frame.body()).await?;
                         wr.write_all(&out).await?;
+                    }
+                    b'B' | b'D' if rewrites && self.unnamed.is_some() => {
+                        let out = self.name_unnamed(frame.tag(), frame.body())?;
+                        wr.write_all(out.as_ref().unwrap_or(&frame.frame)).await?;
+                    }
+                    b'C' if rewrites => {
+                        if messages::target(frame.body())? == (b'S', "") {
+                            self.unnamed = None;
+                        }
+                        self.expect.push(self.cycles, b'3', Action::Pass);
+                        wr.write_all(&frame.frame).await?;
                     }
                     b'F' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
@@ -533,10 +636,12 @@ impl Front<'_> {
                         } else {
                             wr.write_all(&frame.frame).await?;
                         }
+                        self.cycles += 1;
                     }
                     b'S' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
                         wr.write_all(&frame.frame).await?;
+                        self.cycles += 1;
                     }
                     b'X' => {
                         wr.write_all(&frame.frame).await?;
@@ -553,63 +658,270 @@ impl Front<'_> {
         }
     }
 
-    /// A Query message: the rewritten text, or a refusal marker.
+    /// A Query message: the rewritten text, the execution of an automatic
+    /// prepared statement, or a refusal marker.
     async fn query(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
+        // PostgreSQL drops the unnamed statement when a Query runs.
+        self.unnamed = None;
         let text = match messages::query(body)? {
             Ok(sql) => {
                 let sql = sql.to_string();
-                self.rewrite_or_refuse(&sql).await
+                self.catalog_fresh().await;
+                if let Some(out) = self.auto_query(&sql).await {
+                    return Ok(out);
+                }
+                self.rewrite_or_refuse(&sql)
+                    .await
+                    .map_or_else(|m| m, |f| f.sql)
             }
             Err(()) => self.refuse(&not_utf8()),
         };
         Ok(query_message(&text))
     }
 
-    /// A Parse message with its query rewritten (parameter types kept), or
-    /// a marker under the same statement name.
-    async fn parse(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
-        let parse = messages::parse(body)?;
-        let text = match parse.query {
-            Ok(q) => {
-                let q = q.to_string();
-                self.rewrite_or_refuse(&q).await
+    /// A simple-query statement run as an automatic prepared statement
+    /// (prepared first if this run reaches the threshold); `None` to send
+    /// it the ordinary way.
+    async fn auto_query(&mut self, sql: &str) -> Option<Bytes> {
+        let threshold = self.shared.prepare_threshold;
+        if threshold == 0 {
+            return None;
+        }
+        let shape = autoprep::shape(sql)?;
+        if !self.shapes.contains_key(&shape.key) && self.shapes.len() >= SEEN_ENTRIES {
+            self.shapes.retain(|_, s| s.auto.is_some());
+            if self.shapes.len() >= SEEN_ENTRIES {
+                return None;
             }
-            Err(()) => self.refuse(&not_utf8()),
+        }
+        let cycle = self.cycles;
+        if !self.shapes.contains_key(&shape.key) {
+            self.shapes.insert(shape.key.clone(), Seen::default());
+        }
+        let seen = self.shapes.get_mut(&shape.key)?;
+        if let Some((auto, types)) = seen.usable(cycle) {
+            if !autoprep::values_fit(&shape.values, types) {
+                return None;
+            }
+            let run = execute(&auto.name, &shape.values);
+            self.statements += 1;
+            debug!(user = %self.user, sql = %run, "forward");
+            let mut out = self.close_retired();
+            out.put_slice(&query_message(&run));
+            return Some(out.freeze());
+        }
+        if !seen.run(threshold) || self.autos >= MAX_AUTOS {
+            return None;
+        }
+        let types = autoprep::param_types(&shape);
+        if !autoprep::values_fit(&shape.values, &types) {
+            return None;
+        }
+        let forward = self.rewrite(sql).await.ok();
+        let cx = Context {
+            access: &self.access,
+            catalog: &*self.catalog,
+            search_path: &self.shared.search_path,
         };
-        let mut out =
-            BytesMut::with_capacity(text.len() + parse.name.len() + parse.types.len() + 8);
-        wire::put_message(&mut out, b'P', |b| {
-            wire::put_cstr(b, parse.name);
-            wire::put_cstr(b, &text);
-            b.put_slice(parse.types);
-        });
-        Ok(out.freeze())
+        let prepared = forward.and_then(|f| autoprep::template(sql, &shape.values, &f.sql, &cx));
+        let seen = self.shapes.get_mut(&shape.key)?;
+        let Some(prepared) = prepared else {
+            seen.never = true;
+            return None;
+        };
+        self.autos += 1;
+        let auto = Auto::new(auto_name(self.nonce, self.autos), cycle);
+        seen.auto = Some((auto.clone(), types.clone()));
+        let declared = if types.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", types.join(", "))
+        };
+        let text = format!(
+            "PREPARE {}{declared} AS {prepared}; {}",
+            auto.name,
+            execute(&auto.name, &shape.values)
+        );
+        let mut out = self.close_retired();
+        self.expect.push(cycle, b'C', Action::Swallow(auto));
+        self.statements += 1;
+        debug!(user = %self.user, sql = %text, "forward");
+        out.put_slice(&query_message(&text));
+        Some(out.freeze())
     }
 
-    async fn rewrite_or_refuse(&mut self, sql: &str) -> String {
+    /// A Parse message with its query rewritten (parameter types kept), or
+    /// a marker under the same statement name. A repeated unnamed one is
+    /// prepared upstream under a name of rowgate's, then stood in for by a
+    /// Close of the unnamed statement.
+    async fn parse(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
+        let parse = messages::parse(body)?;
+        let cycle = self.cycles;
+        let unnamed = parse.name.is_empty();
+        if unnamed {
+            self.unnamed = None;
+        }
+        let forward = match parse.query {
+            Ok(q) => {
+                let q = q.to_string();
+                self.catalog_fresh().await;
+                self.rewrite_or_refuse(&q).await
+            }
+            Err(()) => Err(self.refuse(&not_utf8())),
+        };
+        let text = match forward {
+            Ok(f) if unnamed && f.preparable && self.shared.prepare_threshold > 0 => {
+                if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle) {
+                    return Ok(out);
+                }
+                f.sql
+            }
+            Ok(f) => f.sql,
+            Err(marker) => marker,
+        };
+        self.expect.push(cycle, b'1', Action::Pass);
+        Ok(parse_message(parse.name, &text, parse.types))
+    }
+
+    /// What goes upstream for a rewritten unnamed Parse that was seen
+    /// before: a Close standing in for it, or its preparing under a name of
+    /// rowgate's. `None` to send it as it is.
+    fn auto_parse(&mut self, sql: &str, types: &[u8], cycle: u64) -> Option<Bytes> {
+        if !self.texts.contains_key(sql) && self.texts.len() >= SEEN_ENTRIES {
+            self.texts
+                .retain(|_, by_types| by_types.values().any(|s| s.auto.is_some()));
+            if self.texts.len() >= SEEN_ENTRIES {
+                return None;
+            }
+        }
+        let by_types = match self.texts.get_mut(sql) {
+            Some(t) => t,
+            None => self.texts.entry(sql.to_string()).or_default(),
+        };
+        let seen = match by_types.get_mut(types) {
+            Some(s) => s,
+            None => by_types.entry(types.to_vec()).or_default(),
+        };
+        if let Some((auto, _)) = seen.usable(cycle) {
+            self.unnamed = Some(auto.clone());
+            let mut out = self.close_retired();
+            self.expect.push(cycle, b'3', Action::AsParseComplete);
+            out.put_slice(&close_message(b'S', ""));
+            return Some(out.freeze());
+        }
+        if !seen.run(self.shared.prepare_threshold) || self.autos >= MAX_AUTOS {
+            return None;
+        }
+        self.autos += 1;
+        let auto = Auto::new(auto_name(self.nonce, self.autos), cycle);
+        seen.auto = Some((auto.clone(), Vec::new()));
+        self.unnamed = Some(auto.clone());
+        let mut out = self.close_retired();
+        self.expect.push(cycle, b'1', Action::Created(auto.clone()));
+        out.put_slice(&parse_message(&auto.name, sql, types));
+        Some(out.freeze())
+    }
+
+    /// A Bind or Describe naming the unnamed statement, made to name the
+    /// upstream statement standing for it; `None` to send it unchanged.
+    fn name_unnamed(&self, tag: u8, body: &[u8]) -> Result<Option<Bytes>, WireError> {
+        let Some(auto) = &self.unnamed else {
+            return Ok(None);
+        };
+        let mut out = BytesMut::with_capacity(body.len() + auto.name.len() + 8);
+        if tag == b'B' {
+            let (portal, statement, rest) = messages::bind(body)?;
+            if !statement.is_empty() {
+                return Ok(None);
+            }
+            wire::put_message(&mut out, b'B', |b| {
+                wire::put_cstr(b, portal);
+                wire::put_cstr(b, &auto.name);
+                b.put_slice(rest);
+            });
+        } else {
+            if messages::target(body)? != (b'S', "") {
+                return Ok(None);
+            }
+            wire::put_message(&mut out, b'D', |b| {
+                b.put_u8(b'S');
+                wire::put_cstr(b, &auto.name);
+            });
+        }
+        Ok(Some(out.freeze()))
+    }
+
+    /// Forgets every automatic statement; those that exist upstream are
+    /// closed with the next message that uses one (`close`), or were
+    /// dropped by the client (`DEALLOCATE ALL`).
+    fn forget_autos(&mut self, close: bool) {
+        let autos = self.shapes.drain().filter_map(|(_, s)| s.auto).chain(
+            self.texts
+                .drain()
+                .flat_map(|(_, t)| t.into_values())
+                .filter_map(|s| s.auto),
+        );
+        let names: Vec<String> = autos
+            .filter(|(a, _)| a.ready())
+            .map(|(a, _)| a.name.clone())
+            .collect();
+        if close {
+            self.retired.extend(names);
+        }
+        self.unnamed = None;
+    }
+
+    /// Close messages for retired automatic statements, whose
+    /// CloseComplete the relay drops; to be sent before what is expected
+    /// next, so called before its expectations are pushed.
+    fn close_retired(&mut self) -> BytesMut {
+        let mut out = BytesMut::new();
+        for name in self.retired.drain(..) {
+            self.expect.push(self.cycles, b'3', Action::Drop);
+            out.put_slice(&close_message(b'S', &name));
+        }
+        out
+    }
+
+    /// The rewrite of `sql` to forward, or the marker of its refusal.
+    async fn rewrite_or_refuse(&mut self, sql: &str) -> Result<Forward, String> {
         self.statements += 1;
         match self.rewrite(sql).await {
-            Ok(text) => {
-                debug!(user = %self.user, sql = %text, "forward");
-                text
+            Ok(forward) => {
+                debug!(user = %self.user, sql = %forward.sql, "forward");
+                if forward.deallocates_all {
+                    self.forget_autos(false);
+                }
+                Ok(forward)
             }
             Err(refusal) => {
                 self.refused += 1;
                 debug!(user = %self.user, %refusal, "refuse");
-                self.refuse(&refusal)
+                Err(self.refuse(&refusal))
             }
         }
     }
 
-    async fn rewrite(&mut self, sql: &str) -> Result<String, Refusal> {
+    /// Takes a newer catalog snapshot when this one is old. What was
+    /// derived from the old one (rewrites, automatic statements) is
+    /// dropped when the objects changed.
+    async fn catalog_fresh(&mut self) {
         if self.catalog.age() > self.shared.catalog.max_age {
             if let Ok(fresh) = self.shared.catalog.get(&self.database).await {
-                if !Arc::ptr_eq(&fresh, &self.catalog) {
-                    self.catalog = fresh;
-                    self.cache.clear();
-                }
+                self.adopt(fresh);
             }
         }
+    }
+
+    fn adopt(&mut self, fresh: Arc<Snapshot>) {
+        if fresh.generation() != self.catalog.generation() {
+            self.cache.clear();
+            self.forget_autos(true);
+        }
+        self.catalog = fresh;
+    }
+
+    async fn rewrite(&mut self, sql: &str) -> Result<Forward, Refusal> {
         if let Some(hit) = self.cache.get(sql) {
             return hit.clone();
         }
@@ -623,8 +935,7 @@ impl Front<'_> {
                 .await
             {
                 if !Arc::ptr_eq(&fresh, &self.catalog) {
-                    self.catalog = fresh;
-                    self.cache.clear();
+                    self.adopt(fresh);
                     result = self.rewrite_now(sql);
                 }
             }
@@ -636,13 +947,19 @@ impl Front<'_> {
         result
     }
 
-    fn rewrite_now(&self, sql: &str) -> Result<String, Refusal> {
+    fn rewrite_now(&self, sql: &str) -> Result<Forward, Refusal> {
         let cx = Context {
             access: &self.access,
             catalog: &*self.catalog,
             search_path: &self.shared.search_path,
         };
-        rewrite::rewrite(sql, &cx).map(|r| r.sql)
+        let rewritten = rewrite::rewrite(sql, &cx)?;
+        let statements = rewritten.statements.as_deref().unwrap_or_default();
+        Ok(Forward {
+            preparable: autoprep::preparable(statements),
+            deallocates_all: autoprep::deallocates_all(statements),
+            sql: rewritten.sql,
+        })
     }
 
     /// Takes up a reloaded policy set; false when it changed this user's
@@ -682,9 +999,46 @@ fn query_message(text: &str) -> Bytes {
     out.freeze()
 }
 
+/// The name of a session's `n`th automatic statement.
+fn auto_name(nonce: u64, n: usize) -> String {
+    format!("{AUTO}{nonce:016x}_{n}")
+}
+
+fn parse_message(name: &str, text: &str, types: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(text.len() + name.len() + types.len() + 8);
+    wire::put_message(&mut out, b'P', |b| {
+        wire::put_cstr(b, name);
+        wire::put_cstr(b, text);
+        b.put_slice(types);
+    });
+    out.freeze()
+}
+
+fn close_message(kind: u8, name: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(name.len() + 7);
+    wire::put_message(&mut out, b'C', |b| {
+        b.put_u8(kind);
+        wire::put_cstr(b, name);
+    });
+    out.freeze()
+}
+
+/// `EXECUTE name(values)`; the values are plain numbers (see
+/// [`autoprep::shape`]).
+fn execute(name: &str, values: &[String]) -> String {
+    if values.is_empty() {
+        format!("EXECUTE {name}")
+    } else {
+        format!("EXECUTE {name}({})", values.join(", "))
+    }
+}
+
 /// The upstream-to-client half.
 struct Back<'a> {
     refusals: &'a Mutex<HashMap<u64, String>>,
+    expect: &'a Expectations,
+    /// ReadyForQuery messages relayed so far: the cycle under way.
+    cycles: u64,
     pending: &'a AtomicI64,
     client_done: &'a AtomicBool,
     /// `rowgate_refusal_<nonce>_`, as it appears in a marker's error.
@@ -778,21 +1132,39 @@ impl Back<'_> {
             if len < 4 {
                 return Err(WireError::BadLength(len.into()));
             }
-            if tag != b'E' && tag != b'Z' {
+            let expected = matches!(tag, b'1' | b'3' | b'C') && !self.expect.is_empty();
+            if tag != b'E' && tag != b'Z' && !expected {
                 *passthrough = len as usize + 1;
                 continue;
             }
             let Some(frame) = wire::try_frame(buf, MAX_INSPECTED)? else {
                 return Ok(());
             };
-            if tag == b'Z' {
-                self.pending.fetch_sub(1, Ordering::SeqCst);
-                wr.write_all(&frame.frame).await?;
-            } else if let Some(refusal) = self.refusal_for(frame.body()) {
-                let e = wire::error_response("ERROR", Refusal::SQLSTATE, &refusal);
-                wr.write_all(&e).await?;
-            } else {
-                wr.write_all(&frame.frame).await?;
+            match tag {
+                b'Z' => {
+                    if !self.expect.is_empty() {
+                        self.expect.end_cycle(self.cycles);
+                    }
+                    self.cycles += 1;
+                    self.pending.fetch_sub(1, Ordering::SeqCst);
+                    wr.write_all(&frame.frame).await?;
+                }
+                b'E' => {
+                    if autoprep::stale_statement_error(frame.body()) {
+                        self.expect.stale.store(true, Ordering::SeqCst);
+                    }
+                    if let Some(refusal) = self.refusal_for(frame.body()) {
+                        let e = wire::error_response("ERROR", Refusal::SQLSTATE, &refusal);
+                        wr.write_all(&e).await?;
+                    } else {
+                        wr.write_all(&frame.frame).await?;
+                    }
+                }
+                _ => match self.expect.take(self.cycles, tag) {
+                    Some(Action::Swallow(_) | Action::Drop) => {}
+                    Some(Action::AsParseComplete) => wr.write_all(PARSE_COMPLETE).await?,
+                    _ => wr.write_all(&frame.frame).await?,
+                },
             }
         }
     }

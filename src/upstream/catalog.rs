@@ -32,6 +32,9 @@ pub struct Snapshot {
     /// user-defined functions.
     user_casts: HashSet<String>,
     taken: Option<Instant>,
+    /// Changes when a reload finds different objects; equal generations of
+    /// one database hold the same names.
+    generation: u64,
 }
 
 impl Catalog for Snapshot {
@@ -73,6 +76,22 @@ fn in_schema(map: &HashMap<String, HashSet<String>>, schema: &str, name: &str) -
 impl Snapshot {
     pub fn age(&self) -> Duration {
         self.taken.map_or(Duration::MAX, |t| t.elapsed())
+    }
+
+    /// See the field; what sessions compare to know whether what they
+    /// derived from a snapshot still holds.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn same_objects(&self, other: &Snapshot) -> bool {
+        self.relations == other.relations
+            && self.functions == other.functions
+            && self.row_functions == other.row_functions
+            && self.builtin_functions == other.builtin_functions
+            && self.operators == other.operators
+            && self.domains == other.domains
+            && self.user_casts == other.user_casts
     }
 }
 
@@ -169,7 +188,15 @@ impl LiveCatalog {
                 return Ok(s.clone());
             }
         }
-        let snapshot = Arc::new(self.load(database).await?);
+        let mut snapshot = self.load(database).await?;
+        if let Some(old) = self.snapshots.get(database) {
+            snapshot.generation = if old.same_objects(&snapshot) {
+                old.generation
+            } else {
+                old.generation + 1
+            };
+        }
+        let snapshot = Arc::new(snapshot);
         self.snapshots
             .insert(database.to_string(), snapshot.clone());
         Ok(snapshot)
@@ -261,6 +288,7 @@ impl LiveCatalog {
             domains,
             user_casts,
             taken: Some(Instant::now()),
+            generation: 0,
         })
     }
 }

@@ -1,0 +1,573 @@
+//! Automatic prepared statements: a statement a session runs again and again
+//! is prepared once upstream and then only executed, so that neither rowgate
+//! nor PostgreSQL parses, rewrites and plans it every time.
+//!
+//! - **Simple query.** A statement is reduced to its *shape*: its tokens with
+//!   every plain number taken out. Statements of one shape differ only in
+//!   those numbers. When a shape comes back (the session's
+//!   `prepare_threshold`), rowgate rewrites it once with the numbers as
+//!   parameters `$1, $2, ...`, checks that the result with this statement's
+//!   numbers put back is exactly the text the ordinary rewrite forwards, and
+//!   sends `PREPARE ... AS <that>; EXECUTE ...(numbers)`. From then on the
+//!   shape goes out as `EXECUTE name(numbers)`. Parameters are declared with
+//!   the types PostgreSQL gives the literals (`int4`, `numeric`), and only
+//!   numbers where a parameter means the same as a constant are taken out:
+//!   in `WHERE`, `JOIN ... ON`, `FROM` function arguments, `LIMIT`,
+//!   `OFFSET` and `FETCH` of a plain `SELECT`, outside subqueries, never in
+//!   the select list, `GROUP BY` or `ORDER BY` (where `1` names a column).
+//! - **Extended query.** An unnamed statement the client parses again with
+//!   the same text and parameter types is created upstream as a named one
+//!   and reused: a later Parse becomes a `Close` of the unnamed statement
+//!   (whose CloseComplete the relay hands on as the ParseComplete), and
+//!   Bind and Describe name the upstream statement.
+//!
+//! Either way what runs upstream is the rewritten, checked AST, as for any
+//! other statement. Statements whose result columns could change with a
+//! table (`SELECT *`) are not prepared, and an error that says a prepared
+//! statement went stale makes the session forget all of them.
+//!
+//! The relay back must know which responses belong to rowgate's own
+//! messages. [`Expectations`] is the ordered list of responses the relay
+//! expects for the messages sent upstream; every Parse and Close a rewriting
+//! session forwards has an entry, so each ParseComplete and CloseComplete is
+//! matched to its message.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sqlparser::ast::{Query, SelectItem, SetExpr, Statement, Value, ValueWithSpan, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Location, Token, Tokenizer, Whitespace};
+
+use crate::rewrite::{self, Context};
+
+/// The key of [`Token::Number`] standing for a whole number taken out.
+const INT_HOLE: &str = "i";
+/// The key of [`Token::Number`] standing for a decimal number taken out.
+const DEC_HOLE: &str = "d";
+
+/// A simple-query statement reduced to its shape.
+#[derive(Debug)]
+pub struct Shape {
+    /// The tokens, whitespace made uniform, numbers replaced by holes.
+    pub key: Vec<Token>,
+    /// The numbers, as written, in order.
+    pub values: Vec<String>,
+}
+
+/// Whether `s` is a whole number as PostgreSQL reads one (digits only).
+fn is_int(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `s` is `digits.digits`.
+fn is_dec(s: &str) -> bool {
+    s.split_once('.')
+        .is_some_and(|(a, b)| is_int(a) && is_int(b))
+}
+
+/// The shape of `sql`, or `None` for what is never prepared automatically:
+/// several statements, comments, parameters, or text that does not
+/// tokenize.
+pub fn shape(sql: &str) -> Option<Shape> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let mut key = Vec::with_capacity(tokens.len());
+    let mut values = Vec::new();
+    let mut end = tokens.len();
+    while end > 0 && matches!(tokens[end - 1], Token::Whitespace(_) | Token::SemiColon) {
+        end -= 1;
+    }
+    for t in tokens.into_iter().take(end) {
+        match t {
+            Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab) => {
+                // A run of whitespace is one separator.
+                if !matches!(key.last(), Some(Token::Whitespace(_))) {
+                    key.push(Token::Whitespace(Whitespace::Space));
+                }
+            }
+            Token::Whitespace(_) | Token::SemiColon | Token::Placeholder(_) => return None,
+            Token::Number(n, false) if is_int(&n) || is_dec(&n) => {
+                let hole = if is_int(&n) { INT_HOLE } else { DEC_HOLE };
+                key.push(Token::Number(hole.to_string(), false));
+                values.push(n);
+            }
+            t => key.push(t),
+        }
+    }
+    if key.is_empty() {
+        return None;
+    }
+    Some(Shape { key, values })
+}
+
+/// The parameter types of a shape's holes, as PostgreSQL types the literals:
+/// `int4` for whole numbers, `numeric` for decimals.
+pub fn param_types(shape: &Shape) -> Vec<&'static str> {
+    shape
+        .key
+        .iter()
+        .filter_map(|t| match t {
+            Token::Number(n, false) if n == INT_HOLE => Some("int4"),
+            Token::Number(n, false) if n == DEC_HOLE => Some("numeric"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether this statement's numbers fit the shape's parameter types: a whole
+/// number over `int4`'s range is `int8` or `numeric` to PostgreSQL.
+pub fn values_fit(values: &[String], types: &[&str]) -> bool {
+    values.iter().zip(types).all(|(v, t)| {
+        *t != "int4" || {
+            let digits = v.trim_start_matches('0');
+            digits.len() < 10 || (digits.len() == 10 && digits <= "2147483647")
+        }
+    })
+}
+
+/// The statement text to prepare for `sql`'s shape: `sql` with its numbers
+/// as parameters, rewritten. `None` when the shape cannot be prepared, or
+/// when the result with the numbers put back differs in any byte from
+/// `forwarded`, the text the ordinary rewrite of `sql` forwards.
+pub fn template(sql: &str, values: &[String], forwarded: &str, cx: &Context) -> Option<String> {
+    let parameterized = with_parameters(sql, values.len())?;
+    let statements = rewrite::parse(&parameterized).ok()?;
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return None;
+    };
+    if !parameters_mean_constants(query, values.len()) || has_star(query) {
+        return None;
+    }
+    let prepared = rewrite::rewrite(&parameterized, cx).ok()?.sql;
+    (substitute(&prepared, values)? == forwarded).then_some(prepared)
+}
+
+/// Byte offsets of token starts, from their line/column locations.
+fn offsets(sql: &str, locations: &[Location]) -> Option<Vec<usize>> {
+    let mut out = Vec::with_capacity(locations.len());
+    let mut chars = sql.char_indices().peekable();
+    let (mut line, mut column) = (1u64, 1u64);
+    for loc in locations {
+        while (line, column) < (loc.line, loc.column) {
+            let (_, c) = chars.next()?;
+            if c == '\n' {
+                line += 1;
+                column = 1;
+            } else {
+                column += 1;
+            }
+        }
+        out.push(chars.peek().map_or(sql.len(), |&(i, _)| i));
+    }
+    Some(out)
+}
+
+/// `sql` with its numbers (as [`shape`] finds them) replaced by `$1`, `$2`,
+/// ...; `None` unless there are exactly `count`.
+fn with_parameters(sql: &str, count: usize) -> Option<String> {
+    replace_tokens(sql, |t| match t {
+        Token::Number(n, false) if is_int(n) || is_dec(n) => Some(Replace::Numbered),
+        _ => None,
+    })
+    .filter(|(_, n)| *n == count)
+    .map(|(s, _)| s)
+}
+
+/// `prepared` with its parameters `$k` replaced by `values[k - 1]`.
+fn substitute(prepared: &str, values: &[String]) -> Option<String> {
+    replace_tokens(prepared, |t| match t {
+        Token::Placeholder(p) => {
+            let k: usize = p.strip_prefix('$')?.parse().ok()?;
+            Some(Replace::With(values.get(k.checked_sub(1)?)?.clone()))
+        }
+        _ => None,
+    })
+    .map(|(s, _)| s)
+}
+
+enum Replace {
+    /// The next parameter, `$1` first.
+    Numbered,
+    With(String),
+}
+
+/// Rewrites the tokens of `sql` that `pick` chooses, keeping every other
+/// byte; returns the text and how many were replaced.
+fn replace_tokens(
+    sql: &str,
+    mut pick: impl FnMut(&Token) -> Option<Replace>,
+) -> Option<(String, usize)> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let starts: Vec<Location> = tokens.iter().map(|t| t.span.start).collect();
+    let at = offsets(sql, &starts)?;
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut copied = 0;
+    let mut count = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let Some(replace) = pick(&t.token) else {
+            continue;
+        };
+        let start = at[i];
+        let end = at.get(i + 1).copied().unwrap_or(sql.len());
+        out.push_str(&sql[copied..start]);
+        count += 1;
+        match replace {
+            Replace::Numbered => out.push_str(&format!("${count}")),
+            Replace::With(v) => out.push_str(&v),
+        }
+        copied = end;
+    }
+    out.push_str(&sql[copied..]);
+    Some((out, count))
+}
+
+/// Whether all `count` parameters of `query` sit where a parameter means
+/// the same as the constant it stands for: see the module documentation.
+fn parameters_mean_constants(query: &Query, count: usize) -> bool {
+    /// Counts parameters outside nested queries.
+    struct Count {
+        depth: usize,
+        found: usize,
+    }
+    impl Visitor for Count {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_value(&mut self, value: &ValueWithSpan) -> ControlFlow<()> {
+            if self.depth == 0 && matches!(value.value, Value::Placeholder(_)) {
+                self.found += 1;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let SetExpr::Select(select) = &*query.body else {
+        return false;
+    };
+    let mut c = Count { depth: 0, found: 0 };
+    let _ = select.selection.visit(&mut c);
+    let _ = select.from.visit(&mut c);
+    let _ = query.limit_clause.visit(&mut c);
+    let _ = query.fetch.visit(&mut c);
+    c.depth == 0 && c.found == count
+}
+
+/// Whether the select list has `*` or `t.*`, whose columns follow the table.
+/// PostgreSQL refuses to run a prepared statement whose result columns
+/// changed, so such statements are not prepared automatically.
+fn has_star(query: &Query) -> bool {
+    let SetExpr::Select(select) = &*query.body else {
+        return true;
+    };
+    select.projection.iter().any(|item| {
+        matches!(
+            item,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+        )
+    })
+}
+
+/// Whether a rewritten statement list is one read that may be prepared
+/// automatically (extended protocol): a single `SELECT` with no `*`.
+pub fn preparable(statements: &[Statement]) -> bool {
+    matches!(statements, [Statement::Query(q)] if !has_star(q))
+}
+
+/// Whether a statement list drops every prepared statement of the session.
+pub fn deallocates_all(statements: &[Statement]) -> bool {
+    statements.iter().any(|s| {
+        matches!(s, Statement::Deallocate { name, .. }
+            if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all"))
+    })
+}
+
+const PREPARING: u8 = 0;
+const READY: u8 = 1;
+const FAILED: u8 = 2;
+
+/// A statement rowgate prepared upstream.
+#[derive(Debug)]
+pub struct Auto {
+    pub name: String,
+    /// The cycle (count of Query/Sync messages sent before) in which it was
+    /// sent for preparing.
+    pub cycle: u64,
+    state: AtomicU8,
+}
+
+impl Auto {
+    pub fn new(name: String, cycle: u64) -> Arc<Self> {
+        Arc::new(Auto {
+            name,
+            cycle,
+            state: AtomicU8::new(PREPARING),
+        })
+    }
+
+    /// Known to exist upstream.
+    pub fn ready(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == READY
+    }
+
+    /// Its preparing failed or was skipped.
+    pub fn failed(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == FAILED
+    }
+
+    /// Usable by a message of `cycle`: known to exist, or sent earlier in
+    /// the same cycle (if preparing it fails, the upstream skips the rest
+    /// of the cycle anyway).
+    pub fn usable(&self, cycle: u64) -> bool {
+        match self.state.load(Ordering::SeqCst) {
+            READY => true,
+            PREPARING => self.cycle == cycle,
+            _ => false,
+        }
+    }
+
+    fn set(&self, state: u8) {
+        let _ = self
+            .state
+            .compare_exchange(PREPARING, state, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// What the relay does with an expected response.
+#[derive(Debug)]
+pub enum Action {
+    /// Hand it on.
+    Pass,
+    /// The CommandComplete of rowgate's own `PREPARE`: drop it; the
+    /// statement exists.
+    Swallow(Arc<Auto>),
+    /// The ParseComplete of a Parse that creates a statement: hand it on;
+    /// the statement exists.
+    Created(Arc<Auto>),
+    /// The CloseComplete of a Close sent in place of a Parse: hand on a
+    /// ParseComplete instead.
+    AsParseComplete,
+    /// The CloseComplete of rowgate's own Close: drop it.
+    Drop,
+}
+
+#[derive(Debug)]
+struct Expect {
+    cycle: u64,
+    tag: u8,
+    action: Action,
+}
+
+/// The responses the relay expects, in the order of the messages sent.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    queue: Mutex<VecDeque<Expect>>,
+    len: AtomicUsize,
+    /// Set by the relay when an error says a prepared statement went stale
+    /// or missing; the session then forgets its automatic statements.
+    pub stale: AtomicBool,
+}
+
+impl Expectations {
+    /// Expects a response tagged `tag` to a message of cycle `cycle`.
+    pub fn push(&self, cycle: u64, tag: u8, action: Action) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(Expect { cycle, tag, action });
+        self.len.store(q.len(), Ordering::SeqCst);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::SeqCst) == 0
+    }
+
+    /// The action for a response tagged `tag` in cycle `cycle`: the next
+    /// expected one if it matches, else none (a response to a message
+    /// without an entry).
+    pub fn take(&self, cycle: u64, tag: u8) -> Option<Action> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let head = q.front()?;
+        if head.cycle != cycle || head.tag != tag {
+            return None;
+        }
+        let e = q.pop_front()?;
+        self.len.store(q.len(), Ordering::SeqCst);
+        match &e.action {
+            Action::Swallow(a) | Action::Created(a) => a.set(READY),
+            Action::Pass | Action::AsParseComplete | Action::Drop => {}
+        }
+        Some(e.action)
+    }
+
+    /// Cycle `cycle` ended (ReadyForQuery): what is still expected of it
+    /// was skipped after an error, and statements it was to create do not
+    /// exist.
+    pub fn end_cycle(&self, cycle: u64) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        while q.front().is_some_and(|e| e.cycle <= cycle) {
+            if let Some(Expect {
+                action: Action::Swallow(a) | Action::Created(a),
+                ..
+            }) = q.pop_front()
+            {
+                a.set(FAILED);
+            }
+        }
+        self.len.store(q.len(), Ordering::SeqCst);
+    }
+}
+
+/// Whether an ErrorResponse body says that a prepared statement is missing
+/// (26000) or may no longer run as prepared (0A000, "cached plan must not
+/// change result type").
+pub fn stale_statement_error(body: &[u8]) -> bool {
+    let mut code = &b""[..];
+    let mut message = &b""[..];
+    for field in body.split(|&b| b == 0) {
+        match field.split_first() {
+            Some((b'C', v)) => code = v,
+            Some((b'M', v)) => message = v,
+            _ => {}
+        }
+    }
+    code == b"26000" || (code == b"0A000" && message.starts_with(b"cached plan must not change"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicySet;
+    use crate::rewrite::OfflineCatalog;
+
+    #[test]
+    fn shapes_take_out_plain_numbers_only() {
+        let a = shape("SELECT a FROM t WHERE id = 12 AND x > 1.5;").unwrap();
+        let b = shape("SELECT a\nFROM t  WHERE id = 7 AND x > 10.25").unwrap();
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.values, ["12", "1.5"]);
+        assert_eq!(param_types(&a), ["int4", "numeric"]);
+        // Different kinds of number, other tokens: other shapes.
+        assert_ne!(
+            a.key,
+            shape("SELECT a FROM t WHERE id = 12.0 AND x > 1.5")
+                .unwrap()
+                .key
+        );
+        assert_ne!(
+            a.key,
+            shape("SELECT b FROM t WHERE id = 12 AND x > 1.5")
+                .unwrap()
+                .key
+        );
+        assert_ne!(
+            shape("SELECT 'a' 'b'").unwrap().key,
+            shape("SELECT 'a '' b'").unwrap().key
+        );
+        assert_eq!(shape("SELECT 1e5").unwrap().values, Vec::<String>::new());
+        for never in [
+            "SELECT 1; SELECT 2",
+            "SELECT 1 -- c\n+ 1",
+            "SELECT /* c */ 1",
+            "SELECT $1",
+            "",
+            " ;",
+        ] {
+            assert!(shape(never).is_none(), "{never}");
+        }
+    }
+
+    #[test]
+    fn int4_range_decides_fit() {
+        let t = ["int4"];
+        assert!(values_fit(&["2147483647".into()], &t));
+        assert!(values_fit(&["0002147483647".into()], &t));
+        assert!(!values_fit(&["2147483648".into()], &t));
+        assert!(!values_fit(&["99999999999".into()], &t));
+        assert!(values_fit(&["99999999999.5".into()], &["numeric"]));
+    }
+
+    fn policy() -> PolicySet {
+        let text = "attributes:\n  m: {type: integer}\n\
+             users:\n  u: {password: x, groups: [g], attributes: {m: [1, 2]}}\n\
+             groups:\n  g: {tables: [public.t]}\n\
+             tables:\n  public.t: {filters: [{column: m, attribute: m}]}\n";
+        let source = crate::policy::Source {
+            path: "p.yaml".into(),
+            text: text.into(),
+        };
+        crate::policy::load_sources(&[source]).unwrap().policy
+    }
+
+    fn template_of(sql: &str) -> Option<String> {
+        let policy = policy();
+        let access = policy.access("u").unwrap();
+        let catalog = OfflineCatalog::new(&policy);
+        let path = rewrite::default_search_path();
+        let cx = Context {
+            access: &access,
+            catalog: &catalog,
+            search_path: &path,
+        };
+        let forwarded = rewrite::rewrite(sql, &cx).unwrap().sql;
+        let values = shape(sql).unwrap().values;
+        template(sql, &values, &forwarded, &cx)
+    }
+
+    #[test]
+    fn templates_parameterize_where_constants_and_parameters_agree() {
+        let t = template_of("SELECT a FROM t WHERE id = 5 AND b > -2.5 LIMIT 10").unwrap();
+        assert!(
+            t.contains("id = $1") && t.contains("-$2") && t.contains("LIMIT $3"),
+            "{t}"
+        );
+        assert!(t.contains("IN (1, 2)"), "the filter's own values stay: {t}");
+        assert!(template_of("SELECT a FROM t WHERE id = 5 ORDER BY 1").is_none());
+        assert!(template_of("SELECT a, 5 FROM t WHERE id = 5").is_none());
+        assert!(template_of("SELECT a FROM t GROUP BY a HAVING count(*) > 1").is_none());
+        assert!(template_of("SELECT a FROM t WHERE id IN (SELECT 5)").is_none());
+        assert!(template_of("SELECT * FROM t WHERE id = 5").is_none());
+        assert!(template_of("SELECT a::numeric(10, 2) FROM t WHERE id = 5").is_none());
+        assert!(template_of("SELECT a FROM t UNION SELECT a FROM t WHERE id = 1").is_none());
+        let none = template_of("SELECT a FROM t WHERE b = 'x'").unwrap();
+        assert!(!none.contains('$'), "{none}");
+    }
+
+    #[test]
+    fn stale_errors_are_recognised() {
+        assert!(stale_statement_error(
+            b"SERROR\0C26000\0Mprepared statement \"x\" does not exist\0\0"
+        ));
+        assert!(stale_statement_error(
+            b"SERROR\0C0A000\0Mcached plan must not change result type\0\0"
+        ));
+        assert!(!stale_statement_error(b"SERROR\0C0A000\0Mother\0\0"));
+        assert!(!stale_statement_error(b"SERROR\0C42501\0Mx\0\0"));
+    }
+
+    #[test]
+    fn expectations_match_in_order_and_fail_what_a_cycle_skipped() {
+        let e = Expectations::default();
+        let a = Auto::new("a".into(), 0);
+        let b = Auto::new("b".into(), 1);
+        e.push(0, b'1', Action::Pass);
+        e.push(0, b'1', Action::Created(a.clone()));
+        e.push(1, b'C', Action::Swallow(b.clone()));
+        assert!(e.take(0, b'3').is_none());
+        assert!(matches!(e.take(0, b'1'), Some(Action::Pass)));
+        assert!(!a.ready() && a.usable(0) && !a.usable(1));
+        assert!(e.take(1, b'C').is_none(), "not before its cycle");
+        assert!(matches!(e.take(0, b'1'), Some(Action::Created(_))));
+        assert!(a.ready() && a.usable(7));
+        e.end_cycle(0);
+        assert!(!e.is_empty());
+        e.end_cycle(1);
+        assert!(e.is_empty() && b.failed() && !b.usable(1));
+    }
+}
