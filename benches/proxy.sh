@@ -25,7 +25,7 @@
 #   BENCH_CLIENTS   pgbench clients                          (8)
 #   BENCH_THREADS   pgbench threads                          (2)
 #   BENCH_MODES     protocol modes                           ("simple extended prepared")
-#   BENCH_VARIANTS  rowgate variants: fence, nofence         ("fence")
+#   BENCH_VARIANTS  rowgate variants: fence, nofence, noprep, w1 ("fence")
 #   BENCH_WARMUP    seconds of warm-up per target            (3; quick: 1)
 #   BENCH_FILTERED_DIRECT=1  also run `direct:<variant>`: the statement that
 #                   rowgate forwards, sent straight to PostgreSQL (what the
@@ -389,6 +389,10 @@ EOF
 #   nofence  ROWGATE_UNSAFE_NO_FENCE=1: the bare filtered derived table, which
 #            PostgreSQL flattens (unsafe against side channels; measures what
 #            the fence costs)
+#   noprep   prepare_threshold: 0: no automatic prepared statements, every
+#            statement rewritten and forwarded as text (measures what they
+#            save)
+#   w1       workers: 1: one session thread, as PgBouncer has
 rowgate_variant() {
   local variant=$1 dir=$2 port=$3 extra=""
   variant_env=()
@@ -397,7 +401,9 @@ rowgate_variant() {
   case $variant in
     fence) ;;
     nofence) variant_env=(ROWGATE_UNSAFE_NO_FENCE=1) ;;
-    *) die "unknown rowgate variant '$variant' (known: fence, nofence)" ;;
+    noprep) extra="prepare_threshold: 0" ;;
+    w1) extra="workers: 1" ;;
+    *) die "unknown rowgate variant '$variant' (known: fence, nofence, noprep, w1)" ;;
   esac
   cat >"$dir/proxy.yaml" <<EOF
 listen: 127.0.0.1:$port
@@ -504,25 +510,44 @@ run_pgbench() {
     }'
 }
 
-# Shows, from PostgreSQL's side, what rowgate variant $1 forwards while
-# pgbench looks up one marker aid through it: the filter must be in the
-# statement. Keeps it, the marker made `:aid` again, as the script of the
-# `direct:$1` target.
+# Shows, from PostgreSQL's side, what rowgate variant $1 forwards for the
+# lookup of one marker aid: the filter must be in the statement. A session
+# runs the lookup three times (rowgate prepares a statement it sees again,
+# unless the variant turns that off), then reads what PostgreSQL holds: its
+# prepared statements, or else the statement it ran last. Keeps the
+# statement, the parameter or marker made `:aid` again, as the script of
+# the `direct:$1` target.
 check_forwarded() {
-  local v=$1 seen="" bg marker=987654321 _
-  printf 'SELECT abalance FROM pgbench_accounts WHERE aid = %s;\n' "$marker" >"$work/marker.sql"
-  PGPASSWORD=$member_password "$pgbench" -h 127.0.0.1 -p "${rowgate_port[$v]}" -U "$MEMBER" -n \
-    -M simple -c 2 -j 1 -T 3 -f "$work/marker.sql" "$DB" >"$work/check-$v.log" 2>&1 &
-  bg=$!
-  background_pids+=("$bg")
-  for _ in $(seq 1 25); do
-    sleep 0.1
-    seen=$(sql postgres "SELECT query FROM pg_stat_activity
-                         WHERE usename = '$UPSTREAM_ROLE' AND query LIKE '%pgbench_accounts%' LIMIT 1")
-    [[ -n $seen ]] && break
-  done
-  wait "$bg" || die "pgbench through rowgate ($v) failed: $(cat "$work/check-$v.log")"
-  background_pids=()
+  local v=$1 seen lookup bg marker=987654321
+  lookup="SELECT abalance FROM pgbench_accounts WHERE aid = $marker"
+  seen=$(PGPASSWORD=$member_password "$psql" -X -A -t -q -h 127.0.0.1 -p "${rowgate_port[$v]}" \
+    -U "$MEMBER" -d "$DB" -c "$lookup" -c "$lookup" -c "$lookup" \
+    -c "SELECT statement FROM pg_prepared_statements WHERE name LIKE 'rowgate_auto_%'" 2>&1) ||
+    die "psql through rowgate ($v) failed: $seen"
+  seen=$(tail -n 1 <<<"$seen")
+  if [[ $seen == PREPARE* ]]; then
+    # The text of the message that prepared it: `PREPARE name (int4) AS
+    # <statement>; EXECUTE name(<aid>)`.
+    seen=${seen#* AS }
+    seen=${seen%%; EXECUTE *}
+    seen=${seen//\$1/$marker}
+  else
+    # Nothing prepared: catch the statement running, under pgbench.
+    printf '%s;\n' "$lookup" >"$work/marker.sql"
+    PGPASSWORD=$member_password "$pgbench" -h 127.0.0.1 -p "${rowgate_port[$v]}" -U "$MEMBER" -n \
+      -M simple -c 2 -j 1 -T 3 -f "$work/marker.sql" "$DB" >"$work/check-$v.log" 2>&1 &
+    bg=$!
+    background_pids+=("$bg")
+    seen=""
+    for _ in $(seq 1 25); do
+      sleep 0.1
+      seen=$(sql postgres "SELECT query FROM pg_stat_activity
+                           WHERE usename = '$UPSTREAM_ROLE' AND query LIKE '%pgbench_accounts%' LIMIT 1")
+      [[ -n $seen ]] && break
+    done
+    wait "$bg" || die "pgbench through rowgate ($v) failed: $(cat "$work/check-$v.log")"
+    background_pids=()
+  fi
   [[ $seen == *"bid IN ("* && $seen == *"$marker"* ]] ||
     die "PostgreSQL does not see the row filter in what rowgate ($v) forwards: '$seen'"
   echo "== PostgreSQL receives from rowgate ($v): $seen"

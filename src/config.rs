@@ -37,7 +37,7 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, max_connections, max_message_bytes, prepare_threshold" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, max_connections, max_message_bytes, prepare_threshold, workers" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
@@ -46,6 +46,7 @@ mod raw {
             "max_connections" => max_connections: Spanned<String> as Text,
             "max_message_bytes" => max_message_bytes: Spanned<String> as Text,
             "prepare_threshold" => prepare_threshold: Spanned<String> as Text,
+            "workers" => workers: Spanned<String> as Text,
         }
     }
 
@@ -141,6 +142,8 @@ pub struct Config {
     /// After how many runs in a session a statement shape is prepared
     /// upstream automatically; 0 never.
     pub prepare_threshold: usize,
+    /// Session threads; `None`: one per CPU.
+    pub workers: Option<usize>,
 }
 
 /// Whether `${NAME}` with `NAME` unset is an error (`serve`, `check`) or is
@@ -318,6 +321,10 @@ impl Config {
                 })
             }
         };
+        let workers = raw
+            .workers
+            .as_ref()
+            .map(|v| cx.number(Some(v), "workers", 1));
         let tls = raw.tls.as_ref().map(|t| {
             let mut file = |value: &Option<Spanned<String>>, key: &str| match value {
                 Some(v) => relative(cx.string(Some(v)).unwrap_or_default()),
@@ -342,6 +349,7 @@ impl Config {
             max_connections,
             max_message_bytes,
             prepare_threshold,
+            workers,
         };
         let mut problems = cx.problems;
         diag::sort(&mut problems);
@@ -481,7 +489,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, max_connections, max_message_bytes, prepare_threshold",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, max_connections, max_message_bytes, prepare_threshold, workers",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",

@@ -132,6 +132,7 @@ async fn serve(pg: &LocalPg) -> u8 {
         max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
         max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
         prepare_threshold: crate::config::DEFAULT_PREPARE_THRESHOLD,
+        workers: None,
     };
     let server = match Server::bind(config).await {
         Ok(s) => s,

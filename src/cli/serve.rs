@@ -14,7 +14,9 @@ pub fn run(config_path: &Path) -> u8 {
             return FAILED;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The listener, signals and reloads; sessions run on worker threads of
+    // their own (see `server`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
