@@ -825,6 +825,35 @@ fn check_session(case: &Case, env: &Env, member: &mut Client, problems: &mut Vec
             }
         }
     }
+    // Reads run again in the same session: from the second run rowgate
+    // prepares the statement upstream automatically (the simple protocol's
+    // numbers as parameters), and the third only executes it. Each must
+    // give what the first gave. (Not inside a failed transaction block.)
+    // (The session's pg_prepared_statements shows rowgate's statement from
+    // the second run on, as documented.)
+    let lower = case.sql.trim_start().to_ascii_lowercase();
+    let read = ["select", "with", "("].iter().any(|k| lower.starts_with(k))
+        && !lower.contains("pg_prepared_statements");
+    if read
+        && matches!(case.protocol, Protocol::Simple | Protocol::Extended)
+        && member.status != b'E'
+    {
+        for run in 2..=3 {
+            match run_statement(member, case, env) {
+                Ok((again, _)) if again.agrees(&got) => {}
+                Ok((again, _)) => problems.push(format!(
+                    "run {run} differs from the first: {}\n      run {run}: {}\n      first: {}",
+                    case.sql,
+                    again.show(),
+                    got.show()
+                )),
+                Err(e) => problems.push(format!("run {run} through rowgate: {e}")),
+            }
+            if member.status == b'E' {
+                break;
+            }
+        }
+    }
     // The session stays usable.
     if member.status != b'I' {
         let _ = member.simple("ROLLBACK");

@@ -123,6 +123,7 @@ fn config_defaults(path: &Path) -> Vec<(&'static str, String)> {
         ("search_path", format!("[{}]", d.search_path.join(", "))),
         ("max_connections", d.max_connections.to_string()),
         ("max_message_bytes", d.max_message_bytes.to_string()),
+        ("prepare_threshold", d.prepare_threshold.to_string()),
     ]
 }
 
@@ -335,7 +336,8 @@ fn the_reference_lists_exactly_the_config_keys_with_their_defaults() {
     }
     let d = Config::parse(Path::new("proxy.yaml"), "", Env::Require, |_| None).unwrap();
     assert!(d.upstream.password.is_none() && d.upstream.database.is_none() && d.tls.is_none());
-    for key in ["upstream.password", "upstream.database", "tls"] {
+    assert!(d.workers.is_none());
+    for key in ["upstream.password", "upstream.database", "tls", "workers"] {
         assert!(
             cell(key)[2].starts_with("(none"),
             "`{key}` has no default in the code; docs/reference.md says {:?}",
@@ -494,6 +496,7 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
         ("search_path", format!("[{}]", full.search_path.join(", "))),
         ("max_connections", full.max_connections.to_string()),
         ("max_message_bytes", full.max_message_bytes.to_string()),
+        ("prepare_threshold", full.prepare_threshold.to_string()),
     ];
     for ((key, default), (_, value)) in config_defaults(path).into_iter().zip(shown) {
         assert_eq!(

@@ -815,3 +815,36 @@ fn repeated_statements_prepared_automatically_keep_the_protocol_exact() {
         "{names:?}"
     );
 }
+
+#[test]
+fn a_query_skipped_inside_a_failed_pipeline_leaves_the_session_exact() {
+    let (mut raw, _) = Raw::login(proxy().port, "member", "member-pw", fixture_db());
+    // A Query between extended messages and their Sync: after the refusal
+    // PostgreSQL skips it (no ReadyForQuery of its own) until the Sync.
+    let mut buf = BytesMut::new();
+    frontend::parse("", "SELECT * FROM hr.salaries", [], &mut buf).unwrap();
+    frontend::query("SELECT 1", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf);
+    let out = raw.until_ready();
+    assert_eq!(tags(&out), "EZ", "{:?}", errors(&out));
+    assert_eq!(errors(&out)[0].0, "42501");
+    // Repeated statements of both protocols still get exactly their own
+    // responses.
+    for (id, rows) in [(1, 1), (2, 0), (7, 1), (11, 1)] {
+        let out = raw.query(&format!("SELECT name FROM merchants WHERE id = {id}"));
+        let expected = if rows == 1 { "TDCZ" } else { "TCZ" };
+        assert_eq!(tags(&out), expected, "{:?}", errors(&out));
+        buf.clear();
+        parse_bind_execute(
+            &mut buf,
+            "SELECT count(*) FROM merchants WHERE id > $1",
+            id,
+            false,
+        );
+        frontend::sync(&mut buf);
+        raw.send(&buf);
+        let out = raw.until_ready();
+        assert_eq!(tags(&out), "12DCZ", "{:?}", errors(&out));
+    }
+}

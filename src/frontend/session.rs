@@ -321,6 +321,8 @@ async fn session(
         unnamed: None,
         autos: 0,
         retired: Vec::new(),
+        unsynced: false,
+        auto_off: false,
     };
     let mut back = Back {
         refusals: &refusals,
@@ -487,6 +489,14 @@ struct Front<'a> {
     autos: usize,
     /// Automatic statements no longer used, to close upstream.
     retired: Vec<String>,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    /// No more automatic statements in this session: the client sent a
+    /// Query before a Sync ended its extended-protocol messages. After an
+    /// error PostgreSQL skips such a Query without a ReadyForQuery, so the
+    /// relay can no longer tell which cycle a response belongs to; rowgate
+    /// then only passes responses on.
+    auto_off: bool,
 }
 
 /// A rewrite that may be forwarded.
@@ -602,6 +612,12 @@ impl Front<'_> {
                     self.forget_autos(true);
                 }
                 match frame.tag() {
+                    b'S' => self.unsynced = false,
+                    b'Q' if self.unsynced => self.auto_off = true,
+                    b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
+                    _ => {}
+                }
+                match frame.tag() {
                     b'Q' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
                         if rewrites {
@@ -684,7 +700,7 @@ impl Front<'_> {
     /// it the ordinary way.
     async fn auto_query(&mut self, sql: &str) -> Option<Bytes> {
         let threshold = self.shared.prepare_threshold;
-        if threshold == 0 {
+        if threshold == 0 || self.auto_off {
             return None;
         }
         let shape = autoprep::shape(sql)?;
@@ -770,7 +786,12 @@ impl Front<'_> {
             Err(()) => Err(self.refuse(&not_utf8())),
         };
         let text = match forward {
-            Ok(f) if unnamed && f.preparable && self.shared.prepare_threshold > 0 => {
+            Ok(f)
+                if unnamed
+                    && f.preparable
+                    && self.shared.prepare_threshold > 0
+                    && !self.auto_off =>
+            {
                 if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle) {
                     return Ok(out);
                 }
