@@ -1,14 +1,18 @@
 //! What the rewriter costs per statement (everything `rewrite` does: parse,
 //! classify, inject every filter, print, and check the printed text), for a
 //! point lookup and for a five-table analytical query, next to parsing the
-//! analytical query alone. The policy is inline so the figures do not move
-//! when the example policies change.
+//! analytical query alone; and what a simple-query statement costs once its
+//! shape is prepared (taking its shape: the lookup a session makes before
+//! it sends `EXECUTE`), against rewriting the same literal lookup. The
+//! policy is inline so the figures do not move when the example policies
+//! change.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use rowgate::frontend::autoprep;
 use rowgate::policy::{load_sources, Access, PolicySet, Source};
 use rowgate::rewrite::{self, default_search_path, Context, OfflineCatalog};
 
@@ -45,6 +49,8 @@ tables:
 "#;
 
 const LOOKUP: &str = "SELECT abalance FROM accounts WHERE aid = $1";
+/// The lookup as the simple protocol sends it (pgbench `-M simple`).
+const LITERAL_LOOKUP: &str = "SELECT abalance FROM accounts WHERE aid = 48213;";
 
 /// Five filtered tables, joins of two kinds, GROUP BY and HAVING, a
 /// correlated scalar subquery and a CTE.
@@ -105,6 +111,12 @@ fn bench_rewrite(c: &mut Criterion) {
     });
     group.bench_function("analytical_5_tables_parse_only", |b| {
         b.iter(|| rewrite::parse(black_box(ANALYTICAL)))
+    });
+    group.bench_function("literal_lookup", |b| {
+        b.iter(|| rewrite::rewrite(black_box(LITERAL_LOOKUP), black_box(&cx)))
+    });
+    group.bench_function("literal_lookup_shape", |b| {
+        b.iter(|| autoprep::shape(black_box(LITERAL_LOOKUP)))
     });
     group.finish();
 }

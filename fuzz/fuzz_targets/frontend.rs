@@ -1,13 +1,14 @@
 //! The client-message decoders never panic: whatever bytes a client sends
 //! are framed and decoded exactly as the proxy does (startup packet,
-//! CancelRequest, then tagged messages; Query, Parse and SASL bodies
-//! decoded), and either decode or fail with an error.
+//! CancelRequest, then tagged messages; Query, Parse, Bind, Describe,
+//! Close and SASL bodies decoded, a Query's statement shape taken), and
+//! either decode or fail with an error.
 
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rowgate::frontend::{messages, startup};
+use rowgate::frontend::{autoprep, messages, startup};
 use rowgate::wire;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +23,12 @@ fuzz_target!(|data: &[u8]| {
         let body = frame.body();
         match frame.tag() {
             b'Q' => {
-                let _ = messages::query(body);
+                if let Ok(Ok(sql)) = messages::query(body) {
+                    // The shape of every simple-query statement is taken.
+                    if let Some(shape) = autoprep::shape(sql) {
+                        assert_eq!(shape.values.len(), autoprep::param_types(&shape).len());
+                    }
+                }
             }
             b'P' => {
                 if let Ok(parse) = messages::parse(body) {

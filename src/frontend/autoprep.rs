@@ -175,8 +175,24 @@ fn with_parameters(sql: &str, count: usize) -> Option<String> {
     .map(|(s, _)| s)
 }
 
-/// `prepared` with its parameters `$k` replaced by `values[k - 1]`.
-fn substitute(prepared: &str, values: &[String]) -> Option<String> {
+/// `sql` with its numbers (as [`shape`] finds them) replaced by `values`,
+/// in order; `None` unless there are as many.
+pub fn with_numbers(sql: &str, values: &[String]) -> Option<String> {
+    let mut next = values.iter();
+    replace_tokens(sql, |t| match t {
+        Token::Number(n, false) if is_int(n) || is_dec(n) => {
+            Some(Replace::With(next.next().cloned().unwrap_or_default()))
+        }
+        _ => None,
+    })
+    .filter(|(_, n)| *n == values.len())
+    .map(|(s, _)| s)
+}
+
+/// `prepared` with its parameters `$k` replaced by `values[k - 1]`: the
+/// text the ordinary rewrite forwards for a statement of the shape with
+/// these numbers.
+pub fn substitute(prepared: &str, values: &[String]) -> Option<String> {
     replace_tokens(prepared, |t| match t {
         Token::Placeholder(p) => {
             let k: usize = p.strip_prefix('$')?.parse().ok()?;

@@ -3,7 +3,7 @@
 //! rewriting the ones that carry SQL.
 
 pub mod auth;
-mod autoprep;
+pub mod autoprep;
 pub mod messages;
 pub mod session;
 pub mod startup;

@@ -73,7 +73,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 const CACHE_ENTRIES: usize = 256;
 /// Statement shapes and unnamed statement texts remembered per session for
 /// automatic preparing (see [`autoprep`]).
-const SEEN_ENTRIES: usize = 1024;
+const SEEN_ENTRIES: usize = 256;
+/// Longer statements are not prepared automatically: for them planning is
+/// a small part of the work, and remembering them costs memory.
+const MAX_AUTO_LEN: usize = 8192;
 /// Statements a session prepares upstream automatically, at most.
 const MAX_AUTOS: usize = 512;
 /// Failed attempts after which a statement is not prepared again.
@@ -700,7 +703,7 @@ impl Front<'_> {
     /// it the ordinary way.
     async fn auto_query(&mut self, sql: &str) -> Option<Bytes> {
         let threshold = self.shared.prepare_threshold;
-        if threshold == 0 || self.auto_off {
+        if threshold == 0 || self.auto_off || sql.len() > MAX_AUTO_LEN {
             return None;
         }
         let shape = autoprep::shape(sql)?;
@@ -808,6 +811,9 @@ impl Front<'_> {
     /// before: a Close standing in for it, or its preparing under a name of
     /// rowgate's. `None` to send it as it is.
     fn auto_parse(&mut self, sql: &str, types: &[u8], cycle: u64) -> Option<Bytes> {
+        if sql.len() > MAX_AUTO_LEN {
+            return None;
+        }
         if !self.texts.contains_key(sql) && self.texts.len() >= SEEN_ENTRIES {
             self.texts
                 .retain(|_, by_types| by_types.values().any(|s| s.auto.is_some()));
