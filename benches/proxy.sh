@@ -518,7 +518,7 @@ run_pgbench() {
 # statement, the parameter or marker made `:aid` again, as the script of
 # the `direct:$1` target.
 check_forwarded() {
-  local v=$1 seen lookup bg marker=987654321
+  local v=$1 seen lookup bg prepared="" marker=987654321
   lookup="SELECT abalance FROM pgbench_accounts WHERE aid = $marker"
   seen=$(PGPASSWORD=$member_password "$psql" -X -A -t -q -h 127.0.0.1 -p "${rowgate_port[$v]}" \
     -U "$MEMBER" -d "$DB" -c "$lookup" -c "$lookup" -c "$lookup" \
@@ -530,6 +530,7 @@ check_forwarded() {
     # <statement>; EXECUTE name(<aid>)`.
     seen=${seen#* AS }
     seen=${seen%%; EXECUTE *}
+    prepared=$seen
     seen=${seen//\$1/$marker}
   else
     # Nothing prepared: catch the statement running, under pgbench.
@@ -550,7 +551,11 @@ check_forwarded() {
   fi
   [[ $seen == *"bid IN ("* && $seen == *"$marker"* ]] ||
     die "PostgreSQL does not see the row filter in what rowgate ($v) forwards: '$seen'"
-  echo "== PostgreSQL receives from rowgate ($v): $seen"
+  if [[ -n $prepared ]]; then
+    echo "== PostgreSQL runs for rowgate ($v) the prepared statement: $prepared"
+  else
+    echo "== PostgreSQL receives from rowgate ($v): $seen"
+  fi
   printf '%s\n%s\n' '\set aid random(1, 100000 * :scale)' "${seen//$marker/:aid}" >"$work/forwarded-$v.sql"
 }
 
