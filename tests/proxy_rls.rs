@@ -73,15 +73,44 @@ fn unnamed(client: &mut postgres::Client, sql: &str) -> Result<Binary, String> {
     binary(client.query_typed(sql, &[]))
 }
 
+/// Agreements and differences with native RLS.
+#[derive(Default)]
+struct Tally {
+    differences: Vec<String>,
+    compared: usize,
+    refusals: usize,
+}
+
+impl Tally {
+    fn add<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        what: &str,
+        ours: Result<T, String>,
+        native: &Result<T, String>,
+        refused: impl Fn(&T) -> bool,
+    ) {
+        match (&ours, native) {
+            (Ok(a), Ok(b)) if a == b => {
+                if refused(a) {
+                    self.refusals += 1;
+                } else {
+                    self.compared += 1;
+                }
+            }
+            (a, b) => self
+                .differences
+                .push(format!("{what}\n  rowgate: {a:?}\n  native:  {b:?}")),
+        }
+    }
+}
+
 #[test]
 fn every_mode_returns_exactly_what_native_rls_returns() {
     let db = common::cluster().create_database("proxy_rls");
     let mut oracles = rls::setup(&db);
     let proxy = common::Proxy::start(Path::new(rls::POLICY), "");
 
-    let mut differences = Vec::new();
-    let mut compared = 0;
-    let mut refusals = 0;
+    let mut tally = Tally::default();
     for (&user, oracle) in oracles.iter_mut() {
         let mut through = proxy.connect(&db, user, PASSWORD).unwrap_or_else(|e| {
             panic!(
@@ -95,18 +124,13 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
             // statement being prepared, then only executed.
             let native = rls::run(oracle, sql);
             for run in 1..=3 {
-                match (rls::run(&mut through, sql), &native) {
-                    (Ok(a), Ok(b)) if a == *b => {
-                        if a == Outcome::Refused {
-                            refusals += 1;
-                        } else {
-                            compared += 1;
-                        }
-                    }
-                    (a, b) => differences.push(format!(
-                        "simple (run {run}), {user}: {sql}\n  rowgate: {a:?}\n  native:  {b:?}"
-                    )),
-                }
+                let ours = rls::run(&mut through, sql);
+                tally.add(
+                    &format!("simple (run {run}), {user}: {sql}"),
+                    ours,
+                    &native,
+                    |o| *o == Outcome::Refused,
+                );
             }
             for (mode, f, runs) in [
                 ("prepared", prepared as fn(&mut _, &str) -> _, 1),
@@ -114,18 +138,13 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
             ] {
                 let native = f(oracle, sql);
                 for run in 1..=runs {
-                    match (f(&mut through, sql), &native) {
-                        (Ok(a), Ok(b)) if a == *b => {
-                            if a == Binary::Refused {
-                                refusals += 1;
-                            } else {
-                                compared += 1;
-                            }
-                        }
-                        (a, b) => differences.push(format!(
-                            "{mode} (run {run}), {user}: {sql}\n  rowgate: {a:?}\n  native:  {b:?}"
-                        )),
-                    }
+                    let ours = f(&mut through, sql);
+                    tally.add(
+                        &format!("{mode} (run {run}), {user}: {sql}"),
+                        ours,
+                        &native,
+                        |b| *b == Binary::Refused,
+                    );
                 }
             }
         }
@@ -135,6 +154,11 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
             Outcome::Rows(vec![vec![Some("1".into())]])
         );
     }
+    let Tally {
+        differences,
+        compared,
+        refusals,
+    } = tally;
     assert!(
         differences.is_empty(),
         "{} difference(s) from native RLS through the wire:\n{}",

@@ -126,15 +126,21 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// A rewrite context for every fixture user.
+fn contexts() -> impl Iterator<Item = Context<'static>> {
+    let fx = fixture();
+    fx.users.iter().map(|access| Context {
+        access,
+        catalog: &fx.catalog,
+        search_path: &fx.search_path,
+    })
+}
+
 /// Rewrites `sql` for every user and checks each accepted output.
 fn check_all_users(sql: &str) -> Result<(), TestCaseError> {
     let fx = fixture();
-    for access in &fx.users {
-        let cx = Context {
-            access,
-            catalog: &fx.catalog,
-            search_path: &fx.search_path,
-        };
+    for cx in contexts() {
+        let access = cx.access;
         let Ok(out) = rewrite::rewrite(sql, &cx) else {
             continue;
         };
@@ -927,13 +933,7 @@ fn check_automatic_statements(sql: &str, numbers: &[u32]) -> Result<(), TestCase
     if others.len() != types.len() || !autoprep::values_fit(&shape.values, &types) {
         return Ok(());
     }
-    let fx = fixture();
-    for access in &fx.users {
-        let cx = Context {
-            access,
-            catalog: &fx.catalog,
-            search_path: &fx.search_path,
-        };
+    for cx in contexts() {
         let Ok(forwarded) = rewrite::rewrite(sql, &cx) else {
             continue;
         };
@@ -948,7 +948,7 @@ fn check_automatic_statements(sql: &str, numbers: &[u32]) -> Result<(), TestCase
             executed.as_ref(),
             expected.as_ref().ok(),
             "user {}: {:?} prepared as {:?}; with other numbers, {:?} rewrites to {:?}",
-            access.user,
+            cx.access.user,
             sql,
             prepared,
             other,
