@@ -227,3 +227,70 @@ fn threshold_zero_prepares_nothing() {
         Ok(vec![vec![Some("0".to_string())]])
     );
 }
+
+#[test]
+fn settings_that_change_how_literals_read_are_followed() {
+    let db = common::cluster().create_database("autoprep_settings");
+    let mut oracles = rls::setup(&db);
+    let proxy = common::Proxy::start(Path::new(rls::POLICY), "");
+    let oracle = oracles.get_mut("ceo").unwrap();
+    let mut c = proxy.connect(&db, "ceo", PASSWORD).unwrap();
+    // The literal is read as a timestamptz in the session's time zone when
+    // the statement is prepared: noon on the 10th in UTC is 22:00 on the
+    // 9th in UTC+14, one order fewer.
+    let shape = |id: u32| {
+        format!(
+            "SELECT id FROM orders WHERE id > {id} \
+             AND placed_at < ('2024-01-10 12:00'::timestamptz AT TIME ZONE 'UTC')"
+        )
+    };
+    let both = |c: &mut postgres::Client, o: &mut postgres::Client, sql: &str| {
+        c.batch_execute(sql).unwrap();
+        o.batch_execute(sql).unwrap();
+    };
+    let same = |c: &mut postgres::Client, o: &mut postgres::Client, id: u32| {
+        let sql = shape(id);
+        let ours = outcome(c, &sql);
+        assert_eq!(ours, outcome(o, &sql), "{sql}");
+        ours.unwrap().len()
+    };
+    let runs = |c: &mut postgres::Client, o: &mut postgres::Client| -> Vec<usize> {
+        (0..3).map(|id| same(c, o, id)).collect()
+    };
+    both(&mut c, oracle, "SET TimeZone = 'UTC'");
+    let utc = runs(&mut c, oracle);
+    both(&mut c, oracle, "SET TimeZone = 'Pacific/Kiritimati'");
+    let east = runs(&mut c, oracle);
+    assert_eq!(
+        utc.iter()
+            .zip(&east)
+            .map(|(u, e)| u - e)
+            .collect::<Vec<_>>(),
+        [1, 1, 1],
+        "one order fewer: {utc:?} {east:?}"
+    );
+    // SET LOCAL ends with its transaction.
+    both(&mut c, oracle, "BEGIN; SET LOCAL TimeZone = 'UTC'");
+    assert_eq!(runs(&mut c, oracle), utc);
+    both(&mut c, oracle, "COMMIT");
+    assert_eq!(runs(&mut c, oracle), east);
+    // A rolled-back SET is undone.
+    both(&mut c, oracle, "BEGIN; SET TimeZone = 'UTC'");
+    assert_eq!(runs(&mut c, oracle), utc);
+    both(&mut c, oracle, "ROLLBACK");
+    assert_eq!(runs(&mut c, oracle), east);
+    // DateStyle, through the extended protocol: a repeated unnamed
+    // statement follows it too.
+    let dates = "SELECT count(*) FROM orders WHERE placed_at < '03/02/2024'::date";
+    let count = |c: &mut postgres::Client| -> i64 { c.query_one(dates, &[]).unwrap().get(0) };
+    c.batch_execute("SET DateStyle = 'ISO, MDY'").unwrap();
+    let march = count(&mut c);
+    assert_eq!(count(&mut c), march);
+    c.batch_execute("SET DateStyle = 'ISO, DMY'").unwrap();
+    let february = count(&mut c);
+    assert!(
+        february < march,
+        "3 February ({february}) is before 2 March ({march})"
+    );
+    assert_eq!(count(&mut c), february);
+}

@@ -298,6 +298,26 @@ pub fn preparable(statements: &[Statement]) -> bool {
     matches!(statements, [Statement::Query(q)] if !has_star(q))
 }
 
+/// Whether a statement list sets or resets a setting. Settings such as
+/// `TimeZone`, `DateStyle` and `IntervalStyle` decide how PostgreSQL reads
+/// a literal like `'2024-01-10 12:00'::timestamptz` when it prepares a
+/// statement, and a prepared statement keeps that reading; so a session
+/// forgets its automatic statements when a setting changes (and again when
+/// a transaction that changed one ends, since that may undo the change).
+pub fn changes_settings(statements: &[Statement]) -> bool {
+    statements
+        .iter()
+        .any(|s| matches!(s, Statement::Set(_) | Statement::Reset(_)))
+}
+
+/// Whether a statement list ends a transaction or rolls back to a
+/// savepoint (which undoes settings changed since).
+pub fn ends_transaction(statements: &[Statement]) -> bool {
+    statements
+        .iter()
+        .any(|s| matches!(s, Statement::Commit { .. } | Statement::Rollback { .. }))
+}
+
 /// Whether a statement list drops every prepared statement of the session.
 pub fn deallocates_all(statements: &[Statement]) -> bool {
     statements.iter().any(|s| {

@@ -326,6 +326,8 @@ async fn session(
         retired: Vec::new(),
         unsynced: false,
         auto_off: false,
+        set_in_transaction: false,
+        stateful: HashMap::new(),
     };
     let mut back = Back {
         refusals: &refusals,
@@ -500,6 +502,11 @@ struct Front<'a> {
     /// relay can no longer tell which cycle a response belongs to; rowgate
     /// then only passes responses on.
     auto_off: bool,
+    /// A setting changed in the transaction under way.
+    set_in_transaction: bool,
+    /// Client statements (by name; `""` the unnamed one) that change a
+    /// setting or end a transaction: (changes settings, ends transaction).
+    stateful: HashMap<String, (bool, bool)>,
 }
 
 /// A rewrite that may be forwarded.
@@ -510,6 +517,10 @@ struct Forward {
     preparable: bool,
     /// Drops every prepared statement of the session.
     deallocates_all: bool,
+    /// Sets or resets a setting.
+    changes_settings: bool,
+    /// Ends a transaction (or rolls back to a savepoint).
+    ends_transaction: bool,
 }
 
 /// A statement seen, for automatic preparing.
@@ -634,6 +645,14 @@ impl Front<'_> {
                     b'P' if rewrites => {
                         let out = self.parse(frame.body()).await?;
                         wr.write_all(&out).await?;
+                    }
+                    b'B' if rewrites && !self.stateful.is_empty() => {
+                        let (_, statement, _) = messages::bind(frame.body())?;
+                        if let Some(&(set, end)) = self.stateful.get(statement) {
+                            self.settings_event(set, end);
+                        }
+                        let out = self.name_unnamed(b'B', frame.body())?;
+                        wr.write_all(out.as_ref().unwrap_or(&frame.frame)).await?;
                     }
                     b'B' | b'D' if rewrites && self.unnamed.is_some() => {
                         let out = self.name_unnamed(frame.tag(), frame.body())?;
@@ -788,6 +807,16 @@ impl Front<'_> {
             }
             Err(()) => Err(self.refuse(&not_utf8())),
         };
+        if let Ok(f) = &forward {
+            if f.changes_settings || f.ends_transaction {
+                self.stateful.insert(
+                    parse.name.to_string(),
+                    (f.changes_settings, f.ends_transaction),
+                );
+            } else if !self.stateful.is_empty() {
+                self.stateful.remove(parse.name);
+            }
+        }
         let text = match forward {
             Ok(f)
                 if unnamed
@@ -898,6 +927,20 @@ impl Front<'_> {
         self.unnamed = None;
     }
 
+    /// Keeps automatic statements consistent with the session's settings
+    /// (see [`autoprep::changes_settings`]): forgets them when a statement
+    /// changes a setting, and when a transaction that changed one ends.
+    fn settings_event(&mut self, changes_settings: bool, ends_transaction: bool) {
+        if changes_settings {
+            self.set_in_transaction = true;
+            self.forget_autos(true);
+        }
+        if ends_transaction && self.set_in_transaction {
+            self.set_in_transaction = changes_settings;
+            self.forget_autos(true);
+        }
+    }
+
     /// Close messages for retired automatic statements, whose
     /// CloseComplete the relay drops; to be sent before what is expected
     /// next, so called before its expectations are pushed.
@@ -919,6 +962,7 @@ impl Front<'_> {
                 if forward.deallocates_all {
                     self.forget_autos(false);
                 }
+                self.settings_event(forward.changes_settings, forward.ends_transaction);
                 Ok(forward)
             }
             Err(refusal) => {
@@ -985,6 +1029,8 @@ impl Front<'_> {
         Ok(Forward {
             preparable: autoprep::preparable(statements),
             deallocates_all: autoprep::deallocates_all(statements),
+            changes_settings: autoprep::changes_settings(statements),
+            ends_transaction: autoprep::ends_transaction(statements),
             sql: rewritten.sql,
         })
     }
