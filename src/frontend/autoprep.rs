@@ -37,7 +37,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sqlparser::ast::{Query, SelectItem, SetExpr, Statement, Value, ValueWithSpan, Visit, Visitor};
+use sqlparser::ast::{Expr, Query, SelectItem, SetExpr, Statement, Value};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, Tokenizer, Whitespace};
 
@@ -244,37 +244,21 @@ fn replace_tokens(
 /// Whether all `count` parameters of `query` sit where a parameter means
 /// the same as the constant it stands for: see the module documentation.
 fn parameters_mean_constants(query: &Query, count: usize) -> bool {
-    /// Counts parameters outside nested queries.
-    struct Count {
-        depth: usize,
-        found: usize,
-    }
-    impl Visitor for Count {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.depth += 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_value(&mut self, value: &ValueWithSpan) -> ControlFlow<()> {
-            if self.depth == 0 && matches!(value.value, Value::Placeholder(_)) {
-                self.found += 1;
-            }
-            ControlFlow::Continue(())
-        }
-    }
     let SetExpr::Select(select) = &*query.body else {
         return false;
     };
-    let mut c = Count { depth: 0, found: 0 };
-    let _ = select.selection.visit(&mut c);
-    let _ = select.from.visit(&mut c);
-    let _ = query.limit_clause.visit(&mut c);
-    let _ = query.fetch.visit(&mut c);
-    c.depth == 0 && c.found == count
+    let mut found = 0;
+    let mut tally = |e: &Expr| {
+        if let Expr::Value(v) = e {
+            found += usize::from(matches!(v.value, Value::Placeholder(_)));
+        }
+        ControlFlow::Continue(())
+    };
+    rewrite::exprs_outside_subqueries(&select.selection, &mut tally);
+    rewrite::exprs_outside_subqueries(&select.from, &mut tally);
+    rewrite::exprs_outside_subqueries(&query.limit_clause, &mut tally);
+    rewrite::exprs_outside_subqueries(&query.fetch, &mut tally);
+    found == count
 }
 
 /// Whether the select list has `*` or `t.*`, whose columns follow the table.

@@ -296,7 +296,7 @@ pub(crate) fn check_row_casts(
     select: &mut sqlparser::ast::Select,
     catalog: &dyn Catalog,
 ) -> Result<(), Refusal> {
-    use sqlparser::ast::{Expr, Query, TableFactor, VisitMut, VisitorMut};
+    use sqlparser::ast::{Expr, TableFactor};
     use std::ops::ControlFlow;
     let mut names = Vec::new();
     for twj in &select.from {
@@ -311,51 +311,25 @@ pub(crate) fn check_row_casts(
             }
         }
     }
-    struct Find<'a> {
-        names: &'a [String],
-        catalog: &'a dyn Catalog,
-        depth: usize,
-        found: Option<String>,
-    }
-    impl VisitorMut for Find<'_> {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-            self.depth += 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
-            if let Expr::Cast {
-                expr, data_type, ..
-            } = e
-            {
-                let whole_row = match expr.as_ref() {
-                    Expr::Identifier(i) => self.names.contains(&fold(i)),
-                    Expr::Nested(_) | Expr::Tuple(_) => true,
-                    _ => false,
-                };
-                if self.depth == 0
-                    && whole_row
-                    && self.catalog.has_user_cast_to(&pg_type_name(data_type))
-                {
-                    self.found = Some(data_type.to_string());
-                    return ControlFlow::Break(());
-                }
+    let mut found = None;
+    super::exprs_outside_subqueries(&*select, |e| {
+        if let Expr::Cast {
+            expr, data_type, ..
+        } = e
+        {
+            let whole_row = match expr.as_ref() {
+                Expr::Identifier(i) => names.contains(&fold(i)),
+                Expr::Nested(_) | Expr::Tuple(_) => true,
+                _ => false,
+            };
+            if whole_row && catalog.has_user_cast_to(&pg_type_name(data_type)) {
+                found = Some(data_type.to_string());
+                return ControlFlow::Break(());
             }
-            ControlFlow::Continue(())
         }
-    }
-    let mut find = Find {
-        names: &names,
-        catalog,
-        depth: 0,
-        found: None,
-    };
-    let _ = select.visit(&mut find);
-    match find.found {
+        ControlFlow::Continue(())
+    });
+    match found {
         Some(t) => Err(Refusal::unsupported(format!(
             "the cast of a row to {t}, which runs user-defined code"
         ))),

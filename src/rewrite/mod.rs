@@ -241,6 +241,40 @@ fn exact_literals(statement: &mut Statement) {
     let _ = statement.visit(&mut Exact);
 }
 
+/// Calls `f` on every expression of `node` that is not inside a nested
+/// query (subquery, CTE body, derived table), until `f` breaks; whether it
+/// broke. Nested queries are judged on their own where they are rewritten.
+pub fn exprs_outside_subqueries<T: sqlparser::ast::Visit>(
+    node: &T,
+    f: impl FnMut(&sqlparser::ast::Expr) -> std::ops::ControlFlow<()>,
+) -> bool {
+    use sqlparser::ast::{Expr, Query, Visitor};
+    use std::ops::ControlFlow;
+    struct Outside<F> {
+        depth: usize,
+        f: F,
+    }
+    impl<F: FnMut(&Expr) -> ControlFlow<()>> Visitor for Outside<F> {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if self.depth == 0 {
+                (self.f)(e)
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    node.visit(&mut Outside { depth: 0, f }).is_break()
+}
+
 /// The text of a list of statements, as forwarded upstream.
 pub fn print(statements: &[Statement]) -> String {
     let mut out = String::new();

@@ -805,39 +805,18 @@ fn unqualified(mut expr: Expr) -> Expr {
 
 /// Whether a SELECT (not counting its nested queries) names a system column,
 /// which a derived table does not carry.
-fn mentions_system_column(select: &mut Select) -> bool {
+fn mentions_system_column(select: &Select) -> bool {
     const SYSTEM: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
-    struct Find {
-        depth: usize,
-        found: bool,
-    }
-    impl VisitorMut for Find {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-            self.depth += 1;
+    super::exprs_outside_subqueries(select, |e| {
+        let last = match e {
+            Expr::Identifier(i) => Some(i),
+            Expr::CompoundIdentifier(parts) => parts.last(),
+            _ => None,
+        };
+        if last.is_some_and(|i| SYSTEM.contains(&fold(i).as_str())) {
+            ControlFlow::Break(())
+        } else {
             ControlFlow::Continue(())
         }
-        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
-            let last = match &*e {
-                Expr::Identifier(i) => Some(i),
-                Expr::CompoundIdentifier(parts) => parts.last(),
-                _ => None,
-            };
-            if self.depth == 0 && last.is_some_and(|i| SYSTEM.contains(&fold(i).as_str())) {
-                self.found = true;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut find = Find {
-        depth: 0,
-        found: false,
-    };
-    let _ = select.visit(&mut find);
-    find.found
+    })
 }
