@@ -77,7 +77,7 @@ const SEEN_ENTRIES: usize = 256;
 /// Longer statements are not prepared automatically: for them planning is
 /// a small part of the work, and remembering them costs memory.
 const MAX_AUTO_LEN: usize = 8192;
-/// Statements a session prepares upstream automatically, at most.
+/// Automatic statements a session keeps upstream at once, at most.
 const MAX_AUTOS: usize = 512;
 /// Failed attempts after which a statement is not prepared again.
 const MAX_FAILURES: u8 = 3;
@@ -323,6 +323,7 @@ async fn session(
         texts: HashMap::new(),
         unnamed: None,
         autos: 0,
+        live: 0,
         retired: Vec::new(),
         unsynced: false,
         auto_off: false,
@@ -490,8 +491,10 @@ struct Front<'a> {
     texts: HashMap<String, HashMap<Vec<u8>, Seen>>,
     /// The upstream statement that stands for the client's unnamed one.
     unnamed: Option<Arc<Auto>>,
-    /// Statements prepared automatically so far.
+    /// Statements prepared automatically so far (their names' counter).
     autos: usize,
+    /// Of those, the ones not forgotten since.
+    live: usize,
     /// Automatic statements no longer used, to close upstream.
     retired: Vec<String>,
     /// Extended-protocol messages sent since the last Sync.
@@ -748,7 +751,7 @@ impl Front<'_> {
             out.put_slice(&query_message(&run));
             return Some(out.freeze());
         }
-        if !seen.run(threshold) || self.autos >= MAX_AUTOS {
+        if !seen.run(threshold) || self.live >= MAX_AUTOS {
             return None;
         }
         let types = autoprep::param_types(&shape);
@@ -768,6 +771,7 @@ impl Front<'_> {
             return None;
         };
         self.autos += 1;
+        self.live += 1;
         let auto = Auto::new(auto_name(self.nonce, self.autos), cycle);
         seen.auto = Some((auto.clone(), types.clone()));
         let declared = if types.is_empty() {
@@ -865,10 +869,11 @@ impl Front<'_> {
             out.put_slice(&close_message(b'S', ""));
             return Some(out.freeze());
         }
-        if !seen.run(self.shared.prepare_threshold) || self.autos >= MAX_AUTOS {
+        if !seen.run(self.shared.prepare_threshold) || self.live >= MAX_AUTOS {
             return None;
         }
         self.autos += 1;
+        self.live += 1;
         let auto = Auto::new(auto_name(self.nonce, self.autos), cycle);
         seen.auto = Some((auto.clone(), Vec::new()));
         self.unnamed = Some(auto.clone());
@@ -924,6 +929,7 @@ impl Front<'_> {
         if close {
             self.retired.extend(names);
         }
+        self.live = 0;
         self.unnamed = None;
     }
 
