@@ -23,8 +23,11 @@
 //!
 //! Either way what runs upstream is the rewritten, checked AST, as for any
 //! other statement. Statements whose result columns could change with a
-//! table (`SELECT *`) are not prepared, and an error that says a prepared
-//! statement went stale makes the session forget all of them.
+//! table (`SELECT *`) are not prepared. A session forgets its statements
+//! (and closes them upstream) when an error says one went stale or missing,
+//! when a `SET` or `RESET` runs or a transaction that ran one ends (settings
+//! decide how PostgreSQL reads literals when it prepares), when the catalog
+//! changes, and on `DEALLOCATE ALL`.
 //!
 //! The relay back must know which responses belong to rowgate's own
 //! messages. [`Expectations`] is the ordered list of responses the relay
