@@ -34,13 +34,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
+use common::raw::{Client, Msg};
 use common::rls;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use serde::Deserialize;
 
@@ -58,8 +56,6 @@ const CATEGORIES: &[&str] = &[
     "side_channels",
     "lexer",
 ];
-/// How long one protocol read may wait before the case fails.
-const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// Marks the other sessions' query texts, which must never reach the member.
 const OTHER_SESSION: &str = "other-session-secret-77";
 const OTHER_MEMBER: &str = "other-member-secret-78";
@@ -175,230 +171,69 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// A backend message: tag and body.
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
+/// Starts a session with the case's startup parameters; `Ok(Some(error))`
+/// when the server refuses it.
+fn start_session(
+    client: &mut Client,
+    user: &str,
+    database: &str,
+    password: Option<&str>,
+    case: &Case,
+) -> Result<Option<Outcome>, String> {
+    let params: Vec<(&str, &str)> = case
+        .startup
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let msgs = client.login(user, database, password, &params)?;
+    Ok(msgs.iter().find(|m| m.tag == b'E').map(error_outcome))
 }
 
-impl Msg {
-    /// A field of an ErrorResponse or NoticeResponse.
-    fn field(&self, code: u8) -> Option<String> {
-        let mut rest = &self.body[..];
-        while let Some((&c, tail)) = rest.split_first() {
-            if c == 0 {
-                break;
-            }
-            let end = tail.iter().position(|&b| b == 0)?;
-            if c == code {
-                return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
-            }
-            rest = &tail[end + 1..];
-        }
-        None
-    }
-
-    /// The columns of a DataRow, as text.
-    fn columns(&self) -> Vec<Option<String>> {
-        let b = &self.body;
-        let n = i16::from_be_bytes([b[0], b[1]]) as usize;
-        let mut at = 2;
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let len = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-            at += 4;
-            if len < 0 {
-                out.push(None);
-            } else {
-                let end = at + len as usize;
-                out.push(Some(String::from_utf8_lossy(&b[at..end]).into_owned()));
-                at = end;
-            }
-        }
-        out
-    }
+/// One Query message.
+fn simple(client: &mut Client, sql: &str) -> Result<(Outcome, Vec<Msg>), String> {
+    let msgs = client.query(sql)?;
+    Ok((outcome(&msgs), msgs))
 }
 
-/// A minimal protocol client that keeps every byte it receives.
-struct Client {
-    s: TcpStream,
-    received: Vec<u8>,
-    /// The transaction status of the last ReadyForQuery.
-    status: u8,
+/// The unnamed statement and portal, text results.
+fn extended(client: &mut Client, sql: &str) -> Result<Vec<Msg>, String> {
+    let mut buf = BytesMut::new();
+    frontend::parse("", sql, [], &mut buf).map_err(|e| e.to_string())?;
+    frontend::bind(
+        "",
+        "",
+        [],
+        [],
+        |_: (), _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
+        [],
+        &mut buf,
+    )
+    .map_err(|_| "cannot build Bind".to_string())?;
+    frontend::describe(b'P', "", &mut buf).map_err(|e| e.to_string())?;
+    frontend::execute("", 0, &mut buf).map_err(|e| e.to_string())?;
+    frontend::sync(&mut buf);
+    client.send(&buf)?;
+    client.until_ready()
 }
 
-impl Client {
-    fn connect(port: u16) -> Result<Client, String> {
-        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(READ_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        Ok(Client {
-            s,
-            received: Vec::new(),
-            status: b'I',
-        })
+/// The FunctionCall message: text arguments, a text result.
+fn function_call(client: &mut Client, oid: u32, args: &[String]) -> Result<Vec<Msg>, String> {
+    let mut body = BytesMut::new();
+    body.put_u32(oid);
+    body.put_i16(1);
+    body.put_i16(0);
+    body.put_i16(args.len() as i16);
+    for a in args {
+        body.put_i32(a.len() as i32);
+        body.put_slice(a.as_bytes());
     }
-
-    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.s.write_all(bytes).map_err(|e| format!("send: {e}"))
-    }
-
-    fn read(&mut self) -> Result<Msg, String> {
-        let mut head = [0u8; 5];
-        self.s
-            .read_exact(&mut head)
-            .map_err(|e| format!("no answer from the server ({e})"))?;
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-        if len < 4 {
-            return Err(format!("bad message length {len}"));
-        }
-        let mut body = vec![0u8; len as usize - 4];
-        self.s
-            .read_exact(&mut body)
-            .map_err(|e| format!("truncated message ({e})"))?;
-        self.received.extend_from_slice(&head);
-        self.received.extend_from_slice(&body);
-        Ok(Msg { tag: head[0], body })
-    }
-
-    /// Messages up to and including the next ReadyForQuery. A COPY FROM
-    /// that reaches the server is failed at once, so that nothing waits.
-    fn until_ready(&mut self) -> Result<Vec<Msg>, String> {
-        let mut out = Vec::new();
-        loop {
-            let m = self.read()?;
-            match m.tag {
-                b'G' => {
-                    let mut buf = BytesMut::new();
-                    frontend::copy_fail("the attack suite sends no COPY data", &mut buf)
-                        .map_err(|e| e.to_string())?;
-                    self.send(&buf)?;
-                }
-                b'Z' => {
-                    self.status = m.body.first().copied().unwrap_or(b'I');
-                    out.push(m);
-                    return Ok(out);
-                }
-                _ => {}
-            }
-            out.push(m);
-        }
-    }
-
-    /// Starts a session; `Ok(Some(error))` when the server refuses it.
-    fn login(
-        &mut self,
-        user: &str,
-        database: &str,
-        password: Option<&str>,
-        params: &BTreeMap<String, String>,
-    ) -> Result<Option<Outcome>, String> {
-        let mut buf = BytesMut::new();
-        let mut all = vec![("user", user), ("database", database)];
-        all.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        frontend::startup_message(all, &mut buf).map_err(|e| e.to_string())?;
-        self.send(&buf)?;
-        let mut scram = None;
-        loop {
-            let m = self.read()?;
-            match m.tag {
-                b'R' => {
-                    let code = i32::from_be_bytes([m.body[0], m.body[1], m.body[2], m.body[3]]);
-                    buf.clear();
-                    match code {
-                        0 => {}
-                        10 => {
-                            let password = password.ok_or("a password was asked for")?;
-                            let s = ScramSha256::new(
-                                password.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
-                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf)
-                                .map_err(|e| e.to_string())?;
-                            self.send(&buf)?;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or("SASL continue before SASL")?;
-                            s.update(&m.body[4..]).map_err(|e| e.to_string())?;
-                            frontend::sasl_response(s.message(), &mut buf)
-                                .map_err(|e| e.to_string())?;
-                            self.send(&buf)?;
-                        }
-                        12 => {
-                            let mut s = scram.take().ok_or("SASL final before SASL")?;
-                            s.finish(&m.body[4..]).map_err(|e| e.to_string())?;
-                        }
-                        other => return Err(format!("unexpected authentication request {other}")),
-                    }
-                }
-                b'E' => return Ok(Some(error_outcome(&m))),
-                b'Z' => {
-                    self.status = m.body.first().copied().unwrap_or(b'I');
-                    return Ok(None);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// One Query message.
-    fn simple(&mut self, sql: &str) -> Result<(Outcome, Vec<Msg>), String> {
-        let mut buf = BytesMut::new();
-        frontend::query(sql, &mut buf).map_err(|e| e.to_string())?;
-        self.send(&buf)?;
-        let msgs = self.until_ready()?;
-        Ok((outcome(&msgs), msgs))
-    }
-
-    /// The unnamed statement and portal, text results.
-    fn extended(&mut self, sql: &str) -> Result<(Outcome, Vec<Msg>), String> {
-        let mut buf = BytesMut::new();
-        frontend::parse("", sql, [], &mut buf).map_err(|e| e.to_string())?;
-        frontend::bind(
-            "",
-            "",
-            [],
-            [],
-            |_: (), _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
-            [],
-            &mut buf,
-        )
-        .map_err(|_| "cannot build Bind".to_string())?;
-        frontend::describe(b'P', "", &mut buf).map_err(|e| e.to_string())?;
-        frontend::execute("", 0, &mut buf).map_err(|e| e.to_string())?;
-        frontend::sync(&mut buf);
-        self.send(&buf)?;
-        let msgs = self.until_ready()?;
-        Ok((outcome(&msgs), msgs))
-    }
-
-    /// The FunctionCall message: text arguments, a text result.
-    fn function_call(&mut self, oid: u32, args: &[String]) -> Result<(Outcome, Vec<Msg>), String> {
-        let mut body = BytesMut::new();
-        body.put_u32(oid);
-        body.put_i16(1);
-        body.put_i16(0);
-        body.put_i16(args.len() as i16);
-        for a in args {
-            body.put_i32(a.len() as i32);
-            body.put_slice(a.as_bytes());
-        }
-        body.put_i16(0);
-        let mut buf = BytesMut::new();
-        buf.put_u8(b'F');
-        buf.put_i32(body.len() as i32 + 4);
-        buf.put_slice(&body);
-        self.send(&buf)?;
-        let msgs = self.until_ready()?;
-        Ok((outcome(&msgs), msgs))
-    }
-
-    fn terminate(&mut self) {
-        let mut buf = BytesMut::new();
-        frontend::terminate(&mut buf);
-        let _ = self.send(&buf);
-    }
+    body.put_i16(0);
+    let mut buf = BytesMut::new();
+    buf.put_u8(b'F');
+    buf.put_i32(body.len() as i32 + 4);
+    buf.put_slice(&body);
+    client.send(&buf)?;
+    client.until_ready()
 }
 
 fn error_outcome(m: &Msg) -> Outcome {
@@ -721,22 +556,23 @@ fn run_statement(
     case: &Case,
     env: &Env,
 ) -> Result<(Outcome, Vec<Msg>), String> {
-    match case.protocol {
-        Protocol::Simple => client.simple(&case.sql),
-        Protocol::Extended => client.extended(&case.sql),
-        Protocol::FunctionCall => client.function_call(env.oids[&case.sql], &case.args),
-    }
+    let msgs = match case.protocol {
+        Protocol::Simple => client.query(&case.sql)?,
+        Protocol::Extended => extended(client, &case.sql)?,
+        Protocol::FunctionCall => function_call(client, env.oids[&case.sql], &case.args)?,
+    };
+    Ok((outcome(&msgs), msgs))
 }
 
 /// What native RLS gives: the same before-statements and statement on a
 /// direct connection as the member's native-RLS role.
 fn native(case: &Case, env: &Env) -> Result<Outcome, String> {
     let mut client = Client::connect(env.cluster_port)?;
-    if let Some(e) = client.login(&env.native_role, &env.db, None, &case.startup)? {
+    if let Some(e) = start_session(&mut client, &env.native_role, &env.db, None, case)? {
         return Err(format!("the native session was refused: {}", e.show()));
     }
     for b in &case.before {
-        let (out, _) = client.simple(b)?;
+        let (out, _) = simple(&mut client, b)?;
         if let Outcome::Error { .. } = out {
             return Err(format!("`{b}` fails natively: {}", out.show()));
         }
@@ -763,7 +599,7 @@ fn check(case: &Case, env: &Env) -> Vec<String> {
 }
 
 fn check_session(case: &Case, env: &Env, member: &mut Client, problems: &mut Vec<String>) {
-    match member.login(MEMBER, &env.db, Some(rls::PASSWORD), &case.startup) {
+    match start_session(member, MEMBER, &env.db, Some(rls::PASSWORD), case) {
         Err(e) => return problems.push(format!("login through rowgate: {e}")),
         Ok(Some(refused)) => {
             if !(case.expect == Expect::Refuse && refused.is_refusal()) {
@@ -777,7 +613,7 @@ fn check_session(case: &Case, env: &Env, member: &mut Client, problems: &mut Vec
         Ok(None) => {}
     }
     for b in &case.before {
-        match member.simple(b) {
+        match simple(member, b) {
             Ok((Outcome::Error { code, message }, _)) => {
                 return problems.push(format!(
                     "`{b}` failed through rowgate: ERROR {code}: {message}"
@@ -856,9 +692,9 @@ fn check_session(case: &Case, env: &Env, member: &mut Client, problems: &mut Vec
     }
     // The session stays usable.
     if member.status != b'I' {
-        let _ = member.simple("ROLLBACK");
+        let _ = member.query("ROLLBACK");
     }
-    match member.simple("SELECT 1") {
+    match simple(member, "SELECT 1") {
         Ok((Outcome::Rows(rows), _)) if rows == vec![vec![Some("1".to_string())]] => {}
         Ok((other, _)) => problems.push(format!(
             "the session is not usable afterwards: SELECT 1 gave {}",

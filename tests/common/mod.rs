@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod rls;
 
 use std::path::{Path, PathBuf};

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 
-/// Each user's grants and native policies: (table, USING expression).
-/// `None` for the analyst, who bypasses RLS and reads everything.
-/// A user's native policies: (table, USING expression); `None` bypasses RLS.
+/// A user's grants and native policies: (table, USING expression). `None`
+/// for the analyst, who bypasses RLS and reads everything.
 pub type Rules = Option<Vec<(&'static str, &'static str)>>;
 
 pub fn oracle_rules() -> Vec<(&'static str, Rules)> {
