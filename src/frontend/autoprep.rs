@@ -380,6 +380,10 @@ pub enum Action {
     AsParseComplete,
     /// The CloseComplete of rowgate's own Close: drop it.
     Drop,
+    /// The ErrorResponse of an `EXECUTE` standing for this client
+    /// statement, if it says the statement went stale: the statement may
+    /// be run again the ordinary way.
+    Retry(String),
 }
 
 #[derive(Debug)]
@@ -424,7 +428,7 @@ impl Expectations {
         self.len.store(q.len(), Ordering::SeqCst);
         match &e.action {
             Action::Swallow(a) | Action::Created(a) => a.set(READY),
-            Action::Pass | Action::AsParseComplete | Action::Drop => {}
+            Action::Pass | Action::AsParseComplete | Action::Drop | Action::Retry(_) => {}
         }
         Some(e.action)
     }

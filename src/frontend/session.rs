@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -300,6 +300,7 @@ async fn session(
 
     let refusals = Mutex::new(HashMap::new());
     let expect = Expectations::default();
+    let (retry_tx, retry_rx) = mpsc::channel(1);
     let pending = AtomicI64::new(0);
     let client_done = AtomicBool::new(false);
     let nonce: u64 = rand::random();
@@ -329,11 +330,15 @@ async fn session(
         auto_off: false,
         set_in_transaction: false,
         stateful: HashMap::new(),
+        retry_rx,
     };
     let mut back = Back {
         refusals: &refusals,
         expect: &expect,
         cycles: 0,
+        status: b'I',
+        drop_ready: false,
+        retry_tx,
         pending: &pending,
         client_done: &client_done,
         marker: format!("{MARKER}{nonce:016x}_"),
@@ -510,6 +515,8 @@ struct Front<'a> {
     /// Client statements (by name; `""` the unnamed one) that change a
     /// setting or end a transaction: (changes settings, ends transaction).
     stateful: HashMap<String, (bool, bool)>,
+    /// The relay's requests to run a statement again.
+    retry_rx: mpsc::Receiver<Retry>,
 }
 
 /// A rewrite that may be forwarded.
@@ -695,8 +702,44 @@ impl Front<'_> {
                 }
             }
             wr.flush().await?;
-            wire::fill(rd, buf).await?;
+            tokio::select! {
+                read = wire::fill(rd, buf) => read?,
+                Some(retry) = self.retry_rx.recv() => self.run_again(retry, wr).await?,
+            }
         }
+    }
+
+    /// Takes up the relay's request to run a statement again the ordinary
+    /// way (see `Back::retry`): only if nothing was sent upstream since
+    /// the failed cycle and the relay still waits.
+    async fn run_again<W: AsyncWrite + Unpin>(
+        &mut self,
+        retry: Retry,
+        wr: &mut BufWriter<W>,
+    ) -> Result<(), WireError> {
+        let now = self.cycles == retry.cycle + 1 && !self.unsynced;
+        let taken = now
+            && retry
+                .state
+                .compare_exchange(RETRY_OPEN, RETRY_TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        if !taken {
+            let _ = retry.sent.send(false);
+            return Ok(());
+        }
+        self.expect.stale.store(false, Ordering::SeqCst);
+        self.forget_autos(true);
+        self.statements -= 1;
+        let text = self
+            .rewrite_or_refuse(&retry.sql)
+            .await
+            .map_or_else(|m| m, |f| f.sql);
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        wr.write_all(&query_message(&text)).await?;
+        wr.flush().await?;
+        self.cycles += 1;
+        let _ = retry.sent.send(true);
+        Ok(())
     }
 
     /// A Query message: the rewritten text, the execution of an automatic
@@ -748,6 +791,8 @@ impl Front<'_> {
             self.statements += 1;
             debug!(user = %self.user, sql = %run, "forward");
             let mut out = self.close_retired();
+            self.expect
+                .push(cycle, b'E', Action::Retry(sql.to_string()));
             out.put_slice(&query_message(&run));
             return Some(out.freeze());
         }
@@ -1112,12 +1157,36 @@ fn execute(name: &str, values: &[String]) -> String {
     }
 }
 
+/// The relay's request to run a client statement again the ordinary way,
+/// after its automatic statement went stale (see [`Back::retry`]).
+struct Retry {
+    /// The cycle whose `EXECUTE` failed.
+    cycle: u64,
+    sql: String,
+    /// `RETRY_OPEN` until the client half takes it up or the relay gives
+    /// up waiting, whichever comes first.
+    state: Arc<AtomicU8>,
+    /// Whether the statement was sent again.
+    sent: tokio::sync::oneshot::Sender<bool>,
+}
+
+const RETRY_OPEN: u8 = 0;
+const RETRY_TAKEN: u8 = 1;
+const RETRY_ABANDONED: u8 = 2;
+/// How long the relay waits for the client half to take up a retry.
+const RETRY_WAIT: Duration = Duration::from_millis(200);
+
 /// The upstream-to-client half.
 struct Back<'a> {
     refusals: &'a Mutex<HashMap<u64, String>>,
     expect: &'a Expectations,
     /// ReadyForQuery messages relayed so far: the cycle under way.
     cycles: u64,
+    /// The transaction status of the last ReadyForQuery.
+    status: u8,
+    /// The ReadyForQuery of a failed cycle whose statement runs again.
+    drop_ready: bool,
+    retry_tx: mpsc::Sender<Retry>,
     pending: &'a AtomicI64,
     client_done: &'a AtomicBool,
     /// `rowgate_refusal_<nonce>_`, as it appears in a marker's error.
@@ -1225,12 +1294,21 @@ impl Back<'_> {
                         self.expect.end_cycle(self.cycles);
                     }
                     self.cycles += 1;
+                    self.status = frame.body().first().copied().unwrap_or(b'I');
                     self.pending.fetch_sub(1, Ordering::SeqCst);
-                    wr.write_all(&frame.frame).await?;
+                    if !std::mem::take(&mut self.drop_ready) {
+                        wr.write_all(&frame.frame).await?;
+                    }
                 }
                 b'E' => {
                     if autoprep::stale_statement_error(frame.body()) {
                         self.expect.stale.store(true, Ordering::SeqCst);
+                        if let Some(Action::Retry(sql)) = self.expect.take(self.cycles, b'E') {
+                            if self.retry(sql).await {
+                                self.drop_ready = true;
+                                continue;
+                            }
+                        }
                     }
                     if let Some(refusal) = self.refusal_for(frame.body()) {
                         let e = wire::error_response("ERROR", Refusal::SQLSTATE, &refusal);
@@ -1244,6 +1322,46 @@ impl Back<'_> {
                     Some(Action::AsParseComplete) => wr.write_all(PARSE_COMPLETE).await?,
                     _ => wr.write_all(&frame.frame).await?,
                 },
+            }
+        }
+    }
+
+    /// Asks the client half to run a statement again the ordinary way, after
+    /// its automatic statement failed as stale (a column's type changed
+    /// under it): then the client sees the statement's result instead of
+    /// the error, as without automatic statements. Only outside a
+    /// transaction block (inside one the error has aborted it), and only if
+    /// nothing was sent upstream after it; otherwise, or when the client
+    /// half does not take the request up in time, the error is relayed.
+    async fn retry(&mut self, sql: String) -> bool {
+        if self.status != b'I' {
+            return false;
+        }
+        let state = Arc::new(AtomicU8::new(RETRY_OPEN));
+        let (sent, done) = tokio::sync::oneshot::channel();
+        let request = Retry {
+            cycle: self.cycles,
+            sql,
+            state: state.clone(),
+            sent,
+        };
+        if self.retry_tx.try_send(request).is_err() {
+            return false;
+        }
+        let mut done = std::pin::pin!(done);
+        match tokio::time::timeout(RETRY_WAIT, &mut done).await {
+            Ok(answer) => answer.unwrap_or(false),
+            Err(_) => {
+                let abandoned = state
+                    .compare_exchange(
+                        RETRY_OPEN,
+                        RETRY_ABANDONED,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok();
+                // Taken meanwhile: the answer is on its way.
+                !abandoned && done.await.unwrap_or(false)
             }
         }
     }
