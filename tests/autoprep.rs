@@ -176,6 +176,18 @@ fn deallocate_all_aborted_transactions_and_stale_statements_behave_as_postgresql
         expect(&mut c, oracle, id);
     }
 
+    // The client drops rowgate's statement by name: the next run is
+    // retried the ordinary way, unseen.
+    let name = outcome(
+        &mut c,
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'rowgate_auto_%'",
+    )
+    .unwrap();
+    assert_eq!(name.len(), 1, "{name:?}");
+    c.batch_execute(&format!("DEALLOCATE {}", name[0][0].as_deref().unwrap()))
+        .unwrap();
+    expect(&mut c, oracle, 8);
+
     // In a failed transaction the statement fails as PostgreSQL's would,
     // and runs again after ROLLBACK.
     c.batch_execute("BEGIN").unwrap();
