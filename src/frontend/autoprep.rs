@@ -71,6 +71,15 @@ fn is_dec(s: &str) -> bool {
         .is_some_and(|(a, b)| is_int(a) && is_int(b))
 }
 
+/// Whether a token is a number a shape takes out, and which kind.
+fn hole_kind(t: &Token) -> Option<&'static str> {
+    match t {
+        Token::Number(n, false) if is_int(n) => Some(INT_HOLE),
+        Token::Number(n, false) if is_dec(n) => Some(DEC_HOLE),
+        _ => None,
+    }
+}
+
 /// The shape of `sql`, or `None` for what is never prepared automatically:
 /// several statements, comments, parameters, or text that does not
 /// tokenize.
@@ -91,12 +100,13 @@ pub fn shape(sql: &str) -> Option<Shape> {
                 }
             }
             Token::Whitespace(_) | Token::SemiColon | Token::Placeholder(_) => return None,
-            Token::Number(n, false) if is_int(&n) || is_dec(&n) => {
-                let hole = if is_int(&n) { INT_HOLE } else { DEC_HOLE };
-                key.push(Token::Number(hole.to_string(), false));
-                values.push(n);
-            }
-            t => key.push(t),
+            t => match (hole_kind(&t), t) {
+                (Some(hole), Token::Number(n, _)) => {
+                    key.push(Token::Number(hole.to_string(), false));
+                    values.push(n);
+                }
+                (_, t) => key.push(t),
+            },
         }
     }
     if key.is_empty() {
@@ -171,7 +181,7 @@ fn offsets(sql: &str, locations: &[Location]) -> Option<Vec<usize>> {
 /// ...; `None` unless there are exactly `count`.
 fn with_parameters(sql: &str, count: usize) -> Option<String> {
     replace_tokens(sql, |t| match t {
-        Token::Number(n, false) if is_int(n) || is_dec(n) => Some(Replace::Numbered),
+        t if hole_kind(t).is_some() => Some(Replace::Numbered),
         _ => None,
     })
     .filter(|(_, n)| *n == count)
@@ -183,7 +193,7 @@ fn with_parameters(sql: &str, count: usize) -> Option<String> {
 pub fn with_numbers(sql: &str, values: &[String]) -> Option<String> {
     let mut next = values.iter();
     replace_tokens(sql, |t| match t {
-        Token::Number(n, false) if is_int(n) || is_dec(n) => {
+        t if hole_kind(t).is_some() => {
             Some(Replace::With(next.next().cloned().unwrap_or_default()))
         }
         _ => None,
@@ -383,7 +393,7 @@ pub enum Action {
     /// The ErrorResponse of an `EXECUTE` standing for this client
     /// statement, if it says the statement went stale: the statement may
     /// be run again the ordinary way.
-    Retry(String),
+    Retry(Arc<str>),
 }
 
 #[derive(Debug)]

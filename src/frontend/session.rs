@@ -656,15 +656,13 @@ impl Front<'_> {
                         let out = self.parse(frame.body()).await?;
                         wr.write_all(&out).await?;
                     }
-                    b'B' if rewrites && !self.stateful.is_empty() => {
-                        let (_, statement, _) = messages::bind(frame.body())?;
-                        if let Some(&(set, end)) = self.stateful.get(statement) {
-                            self.settings_event(set, end);
+                    b'B' | b'D' if rewrites => {
+                        if frame.tag() == b'B' && !self.stateful.is_empty() {
+                            let (_, statement, _) = messages::bind(frame.body())?;
+                            if let Some(&(set, end)) = self.stateful.get(statement) {
+                                self.settings_event(set, end);
+                            }
                         }
-                        let out = self.name_unnamed(b'B', frame.body())?;
-                        wr.write_all(out.as_ref().unwrap_or(&frame.frame)).await?;
-                    }
-                    b'B' | b'D' if rewrites && self.unnamed.is_some() => {
                         let out = self.name_unnamed(frame.tag(), frame.body())?;
                         wr.write_all(out.as_ref().unwrap_or(&frame.frame)).await?;
                     }
@@ -749,7 +747,7 @@ impl Front<'_> {
         self.unnamed = None;
         let text = match messages::query(body)? {
             Ok(sql) => {
-                let sql = sql.to_string();
+                let sql: Arc<str> = Arc::from(sql);
                 self.catalog_fresh().await;
                 if let Some(out) = self.auto_query(&sql).await {
                     return Ok(out);
@@ -766,36 +764,39 @@ impl Front<'_> {
     /// A simple-query statement run as an automatic prepared statement
     /// (prepared first if this run reaches the threshold); `None` to send
     /// it the ordinary way.
-    async fn auto_query(&mut self, sql: &str) -> Option<Bytes> {
+    async fn auto_query(&mut self, sql: &Arc<str>) -> Option<Bytes> {
         let threshold = self.shared.prepare_threshold;
         if threshold == 0 || self.auto_off || sql.len() > MAX_AUTO_LEN {
             return None;
         }
         let shape = autoprep::shape(sql)?;
-        if !self.shapes.contains_key(&shape.key) && self.shapes.len() >= SEEN_ENTRIES {
-            self.shapes.retain(|_, s| s.auto.is_some());
-            if self.shapes.len() >= SEEN_ENTRIES {
-                return None;
-            }
-        }
         let cycle = self.cycles;
-        if !self.shapes.contains_key(&shape.key) {
-            self.shapes.insert(shape.key.clone(), Seen::default());
+        match self.shapes.get_mut(&shape.key) {
+            Some(seen) => {
+                if let Some((auto, types)) = seen.usable(cycle) {
+                    if !autoprep::values_fit(&shape.values, types) {
+                        return None;
+                    }
+                    let run = execute(&auto.name, &shape.values);
+                    self.statements += 1;
+                    debug!(user = %self.user, sql = %run, "forward");
+                    let mut out = self.close_retired();
+                    self.expect.push(cycle, b'E', Action::Retry(sql.clone()));
+                    out.put_slice(&query_message(&run));
+                    return Some(out.freeze());
+                }
+            }
+            None => {
+                if self.shapes.len() >= SEEN_ENTRIES {
+                    self.shapes.retain(|_, s| s.auto.is_some());
+                    if self.shapes.len() >= SEEN_ENTRIES {
+                        return None;
+                    }
+                }
+                self.shapes.insert(shape.key.clone(), Seen::default());
+            }
         }
         let seen = self.shapes.get_mut(&shape.key)?;
-        if let Some((auto, types)) = seen.usable(cycle) {
-            if !autoprep::values_fit(&shape.values, types) {
-                return None;
-            }
-            let run = execute(&auto.name, &shape.values);
-            self.statements += 1;
-            debug!(user = %self.user, sql = %run, "forward");
-            let mut out = self.close_retired();
-            self.expect
-                .push(cycle, b'E', Action::Retry(sql.to_string()));
-            out.put_slice(&query_message(&run));
-            return Some(out.freeze());
-        }
         if !seen.run(threshold) || self.live >= MAX_AUTOS {
             return None;
         }
@@ -1162,7 +1163,7 @@ fn execute(name: &str, values: &[String]) -> String {
 struct Retry {
     /// The cycle whose `EXECUTE` failed.
     cycle: u64,
-    sql: String,
+    sql: Arc<str>,
     /// `RETRY_OPEN` until the client half takes it up or the relay gives
     /// up waiting, whichever comes first.
     state: Arc<AtomicU8>,
@@ -1333,7 +1334,7 @@ impl Back<'_> {
     /// transaction block (inside one the error has aborted it), and only if
     /// nothing was sent upstream after it; otherwise, or when the client
     /// half does not take the request up in time, the error is relayed.
-    async fn retry(&mut self, sql: String) -> bool {
+    async fn retry(&mut self, sql: Arc<str>) -> bool {
         if self.status != b'I' {
             return false;
         }
