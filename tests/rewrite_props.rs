@@ -24,9 +24,6 @@ use sqlparser::ast::{
     BinaryOperator, Expr, Ident, Query, SetExpr, Statement, TableFactor, TableWithJoins, Visit,
     VisitMut, Visitor, VisitorMut,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// The example e-commerce and support policies, plus a table outside the
 /// search path and one whose name needs quotes.
@@ -148,7 +145,7 @@ fn check_all_users(sql: &str) -> Result<(), TestCaseError> {
             .statements
             .as_ref()
             .ok_or_else(|| TestCaseError::fail("a non-admin rewrite came back unparsed"))?;
-        let reparsed = reparse(&out.sql).map_err(|e| {
+        let reparsed = rewrite::parse_input(&out.sql).map_err(|e| {
             TestCaseError::fail(format!(
                 "user {}: input {sql:?}\noutput {:?} does not parse: {e}",
                 access.user, out.sql
@@ -173,37 +170,6 @@ fn check_all_users(sql: &str) -> Result<(), TestCaseError> {
         );
     }
     Ok(())
-}
-
-/// Parses forwarded text as the rewriter reads its input: a statement that
-/// starts with the keyword `MOVE`, which sqlparser does not know, is read as
-/// its twin `FETCH`.
-fn reparse(sql: &str) -> Result<Vec<Statement>, String> {
-    let dialect = PostgreSqlDialect {};
-    let mut tokens = Tokenizer::new(&dialect, sql)
-        .tokenize_with_location()
-        .map_err(|e| e.to_string())?;
-    let mut at_start = true;
-    for t in &mut tokens {
-        match &t.token {
-            Token::Whitespace(_) => continue,
-            Token::SemiColon => {
-                at_start = true;
-                continue;
-            }
-            Token::Word(w)
-                if at_start && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("move") =>
-            {
-                t.token = Token::make_keyword("FETCH");
-            }
-            _ => {}
-        }
-        at_start = false;
-    }
-    Parser::new(&dialect)
-        .with_tokens_with_locations(tokens)
-        .parse_statements()
-        .map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------

@@ -10,10 +10,6 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use rowgate::policy::{load_sources, Access, Source};
 use rowgate::rewrite::{self, default_search_path, Context, OfflineCatalog};
-use sqlparser::ast::Statement;
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// The example e-commerce and support policies, plus a table outside the
 /// search path and one whose name needs quotes.
@@ -94,37 +90,6 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// Parses forwarded text as the rewriter reads its input: a statement that
-/// starts with the keyword `MOVE`, which sqlparser does not know, is read as
-/// its twin `FETCH`.
-fn reparse(sql: &str) -> Result<Vec<Statement>, String> {
-    let dialect = PostgreSqlDialect {};
-    let mut tokens = Tokenizer::new(&dialect, sql)
-        .tokenize_with_location()
-        .map_err(|e| e.to_string())?;
-    let mut at_start = true;
-    for t in &mut tokens {
-        match &t.token {
-            Token::Whitespace(_) => continue,
-            Token::SemiColon => {
-                at_start = true;
-                continue;
-            }
-            Token::Word(w)
-                if at_start && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("move") =>
-            {
-                t.token = Token::make_keyword("FETCH");
-            }
-            _ => {}
-        }
-        at_start = false;
-    }
-    Parser::new(&dialect)
-        .with_tokens_with_locations(tokens)
-        .parse_statements()
-        .map_err(|e| e.to_string())
-}
-
 fuzz_target!(|data: &[u8]| {
     let Ok(sql) = std::str::from_utf8(data) else {
         return;
@@ -143,7 +108,7 @@ fuzz_target!(|data: &[u8]| {
             .statements
             .as_ref()
             .expect("a non-admin rewrite carries its statements");
-        match reparse(&out.sql) {
+        match rewrite::parse_input(&out.sql) {
             Ok(reparsed) => assert!(
                 reparsed == *statements,
                 "user {}: input {sql:?}\noutput {:?} parses to other statements",
