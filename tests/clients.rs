@@ -25,8 +25,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::rls::{self, PASSWORD};
+use common::RawValue;
 use common::{Proxy, UpstreamAuth};
-use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 const FIXTURES: &str = "tests/fixtures/clients";
@@ -476,21 +477,8 @@ fn code(e: &tokio_postgres::Error) -> Option<&str> {
     e.code().map(|c| c.code())
 }
 
-/// A column value as the exact bytes the server sent.
-#[derive(Debug, PartialEq, Eq)]
-struct Raw(Vec<u8>);
-
-impl<'a> FromSql<'a> for Raw {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(raw.to_vec()))
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
-
 /// Rows as (column name, type, raw bytes) cells.
-type RawRows = Vec<Vec<(String, Type, Option<Raw>)>>;
+type RawRows = Vec<Vec<(String, Type, Option<RawValue>)>>;
 
 fn raw_rows(rows: &[tokio_postgres::Row]) -> RawRows {
     rows.iter()

@@ -18,22 +18,9 @@ mod common;
 use std::path::Path;
 
 use common::rls::{self, Outcome, PASSWORD, QUERIES};
-use postgres::types::{FromSql, Type};
+use common::RawValue;
 
-/// A column value as raw bytes, whatever its type.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Raw(Vec<u8>);
-
-impl<'a> FromSql<'a> for Raw {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(raw.to_vec()))
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
-
-type BinaryRows = Vec<Vec<Option<Raw>>>;
+type BinaryRows = Vec<Vec<Option<RawValue>>>;
 
 #[derive(Debug, PartialEq)]
 enum Binary {
@@ -46,7 +33,11 @@ fn binary(result: Result<Vec<postgres::Row>, postgres::Error>) -> Result<Binary,
         Ok(rows) => {
             let mut out: BinaryRows = rows
                 .iter()
-                .map(|r| (0..r.len()).map(|i| r.get::<_, Option<Raw>>(i)).collect())
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<_, Option<RawValue>>(i))
+                        .collect()
+                })
                 .collect();
             out.sort();
             Ok(Binary::Rows(out))

@@ -130,6 +130,22 @@ pub fn text_rows(
     Ok(rows)
 }
 
+/// A column value as the exact bytes the server sent, whatever its type.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RawValue(pub Vec<u8>);
+
+impl<'a> postgres::types::FromSql<'a> for RawValue {
+    fn from_sql(
+        _: &postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawValue(raw.to_vec()))
+    }
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+}
+
 /// The SQLSTATE of an error, if the server sent one.
 pub fn sqlstate(e: &postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_string())
