@@ -65,6 +65,18 @@ fn first_value(msgs: &[Msg]) -> Option<String> {
     row.columns().into_iter().next().flatten()
 }
 
+/// Waits until `want` upstream sessions match `condition` (on
+/// `pg_stat_activity`, read directly); fails with `what` after `timeout`.
+fn wait_for_sessions(condition: &str, want: i64, timeout: Duration, what: &str) {
+    let mut direct = common::cluster().connect("postgres");
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {condition}");
+    let deadline = Instant::now() + timeout;
+    while direct.query_one(&sql, &[]).unwrap().get::<_, i64>(0) != want {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Proof that the proxy still serves: a new member session sees its rows.
 fn still_serving() {
     let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
@@ -393,25 +405,12 @@ fn a_truncated_message_and_a_vanished_client_harm_nothing() {
     frontend::query("SELECT pg_sleep(1)", &mut buf).unwrap();
     raw.send(&buf).unwrap();
     drop(raw);
-    let mut direct = common::cluster().connect("postgres");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vanishing'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if n == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the upstream session outlived its client"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_sessions(
+        "application_name = 'vanishing'",
+        0,
+        Duration::from_secs(10),
+        "the upstream session outlived its client",
+    );
     still_serving();
 }
 
@@ -554,25 +553,12 @@ fn sigterm_drains_running_statements_then_exits() {
             .map(|r| r.get::<_, i64>(1))
     });
     // Wait until the statement runs upstream.
-    let mut direct = common::cluster().connect("postgres");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'draining' AND query LIKE '%pg_sleep%' AND state = 'active'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if running == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the busy statement never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_sessions(
+        "application_name = 'draining' AND query LIKE '%pg_sleep%' AND state = 'active'",
+        1,
+        Duration::from_secs(20),
+        "the busy statement never started",
+    );
     let mut idle = proxy.connect(db, "member", "member-pw").unwrap();
     proxy.signal("TERM");
     std::thread::sleep(Duration::from_millis(200));
