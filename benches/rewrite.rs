@@ -94,6 +94,8 @@ fn bench_rewrite(c: &mut Criterion) {
         access: &access,
         catalog: &catalog,
         search_path: &search_path,
+        params: &[],
+        fence: Default::default(),
     };
     // Fail loudly, before measuring, if a query is refused: a bench of the
     // refusal path would report a misleadingly low figure.

@@ -64,6 +64,9 @@ impl Workers {
             w.threads.push(
                 std::thread::Builder::new()
                     .name(format!("rowgate-worker-{i}"))
+                    // Room for the deepest statement rewriting accepts; only
+                    // the pages a statement touches are ever committed.
+                    .stack_size(crate::rewrite::STACK_BYTES)
                     .spawn(move || {
                         runtime.block_on(async {
                             let _ = stopped.await;
@@ -125,10 +128,12 @@ impl Server {
         for w in &loaded.warnings {
             warn!("{w}");
         }
-        if std::env::var_os("ROWGATE_UNSAFE_NO_FENCE").is_some_and(|v| v == "1") {
-            crate::rewrite::disable_fence_for_benchmarks();
+        let fence = if std::env::var_os("ROWGATE_UNSAFE_NO_FENCE").is_some_and(|v| v == "1") {
             warn!("the side-channel fence is OFF (ROWGATE_UNSAFE_NO_FENCE=1): for benchmarks only");
-        }
+            crate::rewrite::Fence::UnsafeOff
+        } else {
+            crate::rewrite::Fence::Auto
+        };
         let tls = match &config.tls {
             Some(t) => Some(crate::tls::acceptor(&t.cert, &t.key)?),
             None => None,
@@ -146,6 +151,7 @@ impl Server {
             prepare_threshold: config.prepare_threshold,
             mock_key: rand::random(),
             tls,
+            fence,
         });
         Ok(Server {
             listener,

@@ -1250,7 +1250,7 @@ fn explain_prints_the_forwarded_sql_for_a_member() {
     let out = explain("king_manager", "SELECT * FROM orders");
     assert_eq!(
         out.stdout,
-        "SELECT * FROM (SELECT * FROM public.orders WHERE orders.merchant_id IN (SELECT merchants.id FROM public.merchants WHERE (merchants.name IN ('King Inc') AND merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam')))) OFFSET 0) AS orders\n"
+        "SELECT * FROM (SELECT * FROM public.orders WHERE orders.merchant_id IN (SELECT merchants.id FROM public.merchants WHERE (merchants.name IN ('King Inc') AND merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam'))))) AS orders\n"
     );
     assert_eq!(out.stderr, "");
     assert_eq!(out.code, Some(0));
@@ -1261,7 +1261,7 @@ fn explain_prints_the_forwarded_sql_for_a_member() {
     );
     assert_eq!(
         out.stdout,
-        "SELECT c.name, count(*) FROM (SELECT * FROM public.orders WHERE orders.merchant_id IN (SELECT merchants.id FROM public.merchants WHERE merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore'))) OFFSET 0) o JOIN (SELECT * FROM public.merchants WHERE merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore')) OFFSET 0) m ON m.id = o.merchant_id JOIN (SELECT * FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore') OFFSET 0) c ON c.id = m.country_id GROUP BY c.name\n"
+        "SELECT c.name, count(*) FROM (SELECT * FROM public.orders WHERE orders.merchant_id IN (SELECT merchants.id FROM public.merchants WHERE merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore'))) OFFSET NULL) o JOIN (SELECT * FROM public.merchants WHERE merchants.country_id IN (SELECT countries.id FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore')) OFFSET NULL) m ON m.id = o.merchant_id JOIN (SELECT * FROM public.countries WHERE countries.name IN ('Vietnam', 'Singapore') OFFSET NULL) c ON c.id = m.country_id GROUP BY c.name\n"
     );
     assert_eq!(out.code, Some(0));
 }
@@ -1272,17 +1272,17 @@ fn explain_applies_username_no_value_and_schema_grants() {
         (
             "alice",
             "SELECT * FROM tickets WHERE subject = 'it''s'",
-            "SELECT * FROM (SELECT * FROM public.tickets WHERE (tickets.assignee IN ('alice') AND (subject = E'it\\'s')) OFFSET 0) AS tickets",
+            "SELECT * FROM (SELECT * FROM public.tickets WHERE tickets.assignee IN ('alice') OFFSET NULL) AS tickets WHERE subject = E'it\\'s'",
         ),
         (
             "newcomer",
             "SELECT * FROM countries",
-            "SELECT * FROM (SELECT * FROM public.countries WHERE false OFFSET 0) AS countries",
+            "SELECT * FROM (SELECT * FROM public.countries WHERE false) AS countries",
         ),
         (
             "hr_lead",
             "SELECT * FROM hr.salaries",
-            "SELECT * FROM (SELECT * FROM hr.salaries WHERE salaries.branch_id IN (7, 9) OFFSET 0) AS salaries",
+            "SELECT * FROM (SELECT * FROM hr.salaries WHERE salaries.branch_id IN (7, 9)) AS salaries",
         ),
         ("hr_lead", "select * from hr.branches", "SELECT * FROM hr.branches"),
     ];

@@ -46,6 +46,8 @@ fn rewritten_queries_return_exactly_what_native_rls_returns() {
                 access: &access,
                 catalog: &catalog,
                 search_path: &search_path,
+                params: &[],
+                fence: Default::default(),
             };
             let ours = match rewrite::rewrite(sql, &cx) {
                 Err(refusal) => {

@@ -140,6 +140,8 @@ fn rewrite_case(policy: &PolicySet, case: &Case) -> Result<Result<Rewritten, Ref
         access: &access,
         catalog: &catalog,
         search_path: &search_path,
+        params: &[],
+        fence: Default::default(),
     };
     Ok(rewrite::rewrite(&case.sql, &cx))
 }

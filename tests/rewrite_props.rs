@@ -4,7 +4,7 @@
 //!
 //! "Through the filter" is checked on the AST of the forwarded text, in two
 //! steps. First every derived table of the shape the rewriter builds,
-//! `(SELECT * FROM schema.table WHERE w [OFFSET 0])` with the user's filter
+//! `(SELECT * FROM schema.table WHERE w [OFFSET NULL])` with the user's filter
 //! of that table one of the AND operands of `w`, is blanked: its base table
 //! and the filter (subqueries included) are the one sanctioned way to read a
 //! filtered table. Then the rest is walked with PostgreSQL's scoping of CTE
@@ -130,6 +130,8 @@ fn contexts() -> impl Iterator<Item = Context<'static>> {
         access,
         catalog: &fx.catalog,
         search_path: &fx.search_path,
+        params: &[],
+        fence: Default::default(),
     })
 }
 
@@ -227,7 +229,7 @@ impl VisitorMut for BlankSanctioned<'_> {
 }
 
 /// If `query` is `SELECT * FROM schema.table [TABLESAMPLE ...] WHERE w
-/// [OFFSET 0]`, nothing else, with the user's filter of that table one of
+/// [OFFSET NULL]`, nothing else, with the user's filter of that table one of
 /// the AND operands of `w`: the other operands.
 fn sanctioned(query: &Query, access: &Access) -> Option<Vec<Expr>> {
     let SetExpr::Select(select) = query.body.as_ref() else {
@@ -255,7 +257,7 @@ fn sanctioned(query: &Query, access: &Access) -> Option<Vec<Expr>> {
     let fenced = query.limit_clause.is_some();
     let mut expected = parse_query(&format!(
         "SELECT * FROM {rel}{}",
-        if fenced { " OFFSET 0" } else { "" }
+        if fenced { " OFFSET NULL" } else { "" }
     ));
     let SetExpr::Select(want) = expected.body.as_mut() else {
         unreachable!("a SELECT parses to a SELECT")
@@ -986,6 +988,8 @@ fn fixed_cases() {
         access: king,
         catalog: &fx.catalog,
         search_path: &fx.search_path,
+        params: &[],
+        fence: Default::default(),
     };
     let out = rewrite::rewrite("SELECT * FROM orders o JOIN merchants USING (id)", &cx)
         .expect("accepted");

@@ -100,6 +100,8 @@ fuzz_target!(|data: &[u8]| {
             access,
             catalog: &fx.catalog,
             search_path: &fx.search_path,
+            params: &[],
+            fence: Default::default(),
         };
         let Ok(out) = rewrite::rewrite(sql, &cx) else {
             continue;

@@ -29,11 +29,7 @@ pub fn run(args: &Args) -> u8 {
         .search_path
         .as_ref()
         .unwrap_or(&view.config.search_path);
-    let cx = Context {
-        access: &view.access,
-        catalog: &catalog,
-        search_path,
-    };
+    let cx = Context::new(&view.access, &catalog, search_path);
     match rewrite::rewrite(&args.sql, &cx) {
         Ok(rewritten) => {
             println!("{}", rewritten.sql);

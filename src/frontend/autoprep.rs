@@ -144,6 +144,15 @@ pub fn values_fit(values: &[String], types: &[&str]) -> bool {
 /// as parameters, rewritten. `None` when the shape cannot be prepared, or
 /// when the result with the numbers put back differs in any byte from
 /// `forwarded`, the text the ordinary rewrite of `sql` forwards.
+/// The type OIDs of [`param_types`]' names.
+pub fn param_oids(types: &[&str]) -> Vec<crate::rewrite::types::Oid> {
+    use crate::rewrite::types::{INT4, NUMERIC};
+    types
+        .iter()
+        .map(|t| if *t == "int4" { INT4 } else { NUMERIC })
+        .collect()
+}
+
 pub fn template(sql: &str, values: &[String], forwarded: &str, cx: &Context) -> Option<String> {
     let parameterized = with_parameters(sql, values.len())?;
     let statements = rewrite::parse(&parameterized).ok()?;
@@ -551,6 +560,8 @@ mod tests {
             access: &access,
             catalog: &catalog,
             search_path: &path,
+            params: &[],
+            fence: Default::default(),
         };
         let forwarded = rewrite::rewrite(sql, &cx).unwrap().sql;
         let values = shape(sql).unwrap().values;

@@ -34,6 +34,17 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, WireError> {
     Ok(Parse { name, query, types })
 }
 
+/// The parameter type OIDs of a Parse message's type list (as `parse`
+/// returns it, already checked to be well formed); 0 for unspecified.
+pub fn param_types(types: &[u8]) -> Vec<u32> {
+    types
+        .get(2..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// A Bind message's portal and statement names, and the rest as sent.
 pub fn bind(body: &[u8]) -> Result<(&str, &str, &[u8]), WireError> {
     let mut r = Reader::new(body, "Bind");

@@ -34,7 +34,8 @@ use super::startup::{self, First};
 use super::{auth, messages};
 use crate::config::Upstream;
 use crate::policy::{Access, PolicySet, Role};
-use crate::rewrite::{self, Context, Refusal};
+use crate::rewrite::types::Oid;
+use crate::rewrite::{self, Context, Fence, Refusal};
 use crate::tls::Stream;
 use crate::upstream::{self, catalog::Snapshot, LiveCatalog, UpstreamError};
 use crate::wire::{self, WireError};
@@ -57,6 +58,8 @@ pub struct Shared {
     pub mock_key: [u8; 32],
     /// TLS towards clients, when configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// How filtered tables are fenced (only benchmarks turn it off).
+    pub fence: Fence,
 }
 
 /// The prefix of every refusal marker.
@@ -480,7 +483,7 @@ struct Front<'a> {
     cache: HashMap<String, Result<Forward, Refusal>>,
     nonce: u64,
     seq: u64,
-    refusals: &'a Mutex<HashMap<u64, String>>,
+    refusals: &'a Mutex<HashMap<u64, (&'static str, String)>>,
     pending: &'a AtomicI64,
     statements: u64,
     refused: u64,
@@ -729,7 +732,7 @@ impl Front<'_> {
         self.forget_autos(true);
         self.statements -= 1;
         let text = self
-            .rewrite_or_refuse(&retry.sql)
+            .rewrite_or_refuse(&retry.sql, &[])
             .await
             .map_or_else(|m| m, |f| f.sql);
         self.pending.fetch_add(1, Ordering::SeqCst);
@@ -752,7 +755,7 @@ impl Front<'_> {
                 if let Some(out) = self.auto_query(&sql).await {
                     return Ok(out);
                 }
-                self.rewrite_or_refuse(&sql)
+                self.rewrite_or_refuse(&sql, &[])
                     .await
                     .map_or_else(|m| m, |f| f.sql)
             }
@@ -804,11 +807,14 @@ impl Front<'_> {
         if !autoprep::values_fit(&shape.values, &types) {
             return None;
         }
-        let forward = self.rewrite(sql).await.ok();
+        let forward = self.rewrite(sql, &[]).await.ok();
+        let declared = autoprep::param_oids(&types);
         let cx = Context {
             access: &self.access,
             catalog: &*self.catalog,
             search_path: &self.shared.search_path,
+            params: &declared,
+            fence: self.shared.fence,
         };
         let prepared = forward.and_then(|f| autoprep::template(sql, &shape.values, &f.sql, &cx));
         let seen = self.shapes.get_mut(&shape.key)?;
@@ -853,7 +859,8 @@ impl Front<'_> {
             Ok(q) => {
                 let q = q.to_string();
                 self.catalog_fresh().await;
-                self.rewrite_or_refuse(&q).await
+                let declared = messages::param_types(parse.types);
+                self.rewrite_or_refuse(&q, &declared).await
             }
             Err(()) => Err(self.refuse(&not_utf8())),
         };
@@ -1006,9 +1013,9 @@ impl Front<'_> {
     }
 
     /// The rewrite of `sql` to forward, or the marker of its refusal.
-    async fn rewrite_or_refuse(&mut self, sql: &str) -> Result<Forward, String> {
+    async fn rewrite_or_refuse(&mut self, sql: &str, params: &[Oid]) -> Result<Forward, String> {
         self.statements += 1;
-        match self.rewrite(sql).await {
+        match self.rewrite(sql, params).await {
             Ok(forward) => {
                 debug!(user = %self.user, sql = %forward.sql, "forward");
                 if forward.deallocates_all {
@@ -1044,11 +1051,17 @@ impl Front<'_> {
         self.catalog = fresh;
     }
 
-    async fn rewrite(&mut self, sql: &str) -> Result<Forward, Refusal> {
-        if let Some(hit) = self.cache.get(sql) {
+    async fn rewrite(&mut self, sql: &str, params: &[Oid]) -> Result<Forward, Refusal> {
+        // The declared parameter types decide what a condition executes.
+        let key = if params.is_empty() {
+            std::borrow::Cow::Borrowed(sql)
+        } else {
+            std::borrow::Cow::Owned(format!("{sql}\0{params:?}"))
+        };
+        if let Some(hit) = self.cache.get(key.as_ref()) {
             return hit.clone();
         }
-        let mut result = self.rewrite_now(sql);
+        let mut result = self.rewrite_now(sql, params);
         if let Err(Refusal::UnknownTable(_) | Refusal::UnknownFunction(_)) = result {
             // A relation created since the snapshot: look again, once.
             if let Ok(fresh) = self
@@ -1059,22 +1072,24 @@ impl Front<'_> {
             {
                 if !Arc::ptr_eq(&fresh, &self.catalog) {
                     self.adopt(fresh);
-                    result = self.rewrite_now(sql);
+                    result = self.rewrite_now(sql, params);
                 }
             }
         }
         if self.cache.len() >= CACHE_ENTRIES {
             self.cache.clear();
         }
-        self.cache.insert(sql.to_string(), result.clone());
+        self.cache.insert(key.into_owned(), result.clone());
         result
     }
 
-    fn rewrite_now(&self, sql: &str) -> Result<Forward, Refusal> {
+    fn rewrite_now(&self, sql: &str, params: &[Oid]) -> Result<Forward, Refusal> {
         let cx = Context {
             access: &self.access,
             catalog: &*self.catalog,
             search_path: &self.shared.search_path,
+            params,
+            fence: self.shared.fence,
         };
         let rewritten = rewrite::rewrite(sql, &cx)?;
         let statements = rewritten.statements.as_deref().unwrap_or_default();
@@ -1109,7 +1124,7 @@ impl Front<'_> {
             let oldest = *pending.keys().min().unwrap_or(&0);
             pending.remove(&oldest);
         }
-        pending.insert(self.seq, refusal.to_string());
+        pending.insert(self.seq, (refusal.sqlstate(), refusal.to_string()));
         format!("{MARKER}{:016x}_{}", self.nonce, self.seq)
     }
 }
@@ -1179,7 +1194,7 @@ const RETRY_WAIT: Duration = Duration::from_millis(200);
 
 /// The upstream-to-client half.
 struct Back<'a> {
-    refusals: &'a Mutex<HashMap<u64, String>>,
+    refusals: &'a Mutex<HashMap<u64, (&'static str, String)>>,
     expect: &'a Expectations,
     /// ReadyForQuery messages relayed so far: the cycle under way.
     cycles: u64,
@@ -1282,7 +1297,10 @@ impl Back<'_> {
                 return Err(WireError::BadLength(len.into()));
             }
             let expected = matches!(tag, b'1' | b'3' | b'C') && !self.expect.is_empty();
-            if tag != b'E' && tag != b'Z' && !expected {
+            // An error too long to be a refusal's or a stale statement's
+            // (a huge message or detail) goes to the client as it is.
+            let huge = len as usize + 1 > MAX_INSPECTED;
+            if (tag != b'E' && tag != b'Z' && !expected) || (tag == b'E' && huge) {
                 *passthrough = len as usize + 1;
                 continue;
             }
@@ -1311,8 +1329,8 @@ impl Back<'_> {
                             }
                         }
                     }
-                    if let Some(refusal) = self.refusal_for(frame.body()) {
-                        let e = wire::error_response("ERROR", Refusal::SQLSTATE, &refusal);
+                    if let Some((sqlstate, refusal)) = self.refusal_for(frame.body()) {
+                        let e = wire::error_response("ERROR", sqlstate, &refusal);
                         wr.write_all(&e).await?;
                     } else {
                         wr.write_all(&frame.frame).await?;
@@ -1368,7 +1386,7 @@ impl Back<'_> {
     }
 
     /// The refusal a marker's error stands for, if this error is one.
-    fn refusal_for(&self, body: &[u8]) -> Option<String> {
+    fn refusal_for(&self, body: &[u8]) -> Option<(&'static str, String)> {
         let marker = self.marker.as_bytes();
         let at = body.windows(marker.len()).position(|w| w == marker)?;
         let digits: String = body[at + marker.len()..]

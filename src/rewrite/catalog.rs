@@ -49,6 +49,18 @@ pub trait Catalog: Send + Sync {
     fn has_user_cast_to(&self, _type_name: &str) -> bool {
         false
     }
+
+    /// The columns of a relation (folded names, type OIDs) in order, when
+    /// known. Offline they are not.
+    fn columns(&self, _schema: &str, _name: &str) -> Option<Vec<(String, super::types::Oid)>> {
+        None
+    }
+
+    /// The database's type system, when known. Offline it is not, and no
+    /// operator on a column is provably leakproof.
+    fn types(&self) -> Option<&super::types::TypeCatalog> {
+        None
+    }
 }
 
 /// Resolves a folded, unqualified relation name as PostgreSQL does: the

@@ -155,9 +155,16 @@ pub(crate) fn check(
                 ));
             }
             match statement.as_mut() {
-                inner @ Statement::Query(_) => check(inner, cx, state),
-                other => Err(Refusal::statement(format!("EXPLAIN of {}", kind(other)))),
+                inner @ Statement::Query(_) => check(inner, cx, state)?,
+                other => return Err(Refusal::statement(format!("EXPLAIN of {}", kind(other)))),
             }
+            // A fence leaves the conditions outside it to be estimated with
+            // statistics of every row, hidden ones included; native RLS
+            // gives a condition that is not leakproof none.
+            if state.filtered && !state.unfenced {
+                return Err(Refusal::Explain);
+            }
+            Ok(())
         }
 
         Statement::Copy {

@@ -67,6 +67,11 @@ pub const DENIED: &[&str] = &[
     "pg_import_system_collations",
     "nextval",
     "setval",
+    // Index maintenance: they write.
+    "brin_summarize_new_values",
+    "brin_summarize_range",
+    "brin_desummarize_range",
+    "gin_clean_pending_list",
     "pg_drop_replication_slot",
     "pg_copy_physical_replication_slot",
     "pg_copy_logical_replication_slot",

@@ -10,7 +10,9 @@
 pub mod catalog;
 mod classify;
 pub mod functions;
+pub mod leakproof;
 mod tables;
+pub mod types;
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -18,7 +20,6 @@ use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, OfflineCatalog};
 pub use classify::{is_utf8, SETTABLE, SHOW_DENIED};
-pub use tables::disable_fence_for_benchmarks;
 
 use crate::policy::{Access, Role};
 
@@ -30,6 +31,38 @@ pub struct Context<'a> {
     pub catalog: &'a dyn Catalog,
     /// The search path the upstream session is pinned to.
     pub search_path: &'a [String],
+    /// Declared types of the statement's parameters (`$1` first; 0 when
+    /// the client left one unspecified), as a Parse message declares them.
+    pub params: &'a [types::Oid],
+    /// Whether filtered tables may go unfenced.
+    pub fence: Fence,
+}
+
+impl<'a> Context<'a> {
+    /// A context with no declared parameters and the fence decided per
+    /// statement.
+    pub fn new(access: &'a Access, catalog: &'a dyn Catalog, search_path: &'a [String]) -> Self {
+        Context {
+            access,
+            catalog,
+            search_path,
+            params: &[],
+            fence: Fence::Auto,
+        }
+    }
+}
+
+/// How filtered tables are kept apart from a member's own conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fence {
+    /// A fence (a derived table PostgreSQL may not merge) only around
+    /// statements some of whose conditions are not leakproof; otherwise the
+    /// filtered tables are planned like native row-level security's.
+    #[default]
+    Auto,
+    /// Never a fence, whatever the conditions: unsafe, for measuring what
+    /// the fence costs.
+    UnsafeOff,
 }
 
 /// The search path rowgate pins upstream and resolves names against unless
@@ -74,6 +107,14 @@ pub enum Refusal {
     Unsupported(String),
     #[error("permission denied: rowgate could not parse the statement, so it is refused ({0})")]
     Unparsable(String),
+    /// EXPLAIN of a statement whose plan would depend on statistics of
+    /// rows the member cannot see.
+    #[error("permission denied: EXPLAIN of a statement with a condition that is not leakproof on a filtered table (its estimates would reflect rows the filters hide)")]
+    Explain,
+    /// Nested or chained deeper than rowgate analyses (SQLSTATE 54001, as
+    /// PostgreSQL answers a statement too deep for its stack).
+    #[error("statement too complex: {0}")]
+    TooComplex(String),
 }
 
 impl Refusal {
@@ -81,7 +122,10 @@ impl Refusal {
     pub const SQLSTATE: &'static str = "42501";
 
     pub fn sqlstate(&self) -> &'static str {
-        Self::SQLSTATE
+        match self {
+            Refusal::TooComplex(_) => "54001",
+            _ => Self::SQLSTATE,
+        }
     }
 
     pub(crate) fn statement(what: impl Into<String>) -> Self {
@@ -93,13 +137,68 @@ impl Refusal {
     }
 }
 
-/// Parses `sql` as PostgreSQL does; a parse failure is a refusal.
+/// The most operators, set operations and other links one statement may
+/// chain. Every recursive walk of a parsed statement (rewriting, printing,
+/// comparing, dropping) goes as deep as its longest chain; the session
+/// threads' stacks are sized for this bound ([`STACK_BYTES`]).
+pub const MAX_CHAIN: usize = 10_000;
+
+/// The stack a thread needs to rewrite any statement within [`MAX_CHAIN`].
+pub const STACK_BYTES: usize = 256 << 20;
+
+/// Parses `sql` as PostgreSQL does; a parse failure is a refusal. A text
+/// whose chains could nest deeper than [`MAX_CHAIN`] is refused before it is
+/// parsed (`54001`, as PostgreSQL answers such a statement).
 pub fn parse(sql: &str) -> Result<Vec<Statement>, Refusal> {
+    check_depth(sql)?;
     Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
+        if matches!(e, sqlparser::parser::ParserError::RecursionLimitExceeded) {
+            return Refusal::TooComplex("nested too deeply".into());
+        }
         let text = e.to_string();
         let text = text.strip_prefix("sql parser error: ").unwrap_or(&text);
         Refusal::Unparsable(text.to_string())
     })
+}
+
+/// An upper bound on how deep a parsed statement can nest: the parser
+/// limits nesting by parentheses and subqueries itself, but builds chains
+/// of binary operators, set operations, casts and subscripts one level per
+/// link. Every token that can add a link counts.
+fn check_depth(sql: &str) -> Result<(), Refusal> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    // Cheap before tokenizing: a short text cannot chain too far.
+    if sql.len() < MAX_CHAIN {
+        return Ok(());
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| Refusal::Unparsable(e.to_string()))?;
+    let links = tokens
+        .iter()
+        .filter(|t| match t {
+            Token::Whitespace(_)
+            | Token::Comma
+            | Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::DollarQuotedString(_)
+            | Token::LParen
+            | Token::RParen
+            | Token::SemiColon
+            | Token::Placeholder(_) => false,
+            Token::Word(w) => {
+                w.quote_style.is_none() && w.keyword != sqlparser::keywords::Keyword::NoKeyword
+            }
+            _ => true,
+        })
+        .count();
+    if links > MAX_CHAIN {
+        return Err(Refusal::TooComplex(format!(
+            "more than {MAX_CHAIN} operators, keywords and set operations in one statement"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses `sql` as the rewriter reads its input: a statement that starts
@@ -220,6 +319,8 @@ fn print_with_moves(statements: &[Statement], moves: &[usize]) -> String {
 /// Classifies one parsed statement and rewrites it in place.
 pub fn rewrite_statement(statement: &mut Statement, cx: &Context) -> Result<(), Refusal> {
     let mut state = tables::State::default();
+    state.unfenced =
+        cx.fence == Fence::UnsafeOff || leakproof::statement_is_leakproof(statement, cx);
     classify::check(statement, cx, &mut state)?;
     tables::fix_qualified_references(statement, &state);
     exact_literals(statement);

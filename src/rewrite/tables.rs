@@ -16,11 +16,11 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     BinaryOperator, Expr, FunctionArguments, Ident, JoinOperator, LimitClause, ObjectNamePart,
     Offset, OffsetRows, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
-    TableAlias, TableFactor, UnaryOperator, Value, VisitMut, VisitorMut, WildcardAdditionalOptions,
+    TableAlias, TableFactor, Value, VisitMut, VisitorMut, WildcardAdditionalOptions,
 };
 
 use super::catalog::{self, is_blocked_catalog, is_system_schema};
-use super::{functions, Context, Refusal};
+use super::{functions, leakproof, Context, Refusal};
 use crate::names::{fold, RelName};
 use crate::policy::Role;
 
@@ -57,6 +57,11 @@ pub(crate) struct State {
     unaliased: Vec<RelName>,
     /// Every table read without an alias, and whether it was replaced.
     named: Vec<(RelName, bool)>,
+    /// Whether filtered tables go without a fence: every condition that
+    /// could run at their scans is leakproof (decided before the walk).
+    pub(crate) unfenced: bool,
+    /// Whether some table was replaced by a filtered read.
+    pub(crate) filtered: bool,
 }
 
 impl State {
@@ -182,9 +187,9 @@ struct Walker<'a, 's> {
     /// How many `TableFactor::Table` nodes enclose the current node: a
     /// relation name met outside one is a position this walk does not know.
     in_table: u32,
-    /// Aliases of the fenced derived tables made for the SELECT being
-    /// walked, for predicate pushdown when it is left.
-    fenced: Vec<String>,
+    /// Aliases and tables of the fenced derived tables made for the SELECT
+    /// being walked, for predicate pushdown when it is left.
+    fenced: Vec<(String, RelName)>,
     /// Whether the SELECT being walked had a table replaced.
     replaced: bool,
 }
@@ -246,7 +251,7 @@ impl VisitorMut for Walker<'_, '_> {
             }
             let fenced = std::mem::take(&mut self.fenced);
             if !fenced.is_empty() {
-                push_down(select, &fenced);
+                push_down(select, &fenced, self.cx);
             }
         }
         ControlFlow::Continue(())
@@ -462,6 +467,7 @@ impl Walker<'_, '_> {
             return Ok(());
         };
         self.replaced = true;
+        self.state.filtered = true;
         let alias = match alias.take() {
             Some(alias) => alias,
             None => {
@@ -477,22 +483,24 @@ impl Walker<'_, '_> {
         let projection = vec![SelectItem::Wildcard(WildcardAdditionalOptions::default())];
         let mut subquery =
             crate::policy::select_from(&rel, projection, Some(predicate.clone()), sample.take());
-        if fence_enabled() {
-            // `OFFSET 0` keeps PostgreSQL from flattening the derived table
-            // or pushing the query's own predicates into it, so they are
-            // evaluated only on rows the filter let through, as native RLS
-            // evaluates security quals first. Predicates that cannot leak are
-            // moved inside by `push_down`, which keeps index use.
+        if !self.state.unfenced {
+            // `OFFSET NULL` keeps PostgreSQL from flattening the derived
+            // table or pushing the query's own conditions into it, so they
+            // are evaluated only on rows the filter let through, as native
+            // RLS evaluates its security quals first. Conditions that are
+            // leakproof are moved inside by `push_down`, which keeps index
+            // use. (`NULL`, not `0`: a constant to cast at plan time would
+            // keep the plan above from running in parallel.)
             subquery.limit_clause = Some(LimitClause::LimitOffset {
                 limit: None,
                 offset: Some(Offset {
-                    value: Expr::value(Value::Number("0".into(), false)),
+                    value: Expr::value(Value::Null),
                     rows: OffsetRows::None,
                 }),
                 limit_by: vec![],
             });
             if alias.columns.is_empty() {
-                self.fenced.push(fold(&alias.name));
+                self.fenced.push((fold(&alias.name), rel.clone()));
             }
         }
         *factor = TableFactor::Derived {
@@ -578,42 +586,60 @@ pub(crate) fn rewrite_node<V: VisitMut>(
     }
 }
 
-static FENCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Turns the side-channel fence off for this process: only for measuring
-/// what it costs. Without it, errors raised by a member's predicates on rows
-/// the filters hide can reveal those rows.
-pub fn disable_fence_for_benchmarks() {
-    FENCE.store(false, std::sync::atomic::Ordering::Relaxed);
-}
-
-fn fence_enabled() -> bool {
-    FENCE.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Moves the WHERE conjuncts that cannot leak (a column of one fenced
-/// derived table compared with a constant) into that derived table, where
-/// PostgreSQL can use them for index scans. Only into derived tables that no
-/// outer join makes nullable: there a WHERE and an inner predicate differ.
-fn push_down(select: &mut Select, fenced: &[String]) {
+/// Moves the WHERE conjuncts that are leakproof (by
+/// [`super::leakproof`]) and read one fenced table only into that table's
+/// derived table, where PostgreSQL can use them for index scans. Only into
+/// derived tables that no outer join makes nullable: there a WHERE and an
+/// inner predicate differ.
+fn push_down(select: &mut Select, fenced: &[(String, RelName)], cx: &Context) {
     let Some(selection) = select.selection.take() else {
         return;
     };
     let single = select.from.len() == 1 && select.from[0].joins.is_empty();
+    // What the conjuncts' columns are: the fenced tables' columns under
+    // their aliases; anything else unknown.
+    let mut items = Vec::new();
+    for twj in &select.from {
+        for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            let alias = match factor {
+                TableFactor::Derived { alias: Some(a), .. }
+                | TableFactor::Table { alias: Some(a), .. } => fold(&a.name),
+                TableFactor::Table { name, .. } => name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(fold)
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            match fenced.iter().find(|(a, _)| *a == alias) {
+                Some((_, rel)) => items.push(leakproof::table_item(cx.catalog, alias, rel)),
+                None => items.push(leakproof::Item {
+                    alias,
+                    rel: None,
+                    columns: None,
+                }),
+            }
+        }
+    }
+    let mut judge = leakproof::Judge::with_levels(cx, leakproof::Levels::single(items));
     let original = selection.clone();
     let mut kept = Vec::new();
     let mut moved = false;
     for conjunct in split_and(selection) {
-        let target = match leakproof_column(&conjunct) {
-            Some(Some(q)) if fenced.contains(&q) => Some(q),
+        let target = match qualifier(&conjunct) {
+            Some(Some(q)) if fenced.iter().any(|(a, _)| *a == q) => Some(q),
             Some(None) if single => match &select.from[0].relation {
-                TableFactor::Derived { alias: Some(a), .. } if fenced.contains(&fold(&a.name)) => {
+                TableFactor::Derived { alias: Some(a), .. }
+                    if fenced.iter().any(|(f, _)| *f == fold(&a.name)) =>
+                {
                     Some(fold(&a.name))
                 }
                 _ => None,
             },
             _ => None,
         };
+        let target = target.filter(|_| judge.leakproof(&conjunct));
         let pushed = target
             .and_then(|t| inner_only_derived(select, &t))
             .map(|subquery| {
@@ -701,87 +727,33 @@ fn split_and(expr: Expr) -> Vec<Expr> {
     }
 }
 
-/// If `expr` is a comparison that raises no error whatever a row holds (a
-/// column against constants with a built-in comparison), the column's
-/// qualifier: `Some(Some(alias))`, or `Some(None)` when unqualified.
-fn leakproof_column(expr: &Expr) -> Option<Option<String>> {
-    fn column(e: &Expr) -> Option<Option<String>> {
-        match e {
-            Expr::Identifier(_) => Some(None),
-            Expr::CompoundIdentifier(parts) if parts.len() == 2 => Some(Some(fold(&parts[0]))),
-            Expr::Nested(inner) => column(inner),
-            _ => None,
+/// The one qualifier of every column a conjunct reads: `Some(Some(q))`
+/// when all are `q.column`, `Some(None)` when all are unqualified, `None`
+/// for a mix, for none, for longer names or when it holds a subquery.
+fn qualifier(expr: &Expr) -> Option<Option<String>> {
+    let mut seen: Option<Option<String>> = None;
+    let mut mixed = false;
+    let broke = super::exprs_outside_subqueries(expr, |e| {
+        let q = match e {
+            Expr::Identifier(_) => None,
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => Some(fold(&parts[0])),
+            Expr::CompoundIdentifier(_)
+            | Expr::Subquery(_)
+            | Expr::Exists { .. }
+            | Expr::InSubquery { .. } => return ControlFlow::Break(()),
+            _ => return ControlFlow::Continue(()),
+        };
+        match &seen {
+            None => seen = Some(q),
+            Some(s) if *s != q => mixed = true,
+            Some(_) => {}
         }
+        ControlFlow::Continue(())
+    });
+    if broke || mixed {
+        return None;
     }
-    fn constant(e: &Expr) -> bool {
-        match e {
-            Expr::Value(_) => true,
-            Expr::UnaryOp {
-                op: UnaryOperator::Minus | UnaryOperator::Plus,
-                expr,
-            } => matches!(**expr, Expr::Value(_)),
-            Expr::Cast {
-                expr, data_type, ..
-            } => constant(expr) && builtin_type(data_type),
-            Expr::Nested(inner) => constant(inner),
-            _ => false,
-        }
-    }
-    match expr {
-        Expr::Nested(inner) => leakproof_column(inner),
-        Expr::BinaryOp {
-            left,
-            op:
-                BinaryOperator::Eq
-                | BinaryOperator::NotEq
-                | BinaryOperator::Lt
-                | BinaryOperator::LtEq
-                | BinaryOperator::Gt
-                | BinaryOperator::GtEq,
-            right,
-        } => match (column(left), column(right)) {
-            (Some(q), None) if constant(right) => Some(q),
-            (None, Some(q)) if constant(left) => Some(q),
-            _ => None,
-        },
-        Expr::InList { expr, list, .. } if list.iter().all(constant) => column(expr),
-        Expr::Between {
-            expr, low, high, ..
-        } if constant(low) && constant(high) => column(expr),
-        Expr::IsNull(e) | Expr::IsNotNull(e) => column(e),
-        _ => None,
-    }
-}
-
-fn builtin_type(t: &sqlparser::ast::DataType) -> bool {
-    use sqlparser::ast::DataType as T;
-    matches!(
-        t,
-        T::Int(_)
-            | T::Integer(_)
-            | T::BigInt(_)
-            | T::SmallInt(_)
-            | T::Int2(_)
-            | T::Int4(_)
-            | T::Int8(_)
-            | T::Numeric(_)
-            | T::Decimal(_)
-            | T::Real
-            | T::Double(_)
-            | T::DoublePrecision
-            | T::Float4
-            | T::Float8
-            | T::Text
-            | T::Varchar(_)
-            | T::CharacterVarying(_)
-            | T::Char(_)
-            | T::Character(_)
-            | T::Bool
-            | T::Boolean
-            | T::Date
-            | T::Timestamp(_, _)
-            | T::Uuid
-    )
+    seen
 }
 
 /// The conjunct with its column references unqualified, as it reads inside

@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use tokio::sync::Mutex;
 
 use crate::config::{Upstream, UpstreamTls};
+use crate::rewrite::types::{Cast, Function, Oid, Operator, TypeCatalog, TypeInfo};
 use crate::rewrite::Catalog;
 use tokio_postgres::config::SslMode;
 
@@ -31,6 +32,10 @@ pub struct Snapshot {
     /// Target types (as `format_type` prints them) of casts implemented by
     /// user-defined functions.
     user_casts: HashSet<String>,
+    /// Column names and types of every relation, by schema and name.
+    columns: HashMap<(String, String), Vec<(String, Oid)>>,
+    /// Types, operators, casts and functions, for leakproofness.
+    types: TypeCatalog,
     taken: Option<Instant>,
     /// Changes when a reload finds different objects; equal generations of
     /// one database hold the same names.
@@ -67,6 +72,16 @@ impl Catalog for Snapshot {
     fn has_user_cast_to(&self, type_name: &str) -> bool {
         self.user_casts.contains(type_name)
     }
+
+    fn columns(&self, schema: &str, name: &str) -> Option<Vec<(String, Oid)>> {
+        self.columns
+            .get(&(schema.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    fn types(&self) -> Option<&TypeCatalog> {
+        Some(&self.types)
+    }
 }
 
 fn in_schema(map: &HashMap<String, HashSet<String>>, schema: &str, name: &str) -> bool {
@@ -92,6 +107,8 @@ impl Snapshot {
             && self.operators == other.operators
             && self.domains == other.domains
             && self.user_casts == other.user_casts
+            && self.columns == other.columns
+            && self.types == other.types
     }
 }
 
@@ -145,6 +162,92 @@ fn object_queries() -> [String; 5] {
              WHERE {USER_SCHEMAS} AND t.typtype = 'd'"
         ),
     ]
+}
+
+const COLUMNS: &str = "SELECT n.nspname, c.relname, a.attname, a.atttypid \
+     FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v', 'm', 'p', 'f') \
+     ORDER BY c.oid, a.attnum";
+
+const TYPES: &str = "SELECT t.oid, t.typname, t.typnamespace = 'pg_catalog'::regnamespace, \
+     t.typcategory::text, t.typispreferred, t.typtype::text, t.typbasetype, t.typelem, t.typarray \
+     FROM pg_catalog.pg_type t";
+
+const OPERATORS: &str =
+    "SELECT o.oprname::text, o.oprleft, o.oprright, o.oprresult, p.proleakproof \
+     FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
+     WHERE o.oprnamespace = 'pg_catalog'::regnamespace";
+
+const CASTS: &str = "SELECT c.castsource, c.casttarget, c.castcontext::text, c.castmethod::text, \
+     coalesce(p.proleakproof, false) \
+     FROM pg_catalog.pg_cast c LEFT JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc";
+
+const FUNCTIONS: &str =
+    "SELECT p.proname::text, p.proargtypes::oid[], p.prorettype, p.proleakproof, \
+     p.prokind::text, p.provariadic <> 0 OR p.pronargdefaults > 0 OR p.proretset \
+     FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace";
+
+/// Reads the type system of the connected database.
+async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, tokio_postgres::Error> {
+    let byte = |s: String| s.bytes().next().unwrap_or(0);
+    let mut catalog = TypeCatalog::default();
+    for row in client.query(TYPES, &[]).await? {
+        let oid: Oid = row.get(0);
+        let name: String = row.get(1);
+        if row.get::<_, bool>(2) {
+            catalog.names.insert(name.clone(), oid);
+        }
+        catalog.types.insert(
+            oid,
+            TypeInfo {
+                name,
+                category: byte(row.get(3)),
+                preferred: row.get(4),
+                kind: byte(row.get(5)),
+                base: row.get(6),
+                elem: row.get(7),
+                array: row.get(8),
+            },
+        );
+    }
+    for row in client.query(OPERATORS, &[]).await? {
+        catalog
+            .operators
+            .entry(row.get(0))
+            .or_default()
+            .push(Operator {
+                left: row.get(1),
+                right: row.get(2),
+                result: row.get(3),
+                leakproof: row.get(4),
+            });
+    }
+    for row in client.query(CASTS, &[]).await? {
+        catalog.casts.insert(
+            (row.get(0), row.get(1)),
+            Cast {
+                context: byte(row.get(2)),
+                method: byte(row.get(3)),
+                leakproof: row.get(4),
+            },
+        );
+    }
+    for row in client.query(FUNCTIONS, &[]).await? {
+        let name: String = row.get(0);
+        let kind = byte(row.get(4));
+        if kind != b'f' {
+            catalog.aggregates.insert(name);
+            continue;
+        }
+        catalog.functions.entry(name).or_default().push(Function {
+            args: row.get(1),
+            result: row.get(2),
+            leakproof: row.get(3),
+            irregular: row.get(5),
+        });
+    }
+    Ok(catalog)
 }
 
 const USER_CASTS: &str = "SELECT DISTINCT '', pg_catalog.format_type(c.casttarget, NULL) \
@@ -257,6 +360,14 @@ impl LiveCatalog {
             let user_casts = by_schema(client.query(USER_CASTS, &[]).await?)
                 .remove("")
                 .unwrap_or_default();
+            let mut columns: HashMap<(String, String), Vec<(String, Oid)>> = HashMap::new();
+            for row in client.query(COLUMNS, &[]).await? {
+                columns
+                    .entry((row.get(0), row.get(1)))
+                    .or_default()
+                    .push((row.get(2), row.get(3)));
+            }
+            let types = load_types(&client).await?;
             Ok::<_, tokio_postgres::Error>((
                 relations,
                 functions,
@@ -265,6 +376,8 @@ impl LiveCatalog {
                 operators,
                 domains,
                 user_casts,
+                columns,
+                types,
             ))
         }
         .await;
@@ -278,6 +391,8 @@ impl LiveCatalog {
             operators,
             domains,
             user_casts,
+            columns,
+            types,
         ) = result?;
         Ok(Snapshot {
             relations,
@@ -287,6 +402,8 @@ impl LiveCatalog {
             operators,
             domains,
             user_casts,
+            columns,
+            types,
             taken: Some(Instant::now()),
             generation: 0,
         })

@@ -1,0 +1,359 @@
+//! Leakproofness as PostgreSQL decides it, through the wire.
+//!
+//! - `decisions_match_postgresql`: every condition of
+//!   `tests/cases/leakproof.yaml`, as `EXPLAIN (COSTS OFF) SELECT 1 FROM lp
+//!   WHERE <condition>` sent to rowgate by a member whose filter hides a row:
+//!   rowgate runs EXPLAIN only for statements it leaves unfenced, so whether
+//!   the EXPLAIN runs is its decision. The case says what the decision must
+//!   be, and PostgreSQL is asked too: a native role whose policy calls a
+//!   costly function evaluates a member's condition ahead of it exactly when
+//!   the condition is leakproof. rowgate may be more careful than
+//!   PostgreSQL (marked in the case), never less.
+//! - `error_probes_reveal_nothing`: statements that would fail on the
+//!   hidden row's value if evaluated there (a numeric far beyond double
+//!   precision's range), in every form a BI tool sends them, give exactly
+//!   what the native role gets, and EXPLAIN of a condition that is not
+//!   leakproof answers the same whether its value matches a hidden row or
+//!   nothing.
+
+mod common;
+
+use std::path::Path;
+
+use postgres::types::{ToSql, Type};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    #[serde(rename = "where")]
+    condition: String,
+    #[serde(default)]
+    params: Vec<String>,
+    leakproof: bool,
+    #[serde(default)]
+    postgres: Option<String>,
+}
+
+struct Fixture {
+    proxy: common::Proxy,
+    database: String,
+}
+
+fn fixture() -> Fixture {
+    let c = common::cluster();
+    let database = c.create_database("leakproof");
+    let mut admin = c.connect(&database);
+    let schema = std::fs::read_to_string(Path::new("tests/fixtures/leakproof/schema.sql")).unwrap();
+    // One role for the cluster, made once whatever runs in parallel.
+    static ROLE: std::sync::Once = std::sync::Once::new();
+    ROLE.call_once(|| {
+        c.connect("postgres")
+            .batch_execute("CREATE ROLE lp_native LOGIN")
+            .unwrap()
+    });
+    admin
+        .batch_execute(&schema.replace("CREATE ROLE lp_native LOGIN;", ""))
+        .unwrap();
+    let proxy = common::Proxy::start(Path::new("tests/fixtures/leakproof/policy.yaml"), "");
+    Fixture { proxy, database }
+}
+
+fn param_type(name: &str) -> Type {
+    match name {
+        "float8" => Type::FLOAT8,
+        "int4" => Type::INT4,
+        "text" => Type::TEXT,
+        "unspecified" => Type::UNKNOWN,
+        other => panic!("no parameter type {other} in this test"),
+    }
+}
+
+fn param_value(name: &str) -> Box<dyn ToSql + Sync> {
+    match name {
+        "float8" => Box::new(1.5f64),
+        "int4" | "unspecified" => Box::new(1i32),
+        "text" => Box::new("x".to_string()),
+        other => panic!("no parameter type {other} in this test"),
+    }
+}
+
+/// Runs `sql` with the case's parameters; the text of every row, or the
+/// error.
+fn run(
+    client: &mut postgres::Client,
+    sql: &str,
+    params: &[String],
+) -> Result<Vec<String>, postgres::Error> {
+    if params.is_empty() {
+        let rows = client.simple_query(sql)?;
+        return Ok(rows
+            .iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or(""))
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+                _ => None,
+            })
+            .collect());
+    }
+    let types: Vec<Type> = params
+        .iter()
+        .map(|p| match p.as_str() {
+            // An unspecified type is 0 in the Parse message.
+            "unspecified" => Type::UNKNOWN,
+            p => param_type(p),
+        })
+        .collect();
+    let declared: Vec<Type> = types
+        .iter()
+        .map(|t| {
+            if *t == Type::UNKNOWN {
+                Type::INT4
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let statement = if types.contains(&Type::UNKNOWN) {
+        client.prepare_typed(sql, &[])?
+    } else {
+        client.prepare_typed(sql, &declared)?
+    };
+    let values: Vec<Box<dyn ToSql + Sync>> = params.iter().map(|p| param_value(p)).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+    let rows = client.query(&statement, &refs)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            r.try_get::<_, String>(0)
+                .or_else(|_| r.try_get::<_, i32>(0).map(|v| v.to_string()))
+                .or_else(|_| r.try_get::<_, i64>(0).map(|v| v.to_string()))
+                .unwrap_or_else(|e| format!("unreadable: {e}"))
+        })
+        .collect())
+}
+
+/// Whether PostgreSQL evaluates the member's condition before the policy's
+/// costly function in the scan of `lp`.
+fn postgres_runs_it_first(plan: &[String]) -> bool {
+    plan.iter()
+        .find(|l| l.contains("lp_gate("))
+        .and_then(|l| l.trim().strip_prefix("Filter: "))
+        .is_some_and(|f| !f.trim_start_matches('(').starts_with("lp_gate("))
+}
+
+#[test]
+fn decisions_match_postgresql() {
+    let fx = fixture();
+    let text = std::fs::read_to_string("tests/cases/leakproof.yaml").unwrap();
+    let cases: Vec<Case> = serde_saphyr::from_str(&text).unwrap();
+    assert!(cases.len() >= 60, "the case table shrank: {}", cases.len());
+    let mut member = fx.proxy.connect(&fx.database, "lp", "pw").unwrap();
+    let c = common::cluster();
+    let mut native =
+        postgres::Client::connect(&c.url(&fx.database, "lp_native"), postgres::NoTls).unwrap();
+    let mut failures = Vec::new();
+    let (mut unfenced, mut careful) = (0, 0);
+    for case in &cases {
+        let sql = format!(
+            "EXPLAIN (COSTS OFF) SELECT 1 FROM lp WHERE {}",
+            case.condition
+        );
+        let rowgate = match run(&mut member, &sql, &case.params) {
+            Ok(_) => true,
+            Err(e) if common::sqlstate(&e).as_deref() == Some("42501") => {
+                let message = e.as_db_error().map(|d| d.message().to_string());
+                if !message.is_some_and(|m| m.contains("not leakproof")) {
+                    failures.push(format!(
+                        "{}: refused for another reason: {e}",
+                        case.condition
+                    ));
+                    continue;
+                }
+                false
+            }
+            Err(e) => {
+                failures.push(format!("{}: error through rowgate: {e}", case.condition));
+                continue;
+            }
+        };
+        let plan = match run(&mut native, &sql, &case.params) {
+            Ok(plan) => plan,
+            Err(e) => {
+                failures.push(format!("{}: native EXPLAIN failed: {e}", case.condition));
+                continue;
+            }
+        };
+        let postgres = postgres_runs_it_first(&plan);
+        if rowgate != case.leakproof {
+            failures.push(format!(
+                "{}: rowgate decided leakproof={rowgate}, the case says {}",
+                case.condition, case.leakproof
+            ));
+        }
+        let expected_postgres = case.leakproof || case.postgres.as_deref() == Some("leakproof");
+        if postgres != expected_postgres {
+            failures.push(format!(
+                "{}: PostgreSQL runs it first: {postgres}, the case expects {expected_postgres}\n{}",
+                case.condition,
+                plan.join("\n")
+            ));
+        }
+        if rowgate && !postgres {
+            failures.push(format!(
+                "{}: rowgate treats as leakproof what PostgreSQL does not",
+                case.condition
+            ));
+        }
+        unfenced += usize::from(rowgate);
+        careful += usize::from(postgres && !rowgate);
+    }
+    eprintln!(
+        "{} conditions: {unfenced} leakproof, {} not; {careful} where rowgate is more careful than PostgreSQL",
+        cases.len(),
+        cases.len() - unfenced
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Both outcomes must have been seen, or the check proves nothing.
+    assert!(unfenced > 20 && cases.len() - unfenced > 20);
+}
+
+/// The outcome of a statement: its rows sorted, or its SQLSTATE.
+fn outcome(result: Result<Vec<String>, postgres::Error>) -> String {
+    match result {
+        Ok(mut rows) => {
+            rows.sort();
+            format!("rows {rows:?}")
+        }
+        Err(e) => format!("error {}", common::sqlstate(&e).unwrap_or_default()),
+    }
+}
+
+#[test]
+fn error_probes_reveal_nothing() {
+    let fx = fixture();
+    let c = common::cluster();
+    let mut member = fx.proxy.connect(&fx.database, "lp", "pw").unwrap();
+    let mut native =
+        postgres::Client::connect(&c.url(&fx.database, "lp_native"), postgres::NoTls).unwrap();
+    // Each would raise "out of range for type double precision" (or real,
+    // or integer) on the hidden row's `n`.
+    let probes: &[(&str, &[&str])] = &[
+        ("SELECT k FROM lp WHERE n = 1.5::float8", &[]),
+        ("SELECT k FROM lp WHERE n > 2::real", &[]),
+        ("SELECT k FROM lp WHERE n IN (1::float8, 2)", &[]),
+        (
+            "SELECT k FROM lp WHERE n = CAST(0 AS double precision)",
+            &[],
+        ),
+        ("SELECT k FROM lp WHERE n BETWEEN 0::float8 AND 10", &[]),
+        ("SELECT k FROM lp WHERE n::int4 = 1", &[]),
+        ("SELECT k FROM lp WHERE n::text LIKE '27%'", &[]),
+        ("SELECT k FROM lp WHERE n = $1", &["float8"]),
+        ("SELECT k FROM lp WHERE n > $1", &["int4"]),
+        (
+            "SELECT o.id FROM lp_other o JOIN lp ON lp.k = o.k AND lp.n = 1.5::float8",
+            &[],
+        ),
+        (
+            "SELECT count(*) FROM lp WHERE n = 1.5::float8 AND i4 IS NULL",
+            &[],
+        ),
+        (
+            "SELECT k FROM (SELECT * FROM lp) s WHERE s.n = 1.5::float8",
+            &[],
+        ),
+        (
+            "WITH s AS (SELECT * FROM lp) SELECT k FROM s WHERE n = 1.5::float8",
+            &[],
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (sql, params) in probes {
+        let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+        let through = outcome(run(&mut member, sql, &params));
+        let direct = outcome(run(&mut native, sql, &params));
+        if through != direct {
+            failures.push(format!("{sql}: rowgate {through}, native {direct}"));
+        }
+        checked += 1;
+    }
+    // The same through PREPARE/EXECUTE, a cursor and COPY.
+    let sessions: &[&[&str]] = &[
+        &[
+            "PREPARE lp_p(float8) AS SELECT k FROM lp WHERE n = $1",
+            "EXECUTE lp_p(1.5)",
+            "DEALLOCATE lp_p",
+        ],
+        &[
+            "BEGIN",
+            "DECLARE lp_c CURSOR FOR SELECT k FROM lp WHERE n = 1.5::float8",
+            "FETCH ALL FROM lp_c",
+            "COMMIT",
+        ],
+        &["COPY (SELECT k FROM lp WHERE n = 1.5::float8) TO STDOUT"],
+    ];
+    for statements in sessions {
+        let mut results = Vec::new();
+        for client in [&mut member, &mut native] {
+            let mut all = Vec::new();
+            for s in *statements {
+                let r = if s.starts_with("COPY") {
+                    let mut out = String::new();
+                    match client.copy_out(*s) {
+                        Ok(mut reader) => {
+                            use std::io::Read;
+                            reader.read_to_string(&mut out).unwrap();
+                            Ok(vec![out])
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    run(client, s, &[])
+                };
+                all.push(outcome(r));
+            }
+            let _ = client.simple_query("ROLLBACK");
+            results.push(all);
+        }
+        if results[0] != results[1] {
+            failures.push(format!(
+                "{statements:?}: rowgate {:?}, native {:?}",
+                results[0], results[1]
+            ));
+        }
+        checked += 1;
+    }
+    // EXPLAIN of a condition that is not leakproof: a pattern matching the
+    // hidden row and one matching nothing answer alike.
+    let hidden = outcome(run(
+        &mut member,
+        "EXPLAIN SELECT 1 FROM lp WHERE t LIKE 'hid%'",
+        &[],
+    ));
+    let nothing = outcome(run(
+        &mut member,
+        "EXPLAIN SELECT 1 FROM lp WHERE t LIKE 'zzz%'",
+        &[],
+    ));
+    if hidden != nothing {
+        failures.push(format!("EXPLAIN probe: {hidden} vs {nothing}"));
+    }
+    assert_eq!(
+        hidden, "error 42501",
+        "EXPLAIN of a LIKE on a filtered table"
+    );
+    // Every probe gave the visible row and no error: the check can fail.
+    let visible = outcome(run(&mut member, probes[0].0, &[]));
+    assert_eq!(
+        visible, r#"rows ["1"]"#,
+        "the visible row, without an error"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(checked, probes.len() + sessions.len());
+}
