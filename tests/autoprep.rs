@@ -176,17 +176,51 @@ fn deallocate_all_aborted_transactions_and_stale_statements_behave_as_postgresql
         expect(&mut c, oracle, id);
     }
 
-    // The client drops rowgate's statement by name: the next run is
-    // retried the ordinary way, unseen.
+    // rowgate's statement is not the client's to touch: DEALLOCATE,
+    // PREPARE and EXECUTE of a name under the reserved prefix are refused,
+    // and Bind, Describe and Close of one find no statement.
     let name = outcome(
         &mut c,
         "SELECT name FROM pg_prepared_statements WHERE name LIKE 'rowgate_auto_%'",
     )
     .unwrap();
     assert_eq!(name.len(), 1, "{name:?}");
-    c.batch_execute(&format!("DEALLOCATE {}", name[0][0].as_deref().unwrap()))
-        .unwrap();
+    let name = name[0][0].clone().unwrap();
+    for sql in [
+        format!("DEALLOCATE {name}"),
+        format!("EXECUTE {name}(8)"),
+        format!("PREPARE {name} AS SELECT 1"),
+        "PREPARE ROWGATE_auto_1 AS SELECT 1".to_string(),
+    ] {
+        assert_eq!(outcome(&mut c, &sql), Err("42501".into()), "{sql}");
+    }
+    let bound = c.query(name.as_str(), &[]);
+    assert!(bound.is_err(), "a Parse under the reserved name is refused");
+    assert_eq!(
+        outcome(
+            &mut c,
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'rowgate_auto_%'",
+        ),
+        Ok(vec![vec![Some("1".to_string())]])
+    );
     expect(&mut c, oracle, 8);
+
+    // A DEALLOCATE ALL parsed as a named statement, then statements that
+    // rowgate prepares, then the DEALLOCATE run: it drops rowgate's new
+    // statements too, and rowgate notices when it runs, not only when it
+    // was parsed.
+    let dealloc = c.prepare("DEALLOCATE ALL").unwrap();
+    for id in 13..=15 {
+        expect(&mut c, oracle, id);
+    }
+    c.execute(&dealloc, &[]).unwrap();
+    // Inside a transaction block a missing statement could not be retried
+    // unseen: it must not be missing.
+    c.batch_execute("BEGIN").unwrap();
+    for id in 16..=18 {
+        expect(&mut c, oracle, id);
+    }
+    c.batch_execute("COMMIT").unwrap();
 
     // In a failed transaction the statement fails as PostgreSQL's would,
     // and runs again after ROLLBACK.

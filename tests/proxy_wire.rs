@@ -714,6 +714,55 @@ fn repeated_statements_prepared_automatically_keep_the_protocol_exact() {
         names.len() == 1 && names[0].starts_with("rowgate_auto_"),
         "{names:?}"
     );
+    // rowgate's statement is not the client's: a Parse under the reserved
+    // prefix is refused, Describe and Bind of rowgate's name find no
+    // statement, and Close of it leaves it in place.
+    let auto = names[0].clone();
+    for name in [auto.as_str(), "rowgate_mine", "ROWGATE_x"] {
+        buf.clear();
+        frontend::parse(name, "SELECT 1", [], &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), "EZ", "{name}");
+        assert_eq!(errors(&out)[0].0, "42501", "{name}");
+    }
+    buf.clear();
+    frontend::describe(b'S', &auto, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    let out = raw.until_ready().unwrap();
+    assert_eq!(tags(&out), "EZ");
+    assert_eq!(errors(&out)[0].0, "26000");
+    buf.clear();
+    frontend::bind(
+        "",
+        &auto,
+        [],
+        [1i32],
+        |v: i32, b: &mut BytesMut| {
+            b.extend_from_slice(&v.to_be_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [1],
+        &mut buf,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    let out = raw.until_ready().unwrap();
+    assert_eq!(tags(&out), "EZ");
+    assert_eq!(errors(&out)[0].0, "26000");
+    buf.clear();
+    frontend::close(b'S', &auto, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    assert_eq!(tags(&raw.until_ready().unwrap()), "3Z");
+    let out = raw
+        .query("SELECT name FROM pg_prepared_statements ORDER BY name")
+        .unwrap();
+    assert_eq!(first_values(&out), [auto]);
 }
 
 #[test]

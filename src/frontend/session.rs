@@ -68,6 +68,8 @@ const MARKER: &str = "rowgate_refusal_";
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 /// The prefix of the names of automatic prepared statements.
 const AUTO: &str = "rowgate_auto_";
+/// A statement name under the reserved prefix that nothing ever prepares.
+const NO_STATEMENT: &str = "rowgate_reserved";
 /// The largest ErrorResponse or ReadyForQuery the relay reads whole.
 const MAX_INSPECTED: usize = 1 << 20;
 /// How long an idle session lives on once a drain has begun.
@@ -516,8 +518,9 @@ struct Front<'a> {
     /// A setting changed in the transaction under way.
     set_in_transaction: bool,
     /// Client statements (by name; `""` the unnamed one) that change a
-    /// setting or end a transaction: (changes settings, ends transaction).
-    stateful: HashMap<String, (bool, bool)>,
+    /// setting, end a transaction or deallocate every prepared statement:
+    /// (changes settings, ends transaction, deallocates all).
+    stateful: HashMap<String, (bool, bool, bool)>,
     /// The relay's requests to run a statement again.
     retry_rx: mpsc::Receiver<Retry>,
 }
@@ -662,11 +665,18 @@ impl Front<'_> {
                     b'B' | b'D' if rewrites => {
                         if frame.tag() == b'B' && !self.stateful.is_empty() {
                             let (_, statement, _) = messages::bind(frame.body())?;
-                            if let Some(&(set, end)) = self.stateful.get(statement) {
+                            if let Some(&(set, end, dealloc)) = self.stateful.get(statement) {
                                 self.settings_event(set, end);
+                                if dealloc {
+                                    // Each run drops rowgate's statements too.
+                                    self.forget_autos(false);
+                                }
                             }
                         }
-                        let out = self.name_unnamed(frame.tag(), frame.body())?;
+                        let out = match reserved_target(frame.tag(), frame.body())? {
+                            Some(out) => Some(out),
+                            None => self.name_unnamed(frame.tag(), frame.body())?,
+                        };
                         wr.write_all(out.as_ref().unwrap_or(&frame.frame)).await?;
                     }
                     b'C' if rewrites => {
@@ -674,7 +684,8 @@ impl Front<'_> {
                             self.unnamed = None;
                         }
                         self.expect.push(self.cycles, b'3', Action::Pass);
-                        wr.write_all(&frame.frame).await?;
+                        let out = reserved_target(b'C', frame.body())?;
+                        wr.write_all(out.as_ref().unwrap_or(&frame.frame)).await?;
                     }
                     b'F' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
@@ -856,6 +867,9 @@ impl Front<'_> {
             self.unnamed = None;
         }
         let forward = match parse.query {
+            _ if rewrite::is_reserved_name(parse.name) => {
+                Err(self.refuse(&Refusal::Reserved(parse.name.to_string())))
+            }
             Ok(q) => {
                 let q = q.to_string();
                 self.catalog_fresh().await;
@@ -865,10 +879,10 @@ impl Front<'_> {
             Err(()) => Err(self.refuse(&not_utf8())),
         };
         if let Ok(f) = &forward {
-            if f.changes_settings || f.ends_transaction {
+            if f.changes_settings || f.ends_transaction || f.deallocates_all {
                 self.stateful.insert(
                     parse.name.to_string(),
-                    (f.changes_settings, f.ends_transaction),
+                    (f.changes_settings, f.ends_transaction, f.deallocates_all),
                 );
             } else if !self.stateful.is_empty() {
                 self.stateful.remove(parse.name);
@@ -1152,6 +1166,36 @@ fn parse_message(name: &str, text: &str, types: &[u8]) -> Bytes {
         b.put_slice(types);
     });
     out.freeze()
+}
+
+/// A Bind, Describe or Close naming a statement under rowgate's reserved
+/// prefix, made to name one that never exists: the client's own statements
+/// cannot carry the prefix (their Parse and PREPARE are refused), and
+/// rowgate's are not the client's to run, describe or close. `None` for
+/// any other message.
+fn reserved_target(tag: u8, body: &[u8]) -> Result<Option<Bytes>, WireError> {
+    let mut out = BytesMut::new();
+    if tag == b'B' {
+        let (portal, statement, rest) = messages::bind(body)?;
+        if !rewrite::is_reserved_name(statement) {
+            return Ok(None);
+        }
+        wire::put_message(&mut out, b'B', |b| {
+            wire::put_cstr(b, portal);
+            wire::put_cstr(b, NO_STATEMENT);
+            b.put_slice(rest);
+        });
+    } else {
+        let (kind, name) = messages::target(body)?;
+        if kind != b'S' || !rewrite::is_reserved_name(name) {
+            return Ok(None);
+        }
+        wire::put_message(&mut out, tag, |b| {
+            b.put_u8(b'S');
+            wire::put_cstr(b, NO_STATEMENT);
+        });
+    }
+    Ok(Some(out.freeze()))
 }
 
 fn close_message(kind: u8, name: &str) -> Bytes {

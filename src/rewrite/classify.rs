@@ -105,6 +105,17 @@ pub(crate) fn check(
             Reset::SessionAuthorization => Err(Refusal::statement("RESET SESSION AUTHORIZATION")),
         },
 
+        Statement::Prepare { name, .. } if super::is_reserved_name(&name.value) => {
+            Err(Refusal::Reserved(name.value.clone()))
+        }
+        Statement::Deallocate { name, .. } if super::is_reserved_name(&name.value) => {
+            Err(Refusal::Reserved(name.value.clone()))
+        }
+        Statement::Execute {
+            name: Some(name), ..
+        } if super::is_reserved_name(&name.to_string().replace('"', "")) => {
+            Err(Refusal::Reserved(name.to_string()))
+        }
         Statement::Prepare { statement, .. } => match statement.as_mut() {
             inner @ Statement::Query(_) => check(inner, cx, state),
             other => Err(Refusal::statement(format!("PREPARE of {}", kind(other)))),

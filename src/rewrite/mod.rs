@@ -107,6 +107,11 @@ pub enum Refusal {
     Unsupported(String),
     #[error("permission denied: rowgate could not parse the statement, so it is refused ({0})")]
     Unparsable(String),
+    /// A prepared statement name under rowgate's reserved prefix.
+    #[error(
+        "permission denied: prepared statement names starting with \"rowgate_\" are reserved ({0})"
+    )]
+    Reserved(String),
     /// EXPLAIN of a statement whose plan would depend on statistics of
     /// rows the member cannot see.
     #[error("permission denied: EXPLAIN of a statement with a condition that is not leakproof on a filtered table (its estimates would reflect rows the filters hide)")]
@@ -135,6 +140,19 @@ impl Refusal {
     pub(crate) fn unsupported(what: impl Into<String>) -> Self {
         Refusal::Unsupported(what.into())
     }
+}
+
+/// The prefix of the names rowgate gives its own upstream objects
+/// (automatic prepared statements, refusal markers): a client may not name
+/// a statement with it.
+pub const RESERVED_PREFIX: &str = "rowgate_";
+
+/// Whether a client's prepared statement name is under the reserved prefix
+/// (as PostgreSQL compares names: folded for SQL, exact on the wire; both
+/// are checked folded, which refuses a little more).
+pub fn is_reserved_name(name: &str) -> bool {
+    name.len() >= RESERVED_PREFIX.len()
+        && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
 }
 
 /// The most operators, set operations and other links one statement may

@@ -451,13 +451,14 @@ impl Walker<'_, '_> {
         if is_blocked_catalog(&rel) {
             return Err(Refusal::Table(rel.to_string()));
         }
-        if is_system_schema(&rel.schema) {
+        let predicate = if is_system_schema(&rel.schema) {
             return Ok(());
-        }
-        if !self.cx.access.may_read(&rel) {
+        } else if !self.cx.access.may_read(&rel) {
             return Err(Refusal::Table(rel.to_string()));
-        }
-        let Some(predicate) = self.cx.access.filter(&rel) else {
+        } else {
+            self.cx.access.filter(&rel)
+        };
+        let Some(predicate) = predicate else {
             if alias.is_none() {
                 self.state.add_unaliased(&rel, false)?;
             }
