@@ -18,6 +18,7 @@
 //! Offline there are no column types and no type catalog, so nothing that
 //! applies an operator to a column is provably leakproof.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
@@ -79,6 +80,21 @@ pub(crate) struct Item {
     pub rel: Option<RelName>,
     /// Column names (folded) and types; `None` when not known.
     pub columns: Option<Vec<(String, Oid)>>,
+    /// What it is, for deciding where a condition that reads it can run.
+    pub kind: ItemKind,
+}
+
+/// What a FROM item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemKind {
+    /// A table (or view) read by name: the address of its `TableFactor` in
+    /// the statement being judged, which the rewriter recognizes.
+    Table(usize),
+    /// A set-returning function: it holds no hidden rows.
+    Function,
+    /// A derived table, CTE or anything else whose rows come from tables
+    /// this judge does not follow.
+    Other,
 }
 
 /// The FROM items of each enclosing query level, innermost last.
@@ -90,19 +106,20 @@ impl Levels {
         Levels(vec![items])
     }
 
-    /// The type of a column reference, `Opaque` when it cannot be pinned.
-    fn column(&self, parts: &[Ident]) -> ETy {
+    /// The type of a column reference, `Opaque` when it cannot be pinned,
+    /// and the item it reads (level, index), `None` when that is not known.
+    fn column(&self, parts: &[Ident]) -> (ETy, Option<(usize, usize)>) {
         let names: Vec<String> = parts.iter().map(fold).collect();
-        for level in self.0.iter().rev() {
+        for (depth, level) in self.0.iter().enumerate().rev() {
             let (qualifier, column) = match names.as_slice() {
                 [c] => (None, c),
                 [q, c] => (Some(vec![q.as_str()]), c),
                 [s, t, c] => (Some(vec![s.as_str(), t.as_str()]), c),
-                _ => return ETy::Opaque,
+                _ => return (ETy::Opaque, None),
             };
             let mut found = Vec::new();
             let mut maybe = false;
-            for item in level {
+            for (index, item) in level.iter().enumerate() {
                 let named = match &qualifier {
                     None => true,
                     Some(q) if q.len() == 1 => item.alias == q[0],
@@ -117,23 +134,23 @@ impl Levels {
                 match &item.columns {
                     Some(cols) => {
                         if let Some((_, t)) = cols.iter().find(|(n, _)| n == column) {
-                            found.push(*t);
+                            found.push((*t, index));
                         } else if qualifier.is_some() {
                             // `alias.name` that is no column: attribute
                             // notation, a function call.
-                            return ETy::Opaque;
+                            return (ETy::Opaque, None);
                         }
                     }
                     None => maybe = true,
                 }
             }
             match (found.as_slice(), maybe) {
-                ([t], false) => return ETy::Known(*t),
+                ([(t, index)], false) => return (ETy::Known(*t), Some((depth, *index))),
                 ([], false) => continue,
-                _ => return ETy::Opaque,
+                _ => return (ETy::Opaque, None),
             }
         }
-        ETy::Opaque
+        (ETy::Opaque, None)
     }
 }
 
@@ -145,8 +162,40 @@ pub(crate) struct Judge<'a> {
     params: Vec<Oid>,
     levels: Levels,
     ctes: Vec<Vec<String>>,
-    /// Whether some condition that could run at a table scan may leak.
+    /// Whether some condition that could run at a table scan may leak and
+    /// cannot be pinned to the tables it reads: every table needs a fence.
     leaky: bool,
+    /// Tables (their `TableFactor` addresses) read by a condition that may
+    /// leak: each needs a fence.
+    fenced: HashSet<usize>,
+    /// The items the expression being judged reads.
+    refs: Vec<(usize, usize)>,
+    /// Whether it reads something that cannot be pinned to an item.
+    unattributed: bool,
+}
+
+/// Where a statement's filtered tables need a fence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Every table needs one.
+    pub everywhere: bool,
+    /// These tables (by `TableFactor` address) need one.
+    pub tables: HashSet<usize>,
+}
+
+impl Verdict {
+    /// No condition anywhere may leak.
+    pub fn leakproof(&self) -> bool {
+        !self.everywhere && self.tables.is_empty()
+    }
+
+    /// Whether the table at this address needs a fence.
+    pub fn fences(&self, factor: &TableFactor) -> bool {
+        self.everywhere
+            || self
+                .tables
+                .contains(&(factor as *const TableFactor as usize))
+    }
 }
 
 /// Whether every condition of `statement` that PostgreSQL could evaluate at
@@ -154,6 +203,14 @@ pub(crate) struct Judge<'a> {
 /// the output expressions of nested queries in FROM, which conditions of
 /// the enclosing query are pushed down through) is leakproof.
 pub fn statement_is_leakproof(statement: &Statement, cx: &Context) -> bool {
+    judge_statement(statement, cx).leakproof()
+}
+
+/// Which tables of `statement` need a fence: those read by a condition
+/// PostgreSQL could evaluate at their scan that is not leakproof; every
+/// table when such a condition reads something not pinned to a table (a
+/// subquery, a derived table's column, a construct not modelled).
+pub fn judge_statement(statement: &Statement, cx: &Context) -> Verdict {
     let mut judge = Judge::new(cx);
     if let Statement::Prepare { data_types, .. } = statement {
         judge.params = data_types
@@ -163,7 +220,10 @@ pub fn statement_is_leakproof(statement: &Statement, cx: &Context) -> bool {
     }
     let mut outermost = Outermost { judge: &mut judge };
     let _ = statement.visit(&mut outermost);
-    !judge.leaky
+    Verdict {
+        everywhere: judge.leaky,
+        tables: judge.fenced,
+    }
 }
 
 /// Hands each outermost query of a statement to the judge.
@@ -189,6 +249,9 @@ impl<'a> Judge<'a> {
             levels: Levels::default(),
             ctes: Vec::new(),
             leaky: false,
+            fenced: HashSet::new(),
+            refs: Vec::new(),
+            unattributed: false,
         }
     }
 
@@ -201,9 +264,9 @@ impl<'a> Judge<'a> {
 
     /// Whether `expr` is leakproof over the judge's FROM items.
     pub(crate) fn leakproof(&mut self, expr: &Expr) -> bool {
-        let before = self.leaky;
+        let (before, fenced) = (self.leaky, self.fenced.len());
         let info = self.info(expr);
-        let clean = !info.leaky && self.leaky == before;
+        let clean = !info.leaky && self.leaky == before && self.fenced.len() == fenced;
         self.leaky = before;
         clean
     }
@@ -361,7 +424,17 @@ impl<'a> Judge<'a> {
                 let renamed = alias.as_ref().is_some_and(|a| !a.columns.is_empty());
                 if args.is_some() || renamed || parts.len() != name.0.len() {
                     self.nested(factor);
-                    items.push(opaque_item(alias_name));
+                    let kind = if args.is_some() {
+                        ItemKind::Function
+                    } else {
+                        ItemKind::Other
+                    };
+                    items.push(Item {
+                        alias: alias_name,
+                        rel: None,
+                        columns: None,
+                        kind,
+                    });
                     return;
                 }
                 let rel = match parts.as_slice() {
@@ -373,10 +446,16 @@ impl<'a> Judge<'a> {
                 let columns = rel
                     .as_ref()
                     .and_then(|r| self.cx.catalog.columns(&r.schema, &r.name));
+                let kind = if rel.is_some() {
+                    ItemKind::Table(factor as *const TableFactor as usize)
+                } else {
+                    ItemKind::Other
+                };
                 items.push(Item {
                     alias: alias_name,
                     rel,
                     columns,
+                    kind,
                 });
             }
             TableFactor::Derived {
@@ -401,9 +480,12 @@ impl<'a> Judge<'a> {
             | TableFactor::UNNEST { alias, .. }
             | TableFactor::TableFunction { alias, .. } => {
                 self.nested(factor);
-                items.push(opaque_item(
-                    alias.as_ref().map(|a| fold(&a.name)).unwrap_or_default(),
-                ));
+                items.push(Item {
+                    alias: alias.as_ref().map(|a| fold(&a.name)).unwrap_or_default(),
+                    rel: None,
+                    columns: None,
+                    kind: ItemKind::Function,
+                });
             }
             _ => self.leaky = true,
         }
@@ -435,10 +517,37 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// A condition PostgreSQL may evaluate at a scan.
+    /// A condition PostgreSQL may evaluate at a scan: when it may leak,
+    /// the tables it reads need a fence.
     fn qual(&mut self, expr: &Expr) {
-        if self.info(expr).leaky {
+        let saved = (
+            std::mem::take(&mut self.refs),
+            std::mem::take(&mut self.unattributed),
+        );
+        let info = self.info(expr);
+        let refs = std::mem::replace(&mut self.refs, saved.0);
+        let unattributed = std::mem::replace(&mut self.unattributed, saved.1);
+        if !info.leaky {
+            return;
+        }
+        if unattributed {
             self.leaky = true;
+            return;
+        }
+        for (depth, index) in refs {
+            match self
+                .levels
+                .0
+                .get(depth)
+                .and_then(|l| l.get(index))
+                .map(|i| i.kind)
+            {
+                Some(ItemKind::Table(address)) => {
+                    self.fenced.insert(address);
+                }
+                Some(ItemKind::Function) => {}
+                Some(ItemKind::Other) | None => self.leaky = true,
+            }
         }
     }
 
@@ -745,8 +854,10 @@ impl<'a> Judge<'a> {
                 }
             }
             Expr::Subquery(q) | Expr::Exists { subquery: q, .. } => {
-                // A SubLink: PostgreSQL counts it as leaking.
+                // A SubLink: PostgreSQL counts it as leaking, and what it
+                // reads of the enclosing query is not followed here.
                 self.query(q, false);
+                self.unattributed = true;
                 Info {
                     ty: ETy::Opaque,
                     vars: true,
@@ -756,6 +867,7 @@ impl<'a> Judge<'a> {
             Expr::InSubquery { expr, subquery, .. } => {
                 self.info(expr);
                 self.query(subquery, false);
+                self.unattributed = true;
                 Info {
                     ty: ETy::Known(types::BOOL),
                     vars: true,
@@ -766,6 +878,9 @@ impl<'a> Judge<'a> {
                 // Not modelled: leaking if it reads a column (or a table).
                 self.nested(other);
                 let vars = reads_anything(other);
+                if vars {
+                    self.unattributed = true;
+                }
                 Info {
                     ty: ETy::Opaque,
                     vars,
@@ -775,9 +890,14 @@ impl<'a> Judge<'a> {
         }
     }
 
-    fn var(&self, parts: &[Ident]) -> Info {
+    fn var(&mut self, parts: &[Ident]) -> Info {
+        let (ty, item) = self.levels.column(parts);
+        match item {
+            Some(id) => self.refs.push(id),
+            None => self.unattributed = true,
+        }
         Info {
-            ty: self.levels.column(parts),
+            ty,
             vars: true,
             leaky: false,
         }
@@ -918,6 +1038,7 @@ impl<'a> Judge<'a> {
                         FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => args.push(self.info(e)),
                         other => {
                             self.nested(other);
+                            self.unattributed = true;
                             irregular = true;
                             args.push(Info {
                                 ty: ETy::Opaque,
@@ -1003,6 +1124,7 @@ fn opaque_item(alias: String) -> Item {
         alias,
         rel: None,
         columns: None,
+        kind: ItemKind::Other,
     }
 }
 
@@ -1130,5 +1252,6 @@ pub(crate) fn table_item(catalog: &dyn Catalog, alias: String, rel: &RelName) ->
         alias,
         rel: Some(rel.clone()),
         columns: catalog.columns(&rel.schema, &rel.name),
+        kind: ItemKind::Other,
     }
 }

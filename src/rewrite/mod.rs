@@ -337,8 +337,9 @@ fn print_with_moves(statements: &[Statement], moves: &[usize]) -> String {
 /// Classifies one parsed statement and rewrites it in place.
 pub fn rewrite_statement(statement: &mut Statement, cx: &Context) -> Result<(), Refusal> {
     let mut state = tables::State::default();
-    state.unfenced =
-        cx.fence == Fence::UnsafeOff || leakproof::statement_is_leakproof(statement, cx);
+    if cx.fence != Fence::UnsafeOff {
+        state.verdict = leakproof::judge_statement(statement, cx);
+    }
     classify::check(statement, cx, &mut state)?;
     tables::fix_qualified_references(statement, &state);
     exact_literals(statement);

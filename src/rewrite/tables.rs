@@ -16,7 +16,8 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     BinaryOperator, Expr, FunctionArguments, Ident, JoinOperator, LimitClause, ObjectNamePart,
     Offset, OffsetRows, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
-    TableAlias, TableFactor, Value, VisitMut, VisitorMut, WildcardAdditionalOptions,
+    TableAlias, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut,
+    WildcardAdditionalOptions,
 };
 
 use super::catalog::{self, is_blocked_catalog, is_system_schema};
@@ -57,9 +58,9 @@ pub(crate) struct State {
     unaliased: Vec<RelName>,
     /// Every table read without an alias, and whether it was replaced.
     named: Vec<(RelName, bool)>,
-    /// Whether filtered tables go without a fence: every condition that
-    /// could run at their scans is leakproof (decided before the walk).
-    pub(crate) unfenced: bool,
+    /// Which filtered tables need a fence: those a condition that may leak
+    /// could run on (decided before the walk).
+    pub(crate) verdict: leakproof::Verdict,
     /// Whether some table was replaced by a filtered read.
     pub(crate) filtered: bool,
 }
@@ -133,6 +134,7 @@ fn rewrite_with_and_body(
         in_table: 0,
         fenced: Vec::new(),
         replaced: false,
+        reads: Vec::new(),
     };
     match query.visit(&mut walker) {
         ControlFlow::Break(refusal) => Err(refusal),
@@ -192,6 +194,9 @@ struct Walker<'a, 's> {
     fenced: Vec<(String, RelName)>,
     /// Whether the SELECT being walked had a table replaced.
     replaced: bool,
+    /// Tables the SELECT being walked reads: alias, table, and whether its
+    /// derived table is unfenced (`None` for a table read whole).
+    reads: Vec<(String, RelName, Option<bool>)>,
 }
 
 impl VisitorMut for Walker<'_, '_> {
@@ -253,6 +258,8 @@ impl VisitorMut for Walker<'_, '_> {
             if !fenced.is_empty() {
                 push_down(select, &fenced, self.cx);
             }
+            let reads = std::mem::take(&mut self.reads);
+            drop_implied_references(select, &reads);
         }
         ControlFlow::Continue(())
     }
@@ -388,6 +395,7 @@ impl Walker<'_, '_> {
     }
 
     fn replace_table(&mut self, factor: &mut TableFactor) -> Result<(), Refusal> {
+        let fence = self.state.verdict.fences(factor);
         let TableFactor::Table {
             name,
             alias,
@@ -464,6 +472,13 @@ impl Walker<'_, '_> {
             }
             // Every row is visible: pin the schema so the upstream search
             // path cannot redirect the name.
+            let read_as = alias
+                .as_ref()
+                .map(|a| fold(&a.name))
+                .unwrap_or_else(|| rel.name.clone());
+            if alias.as_ref().is_none_or(|a| a.columns.is_empty()) {
+                self.reads.push((read_as, rel.clone(), None));
+            }
             *name = rel.to_object_name();
             return Ok(());
         };
@@ -484,7 +499,7 @@ impl Walker<'_, '_> {
         let projection = vec![SelectItem::Wildcard(WildcardAdditionalOptions::default())];
         let mut subquery =
             crate::policy::select_from(&rel, projection, Some(predicate.clone()), sample.take());
-        if !self.state.unfenced {
+        if fence {
             // `OFFSET NULL` keeps PostgreSQL from flattening the derived
             // table or pushing the query's own conditions into it, so they
             // are evaluated only on rows the filter let through, as native
@@ -503,6 +518,10 @@ impl Walker<'_, '_> {
             if alias.columns.is_empty() {
                 self.fenced.push((fold(&alias.name), rel.clone()));
             }
+        }
+        if alias.columns.is_empty() {
+            self.reads
+                .push((fold(&alias.name), rel.clone(), Some(!fence)));
         }
         *factor = TableFactor::Derived {
             lateral: false,
@@ -580,6 +599,7 @@ pub(crate) fn rewrite_node<V: VisitMut>(
         in_table: 0,
         fenced: Vec::new(),
         replaced: false,
+        reads: Vec::new(),
     };
     match node.visit(&mut walker) {
         ControlFlow::Break(refusal) => Err(refusal),
@@ -619,6 +639,7 @@ fn push_down(select: &mut Select, fenced: &[(String, RelName)], cx: &Context) {
                     alias,
                     rel: None,
                     columns: None,
+                    kind: leakproof::ItemKind::Other,
                 }),
             }
         }
@@ -669,6 +690,174 @@ fn push_down(select: &mut Select, fenced: &[(String, RelName)], cx: &Context) {
     } else {
         Some(original)
     };
+}
+
+/// Drops from an unfenced table's filter a `references` condition that the
+/// SELECT's own inner join already implies: `o.merchant_id IN (SELECT id
+/// FROM merchants WHERE <merchants' filters>)` when the SELECT joins `o` to
+/// merchants read through their filters (or whole, when every merchant is
+/// visible) on `o.merchant_id = m.id`. Every row of `o` that reaches the
+/// output matched a visible merchant, so the result is the same; the
+/// planner then does not count the same restriction twice. Only where every
+/// join of the SELECT is an inner one, and only for unfenced tables (their
+/// other conditions are leakproof, so seeing the rows the dropped condition
+/// would have removed reveals nothing).
+fn drop_implied_references(select: &mut Select, reads: &[(String, RelName, Option<bool>)]) {
+    if reads.len() < 2 {
+        return;
+    }
+    let inner_only = select.from.iter().all(|twj| {
+        twj.joins.iter().all(|j| {
+            matches!(
+                j.join_operator,
+                JoinOperator::Join(_) | JoinOperator::Inner(_) | JoinOperator::CrossJoin(_)
+            )
+        })
+    });
+    if !inner_only {
+        return;
+    }
+    // The equalities the SELECT requires: top-level conjuncts of WHERE and
+    // of inner joins' ON.
+    let mut equalities: Vec<((String, String), (String, String))> = Vec::new();
+    let mut conditions: Vec<&Expr> = select.selection.iter().collect();
+    for twj in &select.from {
+        for j in &twj.joins {
+            if let JoinOperator::Join(sqlparser::ast::JoinConstraint::On(e))
+            | JoinOperator::Inner(sqlparser::ast::JoinConstraint::On(e)) = &j.join_operator
+            {
+                conditions.push(e);
+            }
+        }
+    }
+    for condition in conditions {
+        for conjunct in leakproof::conjuncts(condition) {
+            let column = |e: &Expr| match e {
+                Expr::CompoundIdentifier(p) if p.len() == 2 => Some((fold(&p[0]), fold(&p[1]))),
+                Expr::Nested(inner) => match inner.as_ref() {
+                    Expr::CompoundIdentifier(p) if p.len() == 2 => Some((fold(&p[0]), fold(&p[1]))),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } = conjunct
+            {
+                if let (Some(l), Some(r)) = (column(left), column(right)) {
+                    equalities.push((l.clone(), r.clone()));
+                    equalities.push((r, l));
+                }
+            }
+        }
+    }
+    if equalities.is_empty() {
+        return;
+    }
+    for twj in &mut select.from {
+        let factors =
+            std::iter::once(&mut twj.relation).chain(twj.joins.iter_mut().map(|j| &mut j.relation));
+        for factor in factors {
+            let TableFactor::Derived {
+                alias: Some(alias),
+                subquery,
+                ..
+            } = factor
+            else {
+                continue;
+            };
+            let name = fold(&alias.name);
+            let Some((_, rel, Some(true))) = reads.iter().find(|(a, _, _)| *a == name) else {
+                continue;
+            };
+            let SetExpr::Select(inner) = subquery.body.as_mut() else {
+                continue;
+            };
+            let Some(selection) = inner.selection.take() else {
+                continue;
+            };
+            let mut kept = Vec::new();
+            for conjunct in split_and(selection) {
+                let implied = match &conjunct {
+                    Expr::InSubquery {
+                        expr,
+                        subquery: target,
+                        negated: false,
+                    } => references_target(expr, target, rel).is_some_and(
+                        |(column, target_rel, key)| {
+                            reads.iter().any(|(other, other_rel, _)| {
+                                *other != name
+                                    && *other_rel == target_rel
+                                    && equalities.contains(&(
+                                        (name.clone(), column.clone()),
+                                        (other.clone(), key.clone()),
+                                    ))
+                            })
+                        },
+                    ),
+                    _ => false,
+                };
+                if !implied {
+                    kept.push(conjunct);
+                }
+            }
+            inner.selection = crate::policy::and_all(kept);
+        }
+    }
+}
+
+/// For a `references` condition of `rel` (`rel.column IN (SELECT
+/// target.key FROM schema.target ...)`): the column, the target table and
+/// its key.
+fn references_target(
+    expr: &Expr,
+    target: &Query,
+    rel: &RelName,
+) -> Option<(String, RelName, String)> {
+    let Expr::CompoundIdentifier(parts) = expr else {
+        return None;
+    };
+    let [table, column] = parts.as_slice() else {
+        return None;
+    };
+    if fold(table) != rel.name {
+        return None;
+    }
+    let SetExpr::Select(select) = target.body.as_ref() else {
+        return None;
+    };
+    let [TableWithJoins {
+        relation: TableFactor::Table {
+            name, alias: None, ..
+        },
+        joins,
+    }] = select.from.as_slice()
+    else {
+        return None;
+    };
+    if !joins.is_empty() || target.limit_clause.is_some() {
+        return None;
+    }
+    let names: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(fold)
+        .collect();
+    let [schema, table_name] = names.as_slice() else {
+        return None;
+    };
+    let target_rel = RelName::new(schema.clone(), table_name.clone());
+    let [SelectItem::UnnamedExpr(Expr::CompoundIdentifier(key))] = select.projection.as_slice()
+    else {
+        return None;
+    };
+    let [_, key] = key.as_slice() else {
+        return None;
+    };
+    Some((fold(column), target_rel, fold(key)))
 }
 
 /// The subquery of the fenced derived table aliased `alias`, if it stands
