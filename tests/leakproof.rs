@@ -357,3 +357,97 @@ fn error_probes_reveal_nothing() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(checked, probes.len() + sessions.len());
 }
+
+/// The statement rowgate forwarded for `sql`, from its log.
+fn forwarded(proxy: &common::Proxy, before: usize) -> String {
+    let log = proxy.log();
+    log[before..]
+        .lines()
+        .filter_map(|l| l.split_once(" sql=").map(|(_, sql)| sql.to_string()))
+        .next_back()
+        .unwrap_or_default()
+}
+
+#[test]
+fn fences_only_where_a_condition_may_leak() {
+    let fx = fixture();
+    let c = common::cluster();
+    let mut member = fx.proxy.connect(&fx.database, "lp", "pw").unwrap();
+    let mut native =
+        postgres::Client::connect(&c.url(&fx.database, "lp_native"), postgres::NoTls).unwrap();
+    // (statement, lp fenced, lp_other fenced, lp_other's references filter kept)
+    let cases: &[(&str, bool, bool, bool)] = &[
+        // A leaky condition on lp only: lp fenced, lp_other not (and its
+        // references filter, implied by the join to lp's visible rows, left
+        // out).
+        (
+            "SELECT o.id FROM lp JOIN lp_other o ON o.k = lp.k WHERE lp.n = 1.5::float8",
+            true,
+            false,
+            false,
+        ),
+        // ... and on lp_other only.
+        (
+            "SELECT o.id FROM lp JOIN lp_other o ON o.k = lp.k WHERE o.t LIKE 'vis%'",
+            false,
+            true,
+            true,
+        ),
+        // A leaky join condition reads both.
+        (
+            "SELECT o.id FROM lp JOIN lp_other o ON o.k + 0 = lp.k",
+            true,
+            true,
+            true,
+        ),
+        // Leakproof: no fence, and the inner join to lp implies lp_other's
+        // references filter.
+        (
+            "SELECT o.id, o.t FROM lp_other o JOIN lp ON lp.k = o.k WHERE lp.i4 = 1",
+            false,
+            false,
+            false,
+        ),
+        (
+            "SELECT o.id FROM lp_other o, lp WHERE o.k = lp.k",
+            false,
+            false,
+            false,
+        ),
+        // An outer join keeps lp_other's rows whatever lp holds: the filter
+        // stays.
+        (
+            "SELECT o.id, lp.k FROM lp_other o LEFT JOIN lp ON lp.k = o.k",
+            false,
+            false,
+            true,
+        ),
+        // A join on another column implies nothing.
+        (
+            "SELECT o.id FROM lp_other o JOIN lp ON lp.i4 = o.k",
+            false,
+            false,
+            true,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (sql, lp_fenced, other_fenced, references_kept) in cases {
+        let before = fx.proxy.log().len();
+        let through = outcome(run(&mut member, sql, &[]));
+        let direct = outcome(run(&mut native, sql, &[]));
+        if through != direct {
+            failures.push(format!("{sql}: rowgate {through}, native {direct}"));
+        }
+        let out = forwarded(&fx.proxy, before);
+        let lp_is_fenced = out.contains("OFFSET NULL) AS lp") || out.contains("OFFSET NULL) lp");
+        let other_part = out.find("FROM public.lp_other").map(|i| &out[i..]);
+        let other_is_fenced = out.contains("OFFSET NULL) o ");
+        let kept = other_part.is_some_and(|p| p.starts_with("FROM public.lp_other WHERE"));
+        if (lp_is_fenced, other_is_fenced, kept) != (*lp_fenced, *other_fenced, *references_kept) {
+            failures.push(format!(
+                "{sql}: fenced lp {lp_is_fenced}, lp_other {other_is_fenced}, references kept {kept}; expected {lp_fenced}, {other_fenced}, {references_kept}\n  forwarded: {out}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
