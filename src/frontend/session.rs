@@ -1050,10 +1050,20 @@ impl Front<'_> {
     /// derived from the old one (rewrites, automatic statements) is
     /// dropped when the objects changed.
     async fn catalog_fresh(&mut self) {
-        if self.catalog.age() > self.shared.catalog.max_age {
-            if let Ok(fresh) = self.shared.catalog.get(&self.database).await {
-                self.adopt(fresh);
+        let max_age = self.shared.catalog.max_age;
+        if self.catalog.age() <= max_age {
+            return;
+        }
+        // Another session's reload may have finished already; otherwise
+        // one starts in the background and this statement goes on with
+        // the snapshot it has.
+        if let Some(latest) = self.shared.catalog.latest(&self.database) {
+            if !Arc::ptr_eq(&latest, &self.catalog) {
+                self.adopt(latest);
             }
+        }
+        if self.catalog.age() > max_age {
+            self.shared.catalog.reload_in_background(&self.database);
         }
     }
 

@@ -112,14 +112,23 @@ impl Snapshot {
     }
 }
 
-/// Snapshots per database, shared by every session.
+/// Snapshots per database, shared by every session (a handle: clones share
+/// them).
+#[derive(Clone)]
 pub struct LiveCatalog {
+    inner: Arc<Inner>,
+    /// A snapshot older than this is reloaded in the background when a
+    /// statement uses it: objects created upstream are seen within this
+    /// time and the time a reload takes.
+    pub max_age: Duration,
+}
+
+struct Inner {
     upstream: Upstream,
     snapshots: DashMap<String, Arc<Snapshot>>,
     loading: Mutex<()>,
-    /// A snapshot older than this is reloaded before the next statement
-    /// that uses it: objects created upstream are seen within this time.
-    pub max_age: Duration,
+    /// Databases whose background reload is under way.
+    reloading: std::sync::Mutex<HashSet<String>>,
 }
 
 const RELATIONS: &str = "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c \
@@ -260,17 +269,51 @@ const USER_CASTS: &str = "SELECT DISTINCT '', pg_catalog.format_type(c.casttarge
 impl LiveCatalog {
     pub fn new(upstream: Upstream) -> Self {
         Self {
-            upstream,
-            snapshots: DashMap::new(),
-            loading: Mutex::new(()),
+            inner: Arc::new(Inner {
+                upstream,
+                snapshots: DashMap::new(),
+                loading: Mutex::new(()),
+                reloading: std::sync::Mutex::new(HashSet::new()),
+            }),
             max_age: Duration::from_secs(10),
         }
+    }
+
+    /// The newest snapshot of `database` there is, without loading one.
+    pub fn latest(&self, database: &str) -> Option<Arc<Snapshot>> {
+        self.inner.snapshots.get(database).map(|s| s.clone())
+    }
+
+    /// Reloads `database` in a task of its own, unless one already does, so
+    /// that no statement waits for it. Must be called within a tokio
+    /// runtime.
+    pub fn reload_in_background(&self, database: &str) {
+        {
+            let mut reloading = self
+                .inner
+                .reloading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !reloading.insert(database.to_string()) {
+                return;
+            }
+        }
+        let this = self.clone();
+        let database = database.to_string();
+        tokio::spawn(async move {
+            let _ = this.refresh(&database, this.max_age).await;
+            this.inner
+                .reloading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&database);
+        });
     }
 
     /// The current snapshot of `database`, loading it when missing or older
     /// than `max_age`.
     pub async fn get(&self, database: &str) -> Result<Arc<Snapshot>, tokio_postgres::Error> {
-        if let Some(s) = self.snapshots.get(database) {
+        if let Some(s) = self.inner.snapshots.get(database) {
             if s.age() < self.max_age {
                 return Ok(s.clone());
             }
@@ -285,14 +328,14 @@ impl LiveCatalog {
         database: &str,
         fresh_enough: Duration,
     ) -> Result<Arc<Snapshot>, tokio_postgres::Error> {
-        let _guard = self.loading.lock().await;
-        if let Some(s) = self.snapshots.get(database) {
+        let _guard = self.inner.loading.lock().await;
+        if let Some(s) = self.inner.snapshots.get(database) {
             if s.age() < fresh_enough {
                 return Ok(s.clone());
             }
         }
         let mut snapshot = self.load(database).await?;
-        if let Some(old) = self.snapshots.get(database) {
+        if let Some(old) = self.inner.snapshots.get(database) {
             snapshot.generation = if old.same_objects(&snapshot) {
                 old.generation
             } else {
@@ -300,7 +343,8 @@ impl LiveCatalog {
             };
         }
         let snapshot = Arc::new(snapshot);
-        self.snapshots
+        self.inner
+            .snapshots
             .insert(database.to_string(), snapshot.clone());
         Ok(snapshot)
     }
@@ -308,17 +352,17 @@ impl LiveCatalog {
     async fn load(&self, database: &str) -> Result<Snapshot, tokio_postgres::Error> {
         let mut config = tokio_postgres::Config::new();
         config
-            .host(&self.upstream.host)
-            .port(self.upstream.port)
-            .user(&self.upstream.user)
+            .host(&self.inner.upstream.host)
+            .port(self.inner.upstream.port)
+            .user(&self.inner.upstream.user)
             .dbname(database)
             .application_name("rowgate catalog")
             .connect_timeout(Duration::from_secs(10));
-        if let Some(p) = &self.upstream.password {
+        if let Some(p) = &self.inner.upstream.password {
             config.password(p);
         }
         // The same TLS rule as the sessions' upstream connections.
-        let (client, task) = match self.upstream.tls {
+        let (client, task) = match self.inner.upstream.tls {
             UpstreamTls::Disable => {
                 config.ssl_mode(SslMode::Disable);
                 let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
