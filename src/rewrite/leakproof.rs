@@ -82,6 +82,35 @@ pub(crate) struct Item {
     pub columns: Option<Vec<(String, Oid)>>,
     /// What it is, for deciding where a condition that reads it can run.
     pub kind: ItemKind,
+    /// For a derived table or CTE, its output columns when known.
+    pub(crate) outputs: Option<Vec<Output>>,
+}
+
+/// One output column of a derived table or CTE, as the conditions of the
+/// enclosing query see it: PostgreSQL pushes a condition on it down into
+/// the nested query (or pulls the nested query up), evaluating the output's
+/// expression where the condition then runs.
+#[derive(Clone, Debug)]
+pub(crate) struct Output {
+    name: String,
+    ty: Oid,
+    /// Computed above every scan (an aggregate or window function): a
+    /// condition on it stays above them.
+    above: bool,
+    /// Its expression may leak.
+    leaky: bool,
+    /// The tables its expression reads (`None`: not all known).
+    tables: Option<Vec<usize>>,
+}
+
+/// What one column reference reads, for deciding where a condition on it
+/// may run.
+#[derive(Clone, Debug)]
+enum Target {
+    Table(usize),
+    Output(Output),
+    Function,
+    Unknown,
 }
 
 /// What a FROM item is.
@@ -161,15 +190,16 @@ pub(crate) struct Judge<'a> {
     /// Declared parameter types (`$1` is index 0; 0 = unspecified).
     params: Vec<Oid>,
     levels: Levels,
-    ctes: Vec<Vec<String>>,
+    /// CTE names in scope, innermost last, with their outputs when known.
+    ctes: Vec<Vec<(String, Option<Vec<Output>>)>>,
     /// Whether some condition that could run at a table scan may leak and
     /// cannot be pinned to the tables it reads: every table needs a fence.
     leaky: bool,
     /// Tables (their `TableFactor` addresses) read by a condition that may
     /// leak: each needs a fence.
     fenced: HashSet<usize>,
-    /// The items the expression being judged reads.
-    refs: Vec<(usize, usize)>,
+    /// What the expression being judged reads.
+    refs: Vec<Target>,
     /// Whether it reads something that cannot be pinned to an item.
     unattributed: bool,
 }
@@ -275,21 +305,30 @@ impl<'a> Judge<'a> {
         self.types?.type_named(&t.to_string())
     }
 
-    fn query(&mut self, query: &Query, from_item: bool) {
-        let names: Vec<String> = query
+    /// Judges a query; for one in FROM (a derived table or CTE), returns its
+    /// outputs when known.
+    fn query(&mut self, query: &Query, from_item: bool) -> Option<Vec<Output>> {
+        let names: Vec<(String, Option<Vec<Output>>)> = query
             .with
             .iter()
-            .flat_map(|w| w.cte_tables.iter().map(|c| fold(&c.alias.name)))
+            .flat_map(|w| w.cte_tables.iter().map(|c| (fold(&c.alias.name), None)))
             .collect();
         self.ctes.push(names);
         if let Some(with) = &query.with {
-            for cte in &with.cte_tables {
+            for (i, cte) in with.cte_tables.iter().enumerate() {
                 // Non-recursive CTEs are inlined: their outputs are pushdown
                 // targets like a derived table's.
-                self.query(&cte.query, true);
+                let outputs = self.query(&cte.query, true);
+                let names: Vec<Ident> = cte.alias.columns.iter().map(|c| c.name.clone()).collect();
+                let outputs = renamed(outputs, &names);
+                if !with.recursive {
+                    if let Some(slot) = self.ctes.last_mut().and_then(|c| c.get_mut(i)) {
+                        slot.1 = outputs;
+                    }
+                }
             }
         }
-        self.set_expr(&query.body, from_item);
+        let outputs = self.set_expr(&query.body, from_item);
         // ORDER BY, LIMIT and the like run above every scan; only the
         // queries nested in them need judging.
         if let Some(order) = &query.order_by {
@@ -299,22 +338,50 @@ impl<'a> Judge<'a> {
             self.nested(limit);
         }
         self.ctes.pop();
+        outputs
     }
 
-    fn set_expr(&mut self, body: &SetExpr, from_item: bool) {
+    fn set_expr(&mut self, body: &SetExpr, from_item: bool) -> Option<Vec<Output>> {
         match body {
             SetExpr::Select(select) => self.select(select, from_item),
             SetExpr::Query(q) => self.query(q, from_item),
             SetExpr::SetOperation { left, right, .. } => {
-                self.set_expr(left, from_item);
-                self.set_expr(right, from_item);
+                // A condition on the result is pushed into every branch:
+                // each output is what all branches make of it.
+                let l = self.set_expr(left, from_item);
+                let r = self.set_expr(right, from_item);
+                let (l, r) = (l?, r?);
+                if l.len() != r.len() {
+                    return None;
+                }
+                Some(
+                    l.into_iter()
+                        .zip(r)
+                        .map(|(a, b)| Output {
+                            ty: if a.ty == b.ty { a.ty } else { 0 },
+                            above: a.above && b.above,
+                            leaky: a.leaky || b.leaky,
+                            tables: a.tables.zip(b.tables).map(|(mut x, y)| {
+                                x.extend(y);
+                                x
+                            }),
+                            name: a.name,
+                        })
+                        .collect(),
+                )
             }
-            SetExpr::Values(values) => self.nested(values),
-            _ => self.leaky = true,
+            SetExpr::Values(values) => {
+                self.nested(values);
+                None
+            }
+            _ => {
+                self.leaky = true;
+                None
+            }
         }
     }
 
-    fn select(&mut self, select: &Select, from_item: bool) {
+    fn select(&mut self, select: &Select, from_item: bool) -> Option<Vec<Output>> {
         let mut items = Vec::new();
         let mut conditions = Vec::new();
         for twj in &select.from {
@@ -340,14 +407,49 @@ impl<'a> Judge<'a> {
                 }
             }
         }
+        let mut outputs = Some(Vec::new());
         for item in &select.projection {
             match item {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }
-                    if from_item && !self.has_aggregate(e) =>
+                    if from_item =>
                 {
-                    self.qual(e);
+                    let name = match item {
+                        SelectItem::ExprWithAlias { alias, .. } => fold(alias),
+                        _ => column_name(e),
+                    };
+                    let output = self.output(name, e);
+                    if let Some(list) = &mut outputs {
+                        list.push(output);
+                    }
                 }
-                other => self.nested(other),
+                SelectItem::Wildcard(_) if from_item => {
+                    let level = self.levels.0.last().cloned().unwrap_or_default();
+                    let expanded: Option<Vec<Vec<Output>>> =
+                        level.iter().map(item_outputs).collect();
+                    match (&mut outputs, expanded) {
+                        (Some(list), Some(all)) => list.extend(all.into_iter().flatten()),
+                        _ => outputs = None,
+                    }
+                }
+                SelectItem::QualifiedWildcard(
+                    sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name),
+                    _,
+                ) if from_item => {
+                    let alias = name.0.last().and_then(|p| p.as_ident()).map(fold);
+                    let level = self.levels.0.last().cloned().unwrap_or_default();
+                    let found = level
+                        .iter()
+                        .find(|i| Some(&i.alias) == alias.as_ref())
+                        .and_then(item_outputs);
+                    match (&mut outputs, found) {
+                        (Some(list), Some(found)) if name.0.len() == 1 => list.extend(found),
+                        _ => outputs = None,
+                    }
+                }
+                other => {
+                    self.nested(other);
+                    outputs = None;
+                }
             }
         }
         self.nested(&select.group_by);
@@ -358,6 +460,41 @@ impl<'a> Judge<'a> {
             self.leaky = true;
         }
         self.levels.0.pop();
+        outputs.filter(|_| from_item)
+    }
+
+    /// What an output expression of a nested query is to the conditions of
+    /// the enclosing query.
+    fn output(&mut self, name: String, expr: &Expr) -> Output {
+        let saved = (
+            std::mem::take(&mut self.refs),
+            std::mem::take(&mut self.unattributed),
+        );
+        let info = self.info(expr);
+        let refs = std::mem::replace(&mut self.refs, saved.0);
+        let unattributed = std::mem::replace(&mut self.unattributed, saved.1);
+        let mut tables = (!unattributed).then(Vec::new);
+        for target in refs {
+            match (target, &mut tables) {
+                (Target::Table(a), Some(t)) => t.push(a),
+                (Target::Output(o), Some(t)) => match o.tables {
+                    Some(more) => t.extend(more),
+                    None => tables = None,
+                },
+                (Target::Function, _) => {}
+                _ => tables = None,
+            }
+        }
+        Output {
+            name,
+            ty: match info.ty {
+                ETy::Known(t) => t,
+                _ => 0,
+            },
+            above: self.has_aggregate(expr),
+            leaky: info.leaky,
+            tables,
+        }
     }
 
     /// The FROM items of one FROM entry and its join conditions.
@@ -434,11 +571,22 @@ impl<'a> Judge<'a> {
                         rel: None,
                         columns: None,
                         kind,
+                        outputs: None,
                     });
                     return;
                 }
+                let cte =
+                    match parts.as_slice() {
+                        [single] => self.ctes.iter().rev().find_map(|c| {
+                            c.iter().find(|(n, _)| n == single).map(|(_, o)| o.clone())
+                        }),
+                        _ => None,
+                    };
+                if let Some(outputs) = cte {
+                    items.push(derived_item(alias_name, outputs));
+                    return;
+                }
                 let rel = match parts.as_slice() {
-                    [single] if self.ctes.iter().any(|c| c.contains(single)) => None,
                     [single] => catalog::resolve(self.cx.catalog, self.cx.search_path, single),
                     [schema, table] => Some(RelName::new(schema.clone(), table.clone())),
                     _ => None,
@@ -456,14 +604,23 @@ impl<'a> Judge<'a> {
                     rel,
                     columns,
                     kind,
+                    outputs: None,
                 });
             }
             TableFactor::Derived {
                 subquery, alias, ..
             } => {
-                self.query(subquery, true);
-                items.push(opaque_item(
+                let outputs = self.query(subquery, true);
+                let outputs = match alias {
+                    Some(a) => renamed(
+                        outputs,
+                        &a.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                    ),
+                    None => outputs,
+                };
+                items.push(derived_item(
                     alias.as_ref().map(|a| fold(&a.name)).unwrap_or_default(),
+                    outputs,
                 ));
             }
             TableFactor::NestedJoin {
@@ -485,6 +642,7 @@ impl<'a> Judge<'a> {
                     rel: None,
                     columns: None,
                     kind: ItemKind::Function,
+                    outputs: None,
                 });
             }
             _ => self.leaky = true,
@@ -527,26 +685,24 @@ impl<'a> Judge<'a> {
         let info = self.info(expr);
         let refs = std::mem::replace(&mut self.refs, saved.0);
         let unattributed = std::mem::replace(&mut self.unattributed, saved.1);
-        if !info.leaky {
-            return;
-        }
-        if unattributed {
+        if unattributed && info.leaky {
             self.leaky = true;
             return;
         }
-        for (depth, index) in refs {
-            match self
-                .levels
-                .0
-                .get(depth)
-                .and_then(|l| l.get(index))
-                .map(|i| i.kind)
-            {
-                Some(ItemKind::Table(address)) => {
+        for target in refs {
+            match target {
+                Target::Table(address) if info.leaky => {
                     self.fenced.insert(address);
                 }
-                Some(ItemKind::Function) => {}
-                Some(ItemKind::Other) | None => self.leaky = true,
+                // Pushed down, the condition evaluates the output's
+                // expression at the nested query's scans.
+                Target::Output(o) if !o.above && (info.leaky || o.leaky) => match o.tables {
+                    Some(tables) => self.fenced.extend(tables),
+                    None => self.leaky = true,
+                },
+                // Whether its outputs leak is not known.
+                Target::Unknown => self.leaky = true,
+                _ => {}
             }
         }
     }
@@ -892,8 +1048,20 @@ impl<'a> Judge<'a> {
 
     fn var(&mut self, parts: &[Ident]) -> Info {
         let (ty, item) = self.levels.column(parts);
-        match item {
-            Some(id) => self.refs.push(id),
+        let column = parts.last().map(fold).unwrap_or_default();
+        match item.and_then(|(depth, index)| self.levels.0.get(depth)?.get(index)) {
+            Some(item) => {
+                let target = match (&item.kind, &item.outputs) {
+                    (ItemKind::Table(a), _) => Target::Table(*a),
+                    (ItemKind::Function, _) => Target::Function,
+                    (ItemKind::Other, Some(outputs)) => outputs
+                        .iter()
+                        .find(|o| o.name == column)
+                        .map_or(Target::Unknown, |o| Target::Output(o.clone())),
+                    (ItemKind::Other, None) => Target::Unknown,
+                };
+                self.refs.push(target);
+            }
             None => self.unattributed = true,
         }
         Info {
@@ -1119,12 +1287,61 @@ enum Condition<'q> {
     Opaque,
 }
 
-fn opaque_item(alias: String) -> Item {
+/// A derived table or CTE, with its outputs when known.
+fn derived_item(alias: String, outputs: Option<Vec<Output>>) -> Item {
     Item {
         alias,
         rel: None,
-        columns: None,
+        columns: outputs
+            .as_ref()
+            .map(|o| o.iter().map(|o| (o.name.clone(), o.ty)).collect()),
         kind: ItemKind::Other,
+        outputs,
+    }
+}
+
+/// The outputs a `*` takes from one FROM item.
+fn item_outputs(item: &Item) -> Option<Vec<Output>> {
+    match (&item.kind, &item.columns, &item.outputs) {
+        (_, _, Some(outputs)) => Some(outputs.clone()),
+        (ItemKind::Table(a), Some(columns), None) => Some(
+            columns
+                .iter()
+                .map(|(name, ty)| Output {
+                    name: name.clone(),
+                    ty: *ty,
+                    above: false,
+                    leaky: false,
+                    tables: Some(vec![*a]),
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Outputs under the column names an alias gives them (`AS d(a, b)`).
+fn renamed(outputs: Option<Vec<Output>>, names: &[Ident]) -> Option<Vec<Output>> {
+    let mut outputs = outputs?;
+    if names.len() > outputs.len() {
+        return None;
+    }
+    for (o, n) in outputs.iter_mut().zip(names) {
+        o.name = fold(n);
+    }
+    Some(outputs)
+}
+
+/// The name PostgreSQL gives an output without an alias (`FigureColname`,
+/// for the forms a condition can name).
+fn column_name(expr: &Expr) -> String {
+    match expr {
+        Expr::Identifier(i) => fold(i),
+        Expr::CompoundIdentifier(parts) => parts.last().map(fold).unwrap_or_default(),
+        Expr::Nested(inner) => column_name(inner),
+        Expr::Cast { expr, .. } => column_name(expr),
+        Expr::Function(f) => function_name(f).unwrap_or_default(),
+        _ => "?column?".to_string(),
     }
 }
 
@@ -1253,5 +1470,6 @@ pub(crate) fn table_item(catalog: &dyn Catalog, alias: String, rel: &RelName) ->
         rel: Some(rel.clone()),
         columns: catalog.columns(&rel.schema, &rel.name),
         kind: ItemKind::Other,
+        outputs: None,
     }
 }

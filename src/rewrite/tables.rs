@@ -640,6 +640,7 @@ fn push_down(select: &mut Select, fenced: &[(String, RelName)], cx: &Context) {
                     rel: None,
                     columns: None,
                     kind: leakproof::ItemKind::Other,
+                    outputs: None,
                 }),
             }
         }
