@@ -766,6 +766,7 @@ impl<'a> Judge<'a> {
     /// Type, column use and leakiness of an expression, judging the
     /// queries nested in it on the way.
     fn info(&mut self, expr: &Expr) -> Info {
+        let expr_kind = expr;
         match expr {
             Expr::Identifier(i) => self.var(std::slice::from_ref(i)),
             Expr::CompoundIdentifier(parts) => self.var(parts),
@@ -869,11 +870,8 @@ impl<'a> Judge<'a> {
                 escape_char: None,
                 any: false,
                 negated,
-            } => {
-                let (x, p) = (self.info(expr), self.info(pattern));
-                self.apply_operator(if *negated { "!~~" } else { "~~" }, Some(x), p)
             }
-            Expr::ILike {
+            | Expr::ILike {
                 expr,
                 pattern,
                 escape_char: None,
@@ -881,7 +879,13 @@ impl<'a> Judge<'a> {
                 negated,
             } => {
                 let (x, p) = (self.info(expr), self.info(pattern));
-                self.apply_operator(if *negated { "!~~*" } else { "~~*" }, Some(x), p)
+                let symbol = match (matches!(expr_kind, Expr::ILike { .. }), *negated) {
+                    (false, false) => "~~",
+                    (false, true) => "!~~",
+                    (true, false) => "~~*",
+                    (true, true) => "!~~*",
+                };
+                self.apply_operator(symbol, Some(x), p)
             }
             Expr::AnyOp {
                 left,

@@ -893,29 +893,7 @@ fn inner_only_derived<'s>(select: &'s mut Select, alias: &str) -> Option<&'s mut
 }
 
 fn split_and(expr: Expr) -> Vec<Expr> {
-    match expr {
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => {
-            let mut out = split_and(*left);
-            out.extend(split_and(*right));
-            out
-        }
-        Expr::Nested(inner)
-            if matches!(
-                *inner,
-                Expr::BinaryOp {
-                    op: BinaryOperator::And,
-                    ..
-                }
-            ) =>
-        {
-            split_and(*inner)
-        }
-        other => vec![other],
-    }
+    leakproof::conjuncts(&expr).into_iter().cloned().collect()
 }
 
 /// The one qualifier of every column a conjunct reads: `Some(Some(q))`
