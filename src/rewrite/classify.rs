@@ -172,7 +172,7 @@ pub(crate) fn check(
             // A fence leaves the conditions outside it to be estimated with
             // statistics of every row, hidden ones included; native RLS
             // gives a condition that is not leakproof none.
-            if state.filtered && !state.verdict.leakproof() {
+            if state.fenced_any {
                 return Err(Refusal::Explain);
             }
             Ok(())

@@ -9,9 +9,10 @@
 //! leaking when it involves a column: what cannot be proved safe is unsafe.
 //!
 //! Two questions are answered here:
-//! - [`statement_is_leakproof`]: can every condition that PostgreSQL could
-//!   evaluate at a filtered table's scan run there? Then the tables need no
-//!   fence and are planned as native row-level security plans them.
+//! - [`judge_statement`]: which tables of a statement are read by a
+//!   condition that PostgreSQL could evaluate at their scan and that may
+//!   leak? Those need a fence; the others are planned as native row-level
+//!   security plans them.
 //! - [`Judge::leakproof`]: may this one conjunct move inside a fenced
 //!   table's filter?
 //!
@@ -214,11 +215,6 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// No condition anywhere may leak.
-    pub fn leakproof(&self) -> bool {
-        !self.everywhere && self.tables.is_empty()
-    }
-
     /// Whether the table at this address needs a fence.
     pub fn fences(&self, factor: &TableFactor) -> bool {
         self.everywhere
@@ -226,14 +222,6 @@ impl Verdict {
                 .tables
                 .contains(&(factor as *const TableFactor as usize))
     }
-}
-
-/// Whether every condition of `statement` that PostgreSQL could evaluate at
-/// a table's scan (WHERE, JOIN conditions, HAVING without aggregates, and
-/// the output expressions of nested queries in FROM, which conditions of
-/// the enclosing query are pushed down through) is leakproof.
-pub fn statement_is_leakproof(statement: &Statement, cx: &Context) -> bool {
-    judge_statement(statement, cx).leakproof()
 }
 
 /// Which tables of `statement` need a fence: those read by a condition

@@ -61,8 +61,8 @@ pub(crate) struct State {
     /// Which filtered tables need a fence: those a condition that may leak
     /// could run on (decided before the walk).
     pub(crate) verdict: leakproof::Verdict,
-    /// Whether some table was replaced by a filtered read.
-    pub(crate) filtered: bool,
+    /// Whether some filtered read got a fence.
+    pub(crate) fenced_any: bool,
 }
 
 impl State {
@@ -483,7 +483,6 @@ impl Walker<'_, '_> {
             return Ok(());
         };
         self.replaced = true;
-        self.state.filtered = true;
         let alias = match alias.take() {
             Some(alias) => alias,
             None => {
@@ -500,6 +499,7 @@ impl Walker<'_, '_> {
         let mut subquery =
             crate::policy::select_from(&rel, projection, Some(predicate.clone()), sample.take());
         if fence {
+            self.state.fenced_any = true;
             // `OFFSET NULL` keeps PostgreSQL from flattening the derived
             // table or pushing the query's own conditions into it, so they
             // are evaluated only on rows the filter let through, as native
