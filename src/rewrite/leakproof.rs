@@ -766,8 +766,14 @@ impl<'a> Judge<'a> {
                     .map_or(ETy::Opaque, |(o, _)| ETy::Known(o)),
             ),
             Expr::Interval(i) => {
+                // A constant; anything else is read by interval's input
+                // function, which is not leakproof.
                 let parts = [i.value.as_ref()];
-                self.all_safe(&parts, ETy::Known(types::INTERVAL))
+                let info = self.all_safe(&parts, ETy::Known(types::INTERVAL));
+                Info {
+                    leaky: info.leaky || info.vars,
+                    ..info
+                }
             }
             Expr::IsNull(e)
             | Expr::IsNotNull(e)
