@@ -56,12 +56,6 @@ pub trait Catalog: Send + Sync {
         None
     }
 
-    /// PostgreSQL's estimate of a relation's rows (`pg_class.reltuples`),
-    /// when it has one. Offline there is none.
-    fn estimated_rows(&self, _schema: &str, _name: &str) -> Option<f64> {
-        None
-    }
-
     /// The database's type system, when known. Offline it is not, and no
     /// operator on a column is provably leakproof.
     fn types(&self) -> Option<&super::types::TypeCatalog> {

@@ -20,7 +20,7 @@ use sqlparser::ast::{
     WildcardAdditionalOptions,
 };
 
-use super::catalog::{self, is_blocked_catalog, is_system_schema, Catalog};
+use super::catalog::{self, is_blocked_catalog, is_system_schema};
 use super::{functions, leakproof, Context, Refusal};
 use crate::names::{fold, RelName};
 use crate::policy::Role;
@@ -496,10 +496,8 @@ impl Walker<'_, '_> {
             }
         };
         let projection = vec![SelectItem::Wildcard(WildcardAdditionalOptions::default())];
-        let mut predicate = predicate.clone();
-        references_as_arrays(&mut predicate, self.cx.catalog);
         let mut subquery =
-            crate::policy::select_from(&rel, projection, Some(predicate), sample.take());
+            crate::policy::select_from(&rel, projection, Some(predicate.clone()), sample.take());
         if fence {
             self.state.fenced_any = true;
             // `OFFSET NULL` keeps PostgreSQL from flattening the derived
@@ -783,8 +781,12 @@ fn drop_implied_references(select: &mut Select, reads: &[(String, RelName, Optio
             };
             let mut kept = Vec::new();
             for conjunct in split_and(selection) {
-                let implied = match policy_reference(&conjunct) {
-                    Some((expr, target)) => references_target(expr, target, rel).is_some_and(
+                let implied = match &conjunct {
+                    Expr::InSubquery {
+                        expr,
+                        subquery: target,
+                        negated: false,
+                    } => references_target(expr, target, rel).is_some_and(
                         |(column, target_rel, key)| {
                             reads.iter().any(|(other, other_rel, _)| {
                                 *other != name
@@ -796,7 +798,7 @@ fn drop_implied_references(select: &mut Select, reads: &[(String, RelName, Optio
                             })
                         },
                     ),
-                    None => false,
+                    _ => false,
                 };
                 if !implied {
                     kept.push(conjunct);
@@ -805,164 +807,6 @@ fn drop_implied_references(select: &mut Select, reads: &[(String, RelName, Optio
             inner.selection = crate::policy::and_all(kept);
         }
     }
-}
-
-/// The column and subquery of a `references` condition, in either of the
-/// shapes rowgate forwards (`c IN (SELECT ...)`, `c = ANY (ARRAY(SELECT
-/// ...))`).
-fn policy_reference(conjunct: &Expr) -> Option<(&Expr, &Query)> {
-    match conjunct {
-        Expr::InSubquery {
-            expr,
-            subquery,
-            negated: false,
-        } => Some((expr, subquery)),
-        Expr::AnyOp {
-            left,
-            compare_op: BinaryOperator::Eq,
-            right,
-            is_some: false,
-        } => match right.as_ref() {
-            Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("array") => {
-                match &f.args {
-                    FunctionArguments::Subquery(q) => Some((left, q)),
-                    _ => None,
-                }
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The most rows a referenced table may have (by PostgreSQL's estimate) for
-/// a restricted `references` filter on it to be sent as an array.
-const ARRAY_REFERENCES_MAX_ROWS: f64 = 10_000.0;
-
-/// Rewrites `references` filters on small tables that the user sees only
-/// part of (a dimension restricted by attribute values, such as a country's
-/// merchants) from `c IN (SELECT k FROM t WHERE ...)` to `c = ANY
-/// (ARRAY(SELECT k FROM t WHERE ...))`. The same rows pass (in a WHERE both
-/// are true exactly when `c` equals a `k`), but PostgreSQL computes the set
-/// once and filters the large table's rows by it, using an index on `c` or
-/// on the query's own conditions, instead of pulling the subquery up into a
-/// join whose nested loops over the set read the large table at random.
-/// Large referenced tables, and unrestricted ones (every row of which the
-/// user sees), keep the subquery, which PostgreSQL plans as a (hash) join.
-/// Offline, no table's size is known and nothing changes.
-fn references_as_arrays(predicate: &mut Expr, catalog: &dyn Catalog) {
-    struct Arrays<'c> {
-        catalog: &'c dyn Catalog,
-    }
-    impl VisitorMut for Arrays<'_> {
-        type Break = ();
-        fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
-            let Expr::InSubquery {
-                expr,
-                subquery,
-                negated: false,
-            } = e
-            else {
-                return ControlFlow::Continue(());
-            };
-            let Some(target) = referenced_table(subquery) else {
-                return ControlFlow::Continue(());
-            };
-            let small = self
-                .catalog
-                .estimated_rows(&target.schema, &target.name)
-                .is_some_and(|rows| rows <= ARRAY_REFERENCES_MAX_ROWS);
-            if !small || !restricted(subquery) {
-                return ControlFlow::Continue(());
-            }
-            let Some(array) = any_array(expr.as_ref().clone(), subquery.as_ref().clone()) else {
-                return ControlFlow::Continue(());
-            };
-            *e = array;
-            ControlFlow::Continue(())
-        }
-    }
-    let _ = predicate.visit(&mut Arrays { catalog });
-}
-
-/// The table of a policy's `SELECT t.k FROM schema.t [WHERE ...]`.
-fn referenced_table(query: &Query) -> Option<RelName> {
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return None;
-    };
-    let [TableWithJoins {
-        relation:
-            TableFactor::Table {
-                name,
-                alias: None,
-                args: None,
-                ..
-            },
-        joins,
-    }] = select.from.as_slice()
-    else {
-        return None;
-    };
-    let names: Vec<String> = name
-        .0
-        .iter()
-        .filter_map(|p| p.as_ident())
-        .map(fold)
-        .collect();
-    match names.as_slice() {
-        [schema, table] if joins.is_empty() => Some(RelName::new(schema.clone(), table.clone())),
-        _ => None,
-    }
-}
-
-/// Whether a policy subquery restricts its table by attribute values
-/// somewhere (its own filters or those of the tables it references).
-fn restricted(query: &Query) -> bool {
-    struct Lists(bool);
-    impl sqlparser::ast::Visitor for Lists {
-        type Break = ();
-        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-            if matches!(e, Expr::InList { negated: false, .. }) {
-                self.0 = true;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut lists = Lists(false);
-    let _ = sqlparser::ast::Visit::visit(query, &mut lists);
-    lists.0
-}
-
-/// `left = ANY (ARRAY(query))`, built from the parsed form so that it
-/// prints and reads back exactly.
-fn any_array(left: Expr, query: Query) -> Option<Expr> {
-    let template = super::parse("SELECT 1 WHERE x = ANY (ARRAY(SELECT 1))").ok()?;
-    let sqlparser::ast::Statement::Query(q) = template.into_iter().next()? else {
-        return None;
-    };
-    let SetExpr::Select(select) = *q.body else {
-        return None;
-    };
-    let Some(Expr::AnyOp {
-        compare_op,
-        right,
-        is_some,
-        ..
-    }) = select.selection
-    else {
-        return None;
-    };
-    let Expr::Function(mut array) = *right else {
-        return None;
-    };
-    array.args = FunctionArguments::Subquery(Box::new(query));
-    Some(Expr::AnyOp {
-        left: Box::new(left),
-        compare_op,
-        right: Box::new(Expr::Function(array)),
-        is_some,
-    })
 }
 
 /// For a `references` condition of `rel` (`rel.column IN (SELECT

@@ -36,8 +36,6 @@ pub struct Snapshot {
     columns: HashMap<(String, String), Vec<(String, Oid)>>,
     /// Types, operators, casts and functions, for leakproofness.
     types: TypeCatalog,
-    /// `pg_class.reltuples` of every relation that has an estimate.
-    sizes: HashMap<(String, String), f64>,
     taken: Option<Instant>,
     /// Changes when a reload finds different objects; equal generations of
     /// one database hold the same names.
@@ -83,12 +81,6 @@ impl Catalog for Snapshot {
 
     fn types(&self) -> Option<&TypeCatalog> {
         Some(&self.types)
-    }
-
-    fn estimated_rows(&self, schema: &str, name: &str) -> Option<f64> {
-        self.sizes
-            .get(&(schema.to_string(), name.to_string()))
-            .copied()
     }
 }
 
@@ -186,10 +178,6 @@ const COLUMNS: &str = "SELECT n.nspname, c.relname, a.attname, a.atttypid \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v', 'm', 'p', 'f') \
      ORDER BY c.oid, a.attnum";
-
-const SIZES: &str = "SELECT n.nspname, c.relname, c.reltuples::float8 \
-     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relkind IN ('r', 'm', 'p', 'f') AND c.reltuples >= 0";
 
 const TYPES: &str = "SELECT t.oid, t.typname, t.typnamespace = 'pg_catalog'::regnamespace, \
      t.typcategory::text, t.typispreferred, t.typtype::text, t.typbasetype, t.typelem, t.typarray \
@@ -424,10 +412,6 @@ impl LiveCatalog {
                     .push((row.get(2), row.get(3)));
             }
             let types = load_types(&client).await?;
-            let mut sizes = HashMap::new();
-            for row in client.query(SIZES, &[]).await? {
-                sizes.insert((row.get(0), row.get(1)), row.get::<_, f64>(2));
-            }
             Ok::<_, tokio_postgres::Error>((
                 relations,
                 functions,
@@ -438,7 +422,6 @@ impl LiveCatalog {
                 user_casts,
                 columns,
                 types,
-                sizes,
             ))
         }
         .await;
@@ -454,7 +437,6 @@ impl LiveCatalog {
             user_casts,
             columns,
             types,
-            sizes,
         ) = result?;
         Ok(Snapshot {
             relations,
@@ -466,7 +448,6 @@ impl LiveCatalog {
             user_casts,
             columns,
             types,
-            sizes,
             taken: Some(Instant::now()),
             generation: 0,
         })
