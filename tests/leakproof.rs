@@ -536,3 +536,57 @@ fn fences_only_where_a_condition_may_leak() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `rowgate explain --database` reads the live catalog, so it prints what
+/// the proxy forwards: no fence for a leakproof condition, one for a
+/// condition that may leak. Without it, column types are unknown and both
+/// are fenced.
+#[test]
+fn explain_with_the_live_catalog_prints_what_the_proxy_forwards() {
+    let fx = fixture();
+    let c = common::cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = std::fs::canonicalize("tests/fixtures/leakproof/policy.yaml").unwrap();
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:1\npolicies: {}\nupstream:\n  host: 127.0.0.1\n  port: {}\n  user: postgres\n  tls: disable\n",
+            policies.display(),
+            c.port
+        ),
+    )
+    .unwrap();
+    let explain = |sql: &str, live: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rowgate"));
+        cmd.args(["explain", "-c"])
+            .arg(&config)
+            .args(["--user", "lp"]);
+        if live {
+            cmd.args(["--database", &fx.database]);
+        }
+        let out = cmd.arg(sql).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let leakproof = "SELECT k FROM lp WHERE i4 = 5";
+    let leaky = "SELECT k FROM lp WHERE t LIKE 'x%'";
+    assert_eq!(
+        explain(leakproof, true).trim(),
+        "SELECT k FROM (SELECT * FROM public.lp WHERE lp.k IN (1)) AS lp WHERE i4 = 5"
+    );
+    assert!(explain(leaky, true).contains("OFFSET NULL"));
+    assert!(explain(leakproof, false).contains("OFFSET NULL"));
+    // The proxy forwards what the live explain prints.
+    let before = fx.proxy.log().len();
+    let mut member = fx.proxy.connect(&fx.database, "lp", "pw").unwrap();
+    member.simple_query(leakproof).unwrap();
+    assert_eq!(
+        forwarded(&fx.proxy, before),
+        explain(leakproof, true).trim()
+    );
+}

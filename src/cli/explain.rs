@@ -1,9 +1,11 @@
 //! `rowgate explain`: print exactly the SQL that would be forwarded upstream
-//! for a user, or the refusal with its SQLSTATE. No upstream connection: the
-//! catalog is the offline one.
+//! for a user, or the refusal with its SQLSTATE. Without `--database` no
+//! upstream connection is made and the catalog is the offline one; with it,
+//! the catalog is read from that upstream database as the proxy reads it,
+//! and the output is what the proxy forwards.
 
 use super::{ConfigArg, FAILED, OK, REFUSED};
-use crate::rewrite::{self, Context, OfflineCatalog};
+use crate::rewrite::{self, Catalog, Context, OfflineCatalog};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,6 +18,11 @@ pub struct Args {
     /// the config's `search_path`).
     #[arg(long, value_delimiter = ',')]
     search_path: Option<Vec<String>>,
+    /// Read the catalog of this upstream database (as `upstream.user`) and
+    /// rewrite exactly as the proxy would for a session on it: with its
+    /// relations, functions and column types.
+    #[arg(long)]
+    database: Option<String>,
     /// The statement(s).
     sql: String,
 }
@@ -24,13 +31,58 @@ pub fn run(args: &Args) -> u8 {
     let Some(view) = super::load_user(&args.config.config, &args.user) else {
         return FAILED;
     };
-    let catalog = OfflineCatalog::new(&view.loaded.policy);
+    let offline;
+    let live;
+    let catalog: &dyn Catalog = match &args.database {
+        None => {
+            offline = OfflineCatalog::new(&view.loaded.policy);
+            &offline
+        }
+        Some(database) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return FAILED;
+                }
+            };
+            let upstream = crate::upstream::LiveCatalog::new(view.config.upstream.clone());
+            match runtime.block_on(upstream.get(database)) {
+                Ok(snapshot) => {
+                    live = snapshot;
+                    &*live
+                }
+                Err(e) => {
+                    eprintln!("error: cannot read the catalog of database {database}: {e}");
+                    return FAILED;
+                }
+            }
+        }
+    };
     let search_path = args
         .search_path
         .as_ref()
         .unwrap_or(&view.config.search_path);
-    let cx = Context::new(&view.access, &catalog, search_path);
-    match rewrite::rewrite(&args.sql, &cx) {
+    let cx = Context::new(&view.access, catalog, search_path);
+    // On a thread with the session threads' stack: a statement within the
+    // nesting bound must not overflow here either.
+    let result = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .stack_size(rewrite::STACK_BYTES)
+            .spawn_scoped(scope, || rewrite::rewrite(&args.sql, &cx))
+            .map(|t| t.join())
+    });
+    let result = match result {
+        Ok(Ok(result)) => result,
+        _ => {
+            eprintln!("error: the rewrite did not complete");
+            return FAILED;
+        }
+    };
+    match result {
         Ok(rewritten) => {
             println!("{}", rewritten.sql);
             OK
