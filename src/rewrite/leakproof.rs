@@ -236,25 +236,11 @@ pub fn judge_statement(statement: &Statement, cx: &Context) -> Verdict {
             .map(|t| judge.type_oid(t).map_or(u32::MAX, |(o, _)| o))
             .collect();
     }
-    let mut outermost = Outermost { judge: &mut judge };
-    let _ = statement.visit(&mut outermost);
+    // Every outermost query the statement holds, each with its nested ones.
+    judge.nested(statement);
     Verdict {
         everywhere: judge.leaky,
         tables: judge.fenced,
-    }
-}
-
-/// Hands each outermost query of a statement to the judge.
-struct Outermost<'j, 'a> {
-    judge: &'j mut Judge<'a>,
-}
-
-impl Visitor for Outermost<'_, '_> {
-    type Break = ();
-    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
-        self.judge.query(query, false);
-        // Its nested queries were judged with it.
-        ControlFlow::Break(())
     }
 }
 
