@@ -439,14 +439,19 @@ impl<'a> Judge<'a> {
 
     /// What an output expression of a nested query is to the conditions of
     /// the enclosing query.
-    fn output(&mut self, name: String, expr: &Expr) -> Output {
-        let saved = (
-            std::mem::take(&mut self.refs),
-            std::mem::take(&mut self.unattributed),
-        );
+    /// [`Judge::info`] of `expr`, with what it reads and whether something
+    /// of it could not be pinned, apart from what the caller collects.
+    fn traced(&mut self, expr: &Expr) -> (Info, Vec<Target>, bool) {
+        let saved_refs = std::mem::take(&mut self.refs);
+        let saved_unattributed = std::mem::take(&mut self.unattributed);
         let info = self.info(expr);
-        let refs = std::mem::replace(&mut self.refs, saved.0);
-        let unattributed = std::mem::replace(&mut self.unattributed, saved.1);
+        let refs = std::mem::replace(&mut self.refs, saved_refs);
+        let unattributed = std::mem::replace(&mut self.unattributed, saved_unattributed);
+        (info, refs, unattributed)
+    }
+
+    fn output(&mut self, name: String, expr: &Expr) -> Output {
+        let (info, refs, unattributed) = self.traced(expr);
         let mut tables = (!unattributed).then(Vec::new);
         for target in refs {
             match (target, &mut tables) {
@@ -652,13 +657,7 @@ impl<'a> Judge<'a> {
     /// A condition PostgreSQL may evaluate at a scan: when it may leak,
     /// the tables it reads need a fence.
     fn qual(&mut self, expr: &Expr) {
-        let saved = (
-            std::mem::take(&mut self.refs),
-            std::mem::take(&mut self.unattributed),
-        );
-        let info = self.info(expr);
-        let refs = std::mem::replace(&mut self.refs, saved.0);
-        let unattributed = std::mem::replace(&mut self.unattributed, saved.1);
+        let (info, refs, unattributed) = self.traced(expr);
         if unattributed && info.leaky {
             self.leaky = true;
             return;
@@ -719,17 +718,26 @@ impl<'a> Judge<'a> {
         });
     }
 
+    /// Whether an expression calls an aggregate or window function outside
+    /// nested queries: it is then computed above the scans. A name that is
+    /// also a plain function, or one qualified with another schema than
+    /// `pg_catalog`, does not count.
     fn has_aggregate(&self, expr: &Expr) -> bool {
-        let aggregates = self.types.map(|t| &t.aggregates);
+        let aggregate = |f: &sqlparser::ast::Function| {
+            let Some(name) = function_name(f).filter(|_| !qualified_elsewhere(f)) else {
+                return false;
+            };
+            match self.types {
+                Some(t) => t.is_aggregate(&name, self.cx.search_path),
+                None => DEFAULT_AGGREGATES.contains(&name.as_str()),
+            }
+        };
         super::exprs_outside_subqueries(expr, |e| match e {
             Expr::Function(f)
                 if f.over.is_some()
                     || f.filter.is_some()
                     || !f.within_group.is_empty()
-                    || function_name(f).is_some_and(|n| {
-                        aggregates.is_some_and(|a| a.contains(&n))
-                            || DEFAULT_AGGREGATES.contains(&n.as_str())
-                    }) =>
+                    || aggregate(f) =>
             {
                 ControlFlow::Break(())
             }
@@ -1147,7 +1155,7 @@ impl<'a> Judge<'a> {
             None => None,
         };
         let r = right.0.ty()?;
-        let op = catalog.operator(symbol, l, r)?;
+        let op = catalog.operator(symbol, l, r, self.cx.search_path)?;
         let operands: Vec<(Ty, bool)> = left
             .map(|(_, v)| (l.unwrap_or(Ty::Unknown), v))
             .into_iter()
@@ -1217,16 +1225,12 @@ impl<'a> Judge<'a> {
             };
             return Info::constant(ty);
         }
-        let qualified_elsewhere = f.name.0.len() > 1
-            && f.name.0[0]
-                .as_ident()
-                .is_none_or(|i| fold(i) != "pg_catalog");
-        let resolved = match (&name, irregular || qualified_elsewhere) {
+        let resolved = match (&name, irregular || qualified_elsewhere(f)) {
             (Some(n), false) => {
                 let inputs: Option<Vec<Ty>> = args.iter().map(|a| a.ty.ty()).collect();
                 inputs.and_then(|inputs| {
                     let catalog = self.types?;
-                    let r = catalog.function(n, &inputs)?;
+                    let r = catalog.function(n, &inputs, self.cx.search_path)?;
                     let casts_safe =
                         args.iter()
                             .zip(inputs.iter())
@@ -1342,6 +1346,15 @@ fn opaque(parts: &[Info]) -> Info {
 /// `pg_catalog`.
 fn function_name(f: &sqlparser::ast::Function) -> Option<String> {
     f.name.0.last().and_then(|p| p.as_ident()).map(fold)
+}
+
+/// Whether a call names a schema other than `pg_catalog`: resolution here
+/// knows only unqualified and `pg_catalog` calls.
+fn qualified_elsewhere(f: &sqlparser::ast::Function) -> bool {
+    f.name.0.len() > 1
+        && f.name.0[0]
+            .as_ident()
+            .is_none_or(|i| fold(i) != "pg_catalog")
 }
 
 /// The operator symbol PostgreSQL looks up for a binary operator.

@@ -53,9 +53,11 @@ pub struct TypeInfo {
     pub array: Oid,
 }
 
-/// One operator of `pg_catalog`.
+/// One operator (of any schema: an extension's operators take part in
+/// resolution where their schema is on the search path).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operator {
+    pub schema: String,
     /// 0 for a prefix operator.
     pub left: Oid,
     pub right: Oid,
@@ -75,9 +77,12 @@ pub struct Cast {
     pub leakproof: bool,
 }
 
-/// One function of `pg_catalog`.
+/// One function, aggregate or window function (of any schema).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Function {
+    pub schema: String,
+    /// An aggregate or window function (`prokind` `a` or `w`).
+    pub aggregate: bool,
     pub args: Vec<Oid>,
     pub result: Oid,
     pub leakproof: bool,
@@ -96,8 +101,12 @@ pub struct TypeCatalog {
     pub operators: HashMap<String, Vec<Operator>>,
     pub casts: HashMap<(Oid, Oid), Cast>,
     pub functions: HashMap<String, Vec<Function>>,
-    /// Names of aggregate and window functions of `pg_catalog`.
-    pub aggregates: HashSet<String>,
+}
+
+/// Whether objects of `schema` are found by an unqualified name along
+/// `path` (`pg_catalog` always is).
+fn visible(schema: &str, path: &[String]) -> bool {
+    schema == "pg_catalog" || path.iter().any(|p| p == schema)
 }
 
 /// The type of an argument as resolution sees it.
@@ -265,12 +274,34 @@ impl TypeCatalog {
         }
     }
 
-    /// Resolves an operator call as PostgreSQL does. `left` is `None` for a
+    /// Whether `name` along `path` is an aggregate or window function only
+    /// (a plain function of that name makes it not so: then a call may be
+    /// either, and is judged as a plain one).
+    pub fn is_aggregate(&self, name: &str, path: &[String]) -> bool {
+        let mut found = self
+            .functions
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|f| visible(&f.schema, path))
+            .peekable();
+        found.peek().is_some() && found.all(|f| f.aggregate)
+    }
+
+    /// Resolves an operator call as PostgreSQL does, among the operators
+    /// of `pg_catalog` and of the schemas of `path`. `left` is `None` for a
     /// prefix operator.
-    pub fn operator(&self, name: &str, left: Option<Ty>, right: Ty) -> Option<Resolved> {
+    pub fn operator(
+        &self,
+        name: &str,
+        left: Option<Ty>,
+        right: Ty,
+        path: &[String],
+    ) -> Option<Resolved> {
         let ops = self.operators.get(name)?;
         let candidates: Vec<Resolved> = ops
             .iter()
+            .filter(|o| visible(&o.schema, path))
             .filter(|o| (o.left == 0) == left.is_none())
             .map(|o| Resolved {
                 args: match left {
@@ -304,10 +335,18 @@ impl TypeCatalog {
         self.select_candidate(&inputs, candidates)
     }
 
-    /// Resolves a call of the `pg_catalog` function `name`.
-    pub fn function(&self, name: &str, inputs: &[Ty]) -> Option<Resolved> {
-        let overloads = self.functions.get(name)?;
-        if overloads.iter().any(|f| f.irregular) {
+    /// Resolves a call of the function `name` (unqualified, or qualified
+    /// with `pg_catalog`) among those of `pg_catalog` and of the schemas of
+    /// `path`. An aggregate of that name, or an overload resolution does not
+    /// model, makes the call unresolved.
+    pub fn function(&self, name: &str, inputs: &[Ty], path: &[String]) -> Option<Resolved> {
+        let overloads: Vec<&Function> = self
+            .functions
+            .get(name)?
+            .iter()
+            .filter(|f| visible(&f.schema, path))
+            .collect();
+        if overloads.iter().any(|f| f.irregular || f.aggregate) {
             return None;
         }
         let candidates: Vec<Resolved> = overloads
@@ -554,6 +593,7 @@ pub(crate) mod tests {
                 .entry((*name).into())
                 .or_default()
                 .push(Operator {
+                    schema: "pg_catalog".into(),
                     left: *l,
                     right: *r,
                     result: *res,
@@ -592,15 +632,15 @@ pub(crate) mod tests {
     fn exact_and_unknown_operands() {
         let c = sample();
         let r = c
-            .operator("=", Some(Ty::Known(INT4)), Ty::Known(INT4))
+            .operator("=", Some(Ty::Known(INT4)), Ty::Known(INT4), &[])
             .unwrap();
         assert_eq!((r.args, r.leakproof), (vec![INT4, INT4], true));
         let r = c
-            .operator("=", Some(Ty::Known(TIMESTAMPTZ)), Ty::Unknown)
+            .operator("=", Some(Ty::Known(TIMESTAMPTZ)), Ty::Unknown, &[])
             .unwrap();
         assert_eq!(r.args, vec![TIMESTAMPTZ, TIMESTAMPTZ]);
         let r = c
-            .operator("=", Some(Ty::Known(INT8)), Ty::Known(INT4))
+            .operator("=", Some(Ty::Known(INT8)), Ty::Known(INT4), &[])
             .unwrap();
         assert_eq!(r.args, vec![INT8, INT4]);
     }
@@ -610,13 +650,13 @@ pub(crate) mod tests {
         let c = sample();
         // numeric = float8: only float8 = float8 takes both implicitly.
         let r = c
-            .operator("=", Some(Ty::Known(NUMERIC)), Ty::Known(FLOAT8))
+            .operator("=", Some(Ty::Known(NUMERIC)), Ty::Known(FLOAT8), &[])
             .unwrap();
         assert_eq!(r.args, vec![FLOAT8, FLOAT8]);
         assert!(!c.coercion_is_leakproof(NUMERIC, FLOAT8));
         // numeric = int4: numeric = numeric has the most exact matches.
         let r = c
-            .operator("=", Some(Ty::Known(NUMERIC)), Ty::Known(INT4))
+            .operator("=", Some(Ty::Known(NUMERIC)), Ty::Known(INT4), &[])
             .unwrap();
         assert_eq!(r.args, vec![NUMERIC, NUMERIC]);
     }
@@ -625,10 +665,56 @@ pub(crate) mod tests {
     fn varchar_against_unknown_prefers_text() {
         let c = sample();
         let r = c
-            .operator("=", Some(Ty::Known(VARCHAR)), Ty::Unknown)
+            .operator("=", Some(Ty::Known(VARCHAR)), Ty::Unknown, &[])
             .unwrap();
         assert_eq!(r.args, vec![TEXT, TEXT]);
         assert!(c.coercion_is_leakproof(VARCHAR, TEXT));
+    }
+
+    #[test]
+    fn operators_of_schemas_on_the_path_take_part() {
+        let mut c = sample();
+        // An extension's type, implicitly binary-coercible to text, with an
+        // `=` of its own that is not leakproof.
+        const CI: Oid = 90_001;
+        c.types.insert(
+            CI,
+            TypeInfo {
+                name: "citext".into(),
+                category: b'S',
+                preferred: false,
+                kind: b'b',
+                base: 0,
+                elem: 0,
+                array: 0,
+            },
+        );
+        c.casts.insert(
+            (CI, TEXT),
+            Cast {
+                context: b'i',
+                method: b'b',
+                leakproof: true,
+            },
+        );
+        c.operators.entry("=".into()).or_default().push(Operator {
+            schema: "ext".into(),
+            left: CI,
+            right: CI,
+            result: BOOL,
+            leakproof: false,
+        });
+        let on_path = c
+            .operator("=", Some(Ty::Known(CI)), Ty::Unknown, &["ext".into()])
+            .unwrap();
+        assert_eq!((on_path.args, on_path.leakproof), (vec![CI, CI], false));
+        let off_path = c
+            .operator("=", Some(Ty::Known(CI)), Ty::Unknown, &["public".into()])
+            .unwrap();
+        assert_eq!(
+            (off_path.args, off_path.leakproof),
+            (vec![TEXT, TEXT], true)
+        );
     }
 
     #[test]

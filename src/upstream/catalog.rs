@@ -184,9 +184,10 @@ const TYPES: &str = "SELECT t.oid, t.typname, t.typnamespace = 'pg_catalog'::reg
      FROM pg_catalog.pg_type t";
 
 const OPERATORS: &str =
-    "SELECT o.oprname::text, o.oprleft, o.oprright, o.oprresult, p.proleakproof \
+    "SELECT o.oprname::text, o.oprleft, o.oprright, o.oprresult, p.proleakproof, \
+     n.nspname::text \
      FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
-     WHERE o.oprnamespace = 'pg_catalog'::regnamespace";
+     JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace";
 
 const CASTS: &str = "SELECT c.castsource, c.casttarget, c.castcontext::text, c.castmethod::text, \
      coalesce(p.proleakproof, false) \
@@ -194,8 +195,8 @@ const CASTS: &str = "SELECT c.castsource, c.casttarget, c.castcontext::text, c.c
 
 const FUNCTIONS: &str =
     "SELECT p.proname::text, p.proargtypes::oid[], p.prorettype, p.proleakproof, \
-     p.prokind::text, p.provariadic <> 0 OR p.pronargdefaults > 0 OR p.proretset \
-     FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace";
+     p.prokind::text, p.provariadic <> 0 OR p.pronargdefaults > 0 OR p.proretset, n.nspname::text \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
 
 /// Reads the type system of the connected database.
 async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, tokio_postgres::Error> {
@@ -226,6 +227,7 @@ async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, toki
             .entry(row.get(0))
             .or_default()
             .push(Operator {
+                schema: row.get(5),
                 left: row.get(1),
                 right: row.get(2),
                 result: row.get(3),
@@ -243,18 +245,19 @@ async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, toki
         );
     }
     for row in client.query(FUNCTIONS, &[]).await? {
-        let name: String = row.get(0);
         let kind = byte(row.get(4));
-        if kind != b'f' {
-            catalog.aggregates.insert(name);
-            continue;
-        }
-        catalog.functions.entry(name).or_default().push(Function {
-            args: row.get(1),
-            result: row.get(2),
-            leakproof: row.get(3),
-            irregular: row.get(5),
-        });
+        catalog
+            .functions
+            .entry(row.get(0))
+            .or_default()
+            .push(Function {
+                schema: row.get(6),
+                aggregate: kind == b'a' || kind == b'w',
+                args: row.get(1),
+                result: row.get(2),
+                leakproof: row.get(3),
+                irregular: row.get(5),
+            });
     }
     Ok(catalog)
 }
