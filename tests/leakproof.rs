@@ -59,6 +59,14 @@ fn fixture() -> Fixture {
     Fixture { proxy, database }
 }
 
+impl Fixture {
+    /// A direct connection as the native RLS role.
+    fn native(&self) -> postgres::Client {
+        let url = common::cluster().url(&self.database, "lp_native");
+        postgres::Client::connect(&url, postgres::NoTls).unwrap()
+    }
+}
+
 fn param_type(name: &str) -> Type {
     match name {
         "float8" => Type::FLOAT8,
@@ -153,9 +161,7 @@ fn decisions_match_postgresql() {
     let cases: Vec<Case> = serde_saphyr::from_str(&text).unwrap();
     assert!(cases.len() >= 60, "the case table shrank: {}", cases.len());
     let mut member = fx.proxy.connect(&fx.database, "lp", "pw").unwrap();
-    let c = common::cluster();
-    let mut native =
-        postgres::Client::connect(&c.url(&fx.database, "lp_native"), postgres::NoTls).unwrap();
+    let mut native = fx.native();
     let mut failures = Vec::new();
     let (mut unfenced, mut careful) = (0, 0);
     for case in &cases {
@@ -236,10 +242,8 @@ fn outcome(result: Result<Vec<String>, postgres::Error>) -> String {
 #[test]
 fn error_probes_reveal_nothing() {
     let fx = fixture();
-    let c = common::cluster();
     let mut member = fx.proxy.connect(&fx.database, "lp", "pw").unwrap();
-    let mut native =
-        postgres::Client::connect(&c.url(&fx.database, "lp_native"), postgres::NoTls).unwrap();
+    let mut native = fx.native();
     // Each would raise "out of range for type double precision" (or real,
     // or integer) on the hidden row's `n`.
     let probes: &[(&str, &[&str])] = &[
@@ -388,10 +392,8 @@ fn forwarded(proxy: &common::Proxy, before: usize) -> String {
 #[test]
 fn fences_only_where_a_condition_may_leak() {
     let fx = fixture();
-    let c = common::cluster();
     let mut member = fx.proxy.connect(&fx.database, "lp", "pw").unwrap();
-    let mut native =
-        postgres::Client::connect(&c.url(&fx.database, "lp_native"), postgres::NoTls).unwrap();
+    let mut native = fx.native();
     // (statement, lp fenced, lp_other fenced, lp_other's references filter kept)
     let cases: &[(&str, bool, bool, bool)] = &[
         // A leaky condition on lp only: lp fenced, lp_other not (and its
