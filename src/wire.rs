@@ -201,6 +201,28 @@ pub fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_u8(0);
 }
 
+/// The fields of an ErrorResponse or NoticeResponse body, in order (a
+/// value that is not UTF-8 is read lossily).
+pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
+    body.split(|&b| b == 0)
+        .filter_map(|f| f.split_first())
+        .map(|(code, value)| (*code, String::from_utf8_lossy(value).into_owned()))
+        .collect()
+}
+
+/// An ErrorResponse carrying `fields` in order.
+pub fn error_from_fields(fields: &[(u8, String)]) -> Bytes {
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'E', |b| {
+        for (code, value) in fields {
+            b.put_u8(*code);
+            put_cstr(b, value);
+        }
+        b.put_u8(0);
+    });
+    out.freeze()
+}
+
 /// An ErrorResponse with the fields PostgreSQL always sends.
 pub fn error_response(severity: &str, code: &str, message: &str) -> Bytes {
     let mut out = BytesMut::new();

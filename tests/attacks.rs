@@ -6,8 +6,10 @@
 //!
 //! A case expects one of:
 //!
-//! - `refuse`: an ErrorResponse with SQLSTATE 42501, and no row, COPY data
-//!   or function result before it;
+//! - `refuse`: an ErrorResponse with one of the SQLSTATEs rowgate refuses
+//!   with (42501 for policy, 0A000 for what it does not support, 42601 for
+//!   what PostgreSQL's parser rejects, 54001 for what is too deep), and no
+//!   row, COPY data or function result before it;
 //! - `rls`: exactly what native row-level security gives the same user on a
 //!   direct connection as that user's native-RLS role (`rls::setup`): the
 //!   same rows as a multiset, or an error with the same SQLSTATE;
@@ -128,7 +130,7 @@ enum Outcome {
 
 impl Outcome {
     fn is_refusal(&self) -> bool {
-        matches!(self, Outcome::Error { code, .. } if code == "42501")
+        matches!(self, Outcome::Error { code, .. } if matches!(code.as_str(), "42501" | "0A000" | "42601" | "54001"))
     }
 
     fn sorted(&self) -> Outcome {

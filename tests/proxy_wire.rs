@@ -799,3 +799,81 @@ fn a_query_skipped_inside_a_failed_pipeline_leaves_the_session_exact() {
         assert_eq!(tags(&out), "12DCZ", "{:?}", errors(&out));
     }
 }
+
+/// Code, message and position of the first error.
+fn first_error(msgs: &[Msg]) -> Option<(String, String, Option<String>)> {
+    let e = msgs.iter().find(|m| m.tag == b'E')?;
+    Some((
+        e.field(b'C').unwrap_or_default(),
+        e.field(b'M').unwrap_or_default(),
+        e.field(b'P'),
+    ))
+}
+
+/// The first error of `sql` sent as a simple Query and as a Parse (with
+/// Sync) on `raw`.
+fn both_ways(raw: &mut Client, sql: &str) -> [Option<(String, String, Option<String>)>; 2] {
+    let simple = raw.query(sql).unwrap();
+    let mut buf = BytesMut::new();
+    frontend::parse("", sql, [], &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    let extended = raw.until_ready().unwrap();
+    [first_error(&simple), first_error(&extended)]
+}
+
+#[test]
+fn text_rowgate_cannot_parse_gets_postgresql_s_own_syntax_error_or_0a000() {
+    let (mut gate, _) = login(proxy().port, "member", "member-pw", fixture_db());
+    let mut direct = Client::connect(common::cluster().port).unwrap();
+    direct.login("postgres", fixture_db(), None, &[]).unwrap();
+    // Not valid PostgreSQL: the error PostgreSQL itself gives, field for
+    // field, with the position in the client's own text.
+    let invalid = [
+        "SELEC 1",
+        "SELECT 1 AS",
+        "SELECT 'abc",
+        "SELECT \"abc",
+        "SELECT $$abc",
+        "SELECT 1 /* open comment",
+        "SELECT 1 FROM merchants WHERE",
+        "SELECT 1 -- a comment\nFROM",
+        "SELECT 'é', (1 +",
+        "SELECT E'abc\\",
+        "SELECT 1; SELECT 2 FROM WHERE",
+        "SELECT count(* FROM merchants",
+    ];
+    for sql in invalid {
+        let want = both_ways(&mut direct, sql);
+        assert!(
+            want[0].as_ref().is_some_and(|e| e.0 == "42601"),
+            "{sql}: {want:?}"
+        );
+        let got = both_ways(&mut gate, sql);
+        assert_eq!(got, want, "{sql}");
+        for e in got.iter().flatten() {
+            assert!(!e.1.contains("rowgate"), "{sql}: {e:?}");
+        }
+    }
+    // Valid PostgreSQL that rowgate's parser does not read: 0A000, and
+    // nothing of it ran (the function would have made a table).
+    for sql in [
+        "DO $$ BEGIN CREATE TABLE made_by_do (x int); END $$",
+        "SELECT * FROM merchants WHERE name ~~~ 'x' AND 1 = 1 ; DO $$ BEGIN CREATE TABLE made_by_do (x int); END $$",
+    ] {
+        for got in both_ways(&mut gate, sql) {
+            let (code, message, position) = got.expect("an error");
+            assert_eq!(code, "0A000", "{sql}: {message}");
+            assert!(message.contains("rowgate does not support"), "{message}");
+            assert_eq!(position, None);
+        }
+    }
+    let made = direct
+        .query("SELECT count(*) FROM pg_class WHERE relname = 'made_by_do'")
+        .unwrap();
+    assert_eq!(first_value(&made).as_deref(), Some("0"));
+    // The session goes on.
+    let out = gate.query("SELECT count(*) FROM merchants").unwrap();
+    assert_eq!(first_value(&out).as_deref(), Some("3"));
+    still_serving();
+}

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::autoprep::{self, Action, Auto, Expectations};
+use super::refusals::Refusals;
 use super::sqlstate;
 use super::startup::{self, First};
 use super::{auth, messages};
@@ -62,8 +63,6 @@ pub struct Shared {
     pub fence: Fence,
 }
 
-/// The prefix of every refusal marker.
-const MARKER: &str = "rowgate_refusal_";
 /// A ParseComplete message.
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 /// The prefix of the names of automatic prepared statements.
@@ -303,12 +302,12 @@ async fn session(
         return Outcome::ClientGone;
     }
 
-    let refusals = Mutex::new(HashMap::new());
+    let nonce: u64 = rand::random();
+    let refusals = Refusals::new(nonce);
     let expect = Expectations::default();
     let (retry_tx, retry_rx) = mpsc::channel(1);
     let pending = AtomicI64::new(0);
     let client_done = AtomicBool::new(false);
-    let nonce: u64 = rand::random();
     let mut front = Front {
         shared,
         user: hello.user.clone(),
@@ -346,7 +345,6 @@ async fn session(
         retry_tx,
         pending: &pending,
         client_done: &client_done,
-        marker: format!("{MARKER}{nonce:016x}_"),
     };
     let loops = Loops {
         buf,
@@ -485,7 +483,7 @@ struct Front<'a> {
     cache: HashMap<String, Result<Forward, Refusal>>,
     nonce: u64,
     seq: u64,
-    refusals: &'a Mutex<HashMap<u64, (&'static str, String)>>,
+    refusals: &'a Refusals,
     pending: &'a AtomicI64,
     statements: u64,
     refused: u64,
@@ -1041,7 +1039,7 @@ impl Front<'_> {
             Err(refusal) => {
                 self.refused += 1;
                 debug!(user = %self.user, %refusal, "refuse");
-                Err(self.refuse(&refusal))
+                Err(self.refuse_text(&refusal, Some(sql)))
             }
         }
     }
@@ -1137,24 +1135,21 @@ impl Front<'_> {
         self.policy.access(&self.user).as_ref() == Some(&self.access)
     }
 
-    /// Registers a refusal and returns the marker statement that stands in
-    /// for it upstream.
-    fn refuse(&mut self, refusal: &Refusal) -> String {
+    /// Registers a refusal and returns the text that stands in for the
+    /// statement upstream (a marker, or a probe of `sql`: see
+    /// [`super::refusals`]).
+    fn refuse_text(&mut self, refusal: &Refusal, sql: Option<&str>) -> String {
         self.seq += 1;
-        let mut pending = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        // Markers skipped upstream (an earlier error in the same pipeline)
-        // are never matched; keep only the recent ones.
-        if pending.len() >= 64 {
-            let oldest = *pending.keys().min().unwrap_or(&0);
-            pending.remove(&oldest);
-        }
-        pending.insert(self.seq, (refusal.sqlstate(), refusal.to_string()));
-        format!("{MARKER}{:016x}_{}", self.nonce, self.seq)
+        self.refusals.register(self.seq, refusal, sql)
+    }
+
+    fn refuse(&mut self, refusal: &Refusal) -> String {
+        self.refuse_text(refusal, None)
     }
 }
 
 fn not_utf8() -> Refusal {
-    Refusal::Unparsable("the statement is not valid UTF-8".into())
+    Refusal::Encoding
 }
 
 fn query_message(text: &str) -> Bytes {
@@ -1248,7 +1243,7 @@ const RETRY_WAIT: Duration = Duration::from_millis(200);
 
 /// The upstream-to-client half.
 struct Back<'a> {
-    refusals: &'a Mutex<HashMap<u64, (&'static str, String)>>,
+    refusals: &'a Refusals,
     expect: &'a Expectations,
     /// ReadyForQuery messages relayed so far: the cycle under way.
     cycles: u64,
@@ -1259,8 +1254,6 @@ struct Back<'a> {
     retry_tx: mpsc::Sender<Retry>,
     pending: &'a AtomicI64,
     client_done: &'a AtomicBool,
-    /// `rowgate_refusal_<nonce>_`, as it appears in a marker's error.
-    marker: String,
 }
 
 impl Back<'_> {
@@ -1383,8 +1376,7 @@ impl Back<'_> {
                             }
                         }
                     }
-                    if let Some((sqlstate, refusal)) = self.refusal_for(frame.body()) {
-                        let e = wire::error_response("ERROR", sqlstate, &refusal);
+                    if let Some(e) = self.refusals.translate(frame.body()) {
                         wr.write_all(&e).await?;
                     } else {
                         wr.write_all(&frame.frame).await?;
@@ -1437,23 +1429,6 @@ impl Back<'_> {
                 !abandoned && done.await.unwrap_or(false)
             }
         }
-    }
-
-    /// The refusal a marker's error stands for, if this error is one.
-    fn refusal_for(&self, body: &[u8]) -> Option<(&'static str, String)> {
-        let marker = self.marker.as_bytes();
-        let at = body.windows(marker.len()).position(|w| w == marker)?;
-        let digits: String = body[at + marker.len()..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .map(|&b| b as char)
-            .collect();
-        let seq: u64 = digits.parse().ok()?;
-        let mut pending = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        let refusal = pending.remove(&seq)?;
-        // Earlier markers were skipped by an earlier error: forget them.
-        pending.retain(|&s, _| s > seq);
-        Some(refusal)
     }
 }
 

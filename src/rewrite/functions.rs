@@ -258,7 +258,7 @@ pub(crate) fn check_operator(
 ) -> Result<(), Refusal> {
     for s in user_schemas(search_path) {
         if catalog.has_operator(s, symbol) {
-            return Err(Refusal::unsupported(format!(
+            return Err(Refusal::UserCode(format!(
                 "the user-defined operator {symbol} in schema {}",
                 crate::names::ident(s)
             )));
@@ -286,8 +286,8 @@ pub(crate) fn check_domain(
             _ => false,
         };
         if domain {
-            return Err(Refusal::unsupported(format!(
-                "the cast to the domain {data_type}, whose constraints run user-defined code"
+            return Err(Refusal::UserCode(format!(
+                "the cast to the domain {data_type}"
             )));
         }
     }
@@ -335,9 +335,7 @@ pub(crate) fn check_row_casts(
         ControlFlow::Continue(())
     });
     match found {
-        Some(t) => Err(Refusal::unsupported(format!(
-            "the cast of a row to {t}, which runs user-defined code"
-        ))),
+        Some(t) => Err(Refusal::UserCode(format!("the cast of a row to {t}"))),
         None => Ok(()),
     }
 }

@@ -5,7 +5,7 @@
 //! the text forwarded upstream is always the re-serialized AST, never the
 //! client's text (except for admins, whose statements pass unchanged).
 //!
-//! Anything not understood is refused ([`Refusal`], SQLSTATE 42501).
+//! Anything not understood is refused ([`Refusal`]).
 
 pub mod catalog;
 mod classify;
@@ -81,8 +81,10 @@ pub struct Rewritten {
     pub statements: Option<Vec<Statement>>,
 }
 
-/// Why a statement is refused. Every refusal is SQLSTATE 42501 and its
-/// message names what was refused, never data the user cannot see.
+/// Why a statement is refused. A refusal's message names what was refused,
+/// never data the user cannot see; [`Refusal::sqlstate`] is the one place
+/// that gives each its SQLSTATE: 42501 for what policy forbids, 0A000 for
+/// what rowgate does not support, 54001 for what is too deep to analyse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("permission denied for table {0}")]
@@ -103,10 +105,22 @@ pub enum Refusal {
     /// once on this one.
     #[error("permission denied for function {0}")]
     UnknownFunction(String),
-    #[error("permission denied: rowgate does not support {0}, so the statement is refused")]
+    /// An operator, domain or cast whose user-defined code could run on
+    /// rows the filters hide.
+    #[error("permission denied for {0}: it may run user-defined code on rows the filters hide")]
+    UserCode(String),
+    /// Valid PostgreSQL that rowgate does not handle (SQLSTATE 0A000).
+    #[error("rowgate does not support {0}")]
     Unsupported(String),
-    #[error("permission denied: rowgate could not parse the statement, so it is refused ({0})")]
+    /// A text rowgate's parser cannot read. The proxy asks PostgreSQL's own
+    /// parser whether it is valid: a syntax error is relayed as PostgreSQL
+    /// says it, valid PostgreSQL is refused as not supported (0A000).
+    #[error("rowgate does not support this statement (its parser: {0})")]
     Unparsable(String),
+    /// A text that is not valid UTF-8 (SQLSTATE 22021, as PostgreSQL
+    /// answers one).
+    #[error("invalid byte sequence for encoding \"UTF8\"")]
+    Encoding,
     /// A prepared statement name under rowgate's reserved prefix.
     #[error(
         "permission denied: prepared statement names starting with \"rowgate_\" are reserved ({0})"
@@ -123,12 +137,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The SQLSTATE of every refusal: `insufficient_privilege`.
+    /// The SQLSTATE of a refusal for policy reasons: `insufficient_privilege`.
     pub const SQLSTATE: &'static str = "42501";
 
     pub fn sqlstate(&self) -> &'static str {
         match self {
             Refusal::TooComplex(_) => "54001",
+            Refusal::Unsupported(_) | Refusal::Unparsable(_) => "0A000",
+            Refusal::Encoding => "22021",
             _ => Self::SQLSTATE,
         }
     }
