@@ -96,6 +96,7 @@ fn bench_rewrite(c: &mut Criterion) {
         search_path: &search_path,
         params: &[],
         fence: Default::default(),
+        listing: Default::default(),
     };
     // Fail loudly, before measuring, if a query is refused: a bench of the
     // refusal path would report a misleadingly low figure.

@@ -37,12 +37,13 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, max_connections, max_message_bytes, prepare_threshold, workers" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, max_connections, max_message_bytes, prepare_threshold, workers" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
             "tls" => tls: Spanned<Tls> as Tls,
             "search_path" => search_path: Vec<Spanned<String>> as List<Text>,
+            "catalog" => catalog: Spanned<String> as Text,
             "max_connections" => max_connections: Spanned<String> as Text,
             "max_message_bytes" => max_message_bytes: Spanned<String> as Text,
             "prepare_threshold" => prepare_threshold: Spanned<String> as Text,
@@ -137,6 +138,8 @@ pub struct Config {
     /// The schemas unqualified names resolve in, pinned upstream for
     /// members and analysts.
     pub search_path: Vec<String>,
+    /// Whether members' catalog reads list what they cannot read.
+    pub catalog: crate::rewrite::system::Listing,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     /// After how many runs in a session a statement shape is prepared
@@ -300,6 +303,18 @@ impl Config {
                 path
             }
         };
+        let catalog = match raw.catalog.as_ref() {
+            None => crate::rewrite::system::Listing::Hide,
+            Some(v) => match cx.string(Some(v)).unwrap_or_default().as_str() {
+                "hide" => crate::rewrite::system::Listing::Hide,
+                "native" => crate::rewrite::system::Listing::Native,
+                other => {
+                    let msg = format!("catalog: `{other}` is not one of hide, native");
+                    cx.error(v, msg);
+                    crate::rewrite::system::Listing::Hide
+                }
+            },
+        };
         let max_connections = cx.number(
             raw.max_connections.as_ref(),
             "max_connections",
@@ -346,6 +361,7 @@ impl Config {
             upstream,
             tls,
             search_path,
+            catalog,
             max_connections,
             max_message_bytes,
             prepare_threshold,
@@ -489,7 +505,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, max_connections, max_message_bytes, prepare_threshold, workers",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, max_connections, max_message_bytes, prepare_threshold, workers",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",

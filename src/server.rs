@@ -152,6 +152,7 @@ impl Server {
             mock_key: rand::random(),
             tls,
             fence,
+            listing: config.catalog,
         });
         Ok(Server {
             listener,

@@ -48,6 +48,7 @@ fn rewritten_queries_return_exactly_what_native_rls_returns() {
                 search_path: &search_path,
                 params: &[],
                 fence: Default::default(),
+                listing: Default::default(),
             };
             let ours = match rewrite::rewrite(sql, &cx) {
                 Err(refusal) => {

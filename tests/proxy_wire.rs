@@ -249,11 +249,36 @@ fn session_state_is_pinned_for_members() {
         "SET client_encoding = 'LATIN1'",
         "SET ROLE postgres",
         "SET SESSION AUTHORIZATION postgres",
-        "RESET ALL",
         "SELECT set_config('search_path', 'hr', false)",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
     ] {
         let e = client.batch_execute(set).expect_err(set);
-        assert_eq!(common::sqlstate(&e).as_deref(), Some("42501"), "{set}: {e}");
+        let code = common::sqlstate(&e);
+        // A different search path is not supported (0A000); the others are
+        // refused (42501).
+        let want = if set.contains("search_path") {
+            "0A000"
+        } else {
+            "42501"
+        };
+        assert_eq!(code.as_deref(), Some(want), "{set}: {e}");
+    }
+    // RESET ALL goes back to the startup values, which hold the pinned
+    // ones; a path that finds what the pinned one finds may be set, and is
+    // set as the pinned one.
+    for harmless in [
+        "RESET ALL",
+        "SET search_path = public, \"$user\"",
+        "SET SESSION search_path TO 'public'",
+        "SELECT set_config('search_path', 'public, \"$user\"', false)",
+        "SET search_path TO DEFAULT",
+        "RESET search_path",
+    ] {
+        client
+            .batch_execute(harmless)
+            .unwrap_or_else(|e| panic!("{harmless}: {e}"));
+        assert_eq!(show(&mut client, "search_path"), "public", "{harmless}");
+        assert_eq!(show(&mut client, "standard_conforming_strings"), "on");
     }
     client
         .batch_execute("SET application_name = 'still fine'")
@@ -270,7 +295,44 @@ fn startup_options_are_refused_for_members_and_passed_for_admins() {
         .login("member", fixture_db(), Some("member-pw"), &options)
         .unwrap();
     assert_eq!(errors(&out)[0].0, "42501", "{:?}", errors(&out));
-    assert!(errors(&out)[0].1.contains("options"));
+    assert!(errors(&out)[0].1.contains("search_path"));
+    for refused in ["-c role=postgres", "-d 5", "-c row_security=off"] {
+        let mut raw = Client::connect(proxy().port).unwrap();
+        let out = raw
+            .login(
+                "member",
+                fixture_db(),
+                Some("member-pw"),
+                &[("options", refused)],
+            )
+            .unwrap();
+        assert_eq!(errors(&out)[0].0, "42501", "{refused}: {:?}", errors(&out));
+    }
+    // Settings a member may SET may come in `options` or as parameters of
+    // their own; a search path that finds what the pinned one finds is
+    // taken as the pinned one.
+    let mut raw = Client::connect(proxy().port).unwrap();
+    let params = [
+        (
+            "options",
+            "-c jit=off --lock-timeout=7s -c search_path=public,$user",
+        ),
+        ("search_path", "\"$user\", public"),
+        ("TimeZone", "UTC"),
+    ];
+    let out = raw
+        .login("member", fixture_db(), Some("member-pw"), &params)
+        .unwrap();
+    assert_eq!(out.last().map(|m| m.tag), Some(b'Z'), "{:?}", errors(&out));
+    for (setting, want) in [
+        ("jit", "off"),
+        ("lock_timeout", "7s"),
+        ("search_path", "public"),
+        ("timezone", "UTC"),
+    ] {
+        let got = first_value(&raw.query(&format!("SHOW {setting}")).unwrap());
+        assert_eq!(got.as_deref(), Some(want), "{setting}");
+    }
 
     let mut raw = Client::connect(proxy().port).unwrap();
     let out = raw

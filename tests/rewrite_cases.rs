@@ -142,6 +142,7 @@ fn rewrite_case(policy: &PolicySet, case: &Case) -> Result<Result<Rewritten, Ref
         search_path: &search_path,
         params: &[],
         fence: Default::default(),
+        listing: Default::default(),
     };
     Ok(rewrite::rewrite(&case.sql, &cx))
 }

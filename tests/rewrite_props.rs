@@ -132,6 +132,7 @@ fn contexts() -> impl Iterator<Item = Context<'static>> {
         search_path: &fx.search_path,
         params: &[],
         fence: Default::default(),
+        listing: Default::default(),
     })
 }
 
@@ -990,6 +991,7 @@ fn fixed_cases() {
         search_path: &fx.search_path,
         params: &[],
         fence: Default::default(),
+        listing: Default::default(),
     };
     let out = rewrite::rewrite("SELECT * FROM orders o JOIN merchants USING (id)", &cx)
         .expect("accepted");

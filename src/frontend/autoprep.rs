@@ -311,9 +311,9 @@ pub fn preparable(statements: &[Statement]) -> bool {
 /// forgets its automatic statements when a setting changes (and again when
 /// a transaction that changed one ends, since that may undo the change).
 pub fn changes_settings(statements: &[Statement]) -> bool {
-    statements
-        .iter()
-        .any(|s| matches!(s, Statement::Set(_) | Statement::Reset(_)))
+    statements.iter().any(|s| {
+        matches!(s, Statement::Set(_) | Statement::Reset(_)) || crate::rewrite::calls_set_config(s)
+    })
 }
 
 /// Whether a statement list ends a transaction or rolls back to a
@@ -562,6 +562,7 @@ mod tests {
             search_path: &path,
             params: &[],
             fence: Default::default(),
+            listing: Default::default(),
         };
         let forwarded = rewrite::rewrite(sql, &cx).unwrap().sql;
         let values = shape(sql).unwrap().values;

@@ -61,6 +61,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// How filtered tables are fenced (only benchmarks turn it off).
     pub fence: Fence,
+    /// How the catalog lists what members cannot read.
+    pub listing: rewrite::system::Listing,
 }
 
 /// A ParseComplete message.
@@ -230,18 +232,32 @@ async fn session(
         return Outcome::Rejected("unknown user".into());
     };
 
-    let params = match startup_params(&hello.params, &access, &shared.search_path) {
+    let database = shared
+        .upstream
+        .database
+        .clone()
+        .unwrap_or_else(|| hello.database.clone());
+    let catalog = if access.role == Role::Admin {
+        Arc::new(Snapshot::default())
+    } else {
+        match shared.catalog.get(&database).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(database = %database, "cannot read the upstream catalog: {e}");
+                let msg = "rowgate could not read the upstream catalog";
+                fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
+                return Outcome::Failed(e.to_string());
+            }
+        }
+    };
+
+    let params = match startup_params(&hello.params, &access, &shared.search_path, &*catalog) {
         Ok(p) => p,
         Err(why) => {
             fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
             return Outcome::Rejected(why);
         }
     };
-    let database = shared
-        .upstream
-        .database
-        .clone()
-        .unwrap_or_else(|| hello.database.clone());
     let connected = match upstream::connect(&shared.upstream, &database, &params).await {
         Ok(c) => c,
         Err(UpstreamError::Rejected(frame)) => {
@@ -264,20 +280,6 @@ async fn session(
             return Outcome::Failed(e.to_string());
         }
     };
-    let catalog = if access.role == Role::Admin {
-        Arc::new(Snapshot::default())
-    } else {
-        match shared.catalog.get(&database).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(database = %database, "cannot read the upstream catalog: {e}");
-                let msg = "rowgate could not read the upstream catalog";
-                fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
-                return Outcome::Failed(e.to_string());
-            }
-        }
-    };
-
     // Our own cancel key, mapped to the upstream session's.
     let key = loop {
         let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
@@ -440,8 +442,10 @@ fn startup_params(
     params: &[(String, String)],
     access: &Access,
     search_path: &[String],
+    catalog: &dyn rewrite::Catalog,
 ) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
+    let mut settings: Vec<(String, String)> = Vec::new();
     for (k, v) in params {
         if k.starts_with("_pq_.") {
             continue;
@@ -450,15 +454,32 @@ fn startup_params(
             out.push((k.clone(), v.clone()));
             continue;
         }
-        if !startup::allowed_param(k) {
+        if k == "options" {
+            settings.extend(startup::options(v)?);
+        } else {
+            settings.push((k.clone(), v.clone()));
+        }
+    }
+    for (k, v) in settings {
+        let name = k.to_ascii_lowercase();
+        if !startup::allowed_param(&name) {
             return Err(format!(
                 "permission denied to set parameter \"{k}\" through rowgate"
             ));
         }
-        if k.eq_ignore_ascii_case("client_encoding") {
+        if name == "search_path" {
+            let entries = rewrite::parse_path_text(&v).unwrap_or_default();
+            if !rewrite::same_path(&entries, search_path, &access.user, catalog) {
+                return Err(format!(
+                    "rowgate does not support a search_path that finds other schemas than rowgate's (\"{v}\")"
+                ));
+            }
             continue; // pinned below
         }
-        out.push((k.clone(), v.clone()));
+        if name == "client_encoding" {
+            continue; // pinned below
+        }
+        out.push((name, v));
     }
     if access.role != Role::Admin {
         let path: Vec<String> = search_path
@@ -824,6 +845,7 @@ impl Front<'_> {
             search_path: &self.shared.search_path,
             params: &declared,
             fence: self.shared.fence,
+            listing: self.shared.listing,
         };
         let prepared = forward.and_then(|f| autoprep::template(sql, &shape.values, &f.sql, &cx));
         let seen = self.shapes.get_mut(&shape.key)?;
@@ -1112,6 +1134,7 @@ impl Front<'_> {
             search_path: &self.shared.search_path,
             params,
             fence: self.shared.fence,
+            listing: self.shared.listing,
         };
         let rewritten = rewrite::rewrite(sql, &cx)?;
         let statements = rewritten.statements.as_deref().unwrap_or_default();

@@ -131,9 +131,76 @@ pub fn parse_startup(body: &[u8], minor: i32) -> Result<Startup, StartupError> {
 }
 
 /// Startup parameters members and analysts may pass on: the client's
-/// identity and formatting. Everything else (`options`, `replication`,
-/// `search_path`, ...) is refused, as its SET would be.
+/// identity and the settings they may SET (a `search_path` only when it
+/// finds what the pinned one finds). Everything else (`replication`,
+/// `role`, ...) is refused, as its SET would be.
 pub fn allowed_param(name: &str) -> bool {
     let folded = name.to_ascii_lowercase();
     folded == "application_name" || crate::rewrite::SETTABLE.contains(&folded.as_str())
+}
+
+/// The settings of an `options` startup parameter, as PostgreSQL reads it:
+/// words separated by spaces (a backslash takes the next character
+/// literally), each `-c name=value`, `-cname=value` or `--name=value`
+/// (dashes in names read as underscores). Any other switch is refused.
+pub fn options(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let refuse = |w: &str| {
+        format!("permission denied to use the startup option \"{w}\" through rowgate (options)")
+    };
+    let mut out = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next().ok_or_else(|| refuse(&w))?
+        } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
+            rest.to_string()
+        } else {
+            return Err(refuse(&w));
+        };
+        let (name, value) = setting.split_once('=').ok_or_else(|| refuse(&setting))?;
+        out.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::options;
+
+    #[test]
+    fn options_are_read_as_postgresql_reads_them() {
+        assert_eq!(
+            options("-c search_path=public  -cjit=off --lock-timeout=5s").unwrap(),
+            vec![
+                ("search_path".to_string(), "public".to_string()),
+                ("jit".to_string(), "off".to_string()),
+                ("lock_timeout".to_string(), "5s".to_string()),
+            ]
+        );
+        assert_eq!(
+            options(r"-c application_name=a\ b").unwrap(),
+            vec![("application_name".to_string(), "a b".to_string())]
+        );
+        assert!(options("-d 5").is_err());
+        assert!(options("-c").is_err());
+        assert!(options("-c novalue").is_err());
+        assert_eq!(options("").unwrap(), vec![]);
+    }
 }

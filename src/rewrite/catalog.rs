@@ -56,6 +56,17 @@ pub trait Catalog: Send + Sync {
         None
     }
 
+    /// Whether a schema called `schema` exists; `None` when not known
+    /// (offline).
+    fn has_schema(&self, _schema: &str) -> Option<bool> {
+        None
+    }
+
+    /// The settings PostgreSQL shows only to privileged roles, when known.
+    fn privileged_settings(&self) -> Option<&HashSet<String>> {
+        None
+    }
+
     /// The database's type system, when known. Offline it is not, and no
     /// operator on a column is provably leakproof.
     fn types(&self) -> Option<&super::types::TypeCatalog> {

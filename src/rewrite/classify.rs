@@ -12,10 +12,12 @@ use super::tables::{self, Scope, State};
 use super::{Context, Refusal};
 use crate::names::fold;
 
-/// Settings members and analysts may change: formatting, timeouts and
-/// client identification. Never `search_path`, `role`,
+/// Settings members and analysts may change: formatting, timeouts, the
+/// planner's JIT and client identification. Never `role`,
 /// `standard_conforming_strings`, `row_security` or `session_authorization`:
-/// the rewrite relies on them. `client_encoding` only to UTF8.
+/// the rewrite relies on them. `client_encoding` only to UTF8;
+/// `search_path` only to a list that finds what the pinned one finds
+/// ([`same_path`]).
 pub const SETTABLE: &[&str] = &[
     "application_name",
     "bytea_output",
@@ -28,12 +30,100 @@ pub const SETTABLE: &[&str] = &[
     "idle_in_transaction_session_timeout",
     "idle_session_timeout",
     "intervalstyle",
+    "jit",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
     "lock_timeout",
+    "search_path",
     "statement_timeout",
     "timezone",
     "transaction_isolation",
     "transaction_read_only",
 ];
+
+/// A search path's text as PostgreSQL reads the setting: names separated
+/// by commas, each double-quoted (exact) or bare (folded to lower case).
+/// `None` when it is not such a list.
+pub fn parse_path_text(text: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut name = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        name.push('"');
+                    }
+                    '"' => break,
+                    c => name.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' || c.is_whitespace() {
+                    break;
+                }
+                name.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+            if name.is_empty() {
+                // An empty text is an empty path.
+                return (out.is_empty() && chars.peek().is_none()).then_some(out);
+            }
+        }
+        out.push(name);
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => return Some(out),
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// Whether the search path `entries` finds, for the member `user`, exactly
+/// what the pinned path finds: the same existing schemas in the same order
+/// (`$user` is the member's name; schemas that do not exist find nothing;
+/// `pg_catalog` comes first unless placed). Offline, where schemas are not
+/// known, only the same list is.
+pub fn same_path(
+    entries: &[String],
+    pinned: &[String],
+    user: &str,
+    catalog: &dyn super::Catalog,
+) -> bool {
+    let effective = |list: &[String]| -> Vec<String> {
+        let mut out: Vec<String> = list
+            .iter()
+            .map(|e| if e == "$user" { user } else { e.as_str() })
+            .filter(|s| catalog.has_schema(s) != Some(false))
+            .map(str::to_string)
+            .collect();
+        if !out.iter().any(|s| s == "pg_catalog") {
+            out.insert(0, "pg_catalog".to_string());
+        }
+        out.dedup();
+        out
+    };
+    effective(entries) == effective(pinned)
+}
+
+/// The pinned search path, as the text of a `SET` value.
+fn pinned_path_exprs(pinned: &[String]) -> Vec<Expr> {
+    pinned
+        .iter()
+        .map(|s| Expr::Identifier(crate::names::ident(s)))
+        .collect()
+}
 
 /// Settings PostgreSQL shows only to superusers (server paths and commands);
 /// the upstream role may be one, so members and analysts may not SHOW them.
@@ -85,23 +175,35 @@ pub(crate) fn check(
         | Statement::ReleaseSavepoint { .. } => Ok(()),
 
         Statement::ShowVariable { variable } => {
-            let name = variable.iter().map(fold).collect::<Vec<_>>().join(" ");
-            if SHOW_DENIED.contains(&name.as_str()) {
-                Err(Refusal::statement(format!("SHOW {name}")))
+            let name = variable
+                .iter()
+                .map(|i| i.value.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let privileged = cx
+                .catalog
+                .privileged_settings()
+                .is_some_and(|p| p.contains(&name));
+            if privileged || SHOW_DENIED.contains(&name.as_str()) {
+                Err(Refusal::Show(name))
             } else {
                 Ok(())
             }
         }
-        Statement::Set(set) => check_set(set),
+        Statement::Set(set) => check_set(set, cx),
         Statement::Reset(ResetStatement { reset }) => match reset {
             Reset::ConfigurationParameter(name) => {
+                // The search path resets to the pinned one, set at startup.
                 let name = setting_name(name)?;
                 if name == "client_encoding" {
                     return Err(Refusal::Setting(name));
                 }
                 Ok(())
             }
-            Reset::ALL => Err(Refusal::statement("RESET ALL")),
+            // Settings go back to the session's startup values, which hold
+            // the pinned ones (`role` and `session_authorization` are not
+            // reset by it).
+            Reset::ALL => Ok(()),
             Reset::SessionAuthorization => Err(Refusal::statement("RESET SESSION AUTHORIZATION")),
         },
 
@@ -150,6 +252,8 @@ pub(crate) fn check(
             Ok(())
         }
         Statement::Fetch { into: None, .. } | Statement::Close { .. } => Ok(()),
+        // Members cannot LISTEN; stopping is harmless (pools send it).
+        Statement::UNLISTEN { .. } => Ok(()),
 
         Statement::Explain {
             analyze,
@@ -238,20 +342,26 @@ fn is_false(arg: Option<&Expr>) -> bool {
     }
 }
 
-fn check_set(set: &Set) -> Result<(), Refusal> {
+fn check_set(set: &mut Set, cx: &Context) -> Result<(), Refusal> {
     match set {
         Set::SingleAssignment {
             variable, values, ..
-        } => check_assignment(variable, values),
+        } => check_assignment(variable, values, cx),
         Set::ParenthesizedAssignments { variables, values } => {
             for variable in variables {
-                check_assignment(variable, values)?;
+                check_assignment(variable, values, cx)?;
             }
             Ok(())
         }
         Set::MultipleAssignments { assignments } => {
             for a in assignments {
-                check_assignment(&a.name, std::slice::from_ref(&a.value))?;
+                let mut values = vec![a.value.clone()];
+                check_assignment(&a.name, &mut values, cx)?;
+                if let [value] = values.as_mut_slice() {
+                    a.value = std::mem::replace(value, Expr::value(Value::Null));
+                } else {
+                    return Err(Refusal::Setting(a.name.to_string()));
+                }
             }
             Ok(())
         }
@@ -275,12 +385,14 @@ fn check_set(set: &Set) -> Result<(), Refusal> {
     }
 }
 
+/// A setting's name, in lower case however it is written (PostgreSQL's
+/// setting names ignore case, quoted or not), if members may set it.
 fn setting_name(name: &ObjectName) -> Result<String, Refusal> {
     let parts: Vec<String> = name
         .0
         .iter()
         .filter_map(|p| p.as_ident())
-        .map(fold)
+        .map(|i| i.value.to_ascii_lowercase())
         .collect();
     let joined = parts.join(".");
     match parts.as_slice() {
@@ -291,13 +403,44 @@ fn setting_name(name: &ObjectName) -> Result<String, Refusal> {
     }
 }
 
-fn check_assignment(variable: &ObjectName, values: &[Expr]) -> Result<(), Refusal> {
+fn check_assignment(
+    variable: &ObjectName,
+    values: &mut Vec<Expr>,
+    cx: &Context,
+) -> Result<(), Refusal> {
     let name = setting_name(variable)?;
-    for value in values {
+    for value in values.iter() {
         check_value(value, &name)?;
     }
+    if name == "search_path" {
+        let entries: Option<Vec<String>> = values
+            .iter()
+            .map(|v| match v {
+                Expr::Identifier(i) if i.quote_style.is_none() => Some(fold(i)),
+                Expr::Identifier(i) => Some(i.value.clone()),
+                Expr::Value(v) => match &v.value {
+                    Value::SingleQuotedString(s) => Some(s.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let entries = entries.ok_or_else(|| Refusal::Setting(name.clone()))?;
+        if entries.len() == 1 && entries[0] == "default" {
+            return Ok(());
+        }
+        if !same_path(&entries, cx.search_path, &cx.access.user, cx.catalog) {
+            return Err(Refusal::unsupported(
+                "a search_path that finds other schemas than rowgate's (configure `search_path` in proxy.yaml)",
+            ));
+        }
+        // Upstream, `$user` would be the upstream role: the pinned path is
+        // what is set.
+        *values = pinned_path_exprs(cx.search_path);
+        return Ok(());
+    }
     if name == "client_encoding" {
-        let utf8 = match values {
+        let utf8 = match values.as_slice() {
             [Expr::Value(v)] => match &v.value {
                 Value::SingleQuotedString(s) => is_utf8(s),
                 _ => false,
@@ -310,6 +453,60 @@ fn check_assignment(variable: &ObjectName, values: &[Expr]) -> Result<(), Refusa
         }
     }
     Ok(())
+}
+
+/// `set_config(name, value, is_local)` with constants, as tools call it: the
+/// same as `SET [LOCAL] name = value`, under the same rules; a search path
+/// equivalent to the pinned one is set as the pinned one.
+pub(crate) fn check_set_config(mut args: Vec<&mut Expr>, cx: &Context) -> Result<(), Refusal> {
+    let text = |e: &Expr| match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let refuse = || Refusal::Function("set_config".into());
+    let [name, value, local] = args.as_mut_slice() else {
+        return Err(refuse());
+    };
+    let local_ok = match local {
+        Expr::Value(v) => {
+            matches!(v.value, Value::Boolean(_))
+                || matches!(&v.value, Value::SingleQuotedString(s)
+                if matches!(s.to_ascii_lowercase().as_str(), "true" | "false" | "t" | "f" | "on" | "off"))
+        }
+        _ => false,
+    };
+    let (Some(setting), Some(new)) = (text(name), text(value)) else {
+        return Err(refuse());
+    };
+    if !local_ok {
+        return Err(refuse());
+    }
+    let setting = setting.to_ascii_lowercase();
+    if !SETTABLE.contains(&setting.as_str()) {
+        return Err(Refusal::Setting(setting));
+    }
+    match setting.as_str() {
+        "client_encoding" if !is_utf8(&new) => Err(Refusal::Setting(setting)),
+        "search_path" => {
+            let entries = parse_path_text(&new).ok_or_else(|| Refusal::Setting(setting.clone()))?;
+            if !same_path(&entries, cx.search_path, &cx.access.user, cx.catalog) {
+                return Err(Refusal::unsupported(
+                    "a search_path that finds other schemas than rowgate's (configure `search_path` in proxy.yaml)",
+                ));
+            }
+            let pinned: Vec<String> = cx
+                .search_path
+                .iter()
+                .map(|s| crate::names::ident(s).to_string())
+                .collect();
+            **value = Expr::value(Value::SingleQuotedString(pinned.join(", ")));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A setting's value must be a constant: a literal, a bare word, or a signed

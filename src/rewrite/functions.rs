@@ -158,8 +158,15 @@ fn is_builtin_schema(schema: &str) -> bool {
     schema == "pg_catalog" || schema == "information_schema"
 }
 
+/// Functions of a refused family that only touch the caller's own session:
+/// `pg_advisory_unlock_all()` releases the session's own advisory locks
+/// (connection pools call it when a connection is given back).
+const ALLOWED_IN_FAMILY: &[&str] = &["pg_advisory_unlock_all"];
+
 fn is_denied(name: &str) -> bool {
-    DENIED.contains(&name) || DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
+    DENIED.contains(&name)
+        || (DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
+            && !ALLOWED_IN_FAMILY.contains(&name))
 }
 
 /// Checks a call of the function `name` with `args` arguments.

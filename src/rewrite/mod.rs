@@ -11,6 +11,7 @@ pub mod catalog;
 mod classify;
 pub mod functions;
 pub mod leakproof;
+pub mod system;
 mod tables;
 pub mod types;
 
@@ -19,7 +20,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, OfflineCatalog};
-pub use classify::{is_utf8, SETTABLE, SHOW_DENIED};
+pub use classify::{is_utf8, parse_path_text, same_path, SETTABLE, SHOW_DENIED};
 
 use crate::policy::{Access, Role};
 
@@ -36,6 +37,8 @@ pub struct Context<'a> {
     pub params: &'a [types::Oid],
     /// Whether filtered tables may go unfenced.
     pub fence: Fence,
+    /// How the catalog lists what the member cannot read.
+    pub listing: system::Listing,
 }
 
 impl<'a> Context<'a> {
@@ -48,6 +51,7 @@ impl<'a> Context<'a> {
             search_path,
             params: &[],
             fence: Fence::Auto,
+            listing: system::Listing::Hide,
         }
     }
 }
@@ -98,6 +102,9 @@ pub enum Refusal {
     Statement(String),
     #[error("permission denied to set parameter \"{0}\" through rowgate")]
     Setting(String),
+    /// A setting PostgreSQL shows only to privileged roles.
+    #[error("must be superuser or have privileges of pg_read_all_settings to examine \"{0}\"")]
+    Show(String),
     #[error("permission denied for function {0}")]
     Function(String),
     /// A function the catalog snapshot does not know; worded like
@@ -358,8 +365,60 @@ pub fn rewrite_statement(statement: &mut Statement, cx: &Context) -> Result<(), 
     }
     classify::check(statement, cx, &mut state)?;
     tables::fix_qualified_references(statement, &state);
+    answer_calls(statement, cx)?;
     exact_literals(statement);
     Ok(())
+}
+
+/// Whether a statement calls `set_config` (which members may call like a
+/// `SET`).
+pub fn calls_set_config(statement: &Statement) -> bool {
+    use sqlparser::ast::{Expr, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Find;
+    impl Visitor for Find {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Function(f)
+                    if f.name
+                        .0
+                        .last()
+                        .and_then(|p| p.as_ident())
+                        .is_some_and(|i| i.value.eq_ignore_ascii_case("set_config")) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    statement.visit(&mut Find).is_break()
+}
+
+/// Replaces the calls a member makes that rowgate answers itself
+/// ([`system::rewrite_call`]), innermost first; a replacement is not
+/// visited again.
+fn answer_calls(statement: &mut Statement, cx: &Context) -> Result<(), Refusal> {
+    use sqlparser::ast::{Expr, VisitMut, VisitorMut};
+    use std::ops::ControlFlow;
+    struct Calls<'a, 'b>(&'a Context<'b>);
+    impl VisitorMut for Calls<'_, '_> {
+        type Break = Refusal;
+        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Refusal> {
+            match system::rewrite_call(expr, self.0) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(r) => ControlFlow::Break(r),
+            }
+        }
+    }
+    if cx.access.role != Role::Member {
+        return Ok(());
+    }
+    match statement.visit(&mut Calls(cx)) {
+        ControlFlow::Break(r) => Err(r),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }
 
 /// sqlparser prints a `'...'` literal holding `\'` or `''` as if they were

@@ -231,12 +231,21 @@ impl VisitorMut for Walker<'_, '_> {
                 "string constants continued on another line",
             ));
         }
+        if self.depth == 0 && self.cx.access.role == Role::Member {
+            super::system::keep_answered_names(&mut select.projection);
+        }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Refusal> {
         if self.depth != 0 {
             return ControlFlow::Continue(());
+        }
+        if let Some(args) = set_config_args(expr) {
+            return match super::classify::check_set_config(args, self.cx) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(refusal) => ControlFlow::Break(refusal),
+            };
         }
         match self.check_expr(expr) {
             Ok(()) => ControlFlow::Continue(()),
@@ -303,6 +312,44 @@ impl VisitorMut for Walker<'_, '_> {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// The arguments of a call of `set_config` (unqualified or in
+/// `pg_catalog`), when they are plain expressions.
+fn set_config_args(expr: &mut Expr) -> Option<Vec<&mut Expr>> {
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    let parts: Vec<String> = f
+        .name
+        .0
+        .iter()
+        .map(|p| p.as_ident().map(fold))
+        .collect::<Option<_>>()?;
+    match parts
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["set_config"] | ["pg_catalog", "set_config"] => {}
+        _ => return None,
+    }
+    let FunctionArguments::List(list) = &mut f.args else {
+        return None;
+    };
+    if list.duplicate_treatment.is_some() || !list.clauses.is_empty() {
+        return None;
+    }
+    list.args
+        .iter_mut()
+        .map(|a| match a {
+            sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(e)) => {
+                Some(e)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 impl Walker<'_, '_> {
@@ -385,6 +432,9 @@ impl Walker<'_, '_> {
         name: &sqlparser::ast::ObjectName,
         args: usize,
     ) -> Result<(), Refusal> {
+        if super::system::answers(name, self.cx) {
+            return Ok(());
+        }
         functions::check(
             name,
             args,
@@ -456,6 +506,37 @@ impl Walker<'_, '_> {
             [schema, table] => RelName::new(fold(schema), fold(table)),
             _ => return Err(Refusal::unsupported("database-qualified table names")),
         };
+        let view = if is_system_schema(&rel.schema) {
+            super::system::catalog_view(&rel, self.cx)?
+        } else {
+            None
+        };
+        if let Some(view) = view {
+            // A catalog relation as the member sees it: no fence, since
+            // what it hides is names, which native RLS does not hide at all.
+            let alias = match alias.take() {
+                Some(alias) => alias,
+                None => {
+                    self.state.add_unaliased(&rel, true)?;
+                    TableAlias {
+                        explicit: true,
+                        name: parts[parts.len() - 1].clone(),
+                        columns: vec![],
+                        at: None,
+                    }
+                }
+            };
+            if sample.is_some() {
+                return Err(Refusal::unsupported("TABLESAMPLE of a catalog relation"));
+            }
+            *factor = TableFactor::Derived {
+                lateral: false,
+                subquery: Box::new(view),
+                alias: Some(alias),
+                sample: None,
+            };
+            return Ok(());
+        }
         if is_blocked_catalog(&rel) {
             return Err(Refusal::Table(rel.to_string()));
         }

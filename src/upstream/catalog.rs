@@ -36,6 +36,11 @@ pub struct Snapshot {
     columns: HashMap<(String, String), Vec<(String, Oid)>>,
     /// Types, operators, casts and functions, for leakproofness.
     types: TypeCatalog,
+    /// Every schema's name.
+    schemas: HashSet<String>,
+    /// Settings PostgreSQL shows only to superusers and members of
+    /// `pg_read_all_settings` (`None` when they could not be told).
+    privileged_settings: Option<HashSet<String>>,
     taken: Option<Instant>,
     /// Changes when a reload finds different objects; equal generations of
     /// one database hold the same names.
@@ -43,6 +48,14 @@ pub struct Snapshot {
 }
 
 impl Catalog for Snapshot {
+    fn has_schema(&self, schema: &str) -> Option<bool> {
+        Some(self.schemas.contains(schema))
+    }
+
+    fn privileged_settings(&self) -> Option<&HashSet<String>> {
+        self.privileged_settings.as_ref()
+    }
+
     fn contains(&self, schema: &str, name: &str) -> bool {
         self.relations
             .get(schema)
@@ -109,6 +122,7 @@ impl Snapshot {
             && self.user_casts == other.user_casts
             && self.columns == other.columns
             && self.types == other.types
+            && self.schemas == other.schemas
     }
 }
 
@@ -260,6 +274,37 @@ async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, toki
             });
     }
     Ok(catalog)
+}
+
+const SCHEMAS: &str = "SELECT nspname::text FROM pg_catalog.pg_namespace";
+
+/// The settings that `pg_settings` lists for the upstream role but not for
+/// a role without privileges (one that cannot log in and holds nothing of
+/// its own, `pg_read_all_data`, taken for a moment in a transaction that is
+/// rolled back): the ones PostgreSQL shows only to superusers and members of
+/// `pg_read_all_settings`. `None` when the upstream role cannot take it.
+async fn privileged_settings(client: &tokio_postgres::Client) -> Option<HashSet<String>> {
+    let names = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> HashSet<String> {
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect()
+    };
+    const LIST: &str = "SELECT name FROM pg_catalog.pg_settings";
+    let all = names(client.simple_query(LIST).await.ok()?);
+    let result = client
+        .simple_query(&format!(
+            "BEGIN; SET LOCAL ROLE pg_read_all_data; {LIST}; ROLLBACK"
+        ))
+        .await;
+    let _ = client.simple_query("ROLLBACK").await;
+    let unprivileged = names(result.ok()?);
+    if unprivileged.is_empty() {
+        return None;
+    }
+    Some(all.difference(&unprivileged).cloned().collect())
 }
 
 const USER_CASTS: &str = "SELECT DISTINCT '', pg_catalog.format_type(c.casttarget, NULL) \
@@ -415,7 +460,16 @@ impl LiveCatalog {
                     .push((row.get(2), row.get(3)));
             }
             let types = load_types(&client).await?;
+            let schemas = client
+                .query(SCHEMAS, &[])
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            let privileged_settings = privileged_settings(&client).await;
             Ok::<_, tokio_postgres::Error>((
+                schemas,
+                privileged_settings,
                 relations,
                 functions,
                 row_functions,
@@ -431,6 +485,8 @@ impl LiveCatalog {
         drop(client);
         let _ = task.await;
         let (
+            schemas,
+            privileged_settings,
             relations,
             functions,
             row_functions,
@@ -451,6 +507,8 @@ impl LiveCatalog {
             user_casts,
             columns,
             types,
+            schemas,
+            privileged_settings,
             taken: Some(Instant::now()),
             generation: 0,
         })
