@@ -478,15 +478,25 @@ pub(crate) fn check_set_config(mut args: Vec<&mut Expr>, cx: &Context) -> Result
         }
         _ => false,
     };
-    let (Some(setting), Some(new)) = (text(name), text(value)) else {
+    let Some(setting) = text(name) else {
         return Err(refuse());
     };
-    if !local_ok {
-        return Err(refuse());
-    }
     let setting = setting.to_ascii_lowercase();
     if !SETTABLE.contains(&setting.as_str()) {
         return Err(Refusal::Setting(setting));
+    }
+    let placeholder =
+        |e: &Expr| matches!(e, Expr::Value(v) if matches!(v.value, Value::Placeholder(_)));
+    // A bound value (asyncpg restores `jit` so) is fine for the settings
+    // whose every value is.
+    let free = !matches!(setting.as_str(), "search_path" | "client_encoding");
+    let new = match text(value) {
+        Some(new) => new,
+        None if free && placeholder(value) => String::new(),
+        None => return Err(refuse()),
+    };
+    if !local_ok && !(free && placeholder(local)) {
+        return Err(refuse());
     }
     match setting.as_str() {
         "client_encoding" if !is_utf8(&new) => Err(Refusal::Setting(setting)),

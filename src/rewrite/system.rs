@@ -375,7 +375,9 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
             return roles_view(rel, cx).map(Some);
         }
     }
-    if cx.listing == Listing::Native {
+    // `information_schema` shows a role only what it holds privileges on
+    // (or owns): that stays so in both modes.
+    if cx.listing == Listing::Native && rel.schema != "information_schema" {
         return Ok(None);
     }
     let filter = if rel.schema == "pg_catalog" {
@@ -404,9 +406,13 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
                     "(classoid <> 'pg_catalog.pg_class'::pg_catalog.regclass OR {})",
                     visible_oid(access, "objoid")
                 ),
+                // A row type is shown with its relation, and so is the
+                // array type of a row type.
                 "pg_type" => format!(
-                    "(typrelid = 0 OR {}) AND {}",
+                    "(typrelid = 0 OR {}) AND (typelem = 0 OR typelem NOT IN \
+                     (SELECT vt.oid FROM pg_catalog.pg_type vt WHERE vt.typrelid <> 0 AND NOT {})) AND {}",
                     visible_oid(access, "typrelid"),
+                    visible_oid(access, "vt.typrelid"),
                     visible_schema(access, "typnamespace")
                 ),
                 "pg_proc" => visible_schema(access, "pronamespace"),
@@ -425,6 +431,10 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
     {
         visible_name(access, s, n)
     } else if rel.schema == "information_schema" && name == "schemata" {
+        if cx.listing == Listing::Native {
+            // It lists the schemas the role owns: a member owns none.
+            return parse_query(&format!("SELECT * FROM {from} WHERE false")).map(Some);
+        }
         format!(
             "schema_name::text IN (SELECT vn.nspname::text FROM pg_catalog.pg_namespace vn WHERE {})",
             visible_schema(access, "vn.oid")
@@ -681,10 +691,9 @@ pub(crate) fn rewrite_call(expr: &mut Expr, cx: &Context) -> Result<(), Refusal>
             who,
             &format!("({without_role} AND {})", only(privilege, &["CONNECT"])),
         ),
-        ("pg_has_role", [role, _]) => format!(
-            "({original} AND {role}::pg_catalog.text = {})",
-            lit(&cx.access.user)
-        ),
+        ("pg_has_role", [role, _]) => {
+            format!("({role}::pg_catalog.text = {})", lit(&cx.access.user))
+        }
         ("pg_has_role", [who, role, _]) => for_member(
             cx,
             who,
