@@ -360,9 +360,11 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
             return parse_query(&format!("SELECT {columns} FROM {from} WHERE {filter}")).map(Some);
         }
         if OWN_SESSION.contains(&name) {
+            // The session's statement text upstream is rowgate's rewrite
+            // of it, which spells out the member's filters: not shown.
             let columns = projection(cx, "pg_catalog", name, |col, ty| match col {
                 "usename" => Some(format!("{user}::{ty}")),
-                "usesysid" => Some(format!("NULL::{ty}")),
+                "usesysid" | "query" | "query_id" => Some(format!("NULL::{ty}")),
                 _ => None,
             })
             .unwrap_or_else(|| "*".to_string());
@@ -477,9 +479,14 @@ fn roles_view(rel: &RelName, cx: &Context) -> Result<Query, Refusal> {
     }) else {
         return Err(Refusal::Table(rel.to_string()));
     };
+    // Hidden: the other roles but PostgreSQL's predefined ones. Native:
+    // every role, as PostgreSQL lists them to any role.
+    let others = match cx.listing {
+        Listing::Hide => format!("{name_col}::text LIKE 'pg\\_%'"),
+        Listing::Native => format!("{name_col}::text <> {user}"),
+    };
     parse_query(&format!(
-        "SELECT {member} UNION ALL SELECT * FROM pg_catalog.{name} \
-         WHERE {name_col}::text LIKE 'pg\\_%'"
+        "SELECT {member} UNION ALL SELECT * FROM pg_catalog.{name} WHERE {others}"
     ))
 }
 
