@@ -495,7 +495,7 @@ pub(crate) fn check_set_config(mut args: Vec<&mut Expr>, cx: &Context) -> Result
         None if free && placeholder(value) => String::new(),
         None => return Err(refuse()),
     };
-    if !local_ok && !(free && placeholder(local)) {
+    if !(local_ok || (free && placeholder(local))) {
         return Err(refuse());
     }
     match setting.as_str() {
