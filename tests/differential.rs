@@ -48,7 +48,7 @@ fn rewritten_queries_return_exactly_what_native_rls_returns() {
                 search_path: &search_path,
                 params: &[],
                 fence: Default::default(),
-                listing: Default::default(),
+                listing: rowgate::rewrite::system::Listing::Native,
             };
             let ours = match rewrite::rewrite(sql, &cx) {
                 Err(refusal) => {

@@ -99,7 +99,10 @@ impl Tally {
 fn every_mode_returns_exactly_what_native_rls_returns() {
     let db = common::cluster().create_database("proxy_rls");
     let mut oracles = rls::setup(&db);
-    let proxy = common::Proxy::start(Path::new(rls::POLICY), "");
+    // Exactly-native catalog listings: the shapes that read the catalog
+    // compare with the native role too (`catalog: hide` is tested in
+    // tests/tools.rs).
+    let proxy = common::Proxy::start(Path::new(rls::POLICY), "catalog: native\n");
 
     let mut tally = Tally::default();
     for (&user, oracle) in oracles.iter_mut() {
@@ -109,7 +112,7 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
                 proxy.log()
             )
         });
-        for &sql in QUERIES {
+        for &sql in QUERIES.iter().chain(rls::LIVE_QUERIES) {
             // Three runs each: the ordinary rewrite, then (from the second
             // run, rowgate's prepare_threshold) the automatic prepared
             // statement being prepared, then only executed.
@@ -158,4 +161,59 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
     );
     assert!(compared >= 7 * 350, "only {compared} comparisons");
     assert!(refusals >= 7 * 20, "only {refusals} agreed refusals");
+}
+
+/// A session that changes its search path, in and out of transactions
+/// that commit or roll back, reads what the native role's session reads at
+/// every step (each path finds what rowgate's pinned path finds; other
+/// paths are refused as not supported).
+#[test]
+fn search_path_changes_mid_session_and_in_rolled_back_transactions() {
+    let db = common::cluster().create_database("proxy_rls_path");
+    let mut oracles = rls::setup(&db);
+    let proxy = common::Proxy::start(Path::new(rls::POLICY), "");
+    let steps: &[&str] = &[
+        "SELECT count(*) FROM merchants",
+        "SET search_path = public, \"$user\"",
+        "SELECT count(*) FROM merchants",
+        "BEGIN",
+        "SET LOCAL search_path = \"$user\", public",
+        "SELECT count(*), min(name) FROM merchants",
+        "ROLLBACK",
+        "SELECT count(*) FROM orders",
+        "BEGIN",
+        "SELECT set_config('search_path', 'public', true)",
+        "SAVEPOINT s",
+        "SET search_path TO 'public'",
+        "SELECT count(*) FROM orders",
+        "ROLLBACK TO s",
+        "SELECT count(*) FROM merchants",
+        "COMMIT",
+        "RESET search_path",
+        "SELECT count(*) FROM countries",
+        "SET search_path TO DEFAULT",
+        "TABLE products",
+    ];
+    let mut compared = 0;
+    for user in ["king", "ceo", "apac"] {
+        let oracle = oracles.get_mut(user).unwrap();
+        let mut through = proxy.connect(&db, user, PASSWORD).unwrap();
+        for step in steps {
+            let native = rls::run(oracle, step);
+            let ours = rls::run(&mut through, step);
+            assert_eq!(ours, native, "{user}: {step}");
+            compared += 1;
+        }
+        // A path that would find other schemas is not supported, and
+        // changes nothing.
+        let e = through
+            .batch_execute("SET search_path = sales, public")
+            .unwrap_err();
+        assert_eq!(common::sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+        assert_eq!(
+            rls::run(&mut through, "SHOW search_path").unwrap(),
+            Outcome::Rows(vec![vec![Some("public".into())]])
+        );
+    }
+    assert_eq!(compared, 3 * steps.len());
 }

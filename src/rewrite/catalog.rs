@@ -56,6 +56,18 @@ pub trait Catalog: Send + Sync {
         None
     }
 
+    /// The name of the database this catalog describes, when known: a
+    /// three-part name with it is a two-part name.
+    fn database(&self) -> Option<&str> {
+        None
+    }
+
+    /// Whether the relation has inheritance children or partitions (or is
+    /// partitioned); `None` when not known (offline).
+    fn has_children(&self, _schema: &str, _name: &str) -> Option<bool> {
+        None
+    }
+
     /// Whether a schema called `schema` exists; `None` when not known
     /// (offline).
     fn has_schema(&self, _schema: &str) -> Option<bool> {

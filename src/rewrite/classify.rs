@@ -294,6 +294,28 @@ pub(crate) fn check(
                 columns,
             } = source
             {
+                // `COPY t` reads t's own rows only; `SELECT ... FROM t`
+                // would read its children's too.
+                let parts: Vec<String> = table_name
+                    .0
+                    .iter()
+                    .filter_map(|p| p.as_ident())
+                    .map(fold)
+                    .collect();
+                let rel = match parts.as_slice() {
+                    [name] => super::catalog::resolve(cx.catalog, cx.search_path, name),
+                    [schema, name] => {
+                        Some(crate::names::RelName::new(schema.clone(), name.clone()))
+                    }
+                    _ => None,
+                };
+                if let Some(rel) = rel {
+                    if cx.catalog.has_children(&rel.schema, &rel.name) == Some(true) {
+                        return Err(Refusal::unsupported(
+                            "COPY of a table with inheritance children or partitions (write COPY (SELECT ... FROM ONLY t) TO STDOUT)",
+                        ));
+                    }
+                }
                 // `COPY t (cols) TO STDOUT` reads like `COPY (SELECT cols
                 // FROM t) TO STDOUT`, which is what gets rewritten.
                 let cols = if columns.is_empty() {

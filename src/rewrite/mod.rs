@@ -11,6 +11,7 @@ pub mod catalog;
 mod classify;
 pub mod functions;
 pub mod leakproof;
+pub mod normalize;
 pub mod system;
 mod tables;
 pub mod types;
@@ -242,12 +243,10 @@ fn check_depth(sql: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Parses `sql` as the rewriter reads its input: a statement that starts
-/// with the keyword `MOVE`, which sqlparser does not know, is read as its
-/// twin `FETCH`. What a forwarded text reads back as, for checks outside the
-/// rewriter.
+/// Parses `sql` as the rewriter reads its input (see [`normalize`]). What a
+/// forwarded text reads back as, for checks outside the rewriter.
 pub fn parse_input(sql: &str) -> Result<Vec<Statement>, Refusal> {
-    parse(&moves_as_fetches(sql).0)
+    parse(&normalize::normalize(sql).0)
 }
 
 /// Turns a statement text into the text to forward, or a refusal. A text
@@ -259,26 +258,32 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
             statements: None,
         });
     }
-    let (text, moves) = moves_as_fetches(sql);
+    let (text, fixups) = normalize::normalize(sql);
     let mut statements = parse(&text)?;
     for (i, statement) in statements.iter_mut().enumerate() {
-        if moves.contains(&i) && !matches!(statement, Statement::Fetch { into: None, .. }) {
+        if fixups.moves.contains(&i) && !matches!(statement, Statement::Fetch { into: None, .. }) {
             return Err(Refusal::unsupported("this form of MOVE"));
+        }
+        if fixups.force_quote_all.contains(&i) && !matches!(statement, Statement::Copy { .. }) {
+            return Err(Refusal::unsupported("FORCE_QUOTE * outside COPY"));
         }
         rewrite_statement(statement, cx)?;
     }
-    let sql = print(&statements);
+    for (_, parts) in &fixups.only {
+        only_changes_nothing(parts, cx)?;
+    }
+    let printed = print(&statements);
     // What PostgreSQL will read must be exactly what was checked: a printed
     // literal or identifier that reads back differently is refused.
-    if parse(&sql).ok().as_ref() != Some(&statements) {
+    if parse(&printed).ok().as_ref() != Some(&statements) {
         return Err(Refusal::unsupported(
             "a literal or identifier that cannot be forwarded exactly",
         ));
     }
-    let sql = if moves.is_empty() {
-        sql
+    let sql = if fixups.moves.is_empty() && fixups.force_quote_all.is_empty() {
+        printed
     } else {
-        print_with_moves(&statements, &moves)
+        normalize::print(&statements, &fixups)
     };
     Ok(Rewritten {
         sql,
@@ -286,75 +291,21 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
     })
 }
 
-/// `MOVE` repositions a cursor and returns no rows; sqlparser reads only its
-/// twin `FETCH`. Each statement that starts with the keyword `MOVE` is read
-/// as a `FETCH` (only that keyword's bytes change), and the indices of those
-/// statements are returned so that they go out as `MOVE` again.
-fn moves_as_fetches(sql: &str) -> (String, Vec<usize>) {
-    use sqlparser::tokenizer::{Token, Tokenizer};
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
-        return (sql.to_string(), Vec::new());
+/// `ONLY t` is read as `t`: right only where `t` has no inheritance
+/// children and no partitions.
+fn only_changes_nothing(parts: &[sqlparser::ast::Ident], cx: &Context) -> Result<(), Refusal> {
+    let folded: Vec<String> = parts.iter().map(crate::names::fold).collect();
+    let rel = match folded.as_slice() {
+        [name] => catalog::resolve(cx.catalog, cx.search_path, name),
+        [schema, name] => Some(crate::names::RelName::new(schema.clone(), name.clone())),
+        _ => None,
     };
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    let offset = |loc: sqlparser::tokenizer::Location| {
-        let line = line_starts.get(loc.line.saturating_sub(1) as usize)?;
-        let col = sql[*line..]
-            .char_indices()
-            .nth(loc.column.saturating_sub(1) as usize)?
-            .0;
-        Some(line + col)
-    };
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut copied = 0;
-    let mut moves = Vec::new();
-    let mut statement = 0;
-    let mut at_start = true;
-    for t in &tokens {
-        match &t.token {
-            Token::Whitespace(_) => continue,
-            Token::SemiColon => {
-                statement += 1;
-                at_start = true;
-                continue;
-            }
-            Token::Word(w)
-                if at_start && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("move") =>
-            {
-                if let Some(start) = offset(t.span.start) {
-                    out.push_str(&sql[copied..start]);
-                    out.push_str("FETCH");
-                    copied = start + 4;
-                    moves.push(statement);
-                }
-            }
-            _ => {}
-        }
-        at_start = false;
+    match rel.map(|r| cx.catalog.has_children(&r.schema, &r.name)) {
+        Some(Some(false)) => Ok(()),
+        _ => Err(Refusal::unsupported(
+            "ONLY of a table with inheritance children or partitions (or not known to have none)",
+        )),
     }
-    out.push_str(&sql[copied..]);
-    (out, moves)
-}
-
-/// The statements printed, the ones read from `MOVE` written as `MOVE`.
-fn print_with_moves(statements: &[Statement], moves: &[usize]) -> String {
-    let mut out = String::new();
-    for (i, s) in statements.iter().enumerate() {
-        if i > 0 {
-            out.push_str("; ");
-        }
-        let text = s.to_string();
-        match text.strip_prefix("FETCH") {
-            Some(rest) if moves.contains(&i) => {
-                out.push_str("MOVE");
-                out.push_str(rest);
-            }
-            _ => out.push_str(&text),
-        }
-    }
-    out
 }
 
 /// Classifies one parsed statement and rewrites it in place.

@@ -504,6 +504,14 @@ impl Walker<'_, '_> {
                 }
             }
             [schema, table] => RelName::new(fold(schema), fold(table)),
+            // The current database's name may qualify a name; it is
+            // dropped (any other database is an error in PostgreSQL).
+            [database, schema, table]
+                if self.cx.catalog.database() == Some(fold(database).as_str()) =>
+            {
+                *name = sqlparser::ast::ObjectName::from(vec![schema.clone(), table.clone()]);
+                RelName::new(fold(schema), fold(table))
+            }
             _ => return Err(Refusal::unsupported("database-qualified table names")),
         };
         let view = if is_system_schema(&rel.schema) {

@@ -36,8 +36,12 @@ pub struct Snapshot {
     columns: HashMap<(String, String), Vec<(String, Oid)>>,
     /// Types, operators, casts and functions, for leakproofness.
     types: TypeCatalog,
+    /// The database's name.
+    database: String,
     /// Every schema's name.
     schemas: HashSet<String>,
+    /// Relations with inheritance children or partitions, or partitioned.
+    parents: HashSet<(String, String)>,
     /// Settings PostgreSQL shows only to superusers and members of
     /// `pg_read_all_settings` (`None` when they could not be told).
     privileged_settings: Option<HashSet<String>>,
@@ -48,6 +52,20 @@ pub struct Snapshot {
 }
 
 impl Catalog for Snapshot {
+    fn database(&self) -> Option<&str> {
+        Some(&self.database)
+    }
+
+    fn has_children(&self, schema: &str, name: &str) -> Option<bool> {
+        if !self.contains(schema, name) {
+            return None;
+        }
+        Some(
+            self.parents
+                .contains(&(schema.to_string(), name.to_string())),
+        )
+    }
+
     fn has_schema(&self, schema: &str) -> Option<bool> {
         Some(self.schemas.contains(schema))
     }
@@ -123,6 +141,7 @@ impl Snapshot {
             && self.columns == other.columns
             && self.types == other.types
             && self.schemas == other.schemas
+            && self.parents == other.parents
     }
 }
 
@@ -275,6 +294,10 @@ async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, toki
     }
     Ok(catalog)
 }
+
+const PARENTS: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'p' OR c.oid IN (SELECT inhparent FROM pg_catalog.pg_inherits)";
 
 const SCHEMAS: &str = "SELECT nspname::text FROM pg_catalog.pg_namespace";
 
@@ -467,7 +490,14 @@ impl LiveCatalog {
                 .map(|r| r.get(0))
                 .collect();
             let privileged_settings = privileged_settings(&client).await;
+            let parents = client
+                .query(PARENTS, &[])
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
             Ok::<_, tokio_postgres::Error>((
+                parents,
                 schemas,
                 privileged_settings,
                 relations,
@@ -485,6 +515,7 @@ impl LiveCatalog {
         drop(client);
         let _ = task.await;
         let (
+            parents,
             schemas,
             privileged_settings,
             relations,
@@ -507,7 +538,9 @@ impl LiveCatalog {
             user_casts,
             columns,
             types,
+            database: database.to_string(),
             schemas,
+            parents,
             privileged_settings,
             taken: Some(Instant::now()),
             generation: 0,

@@ -1,0 +1,366 @@
+//! PostgreSQL spellings that sqlparser does not read, turned, token by
+//! token, into spellings it reads that mean the same (a pure function of
+//! the text, before parsing). What cannot be written back the same way is
+//! remembered and restored when the statement is printed ([`Fixups`]).
+//!
+//! - `MOVE ...` is read as its twin `FETCH ...` and printed as `MOVE`;
+//! - `FETCH c`, `FETCH 5 c`, `FETCH FROM c` (no `FROM`, or no direction)
+//!   gain them: `FETCH NEXT FROM c`;
+//! - `TABLE t` (a statement, a set operand or a subquery) is
+//!   `SELECT * FROM t`;
+//! - `FROM ONLY t` and `ONLY (t)` lose `ONLY`, and the names are remembered:
+//!   the rewriter accepts them only for relations without inheritance
+//!   children or partitions, where `ONLY` changes nothing;
+//! - `interval(p) 'literal'`, whose precision sqlparser drops, is
+//!   `('literal'::interval(p))`;
+//! - a string constant continued on the next line (`'a'` newline `'b'`) is
+//!   one constant;
+//! - `FORCE_QUOTE *` of `COPY` is read with a placeholder column and printed
+//!   as `*` again.
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+/// The placeholder column standing for `FORCE_QUOTE *` (under rowgate's
+/// reserved prefix, so no client name is taken for it).
+pub const ALL_COLUMNS: &str = "rowgate_all_columns";
+
+/// What the printed statements need restored, by statement index.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Fixups {
+    /// Statements read from `MOVE`.
+    pub moves: Vec<usize>,
+    /// Statements whose `FORCE_QUOTE *` was read as the placeholder.
+    pub force_quote_all: Vec<usize>,
+    /// Relation names written after `ONLY` (each as its name parts, as
+    /// written), by statement.
+    pub only: Vec<(usize, Vec<sqlparser::ast::Ident>)>,
+}
+
+/// The text to parse, and what to restore in its printing.
+pub fn normalize(sql: &str) -> (String, Fixups) {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
+        return (sql.to_string(), Fixups::default());
+    };
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |loc: Location| -> Option<usize> {
+        let line = line_starts.get(loc.line.checked_sub(1)? as usize)?;
+        let col = loc.column.checked_sub(1)? as usize;
+        match sql[*line..].char_indices().nth(col) {
+            Some((i, _)) => Some(line + i),
+            None => Some(sql.len()),
+        }
+    };
+    // Significant tokens with their byte ranges.
+    let mut sig: Vec<(usize, usize, &TokenWithSpan)> = Vec::new();
+    for t in &tokens {
+        if matches!(t.token, Token::Whitespace(_) | Token::EOF) {
+            continue;
+        }
+        let (Some(start), Some(end)) = (offset(t.span.start), offset(t.span.end)) else {
+            return (sql.to_string(), Fixups::default());
+        };
+        sig.push((start, end, t));
+    }
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let mut fixups = Fixups::default();
+    let word = |t: &Token, kw: Keyword| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.keyword == kw);
+    let mut statement = 0;
+    let mut stmt_first: Option<usize> = None;
+    let mut k = 0;
+    while k < sig.len() {
+        let (start, end, t) = sig[k];
+        let prev = k.checked_sub(1).map(|p| &sig[p].2.token);
+        if matches!(t.token, Token::SemiColon) {
+            statement += 1;
+            stmt_first = None;
+            k += 1;
+            continue;
+        }
+        let at_start = stmt_first.is_none();
+        if at_start {
+            stmt_first = Some(k);
+        }
+        // MOVE and FETCH.
+        if at_start
+            && (word(&t.token, Keyword::FETCH)
+                || matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("move")))
+        {
+            if !word(&t.token, Keyword::FETCH) {
+                edits.push((start, end, "FETCH".to_string()));
+                fixups.moves.push(statement);
+            }
+            let rest: Vec<usize> = (k + 1..sig.len())
+                .take_while(|&j| !matches!(sig[j].2.token, Token::SemiColon))
+                .collect();
+            let is_from = |j: usize| {
+                word(&sig[j].2.token, Keyword::FROM) || word(&sig[j].2.token, Keyword::IN)
+            };
+            let has_from = rest.iter().any(|&j| is_from(j));
+            match rest.as_slice() {
+                [] => {}
+                [only] if !has_from => {
+                    edits.push((sig[*only].0, sig[*only].0, "NEXT FROM ".into()))
+                }
+                [.., last] if !has_from => edits.push((sig[*last].0, sig[*last].0, "FROM ".into())),
+                [first, ..] if is_from(*first) => {
+                    edits.push((sig[*first].0, sig[*first].0, "NEXT ".into()))
+                }
+                _ => {}
+            }
+            k += 1 + rest.len();
+            continue;
+        }
+        // TABLE t.
+        if word(&t.token, Keyword::TABLE) {
+            let opens = match prev {
+                None | Some(Token::SemiColon) | Some(Token::LParen) => true,
+                Some(p) => {
+                    [
+                        Keyword::UNION,
+                        Keyword::INTERSECT,
+                        Keyword::EXCEPT,
+                        Keyword::ALL,
+                        Keyword::DISTINCT,
+                    ]
+                    .iter()
+                    .any(|kw| word(p, *kw))
+                        || (matches!(p, Token::RParen)
+                            && stmt_first.is_some_and(|f| word(&sig[f].2.token, Keyword::WITH)))
+                }
+            };
+            if opens {
+                edits.push((start, end, "SELECT * FROM".to_string()));
+            }
+        }
+        // ONLY t, ONLY (t).
+        if word(&t.token, Keyword::ONLY)
+            && prev.is_some_and(|p| {
+                word(p, Keyword::FROM)
+                    || word(p, Keyword::JOIN)
+                    || word(p, Keyword::TABLE)
+                    || matches!(p, Token::Comma)
+            })
+        {
+            let mut j = k + 1;
+            let paren = matches!(sig.get(j).map(|s| &s.2.token), Some(Token::LParen));
+            if paren {
+                j += 1;
+            }
+            let mut parts = Vec::new();
+            while let Some((_, _, tok)) = sig.get(j) {
+                match &tok.token {
+                    Token::Word(w) => {
+                        parts.push(sqlparser::ast::Ident {
+                            value: w.value.clone(),
+                            quote_style: w.quote_style,
+                            span: sqlparser::tokenizer::Span::empty(),
+                        });
+                        j += 1;
+                        if matches!(sig.get(j).map(|s| &s.2.token), Some(Token::Period)) {
+                            j += 1;
+                            continue;
+                        }
+                    }
+                    _ => {}
+                }
+                break;
+            }
+            let closed = !paren || matches!(sig.get(j).map(|s| &s.2.token), Some(Token::RParen));
+            if !parts.is_empty() && closed {
+                edits.push((start, end, String::new()));
+                if paren {
+                    edits.push((sig[k + 1].0, sig[k + 1].1, String::new()));
+                    edits.push((sig[j].0, sig[j].1, String::new()));
+                }
+                fixups.only.push((statement, parts));
+            }
+        }
+        // interval(p) 'literal'.
+        if word(&t.token, Keyword::INTERVAL) {
+            if let (
+                Some((_, _, open)),
+                Some((_, _, n)),
+                Some((_, _, close)),
+                Some((lit_start, lit_end, lit)),
+            ) = (
+                sig.get(k + 1),
+                sig.get(k + 2),
+                sig.get(k + 3),
+                sig.get(k + 4),
+            ) {
+                if matches!(open.token, Token::LParen)
+                    && matches!(n.token, Token::Number(..))
+                    && matches!(close.token, Token::RParen)
+                    && matches!(lit.token, Token::SingleQuotedString(_))
+                {
+                    let Token::Number(p, _) = &n.token else {
+                        unreachable!()
+                    };
+                    edits.push((
+                        start,
+                        *lit_end,
+                        format!("({}::interval({p}))", &sql[*lit_start..*lit_end]),
+                    ));
+                    k += 5;
+                    continue;
+                }
+            }
+        }
+        // 'a' newline 'b'.
+        if let Token::SingleQuotedString(first) = &t.token {
+            let mut value = first.clone();
+            let mut j = k;
+            while let Some((_, _, next)) = sig.get(j + 1) {
+                let Token::SingleQuotedString(more) = &next.token else {
+                    break;
+                };
+                // Only whitespace with a line break between them.
+                let between = &sql[sig[j].1..sig[j + 1].0];
+                if !between.contains('\n') || !between.chars().all(char::is_whitespace) {
+                    break;
+                }
+                value.push_str(more);
+                j += 1;
+            }
+            if j > k {
+                edits.push((start, sig[j].1, format!("'{}'", value.replace('\'', "''"))));
+                k = j + 1;
+                continue;
+            }
+        }
+        // FORCE_QUOTE *.
+        if matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("force_quote"))
+        {
+            if let Some((s, e, star)) = sig.get(k + 1) {
+                if matches!(star.token, Token::Mul) {
+                    edits.push((*s, *e, format!("({ALL_COLUMNS})")));
+                    fixups.force_quote_all.push(statement);
+                    k += 2;
+                    continue;
+                }
+            }
+        }
+        k += 1;
+    }
+    if edits.is_empty() {
+        return (sql.to_string(), fixups);
+    }
+    edits.sort_by_key(|e| (e.0, e.1));
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut copied = 0;
+    for (s, e, text) in edits {
+        if s < copied {
+            continue;
+        }
+        out.push_str(&sql[copied..s]);
+        out.push_str(&text);
+        if s == e && !text.is_empty() && !text.ends_with(' ') {
+            out.push(' ');
+        }
+        copied = e;
+    }
+    out.push_str(&sql[copied..]);
+    (out, fixups)
+}
+
+/// The printed statements with the fixups restored.
+pub fn print(statements: &[sqlparser::ast::Statement], fixups: &Fixups) -> String {
+    let mut out = String::new();
+    for (i, s) in statements.iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        let mut text = s.to_string();
+        if fixups.moves.contains(&i) {
+            if let Some(rest) = text.strip_prefix("FETCH") {
+                text = format!("MOVE{rest}");
+            }
+        }
+        if fixups.force_quote_all.contains(&i) {
+            let placeholder = format!("({ALL_COLUMNS})");
+            if let Some(at) = text.rfind(&placeholder) {
+                text.replace_range(at..at + placeholder.len(), "*");
+            }
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(sql: &str) -> String {
+        normalize(sql).0
+    }
+
+    #[test]
+    fn fetch_and_move_gain_direction_and_from() {
+        assert_eq!(text("FETCH c"), "FETCH NEXT FROM c");
+        assert_eq!(text("FETCH 5 c"), "FETCH 5 FROM c");
+        assert_eq!(text("FETCH FROM c"), "FETCH NEXT FROM c");
+        assert_eq!(text("FETCH NEXT FROM c"), "FETCH NEXT FROM c");
+        assert_eq!(text("move c"), "FETCH NEXT FROM c");
+        assert_eq!(normalize("SELECT 1; MOVE 2 c").1.moves, vec![1]);
+    }
+
+    #[test]
+    fn table_is_select_star() {
+        assert_eq!(text("TABLE merchants"), "SELECT * FROM merchants");
+        assert_eq!(
+            text("SELECT 1 UNION ALL TABLE t"),
+            "SELECT 1 UNION ALL SELECT * FROM t"
+        );
+        assert_eq!(
+            text("WITH a AS (SELECT 1) TABLE a"),
+            "WITH a AS (SELECT 1) SELECT * FROM a"
+        );
+        assert_eq!(text("LOCK TABLE t"), "LOCK TABLE t");
+        assert_eq!(text("CREATE TABLE t (x int)"), "CREATE TABLE t (x int)");
+    }
+
+    #[test]
+    fn only_is_dropped_and_remembered() {
+        let (t, f) = normalize("SELECT * FROM ONLY s.t, ONLY (u) JOIN ONLY v ON true");
+        assert_eq!(t, "SELECT * FROM  s.t,  u JOIN  v ON true");
+        let names: Vec<Vec<String>> = f
+            .only
+            .iter()
+            .map(|(_, p)| p.iter().map(|i| i.value.clone()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["s", "t"], vec!["u"], vec!["v"]]);
+        assert_eq!(text("TABLE ONLY t"), "SELECT * FROM  t");
+    }
+
+    #[test]
+    fn interval_precision_and_continued_strings() {
+        assert_eq!(
+            text("SELECT interval(0) '1 day 01:23:45.6789'"),
+            "SELECT ('1 day 01:23:45.6789'::interval(0))"
+        );
+        assert_eq!(text("SELECT 'a'\n  'b''c'"), "SELECT 'ab''c'");
+        assert_eq!(text("SELECT 'a' 'b'"), "SELECT 'a' 'b'");
+        assert_eq!(
+            text("COPY t TO STDOUT (FORCE_QUOTE *)"),
+            "COPY t TO STDOUT (FORCE_QUOTE (rowgate_all_columns))"
+        );
+    }
+
+    #[test]
+    fn text_without_such_spellings_is_unchanged() {
+        for sql in [
+            "SELECT 1",
+            "SELECT 'TABLE x' FROM t",
+            "",
+            "SELECT \"table\" FROM t",
+        ] {
+            assert_eq!(text(sql), sql);
+        }
+    }
+}
