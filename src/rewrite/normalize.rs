@@ -153,20 +153,17 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
             }
             let mut parts = Vec::new();
             while let Some((_, _, tok)) = sig.get(j) {
-                match &tok.token {
-                    Token::Word(w) => {
-                        parts.push(sqlparser::ast::Ident {
-                            value: w.value.clone(),
-                            quote_style: w.quote_style,
-                            span: sqlparser::tokenizer::Span::empty(),
-                        });
+                if let Token::Word(w) = &tok.token {
+                    parts.push(sqlparser::ast::Ident {
+                        value: w.value.clone(),
+                        quote_style: w.quote_style,
+                        span: sqlparser::tokenizer::Span::empty(),
+                    });
+                    j += 1;
+                    if matches!(sig.get(j).map(|s| &s.2.token), Some(Token::Period)) {
                         j += 1;
-                        if matches!(sig.get(j).map(|s| &s.2.token), Some(Token::Period)) {
-                            j += 1;
-                            continue;
-                        }
+                        continue;
                     }
-                    _ => {}
                 }
                 break;
             }
