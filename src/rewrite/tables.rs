@@ -268,6 +268,7 @@ impl VisitorMut for Walker<'_, '_> {
                 push_down(select, &fenced, self.cx);
             }
             let reads = std::mem::take(&mut self.reads);
+            keep_row_types(select, &reads, self.cx);
             drop_implied_references(select, &reads);
         }
         ControlFlow::Continue(())
@@ -619,6 +620,94 @@ impl Walker<'_, '_> {
             sample: None,
         };
         Ok(())
+    }
+}
+
+/// A whole-row reference to a filtered table (`SELECT m FROM merchants m`,
+/// `row_to_json(m)`) names the derived table that stands for it, whose row
+/// type is an anonymous record; PostgreSQL gives the table's row type. The
+/// reference is cast to the table's type, which keeps the value and the
+/// column name. Only where every FROM item's columns are known, so that no
+/// column of that name takes precedence.
+fn keep_row_types(select: &mut Select, reads: &[(String, RelName, Option<bool>)], cx: &Context) {
+    use sqlparser::ast::{DataType, ObjectName};
+    let replaced: Vec<&(String, RelName, Option<bool>)> =
+        reads.iter().filter(|r| r.2.is_some()).collect();
+    if replaced.is_empty() {
+        return;
+    }
+    let items: usize = select.from.iter().map(|t| 1 + t.joins.len()).sum();
+    if items != reads.len()
+        || select.from.iter().any(|t| {
+            std::iter::once(&t.relation)
+                .chain(t.joins.iter().map(|j| &j.relation))
+                .any(|f| matches!(f, TableFactor::NestedJoin { .. }))
+        })
+    {
+        return;
+    }
+    let mut columns = std::collections::HashSet::new();
+    for (_, rel, _) in reads {
+        match cx.catalog.columns(&rel.schema, &rel.name) {
+            Some(cols) => columns.extend(cols.into_iter().map(|(c, _)| c)),
+            None => return,
+        }
+    }
+    struct Rows<'a> {
+        depth: usize,
+        targets: Vec<(String, &'a RelName)>,
+    }
+    impl VisitorMut for Rows<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if self.depth != 0 {
+                return ControlFlow::Continue(());
+            }
+            if let Expr::Identifier(i) = expr {
+                let name = fold(i);
+                if let Some((_, rel)) = self.targets.iter().find(|(a, _)| *a == name) {
+                    *expr = Expr::Cast {
+                        kind: sqlparser::ast::CastKind::DoubleColon,
+                        expr: Box::new(expr.clone()),
+                        data_type: DataType::Custom(
+                            ObjectName::from(vec![
+                                crate::names::ident(&rel.schema),
+                                crate::names::ident(&rel.name),
+                            ]),
+                            vec![],
+                        ),
+                        format: None,
+                    };
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let targets: Vec<(String, &RelName)> = replaced
+        .iter()
+        .filter(|(alias, _, _)| !columns.contains(alias))
+        .map(|(alias, rel, _)| (alias.clone(), rel))
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    let mut rows = Rows { depth: 0, targets };
+    for item in select.projection.iter_mut() {
+        let _ = item.visit(&mut rows);
+    }
+    if let Some(selection) = select.selection.as_mut() {
+        let _ = selection.visit(&mut rows);
+    }
+    if let Some(having) = select.having.as_mut() {
+        let _ = having.visit(&mut rows);
     }
 }
 

@@ -252,6 +252,10 @@ pub const LIVE_QUERIES: &[&str] = &[
     "SELECT count(*) FROM (TABLE orders) t",
     "SELECT 'a'\n'b' AS x, id FROM merchants",
     "SELECT interval(0) '1 day 01:23:45.6789', id FROM merchants",
+    "SELECT m, row_to_json(m), pg_typeof(m) FROM merchants m",
+    "SELECT merchants FROM merchants WHERE merchants IS NOT NULL",
+    "SELECT o, m.name FROM orders o JOIN merchants m ON m.id = o.merchant_id",
+    "SELECT to_jsonb(c) FROM countries c ORDER BY c.id",
 ];
 
 /// The fixture's policy file.
