@@ -337,3 +337,41 @@ fn catalog_hide_shows_the_granted_and_the_system_only() {
         vec![vec![Some("public".into())], vec![Some("sales".into())]]
     );
 }
+
+#[test]
+fn every_tool_statement_runs_as_an_analyst() {
+    let mut raw = Client::connect(hide_proxy().port).unwrap();
+    let out = raw
+        .login("analyst", fixture(), Some(rls::PASSWORD), &[])
+        .unwrap();
+    assert_eq!(out.last().map(|m| m.tag), Some(b'Z'));
+    let mut failures = Vec::new();
+    for q in queries() {
+        let out = if q.params.is_empty() {
+            raw.query(&q.sql).unwrap()
+        } else {
+            extended(&mut raw, &q.sql, &q.params)
+        };
+        if let Some(e) = first_error(&out) {
+            failures.push(format!("{} | {}: {e}", q.tool, q.what));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // An analyst reads every table: every one is listed, and is its own.
+    let who = text_rows(
+        &mut raw,
+        "SELECT current_user, has_table_privilege('hr.salaries', 'SELECT'), \
+         has_table_privilege('hr.salaries', 'DELETE'), \
+         (SELECT count(*) FROM pg_stat_user_tables WHERE relname = 'salaries')",
+    )
+    .unwrap();
+    assert_eq!(
+        who,
+        vec![vec![
+            Some("analyst".into()),
+            Some("t".into()),
+            Some("f".into()),
+            Some("1".into())
+        ]]
+    );
+}

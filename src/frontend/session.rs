@@ -237,21 +237,7 @@ async fn session(
         .database
         .clone()
         .unwrap_or_else(|| hello.database.clone());
-    let catalog = if access.role == Role::Admin {
-        Arc::new(Snapshot::default())
-    } else {
-        match shared.catalog.get(&database).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(database = %database, "cannot read the upstream catalog: {e}");
-                let msg = "rowgate could not read the upstream catalog";
-                fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
-                return Outcome::Failed(e.to_string());
-            }
-        }
-    };
-
-    let params = match startup_params(&hello.params, &access, &shared.search_path, &*catalog) {
+    let (params, paths) = match startup_params(&hello.params, &access, &shared.search_path) {
         Ok(p) => p,
         Err(why) => {
             fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
@@ -280,6 +266,32 @@ async fn session(
             return Outcome::Failed(e.to_string());
         }
     };
+    let catalog = if access.role == Role::Admin {
+        Arc::new(Snapshot::default())
+    } else {
+        match shared.catalog.get(&database).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(database = %database, "cannot read the upstream catalog: {e}");
+                let msg = "rowgate could not read the upstream catalog";
+                fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
+                return Outcome::Failed(e.to_string());
+            }
+        }
+    };
+
+    // A search path asked for at startup must find what the pinned one
+    // finds (the session runs with the pinned one).
+    for path in paths {
+        let entries = rewrite::parse_path_text(&path).unwrap_or_default();
+        if !rewrite::same_path(&entries, &shared.search_path, &access.user, &*catalog) {
+            let why = format!(
+                "rowgate does not support a search_path that finds other schemas than rowgate's (\"{path}\")"
+            );
+            fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
+            return Outcome::Rejected(why);
+        }
+    }
     // Our own cancel key, mapped to the upstream session's.
     let key = loop {
         let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
@@ -442,8 +454,8 @@ fn startup_params(
     params: &[(String, String)],
     access: &Access,
     search_path: &[String],
-    catalog: &dyn rewrite::Catalog,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+    let mut paths = Vec::new();
     let mut out = Vec::new();
     let mut settings: Vec<(String, String)> = Vec::new();
     for (k, v) in params {
@@ -468,13 +480,9 @@ fn startup_params(
             ));
         }
         if name == "search_path" {
-            let entries = rewrite::parse_path_text(&v).unwrap_or_default();
-            if !rewrite::same_path(&entries, search_path, &access.user, catalog) {
-                return Err(format!(
-                    "rowgate does not support a search_path that finds other schemas than rowgate's (\"{v}\")"
-                ));
-            }
-            continue; // pinned below
+            // Checked once the catalog is read; pinned below.
+            paths.push(v);
+            continue;
         }
         if name == "client_encoding" {
             continue; // pinned below
@@ -490,7 +498,7 @@ fn startup_params(
         out.push(("standard_conforming_strings".into(), "on".into()));
         out.push(("client_encoding".into(), "UTF8".into()));
     }
-    Ok(out)
+    Ok((out, paths))
 }
 
 /// The client-to-upstream half.

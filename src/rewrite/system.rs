@@ -1,6 +1,7 @@
 //! The session and the catalog a member sees: what makes a member look, to
 //! a BI tool, like a native PostgreSQL role named like the member that holds
-//! SELECT on the granted relations and nothing else.
+//! SELECT on the granted relations and nothing else. An analyst is such a
+//! role with SELECT on every table: the same applies, with nothing hidden.
 //!
 //! - Who am I: `current_user`, `session_user`, `user`, `current_role` are the
 //!   member's login name; `pg_roles` and `pg_user` show the member as a role
@@ -252,6 +253,10 @@ fn granted_tables(access: &crate::policy::Access) -> Vec<&RelName> {
 /// A condition on a schema column and a name column: the relation they
 /// name is visible to the member.
 fn visible_name(access: &crate::policy::Access, schema: &str, name: &str) -> String {
+    // An analyst reads every table.
+    if access.role == Role::Analyst {
+        return "true".to_string();
+    }
     let schemas: Vec<String> = whole_schemas(access).iter().map(|s| lit(s)).collect();
     let tables: Vec<String> = granted_tables(access)
         .iter()
@@ -292,6 +297,9 @@ fn visible_oid(access: &crate::policy::Access, oid: &str) -> String {
 /// A condition on a schema OID: the schema is a system schema, is granted,
 /// or holds a granted relation.
 fn visible_schema(access: &crate::policy::Access, oid: &str) -> String {
+    if access.role == Role::Analyst {
+        return "true".to_string();
+    }
     format!(
         "({oid} IN (SELECT vc.relnamespace FROM pg_catalog.pg_class vc WHERE vc.oid IN ({})) \
          OR {oid} IN (SELECT vn.oid FROM pg_catalog.pg_namespace vn WHERE vn.nspname::text IN ({}) \
@@ -342,7 +350,7 @@ fn projection(
 /// The derived table that stands for the catalog relation `rel` read by a
 /// member, or `None` to read it as it is.
 pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>, Refusal> {
-    if cx.access.role != Role::Member {
+    if cx.access.role == Role::Admin {
         return Ok(None);
     }
     let access = cx.access;
@@ -379,7 +387,9 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
     }
     // `information_schema` shows a role only what it holds privileges on
     // (or owns): that stays so in both modes.
-    if cx.listing == Listing::Native && rel.schema != "information_schema" {
+    if (cx.listing == Listing::Native && rel.schema != "information_schema")
+        || cx.access.role == Role::Analyst
+    {
         return Ok(None);
     }
     let filter = if rel.schema == "pg_catalog" {
@@ -603,7 +613,7 @@ const COUNTER_FUNCTIONS: &[(&str, &str)] = &[
 /// Whether `name` is a function this module answers itself (so the
 /// function list does not refuse it).
 pub(crate) fn answers(name: &ObjectName, cx: &Context) -> bool {
-    if cx.access.role != Role::Member {
+    if cx.access.role == Role::Admin {
         return false;
     }
     let Some(f) = function_name(name) else {
@@ -618,7 +628,7 @@ pub(crate) fn answers(name: &ObjectName, cx: &Context) -> bool {
 /// functions, privilege functions, size and counter functions. Other
 /// expressions are left alone.
 pub(crate) fn rewrite_call(expr: &mut Expr, cx: &Context) -> Result<(), Refusal> {
-    if cx.access.role != Role::Member {
+    if cx.access.role == Role::Admin {
         return Ok(());
     }
     if identity_column(expr).is_some() {

@@ -231,7 +231,7 @@ impl VisitorMut for Walker<'_, '_> {
                 "string constants continued on another line",
             ));
         }
-        if self.depth == 0 && self.cx.access.role == Role::Member {
+        if self.depth == 0 && self.cx.access.role != Role::Admin {
             super::system::keep_answered_names(&mut select.projection);
         }
         ControlFlow::Continue(())
