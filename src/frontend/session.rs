@@ -446,6 +446,10 @@ impl Drop for CancelGuard<'_> {
     }
 }
 
+/// The parameters to send upstream, and the search paths the client asked
+/// for (checked once the catalog is read).
+type Startup = (Vec<(String, String)>, Vec<String>);
+
 /// The parameters sent upstream at startup. Admins pass theirs unchanged;
 /// members and analysts pass only harmless ones, and get the session state
 /// the rewriter relies on pinned: the search path, standard-conforming
@@ -454,7 +458,7 @@ fn startup_params(
     params: &[(String, String)],
     access: &Access,
     search_path: &[String],
-) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+) -> Result<Startup, String> {
     let mut paths = Vec::new();
     let mut out = Vec::new();
     let mut settings: Vec<(String, String)> = Vec::new();
