@@ -38,8 +38,35 @@ pub struct Fixups {
     pub only: Vec<(usize, Vec<sqlparser::ast::Ident>)>,
 }
 
+/// Words one of which a text must hold for [`normalize`] to change it.
+const TRIGGERS: &[&[u8]] = &[
+    b"table",
+    b"only",
+    b"fetch",
+    b"move",
+    b"interval",
+    b"force_quote",
+];
+
+/// Whether the text may hold a spelling [`normalize`] changes (a cheap
+/// test, so that most statements are not tokenized twice).
+fn may_change(sql: &str) -> bool {
+    let bytes = sql.as_bytes();
+    if bytes.contains(&b'\n') {
+        return true;
+    }
+    TRIGGERS.iter().any(|word| {
+        bytes
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    })
+}
+
 /// The text to parse, and what to restore in its printing.
 pub fn normalize(sql: &str) -> (String, Fixups) {
+    if !may_change(sql) {
+        return (sql.to_string(), Fixups::default());
+    }
     let dialect = PostgreSqlDialect {};
     let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
         return (sql.to_string(), Fixups::default());

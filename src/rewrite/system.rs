@@ -610,6 +610,24 @@ const COUNTER_FUNCTIONS: &[(&str, &str)] = &[
     ("pg_stat_get_blocks_hit", "int8"),
 ];
 
+/// Whether `name` is a function this module answers in expressions (in
+/// FROM, where it is not answered, it must be refused).
+pub(crate) fn answered_function(name: &ObjectName, cx: &Context) -> bool {
+    if cx.access.role == Role::Admin {
+        return false;
+    }
+    let Some(f) = function_name(name) else {
+        return false;
+    };
+    ANSWERED.contains(&f.as_str())
+        || SIZE_FUNCTIONS.contains(&f.as_str())
+        || COUNTER_FUNCTIONS.iter().any(|(n, _)| *n == f)
+        || matches!(
+            f.as_str(),
+            "current_user" | "session_user" | "user" | "current_role"
+        )
+}
+
 /// Whether `name` is a function this module answers itself (so the
 /// function list does not refuse it).
 pub(crate) fn answers(name: &ObjectName, cx: &Context) -> bool {
@@ -641,6 +659,18 @@ pub(crate) fn rewrite_call(expr: &mut Expr, cx: &Context) -> Result<(), Refusal>
     let Some(name) = function_name(&f.name) else {
         return Ok(());
     };
+    let plain_call = f.over.is_none()
+        && f.filter.is_none()
+        && f.within_group.is_empty()
+        && matches!(f.parameters, FunctionArguments::None);
+    if !plain_call {
+        // A window, filter or ordered-set clause on one of these is an
+        // error in PostgreSQL; the call is not forwarded either way.
+        if answered_column(expr).is_some() {
+            return Err(Refusal::Function(name));
+        }
+        return Ok(());
+    }
     if name == "getpgusername" && matches!(&f.args, FunctionArguments::List(l) if l.args.is_empty())
     {
         *expr = parse_expr(&format!("{}::pg_catalog.name", lit(&cx.access.user)))?;

@@ -282,7 +282,7 @@ impl VisitorMut for Walker<'_, '_> {
             | TableFactor::UNNEST { .. }
             | TableFactor::TableFunction { .. } => {}
             TableFactor::Function { name, args, .. } if self.depth == 0 => {
-                if let Err(refusal) = self.check_function(&name.clone(), args.len()) {
+                if let Err(refusal) = self.check_from_function(&name.clone(), args.len()) {
                     return ControlFlow::Break(refusal);
                 }
             }
@@ -428,6 +428,19 @@ impl Walker<'_, '_> {
         }
     }
 
+    /// A function called in FROM: the calls rowgate answers itself are
+    /// answered in expressions only, so here they are refused.
+    fn check_from_function(
+        &self,
+        name: &sqlparser::ast::ObjectName,
+        args: usize,
+    ) -> Result<(), Refusal> {
+        if super::system::answered_function(name, self.cx) {
+            return Err(Refusal::Function(name.to_string()));
+        }
+        self.check_function(name, args)
+    }
+
     fn check_function(
         &self,
         name: &sqlparser::ast::ObjectName,
@@ -464,7 +477,7 @@ impl Walker<'_, '_> {
         };
         if let Some(args) = args {
             // `FROM f(...)`: a set-returning function, not a table.
-            return self.check_function(name, args.args.len());
+            return self.check_from_function(name, args.args.len());
         }
         if !with_hints.is_empty()
             || version.is_some()
