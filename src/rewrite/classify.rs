@@ -312,7 +312,7 @@ pub(crate) fn check(
                 if let Some(rel) = rel {
                     if cx.catalog.has_children(&rel.schema, &rel.name) == Some(true) {
                         return Err(Refusal::unsupported(
-                            "COPY of a table with inheritance children or partitions (write COPY (SELECT ... FROM ONLY t) TO STDOUT)",
+                            "COPY of a table with inheritance children or partitions (COPY (SELECT * FROM t) TO STDOUT reads the children's rows too)",
                         ));
                     }
                 }

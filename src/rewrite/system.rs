@@ -273,8 +273,21 @@ fn visible_name(access: &crate::policy::Access, schema: &str, name: &str) -> Str
     out
 }
 
-/// The OIDs of the visible relations: those visible by name, and the
-/// indexes and owned sequences of those.
+/// The schemas whose objects (types, functions, operators) are visible:
+/// the system's, those granted whole, those that hold a granted table.
+fn visible_schema_names(access: &crate::policy::Access) -> String {
+    let mut names = whole_schemas(access);
+    for t in granted_tables(access) {
+        if !names.contains(&t.schema) {
+            names.push(t.schema.clone());
+        }
+    }
+    names.iter().map(|s| lit(s)).collect::<Vec<_>>().join(", ")
+}
+
+/// The OIDs of the visible relations: those visible by name, the indexes
+/// and owned sequences of those, and the composite types (which hold no
+/// rows) of visible schemas.
 fn visible_relations(access: &crate::policy::Access) -> String {
     format!(
         "SELECT vc.oid FROM pg_catalog.pg_class vc \
@@ -283,8 +296,10 @@ fn visible_relations(access: &crate::policy::Access) -> String {
          AND vd.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
          AND vd.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND vd.deptype IN ('a', 'i') \
          JOIN pg_catalog.pg_class vo ON vo.oid = coalesce(vi.indrelid, vd.refobjid, vc.oid) \
-         JOIN pg_catalog.pg_namespace vn ON vn.oid = vo.relnamespace WHERE {}",
-        visible_name(access, "vn.nspname", "vo.relname")
+         JOIN pg_catalog.pg_namespace vn ON vn.oid = vo.relnamespace WHERE {} \
+         OR (vc.relkind = 'c' AND vn.nspname::text IN ({}))",
+        visible_name(access, "vn.nspname", "vo.relname"),
+        visible_schema_names(access)
     )
 }
 
@@ -301,15 +316,9 @@ fn visible_schema(access: &crate::policy::Access, oid: &str) -> String {
         return "true".to_string();
     }
     format!(
-        "({oid} IN (SELECT vc.relnamespace FROM pg_catalog.pg_class vc WHERE vc.oid IN ({})) \
-         OR {oid} IN (SELECT vn.oid FROM pg_catalog.pg_namespace vn WHERE vn.nspname::text IN ({}) \
-         OR vn.nspname::text LIKE 'pg\\_%'))",
-        visible_relations(access),
-        whole_schemas(access)
-            .iter()
-            .map(|s| lit(s))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "{oid} IN (SELECT vn.oid FROM pg_catalog.pg_namespace vn WHERE vn.nspname::text IN ({}) \
+         OR vn.nspname::text LIKE 'pg\\_%')",
+        visible_schema_names(access)
     )
 }
 
@@ -374,8 +383,11 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
                 "usename" => Some(format!("{user}::{ty}")),
                 "usesysid" | "query" | "query_id" => Some(format!("NULL::{ty}")),
                 _ => None,
-            })
-            .unwrap_or_else(|| "*".to_string());
+            });
+            // Offline the columns are not known: nothing to show them by.
+            let Some(columns) = columns else {
+                return Err(Refusal::Table(rel.to_string()));
+            };
             return parse_query(&format!(
                 "SELECT {columns} FROM {from} WHERE pid = pg_catalog.pg_backend_pid()"
             ))
@@ -462,7 +474,25 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
     } else {
         return Ok(None);
     };
-    parse_query(&format!("SELECT * FROM {from} WHERE {filter}")).map(Some)
+    // The access privileges of a granted relation are the member's:
+    // SELECT (as PUBLIC, since the member is no role upstream), not the
+    // upstream grants.
+    let columns = if rel.schema == "pg_catalog" && name == "pg_class" {
+        projection(cx, "pg_catalog", name, |col, ty| {
+            (col == "relacl").then(|| {
+                format!(
+                    "CASE WHEN relkind NOT IN ('r', 'v', 'm', 'p', 'f') \
+                     OR relnamespace IN (SELECT vn.oid FROM pg_catalog.pg_namespace vn \
+                     WHERE vn.nspname::text IN ('pg_catalog', 'information_schema')) THEN relacl \
+                     ELSE ARRAY[pg_catalog.makeaclitem(0, relowner, 'SELECT', false)]::{ty} END"
+                )
+            })
+        })
+    } else {
+        None
+    };
+    let columns = columns.unwrap_or_else(|| "*".to_string());
+    parse_query(&format!("SELECT {columns} FROM {from} WHERE {filter}")).map(Some)
 }
 
 /// `pg_roles` or `pg_user` as a member sees them: PostgreSQL's predefined
@@ -491,8 +521,20 @@ fn roles_view(rel: &RelName, cx: &Context) -> Result<Query, Refusal> {
     };
     // Hidden: the other roles but PostgreSQL's predefined ones. Native:
     // every role, as PostgreSQL lists them to any role.
+    let oid_col = if name == "pg_roles" {
+        "oid"
+    } else {
+        "usesysid"
+    };
     let others = match cx.listing {
-        Listing::Hide => format!("{name_col}::text LIKE 'pg\\_%'"),
+        // The owners of what the member sees are listed too (tools join
+        // `relowner` to the roles).
+        Listing::Hide => format!(
+            "{name_col}::text LIKE 'pg\\_%' OR {oid_col} IN (SELECT vc.relowner FROM pg_catalog.pg_class vc \
+             WHERE {}) OR {oid_col} IN (SELECT vn.nspowner FROM pg_catalog.pg_namespace vn WHERE {})",
+            visible_oid(cx.access, "vc.oid"),
+            visible_schema(cx.access, "vn.oid")
+        ),
         Listing::Native => format!("{name_col}::text <> {user}"),
     };
     parse_query(&format!(
@@ -728,10 +770,7 @@ pub(crate) fn rewrite_call(expr: &mut Expr, cx: &Context) -> Result<(), Refusal>
             &schema_privilege(cx, &without_role, schema, privilege),
         ),
         ("has_database_privilege", [_, privilege]) => {
-            format!(
-                "({original} AND {})",
-                only(privilege, &["CONNECT", "TEMPORARY", "TEMP"])
-            )
+            format!("({original} AND {})", only(privilege, &["CONNECT"]))
         }
         ("has_database_privilege", [who, _, privilege]) => for_member(
             cx,

@@ -40,9 +40,9 @@ def steps(url):
         inspector = sqlalchemy.inspect(engine)
         facts["default_schema"] = inspector.default_schema_name
         facts["schemas"] = ",".join(inspector.get_schema_names())
-        facts["public_tables"] = ",".join(inspector.get_table_names())
-        facts["sales_tables"] = ",".join(inspector.get_table_names(schema="sales"))
-        facts["hr_tables"] = ",".join(inspector.get_table_names(schema="hr"))
+        facts["public_tables"] = ",".join(sorted(inspector.get_table_names()))
+        facts["sales_tables"] = ",".join(sorted(inspector.get_table_names(schema="sales")))
+        facts["hr_tables"] = ",".join(sorted(inspector.get_table_names(schema="hr")))
         facts["has_tickets"] = str(inspector.has_table("tickets"))
         facts["has_salaries"] = str(inspector.has_table("salaries", schema="hr"))
         facts["has_gadgets"] = str(inspector.has_table("gadgets"))
