@@ -375,3 +375,63 @@ fn every_tool_statement_runs_as_an_analyst() {
         ]]
     );
 }
+
+/// psql's meta-commands as a member with `catalog: hide`: the granted
+/// relations, with their sizes, and nothing else.
+#[test]
+fn psql_meta_commands_list_only_what_the_member_reads() {
+    let bin = common::find_pg_bin().unwrap();
+    let proxy = hide_proxy();
+    let out = std::process::Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            &format!(
+                "host=127.0.0.1 port={} dbname={} user={MEMBER} sslmode=disable",
+                proxy.port,
+                fixture()
+            ),
+        ])
+        .args([
+            "-c",
+            "\\dt+",
+            "-c",
+            "\\di+",
+            "-c",
+            "\\dv+",
+            "-c",
+            "\\dn+",
+            "-c",
+            "\\d+ merchants",
+            "-c",
+            "\\dT",
+            "-c",
+            "\\df hidden_zone.*",
+            "-c",
+            "\\dp",
+        ])
+        .env("PGPASSWORD", rls::PASSWORD)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "merchants",
+        "orders",
+        "countries",
+        "merchants_pkey",
+        "public",
+        "sales",
+        "=r/postgres",
+    ] {
+        assert!(text.contains(want), "psql should show {want}:\n{text}");
+    }
+    for hidden in HIDDEN_NAMES {
+        assert!(!text.contains(hidden), "psql shows {hidden}:\n{text}");
+    }
+}
