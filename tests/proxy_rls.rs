@@ -164,56 +164,88 @@ fn every_mode_returns_exactly_what_native_rls_returns() {
 }
 
 /// A session that changes its search path, in and out of transactions
-/// that commit or roll back, reads what the native role's session reads at
-/// every step (each path finds what rowgate's pinned path finds; other
-/// paths are refused as not supported).
+/// that commit or roll back, in both protocols, with errors that undo a
+/// change, reads what the native role's session reads at every step.
 #[test]
 fn search_path_changes_mid_session_and_in_rolled_back_transactions() {
     let db = common::cluster().create_database("proxy_rls_path");
     let mut oracles = rls::setup(&db);
-    let proxy = common::Proxy::start(Path::new(rls::POLICY), "");
+    let proxy = common::Proxy::start(Path::new(rls::POLICY), "catalog: native\n");
+    // `Returns` is only in schema sales: found unqualified once sales is on
+    // the path, and gone when the change is undone.
+    let returns = "SELECT count(*) FROM \"Returns\"";
     let steps: &[&str] = &[
         "SELECT count(*) FROM merchants",
-        "SET search_path = public, \"$user\"",
+        returns,
+        "SET search_path = sales, public",
+        returns,
         "SELECT count(*) FROM merchants",
+        "SET search_path = public",
+        returns,
         "BEGIN",
-        "SET LOCAL search_path = \"$user\", public",
-        "SELECT count(*), min(name) FROM merchants",
+        "SET LOCAL search_path = sales, public",
+        returns,
         "ROLLBACK",
-        "SELECT count(*) FROM orders",
+        returns,
         "BEGIN",
-        "SELECT set_config('search_path', 'public', true)",
+        "SET search_path = sales, public",
         "SAVEPOINT s",
-        "SET search_path TO 'public'",
-        "SELECT count(*) FROM orders",
+        "SET search_path = public",
+        "SELECT count(*) FROM products",
         "ROLLBACK TO s",
-        "SELECT count(*) FROM merchants",
+        returns,
         "COMMIT",
-        "RESET search_path",
-        "SELECT count(*) FROM countries",
+        returns,
         "SET search_path TO DEFAULT",
+        returns,
+        // An error undoes the implicit transaction's change.
+        "SELECT 1; SET search_path = sales, public; SELECT 1/0",
+        returns,
+        // In a failed transaction nothing runs; its end undoes the change.
+        "BEGIN",
+        "SET search_path = sales, public",
+        "SELECT 1/0",
+        returns,
+        "COMMIT",
+        returns,
+        "SELECT set_config('search_path', 'sales, public', false)",
+        returns,
+        "RESET search_path",
+        returns,
+        "SET search_path = \"$user\", sales",
+        "SELECT count(*) FROM orders",
+        returns,
+        "RESET ALL",
+        returns,
         "TABLE products",
     ];
     let mut compared = 0;
     for user in ["king", "ceo", "apac"] {
         let oracle = oracles.get_mut(user).unwrap();
         let mut through = proxy.connect(&db, user, PASSWORD).unwrap();
+        // A relation that does not exist is refused as one not granted (so
+        // that existence cannot be probed), where PostgreSQL says 42P01.
+        let missing = |e: &String| e.contains("42P01");
         for step in steps {
             let native = rls::run(oracle, step);
+            let native = match native {
+                Err(e) if missing(&e) => Ok(Outcome::Refused),
+                other => other,
+            };
             let ours = rls::run(&mut through, step);
             assert_eq!(ours, native, "{user}: {step}");
             compared += 1;
+            // The extended protocol too, for single statements.
+            if !step.contains(';') {
+                let native = match unnamed(oracle, step) {
+                    Err(e) if missing(&e) => Ok(Binary::Refused),
+                    other => other,
+                };
+                let ours = unnamed(&mut through, step);
+                assert_eq!(ours, native, "{user} (extended): {step}");
+                compared += 1;
+            }
         }
-        // A path that would find other schemas is not supported, and
-        // changes nothing.
-        let e = through
-            .batch_execute("SET search_path = sales, public")
-            .unwrap_err();
-        assert_eq!(common::sqlstate(&e).as_deref(), Some("0A000"), "{e}");
-        assert_eq!(
-            rls::run(&mut through, "SHOW search_path").unwrap(),
-            Outcome::Rows(vec![vec![Some("public".into())]])
-        );
     }
-    assert_eq!(compared, 3 * steps.len());
+    assert!(compared >= 3 * steps.len());
 }

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod autoprep;
 pub mod messages;
+pub mod own;
 pub mod refusals;
 pub mod session;
 pub mod startup;

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::autoprep::{self, Action, Auto, Expectations};
+use super::own::{Answer, OwnQueries};
 use super::refusals::Refusals;
 use super::sqlstate;
 use super::startup::{self, First};
@@ -65,6 +66,8 @@ pub struct Shared {
     pub listing: rewrite::system::Listing,
 }
 
+/// rowgate's own query for the session's search path.
+const PATH_QUERY: &str = "SELECT pg_catalog.current_setting('search_path')";
 /// A ParseComplete message.
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 /// The prefix of the names of automatic prepared statements.
@@ -237,7 +240,7 @@ async fn session(
         .database
         .clone()
         .unwrap_or_else(|| hello.database.clone());
-    let (params, paths) = match startup_params(&hello.params, &access, &shared.search_path) {
+    let (params, startup_path) = match startup_params(&hello.params, &access, &shared.search_path) {
         Ok(p) => p,
         Err(why) => {
             fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
@@ -280,18 +283,6 @@ async fn session(
         }
     };
 
-    // A search path asked for at startup must find what the pinned one
-    // finds (the session runs with the pinned one).
-    for path in paths {
-        let entries = rewrite::parse_path_text(&path).unwrap_or_default();
-        if !rewrite::same_path(&entries, &shared.search_path, &access.user, &*catalog) {
-            let why = format!(
-                "rowgate does not support a search_path that finds other schemas than rowgate's (\"{path}\")"
-            );
-            fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
-            return Outcome::Rejected(why);
-        }
-    }
     // Our own cancel key, mapped to the upstream session's.
     let key = loop {
         let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
@@ -318,6 +309,7 @@ async fn session(
 
     let nonce: u64 = rand::random();
     let refusals = Refusals::new(nonce);
+    let own = OwnQueries::default();
     let expect = Expectations::default();
     let (retry_tx, retry_rx) = mpsc::channel(1);
     let pending = AtomicI64::new(0);
@@ -348,9 +340,15 @@ async fn session(
         auto_off: false,
         set_in_transaction: false,
         stateful: HashMap::new(),
+        path: startup_path,
+        path_touched: false,
+        settle: false,
+        cycle_touches: false,
+        own: &own,
         retry_rx,
     };
     let mut back = Back {
+        own: &own,
         refusals: &refusals,
         expect: &expect,
         cycles: 0,
@@ -446,8 +444,7 @@ impl Drop for CancelGuard<'_> {
     }
 }
 
-/// The parameters to send upstream, and the search paths the client asked
-/// for (checked once the catalog is read).
+/// The parameters to send upstream, and the session's search path.
 type Startup = (Vec<(String, String)>, Vec<String>);
 
 /// The parameters sent upstream at startup. Admins pass theirs unchanged;
@@ -459,7 +456,7 @@ fn startup_params(
     access: &Access,
     search_path: &[String],
 ) -> Result<Startup, String> {
-    let mut paths = Vec::new();
+    let mut path: Option<Vec<String>> = None;
     let mut out = Vec::new();
     let mut settings: Vec<(String, String)> = Vec::new();
     for (k, v) in params {
@@ -484,8 +481,11 @@ fn startup_params(
             ));
         }
         if name == "search_path" {
-            // Checked once the catalog is read; pinned below.
-            paths.push(v);
+            // The session's path from the start: sent upstream below, with
+            // `$user` spelt out as the member's name.
+            let entries = rewrite::parse_path_text(&v)
+                .ok_or_else(|| format!("invalid value for parameter \"search_path\": \"{v}\""))?;
+            path = Some(rewrite::path_for_member(&entries, &access.user));
             continue;
         }
         if name == "client_encoding" {
@@ -493,16 +493,13 @@ fn startup_params(
         }
         out.push((name, v));
     }
+    let path = path.unwrap_or_else(|| search_path.to_vec());
     if access.role != Role::Admin {
-        let path: Vec<String> = search_path
-            .iter()
-            .map(|s| crate::names::ident(s).to_string())
-            .collect();
-        out.push(("search_path".into(), path.join(", ")));
+        out.push(("search_path".into(), rewrite::path_text(&path)));
         out.push(("standard_conforming_strings".into(), "on".into()));
         out.push(("client_encoding".into(), "UTF8".into()));
     }
-    Ok((out, paths))
+    Ok((out, path))
 }
 
 /// The client-to-upstream half.
@@ -551,15 +548,39 @@ struct Front<'a> {
     /// Client statements (by name; `""` the unnamed one) that change a
     /// setting, end a transaction or deallocate every prepared statement:
     /// (changes settings, ends transaction, deallocates all).
-    stateful: HashMap<String, (bool, bool, bool)>,
+    stateful: HashMap<String, Stateful>,
+    /// The session's search path, as PostgreSQL has it (names resolve
+    /// along it here as they do upstream).
+    path: Vec<String>,
+    /// The session changed its search path at least once.
+    path_touched: bool,
+    /// A cycle sent may have changed the search path in ways only
+    /// PostgreSQL knows (an error, a rollback): read it before the next
+    /// statement is rewritten.
+    settle: bool,
+    /// The extended-protocol cycle under way ran a statement that may
+    /// change the search path.
+    cycle_touches: bool,
+    own: &'a OwnQueries,
     /// The relay's requests to run a statement again.
     retry_rx: mpsc::Receiver<Retry>,
+}
+
+/// What running a prepared statement does to session state.
+#[derive(Clone, Debug, Default)]
+struct Stateful {
+    changes_settings: bool,
+    ends_transaction: bool,
+    deallocates_all: bool,
+    path: Option<rewrite::PathChange>,
 }
 
 /// A rewrite that may be forwarded.
 #[derive(Clone, Debug)]
 struct Forward {
     sql: String,
+    /// Its last change of the search path.
+    path: Option<rewrite::PathChange>,
     /// One read, which may be prepared automatically.
     preparable: bool,
     /// Drops every prepared statement of the session.
@@ -672,11 +693,18 @@ impl Front<'_> {
                     self.expect.stale.store(false, Ordering::SeqCst);
                     self.forget_autos(true);
                 }
+                let was_unsynced = self.unsynced;
                 match frame.tag() {
                     b'S' => self.unsynced = false,
                     b'Q' if self.unsynced => self.auto_off = true,
                     b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
                     _ => {}
+                }
+                // Before a statement is rewritten, the search path must be
+                // PostgreSQL's (between cycles only: inside one, what ran
+                // before a statement set it, or the statement does not run).
+                if rewrites && self.settle && !was_unsynced && matches!(frame.tag(), b'Q' | b'P') {
+                    self.settle_path(wr).await?;
                 }
                 match frame.tag() {
                     b'Q' => {
@@ -696,12 +724,16 @@ impl Front<'_> {
                     b'B' | b'D' if rewrites => {
                         if frame.tag() == b'B' && !self.stateful.is_empty() {
                             let (_, statement, _) = messages::bind(frame.body())?;
-                            if let Some(&(set, end, dealloc)) = self.stateful.get(statement) {
-                                self.settings_event(set, end);
-                                if dealloc {
+                            if let Some(effect) = self.stateful.get(statement).cloned() {
+                                self.settings_event(
+                                    effect.changes_settings,
+                                    effect.ends_transaction,
+                                );
+                                if effect.deallocates_all {
                                     // Each run drops rowgate's statements too.
                                     self.forget_autos(false);
                                 }
+                                self.path_event(effect.path.as_ref(), effect.ends_transaction);
                             }
                         }
                         let out = match reserved_target(frame.tag(), frame.body())? {
@@ -733,6 +765,9 @@ impl Front<'_> {
                         self.pending.fetch_add(1, Ordering::SeqCst);
                         wr.write_all(&frame.frame).await?;
                         self.cycles += 1;
+                        if std::mem::take(&mut self.cycle_touches) {
+                            self.settle = true;
+                        }
                     }
                     b'X' => {
                         wr.write_all(&frame.frame).await?;
@@ -797,9 +832,17 @@ impl Front<'_> {
                 if let Some(out) = self.auto_query(&sql).await {
                     return Ok(out);
                 }
-                self.rewrite_or_refuse(&sql, &[])
-                    .await
-                    .map_or_else(|m| m, |f| f.sql)
+                match self.rewrite_or_refuse(&sql, &[]).await {
+                    Ok(f) => {
+                        self.path_event(f.path.as_ref(), f.ends_transaction);
+                        // A simple Query is a cycle of its own.
+                        if std::mem::take(&mut self.cycle_touches) {
+                            self.settle = true;
+                        }
+                        f.sql
+                    }
+                    Err(marker) => marker,
+                }
             }
             Err(()) => self.refuse(&not_utf8()),
         };
@@ -854,7 +897,7 @@ impl Front<'_> {
         let cx = Context {
             access: &self.access,
             catalog: &*self.catalog,
-            search_path: &self.shared.search_path,
+            search_path: &self.path,
             params: &declared,
             fence: self.shared.fence,
             listing: self.shared.listing,
@@ -911,10 +954,15 @@ impl Front<'_> {
             Err(()) => Err(self.refuse(&not_utf8())),
         };
         if let Ok(f) = &forward {
-            if f.changes_settings || f.ends_transaction || f.deallocates_all {
+            if f.changes_settings || f.ends_transaction || f.deallocates_all || f.path.is_some() {
                 self.stateful.insert(
                     parse.name.to_string(),
-                    (f.changes_settings, f.ends_transaction, f.deallocates_all),
+                    Stateful {
+                        changes_settings: f.changes_settings,
+                        ends_transaction: f.ends_transaction,
+                        deallocates_all: f.deallocates_all,
+                        path: f.path.clone(),
+                    },
                 );
             } else if !self.stateful.is_empty() {
                 self.stateful.remove(parse.name);
@@ -1046,6 +1094,66 @@ impl Front<'_> {
         }
     }
 
+    /// A statement sent (or a prepared one bound) that may change the
+    /// search path: the path it sets is taken at once, for the statements
+    /// after it in the same cycle; PostgreSQL's is read after the cycle.
+    fn path_event(&mut self, change: Option<&rewrite::PathChange>, ends_transaction: bool) {
+        match change {
+            Some(change) => {
+                self.path_touched = true;
+                self.cycle_touches = true;
+                if let rewrite::PathChange::Set(entries) = change {
+                    self.set_path(entries.clone());
+                }
+            }
+            // A transaction's end may undo a change made in it.
+            None if ends_transaction && self.path_touched => self.cycle_touches = true,
+            None => {}
+        }
+    }
+
+    fn set_path(&mut self, entries: Vec<String>) {
+        if entries != self.path {
+            self.path = entries;
+            self.cache.clear();
+            self.forget_autos(true);
+        }
+    }
+
+    /// Reads the session's search path from PostgreSQL with a query of
+    /// rowgate's own, between two cycles (its messages never reach the
+    /// client), and takes it. In a failed transaction it cannot be read;
+    /// nothing but the transaction's end runs there, which reads it again.
+    async fn settle_path<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut BufWriter<W>,
+    ) -> Result<(), WireError> {
+        let answer = self.own.register(self.cycles);
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        wr.write_all(&query_message(PATH_QUERY)).await?;
+        wr.flush().await?;
+        self.cycles += 1;
+        match answer.await {
+            Ok(Answer {
+                value: Some(text),
+                failed: false,
+                ..
+            }) => {
+                let entries = rewrite::parse_path_text(&text)
+                    .ok_or(WireError::Malformed("upstream search_path"))?;
+                self.set_path(entries);
+                self.settle = false;
+                Ok(())
+            }
+            Ok(Answer { status: b'E', .. }) => Ok(()),
+            // Not readable outside a failed transaction: the session
+            // cannot go on knowing where names resolve.
+            _ => Err(WireError::Malformed(
+                "the upstream search_path could not be read",
+            )),
+        }
+    }
+
     /// Close messages for retired automatic statements, whose
     /// CloseComplete the relay drops; to be sent before what is expected
     /// next, so called before its expectations are pushed.
@@ -1143,7 +1251,7 @@ impl Front<'_> {
         let cx = Context {
             access: &self.access,
             catalog: &*self.catalog,
-            search_path: &self.shared.search_path,
+            search_path: &self.path,
             params,
             fence: self.shared.fence,
             listing: self.shared.listing,
@@ -1151,6 +1259,7 @@ impl Front<'_> {
         let rewritten = rewrite::rewrite(sql, &cx)?;
         let statements = rewritten.statements.as_deref().unwrap_or_default();
         Ok(Forward {
+            path: statements.iter().rev().find_map(rewrite::path_change),
             preparable: autoprep::preparable(statements),
             deallocates_all: autoprep::deallocates_all(statements),
             changes_settings: autoprep::changes_settings(statements),
@@ -1278,6 +1387,7 @@ const RETRY_WAIT: Duration = Duration::from_millis(200);
 
 /// The upstream-to-client half.
 struct Back<'a> {
+    own: &'a OwnQueries,
     refusals: &'a Refusals,
     expect: &'a Expectations,
     /// ReadyForQuery messages relayed so far: the cycle under way.
@@ -1377,6 +1487,18 @@ impl Back<'_> {
             let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
             if len < 4 {
                 return Err(WireError::BadLength(len.into()));
+            }
+            // A cycle of rowgate's own: consumed here, never relayed.
+            if self.own.owns(self.cycles) {
+                let Some(frame) = wire::try_frame(buf, MAX_INSPECTED)? else {
+                    return Ok(());
+                };
+                if self.own.take(self.cycles, tag, frame.body()) {
+                    self.cycles += 1;
+                    self.status = frame.body().first().copied().unwrap_or(b'I');
+                    self.pending.fetch_sub(1, Ordering::SeqCst);
+                }
+                continue;
             }
             let expected = matches!(tag, b'1' | b'3' | b'C') && !self.expect.is_empty();
             // An error too long to be a refusal's or a stale statement's

@@ -86,6 +86,23 @@ pub struct Access {
 }
 
 impl Access {
+    /// Whether the user may use schema `schema` as a native role holding
+    /// its grants could (USAGE): the system schemas, and those its grants
+    /// name. PostgreSQL's name lookup skips the others.
+    pub fn may_use_schema(&self, schema: &str) -> bool {
+        match self.role {
+            Role::Admin | Role::Analyst => true,
+            Role::Member => {
+                schema == "pg_catalog"
+                    || schema == "information_schema"
+                    || self.grants.iter().any(|(g, _)| match g {
+                        Grant::Table(t) => t.schema == schema,
+                        Grant::Schema(s) => s == schema,
+                    })
+            }
+        }
+    }
+
     /// Whether the user may read `rel` at all (grants for members; analysts
     /// and admins read everything).
     pub fn may_read(&self, rel: &RelName) -> bool {

@@ -68,6 +68,12 @@ pub trait Catalog: Send + Sync {
         None
     }
 
+    /// Whether every role may use the schema (USAGE granted to PUBLIC, as
+    /// on `public` by default). Offline, `public` is taken to be so.
+    fn usable_by_all(&self, schema: &str) -> bool {
+        schema == "public"
+    }
+
     /// Whether a schema called `schema` exists; `None` when not known
     /// (offline).
     fn has_schema(&self, _schema: &str) -> Option<bool> {

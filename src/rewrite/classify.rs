@@ -15,9 +15,9 @@ use crate::names::fold;
 /// Settings members and analysts may change: formatting, timeouts, the
 /// planner's JIT and client identification. Never `role`,
 /// `standard_conforming_strings`, `row_security` or `session_authorization`:
-/// the rewrite relies on them. `client_encoding` only to UTF8;
-/// `search_path` only to a list that finds what the pinned one finds
-/// ([`same_path`]).
+/// the rewrite relies on them. `client_encoding` only to UTF8.
+/// `search_path` is the session's: rowgate resolves names along it, and the
+/// proxy keeps it equal upstream.
 pub const SETTABLE: &[&str] = &[
     "application_name",
     "bytea_output",
@@ -90,39 +90,52 @@ pub fn parse_path_text(text: &str) -> Option<Vec<String>> {
     }
 }
 
-/// Whether the search path `entries` finds, for the member `user`, exactly
-/// what the pinned path finds: the same existing schemas in the same order
-/// (`$user` is the member's name; schemas that do not exist find nothing;
-/// `pg_catalog` comes first unless placed). Offline, where schemas are not
-/// known, only the same list is.
-pub fn same_path(
-    entries: &[String],
-    pinned: &[String],
-    user: &str,
-    catalog: &dyn super::Catalog,
-) -> bool {
-    let effective = |list: &[String]| -> Vec<String> {
-        let mut out: Vec<String> = list
-            .iter()
-            .map(|e| if e == "$user" { user } else { e.as_str() })
-            .filter(|s| catalog.has_schema(s) != Some(false))
-            .map(str::to_string)
-            .collect();
-        if !out.iter().any(|s| s == "pg_catalog") {
-            out.insert(0, "pg_catalog".to_string());
-        }
-        out.dedup();
-        out
-    };
-    effective(entries) == effective(pinned)
+/// A search path's entries as the member's session means them upstream:
+/// `$user` is the member's name (upstream it would name the upstream role).
+pub fn path_for_member(entries: &[String], user: &str) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| {
+            if e == "$user" {
+                user.to_string()
+            } else {
+                e.clone()
+            }
+        })
+        .collect()
 }
 
-/// The pinned search path, as the text of a `SET` value.
-fn pinned_path_exprs(pinned: &[String]) -> Vec<Expr> {
-    pinned
+/// A search path's text, as `set_config` and `SHOW` spell it.
+pub fn path_text(entries: &[String]) -> String {
+    entries
         .iter()
-        .map(|s| Expr::Identifier(crate::names::ident(s)))
-        .collect()
+        .map(|s| crate::names::ident(s).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The schema names a `SET search_path` lists (`None` for `DEFAULT`).
+pub(crate) fn set_path_entries(values: &[Expr]) -> Result<Option<Vec<String>>, Refusal> {
+    let entries: Option<Vec<String>> = values
+        .iter()
+        .map(|v| match v {
+            Expr::Identifier(i) if i.quote_style.is_none() => Some(fold(i)),
+            Expr::Identifier(i) => Some(i.value.clone()),
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let entries = entries.ok_or_else(|| Refusal::Setting("search_path".into()))?;
+    if let [only] = entries.as_slice() {
+        if only == "default" && matches!(&values[0], Expr::Identifier(i) if i.quote_style.is_none())
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(entries))
 }
 
 /// Settings PostgreSQL shows only to superusers (server paths and commands);
@@ -217,6 +230,20 @@ pub(crate) fn check(
             name: Some(name), ..
         } if super::is_reserved_name(&name.to_string().replace('"', "")) => {
             Err(Refusal::Reserved(name.to_string()))
+        }
+        // A change of the search path runs when the statement is executed
+        // or fetched, later: the proxy follows changes where they are sent.
+        Statement::Prepare { statement, .. } if super::path_change(statement).is_some() => Err(
+            Refusal::unsupported("a prepared statement that changes search_path"),
+        ),
+        Statement::Declare { stmts }
+            if stmts.iter().any(|d| {
+                d.for_query
+                    .as_ref()
+                    .is_some_and(|q| super::path_change(&Statement::Query(q.clone())).is_some())
+            }) =>
+        {
+            Err(Refusal::unsupported("a cursor that changes search_path"))
         }
         Statement::Prepare { statement, .. } => match statement.as_mut() {
             inner @ Statement::Query(_) => check(inner, cx, state),
@@ -435,30 +462,16 @@ fn check_assignment(
         check_value(value, &name)?;
     }
     if name == "search_path" {
-        let entries: Option<Vec<String>> = values
-            .iter()
-            .map(|v| match v {
-                Expr::Identifier(i) if i.quote_style.is_none() => Some(fold(i)),
-                Expr::Identifier(i) => Some(i.value.clone()),
-                Expr::Value(v) => match &v.value {
-                    Value::SingleQuotedString(s) => Some(s.clone()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
-        let entries = entries.ok_or_else(|| Refusal::Setting(name.clone()))?;
-        if entries.len() == 1 && entries[0] == "default" {
-            return Ok(());
+        // Any path: names resolve along it, in rowgate as upstream. `$user`
+        // is spelt out as the member's name.
+        if let Some(entries) = set_path_entries(values)? {
+            if entries.iter().any(|e| e == "$user") {
+                *values = path_for_member(&entries, &cx.access.user)
+                    .iter()
+                    .map(|s| Expr::Identifier(crate::names::ident(s)))
+                    .collect();
+            }
         }
-        if !same_path(&entries, cx.search_path, &cx.access.user, cx.catalog) {
-            return Err(Refusal::unsupported(
-                "a search_path that finds other schemas than rowgate's (configure `search_path` in proxy.yaml)",
-            ));
-        }
-        // Upstream, `$user` would be the upstream role: the pinned path is
-        // what is set.
-        *values = pinned_path_exprs(cx.search_path);
         return Ok(());
     }
     if name == "client_encoding" {
@@ -478,8 +491,7 @@ fn check_assignment(
 }
 
 /// `set_config(name, value, is_local)` with constants, as tools call it: the
-/// same as `SET [LOCAL] name = value`, under the same rules; a search path
-/// equivalent to the pinned one is set as the pinned one.
+/// same as `SET [LOCAL] name = value`, under the same rules.
 pub(crate) fn check_set_config(mut args: Vec<&mut Expr>, cx: &Context) -> Result<(), Refusal> {
     let text = |e: &Expr| match e {
         Expr::Value(v) => match &v.value {
@@ -524,17 +536,10 @@ pub(crate) fn check_set_config(mut args: Vec<&mut Expr>, cx: &Context) -> Result
         "client_encoding" if !is_utf8(&new) => Err(Refusal::Setting(setting)),
         "search_path" => {
             let entries = parse_path_text(&new).ok_or_else(|| Refusal::Setting(setting.clone()))?;
-            if !same_path(&entries, cx.search_path, &cx.access.user, cx.catalog) {
-                return Err(Refusal::unsupported(
-                    "a search_path that finds other schemas than rowgate's (configure `search_path` in proxy.yaml)",
-                ));
+            if entries.iter().any(|e| e == "$user") {
+                let text = path_text(&path_for_member(&entries, &cx.access.user));
+                **value = Expr::value(Value::SingleQuotedString(text));
             }
-            let pinned: Vec<String> = cx
-                .search_path
-                .iter()
-                .map(|s| crate::names::ident(s).to_string())
-                .collect();
-            **value = Expr::value(Value::SingleQuotedString(pinned.join(", ")));
             Ok(())
         }
         _ => Ok(()),

@@ -21,7 +21,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, OfflineCatalog};
-pub use classify::{is_utf8, parse_path_text, same_path, SETTABLE, SHOW_DENIED};
+pub use classify::{is_utf8, parse_path_text, path_for_member, path_text, SETTABLE, SHOW_DENIED};
 
 use crate::policy::{Access, Role};
 
@@ -260,6 +260,10 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
     }
     let (text, fixups) = normalize::normalize(sql);
     let mut statements = parse(&text)?;
+    // A statement after one that sets the search path resolves along the
+    // new one (they run in that order upstream, or not at all).
+    let mut path: Option<Vec<String>> = None;
+    let count = statements.len();
     for (i, statement) in statements.iter_mut().enumerate() {
         if fixups.moves.contains(&i) && !matches!(statement, Statement::Fetch { into: None, .. }) {
             return Err(Refusal::unsupported("this form of MOVE"));
@@ -267,7 +271,26 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
         if fixups.force_quote_all.contains(&i) && !matches!(statement, Statement::Copy { .. }) {
             return Err(Refusal::unsupported("FORCE_QUOTE * outside COPY"));
         }
-        rewrite_statement(statement, cx)?;
+        let here = Context {
+            search_path: path.as_deref().unwrap_or(cx.search_path),
+            ..*cx
+        };
+        rewrite_statement(statement, &here)?;
+        let last = i + 1 == count;
+        match path_change(statement) {
+            Some(PathChange::Set(entries)) => path = Some(entries),
+            Some(PathChange::Other) if !last => {
+                return Err(Refusal::unsupported(
+                    "statements after a RESET of search_path (or a change rowgate cannot follow) in the same query string",
+                ))
+            }
+            _ if path.is_some() && !last && ends_block(statement) => {
+                return Err(Refusal::unsupported(
+                    "statements after the end of a transaction that set search_path, in the same query string",
+                ))
+            }
+            _ => {}
+        }
     }
     for (_, parts) in &fixups.only {
         only_changes_nothing(parts, cx)?;
@@ -289,6 +312,98 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
         sql,
         statements: Some(statements),
     })
+}
+
+/// How a statement changes the session's search path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathChange {
+    /// To these schemas (as sent upstream: `$user` spelt out).
+    Set(Vec<String>),
+    /// Back to the session's default, or to a value not known here.
+    Other,
+}
+
+/// The change a statement makes to the search path, if any.
+pub fn path_change(statement: &Statement) -> Option<PathChange> {
+    use sqlparser::ast::{Expr, Reset, ResetStatement, Set, Value};
+    let is_path = |name: &sqlparser::ast::ObjectName| {
+        name.0.len() == 1
+            && name.0[0]
+                .as_ident()
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("search_path"))
+    };
+    match statement {
+        Statement::Set(Set::SingleAssignment {
+            variable, values, ..
+        }) if is_path(variable) => Some(match classify::set_path_entries(values) {
+            Ok(Some(entries)) => PathChange::Set(entries),
+            _ => PathChange::Other,
+        }),
+        Statement::Set(Set::ParenthesizedAssignments { variables, .. })
+            if variables.iter().any(is_path) =>
+        {
+            Some(PathChange::Other)
+        }
+        Statement::Set(Set::MultipleAssignments { assignments })
+            if assignments.iter().any(|a| is_path(&a.name)) =>
+        {
+            Some(PathChange::Other)
+        }
+        Statement::Reset(ResetStatement { reset: Reset::ALL }) => Some(PathChange::Other),
+        Statement::Reset(ResetStatement {
+            reset: Reset::ConfigurationParameter(name),
+        }) if is_path(name) => Some(PathChange::Other),
+        _ if calls_set_config(statement) => {
+            // `SELECT set_config('search_path', '...', ...)`, as checked.
+            let mut found = None;
+            let _ = sqlparser::ast::visit_expressions(statement, |e| {
+                if let Expr::Function(f) = e {
+                    if let sqlparser::ast::FunctionArguments::List(list) = &f.args {
+                        let texts: Vec<Option<&str>> = list
+                            .args
+                            .iter()
+                            .map(|a| match a {
+                                sqlparser::ast::FunctionArg::Unnamed(
+                                    sqlparser::ast::FunctionArgExpr::Expr(Expr::Value(v)),
+                                ) => match &v.value {
+                                    Value::SingleQuotedString(s) => Some(s.as_str()),
+                                    _ => None,
+                                },
+                                _ => None,
+                            })
+                            .collect();
+                        if texts
+                            .first()
+                            .copied()
+                            .flatten()
+                            .is_some_and(|n| n.eq_ignore_ascii_case("search_path"))
+                        {
+                            found = Some(
+                                texts
+                                    .get(1)
+                                    .copied()
+                                    .flatten()
+                                    .and_then(parse_path_text)
+                                    .map_or(PathChange::Other, PathChange::Set),
+                            );
+                        }
+                    }
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+            found
+        }
+        _ => None,
+    }
+}
+
+/// Whether a statement ends a transaction or rolls back to a savepoint
+/// (which may undo a change of the search path).
+pub fn ends_block(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Commit { .. } | Statement::Rollback { .. }
+    )
 }
 
 /// `ONLY t` is read as `t`: right only where `t` has no inheritance

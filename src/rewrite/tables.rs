@@ -509,7 +509,20 @@ impl Walker<'_, '_> {
                 if self.scope.contains(&folded) {
                     return Ok(()); // a CTE
                 }
-                match catalog::resolve(self.cx.catalog, self.cx.search_path, &folded) {
+                // Schemas the member has no use of are skipped, as
+                // PostgreSQL skips schemas without USAGE. (Functions,
+                // types and operators are checked along the whole path:
+                // upstream they resolve with every schema.)
+                let usable: Vec<String> = self
+                    .cx
+                    .search_path
+                    .iter()
+                    .filter(|s| {
+                        self.cx.access.may_use_schema(s) || self.cx.catalog.usable_by_all(s)
+                    })
+                    .cloned()
+                    .collect();
+                match catalog::resolve(self.cx.catalog, &usable, &folded) {
                     Some(rel) => rel,
                     None if member => return Err(Refusal::UnknownTable(name.to_string())),
                     // Analysts read every table unfiltered; PostgreSQL reports

@@ -40,6 +40,8 @@ pub struct Snapshot {
     database: String,
     /// Every schema's name.
     schemas: HashSet<String>,
+    /// Schemas on which PUBLIC holds USAGE.
+    public_schemas: HashSet<String>,
     /// Relations with inheritance children or partitions, or partitioned.
     parents: HashSet<(String, String)>,
     /// Settings PostgreSQL shows only to superusers and members of
@@ -64,6 +66,10 @@ impl Catalog for Snapshot {
             self.parents
                 .contains(&(schema.to_string(), name.to_string())),
         )
+    }
+
+    fn usable_by_all(&self, schema: &str) -> bool {
+        self.public_schemas.contains(schema)
     }
 
     fn has_schema(&self, schema: &str) -> Option<bool> {
@@ -141,6 +147,7 @@ impl Snapshot {
             && self.columns == other.columns
             && self.types == other.types
             && self.schemas == other.schemas
+            && self.public_schemas == other.public_schemas
             && self.parents == other.parents
     }
 }
@@ -298,6 +305,10 @@ async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, toki
 const PARENTS: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind = 'p' OR c.oid IN (SELECT inhparent FROM pg_catalog.pg_inherits)";
+
+const PUBLIC_SCHEMAS: &str = "SELECT n.nspname::text FROM pg_catalog.pg_namespace n \
+     WHERE EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) a \
+     WHERE a.grantee = 0 AND a.privilege_type = 'USAGE')";
 
 const SCHEMAS: &str = "SELECT nspname::text FROM pg_catalog.pg_namespace";
 
@@ -489,6 +500,12 @@ impl LiveCatalog {
                 .into_iter()
                 .map(|r| r.get(0))
                 .collect();
+            let public_schemas = client
+                .query(PUBLIC_SCHEMAS, &[])
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
             let privileged_settings = privileged_settings(&client).await;
             let parents = client
                 .query(PARENTS, &[])
@@ -497,6 +514,7 @@ impl LiveCatalog {
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
             Ok::<_, tokio_postgres::Error>((
+                public_schemas,
                 parents,
                 schemas,
                 privileged_settings,
@@ -515,6 +533,7 @@ impl LiveCatalog {
         drop(client);
         let _ = task.await;
         let (
+            public_schemas,
             parents,
             schemas,
             privileged_settings,
@@ -540,6 +559,7 @@ impl LiveCatalog {
             types,
             database: database.to_string(),
             schemas,
+            public_schemas,
             parents,
             privileged_settings,
             taken: Some(Instant::now()),
