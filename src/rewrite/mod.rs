@@ -275,7 +275,7 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
             search_path: path.as_deref().unwrap_or(cx.search_path),
             ..*cx
         };
-        rewrite_statement(statement, &here)?;
+        rewrite_statement_as(statement, &here, fixups.rows_from.contains(&i))?;
         let last = i + 1 == count;
         match path_change(statement) {
             Some(PathChange::Set(entries)) => path = Some(entries),
@@ -303,7 +303,10 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
             "a literal or identifier that cannot be forwarded exactly",
         ));
     }
-    let sql = if fixups.moves.is_empty() && fixups.force_quote_all.is_empty() {
+    let sql = if fixups.moves.is_empty()
+        && fixups.force_quote_all.is_empty()
+        && fixups.rows_from.is_empty()
+    {
         printed
     } else {
         normalize::print(&statements, &fixups)
@@ -425,7 +428,18 @@ fn only_changes_nothing(parts: &[sqlparser::ast::Ident], cx: &Context) -> Result
 
 /// Classifies one parsed statement and rewrites it in place.
 pub fn rewrite_statement(statement: &mut Statement, cx: &Context) -> Result<(), Refusal> {
+    rewrite_statement_as(statement, cx, false)
+}
+
+/// As [`rewrite_statement`]; `rows_from`: the statement was read with the
+/// `ROWS FROM` placeholder (see [`normalize`]).
+fn rewrite_statement_as(
+    statement: &mut Statement,
+    cx: &Context,
+    rows_from: bool,
+) -> Result<(), Refusal> {
     let mut state = tables::State::default();
+    state.rows_from = rows_from;
     if cx.fence != Fence::UnsafeOff {
         state.verdict = leakproof::judge_statement(statement, cx);
     }

@@ -20,11 +20,14 @@
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
-use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, Tokenizer};
 
 /// The placeholder column standing for `FORCE_QUOTE *` (under rowgate's
 /// reserved prefix, so no client name is taken for it).
 pub const ALL_COLUMNS: &str = "rowgate_all_columns";
+
+/// The placeholder function standing for `ROWS FROM`.
+pub const ROWS_FROM: &str = "rowgate_rows_from";
 
 /// What the printed statements need restored, by statement index.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -33,6 +36,8 @@ pub struct Fixups {
     pub moves: Vec<usize>,
     /// Statements whose `FORCE_QUOTE *` was read as the placeholder.
     pub force_quote_all: Vec<usize>,
+    /// Statements whose `ROWS FROM (` was read as the placeholder call.
+    pub rows_from: Vec<usize>,
     /// Relation names written after `ONLY` (each as its name parts, as
     /// written), by statement.
     pub only: Vec<(usize, Vec<sqlparser::ast::Ident>)>,
@@ -46,6 +51,7 @@ const TRIGGERS: &[&[u8]] = &[
     b"move",
     b"interval",
     b"force_quote",
+    b"rows",
 ];
 
 /// Whether the text may hold a spelling [`normalize`] changes (a cheap
@@ -67,32 +73,15 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
     if !may_change(sql) {
         return (sql.to_string(), Fixups::default());
     }
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
+    let Some(owned) = significant(sql) else {
         return (sql.to_string(), Fixups::default());
     };
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    let offset = |loc: Location| -> Option<usize> {
-        let line = line_starts.get(loc.line.checked_sub(1)? as usize)?;
-        let col = loc.column.checked_sub(1)? as usize;
-        match sql[*line..].char_indices().nth(col) {
-            Some((i, _)) => Some(line + i),
-            None => Some(sql.len()),
-        }
-    };
-    // Significant tokens with their byte ranges.
-    let mut sig: Vec<(usize, usize, &TokenWithSpan)> = Vec::new();
-    for t in &tokens {
-        if matches!(t.token, Token::Whitespace(_) | Token::EOF) {
-            continue;
-        }
-        let (Some(start), Some(end)) = (offset(t.span.start), offset(t.span.end)) else {
-            return (sql.to_string(), Fixups::default());
-        };
-        sig.push((start, end, t));
-    }
+    let sig: Vec<(usize, usize, &Token)> = owned.iter().map(|(s, e, t)| (*s, *e, t)).collect();
+    // A client's own word `rowgate_rows_from` (refused later as unknown) is
+    // never taken for the placeholder: then `ROWS FROM` is not read.
+    let client_names_placeholder = sig
+        .iter()
+        .any(|(_, _, t)| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case(ROWS_FROM)));
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     let mut fixups = Fixups::default();
     let word = |t: &Token, kw: Keyword| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.keyword == kw);
@@ -101,8 +90,8 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
     let mut k = 0;
     while k < sig.len() {
         let (start, end, t) = sig[k];
-        let prev = k.checked_sub(1).map(|p| &sig[p].2.token);
-        if matches!(t.token, Token::SemiColon) {
+        let prev = k.checked_sub(1).map(|p| &sig[p].2);
+        if matches!(t, Token::SemiColon) {
             statement += 1;
             stmt_first = None;
             k += 1;
@@ -114,19 +103,17 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
         }
         // MOVE and FETCH.
         if at_start
-            && (word(&t.token, Keyword::FETCH)
-                || matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("move")))
+            && (word(t, Keyword::FETCH)
+                || matches!(&t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("move")))
         {
-            if !word(&t.token, Keyword::FETCH) {
+            if !word(t, Keyword::FETCH) {
                 edits.push((start, end, "FETCH".to_string()));
                 fixups.moves.push(statement);
             }
             let rest: Vec<usize> = (k + 1..sig.len())
-                .take_while(|&j| !matches!(sig[j].2.token, Token::SemiColon))
+                .take_while(|&j| !matches!(sig[j].2, Token::SemiColon))
                 .collect();
-            let is_from = |j: usize| {
-                word(&sig[j].2.token, Keyword::FROM) || word(&sig[j].2.token, Keyword::IN)
-            };
+            let is_from = |j: usize| word(sig[j].2, Keyword::FROM) || word(sig[j].2, Keyword::IN);
             let has_from = rest.iter().any(|&j| is_from(j));
             match rest.as_slice() {
                 [] => {}
@@ -143,7 +130,7 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
             continue;
         }
         // TABLE t.
-        if word(&t.token, Keyword::TABLE) {
+        if word(t, Keyword::TABLE) {
             let opens = match prev {
                 None | Some(Token::SemiColon) | Some(Token::LParen) => true,
                 Some(p) => {
@@ -157,7 +144,7 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
                     .iter()
                     .any(|kw| word(p, *kw))
                         || (matches!(p, Token::RParen)
-                            && stmt_first.is_some_and(|f| word(&sig[f].2.token, Keyword::WITH)))
+                            && stmt_first.is_some_and(|f| word(sig[f].2, Keyword::WITH)))
                 }
             };
             if opens {
@@ -165,7 +152,7 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
             }
         }
         // ONLY t, ONLY (t).
-        if word(&t.token, Keyword::ONLY)
+        if word(t, Keyword::ONLY)
             && prev.is_some_and(|p| {
                 word(p, Keyword::FROM)
                     || word(p, Keyword::JOIN)
@@ -174,27 +161,27 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
             })
         {
             let mut j = k + 1;
-            let paren = matches!(sig.get(j).map(|s| &s.2.token), Some(Token::LParen));
+            let paren = matches!(sig.get(j).map(|s| &s.2), Some(Token::LParen));
             if paren {
                 j += 1;
             }
             let mut parts = Vec::new();
             while let Some((_, _, tok)) = sig.get(j) {
-                if let Token::Word(w) = &tok.token {
+                if let Token::Word(w) = &tok {
                     parts.push(sqlparser::ast::Ident {
                         value: w.value.clone(),
                         quote_style: w.quote_style,
                         span: sqlparser::tokenizer::Span::empty(),
                     });
                     j += 1;
-                    if matches!(sig.get(j).map(|s| &s.2.token), Some(Token::Period)) {
+                    if matches!(sig.get(j).map(|s| &s.2), Some(Token::Period)) {
                         j += 1;
                         continue;
                     }
                 }
                 break;
             }
-            let closed = !paren || matches!(sig.get(j).map(|s| &s.2.token), Some(Token::RParen));
+            let closed = !paren || matches!(sig.get(j).map(|s| &s.2), Some(Token::RParen));
             if !parts.is_empty() && closed {
                 edits.push((start, end, String::new()));
                 if paren {
@@ -205,7 +192,7 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
             }
         }
         // interval(p) 'literal'.
-        if word(&t.token, Keyword::INTERVAL) {
+        if word(t, Keyword::INTERVAL) {
             if let (
                 Some((_, _, open)),
                 Some((_, _, n)),
@@ -217,12 +204,12 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
                 sig.get(k + 3),
                 sig.get(k + 4),
             ) {
-                if matches!(open.token, Token::LParen)
-                    && matches!(n.token, Token::Number(..))
-                    && matches!(close.token, Token::RParen)
-                    && matches!(lit.token, Token::SingleQuotedString(_))
+                if matches!(open, Token::LParen)
+                    && matches!(n, Token::Number(..))
+                    && matches!(close, Token::RParen)
+                    && matches!(lit, Token::SingleQuotedString(_))
                 {
-                    let Token::Number(p, _) = &n.token else {
+                    let Token::Number(p, _) = &n else {
                         unreachable!()
                     };
                     edits.push((
@@ -236,11 +223,11 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
             }
         }
         // 'a' newline 'b'.
-        if let Token::SingleQuotedString(first) = &t.token {
+        if let Token::SingleQuotedString(first) = &t {
             let mut value = first.clone();
             let mut j = k;
             while let Some((_, _, next)) = sig.get(j + 1) {
-                let Token::SingleQuotedString(more) = &next.token else {
+                let Token::SingleQuotedString(more) = &next else {
                     break;
                 };
                 // Only whitespace with a line break between them.
@@ -257,11 +244,22 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
                 continue;
             }
         }
+        // ROWS FROM (.
+        if matches!(&t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("rows"))
+            && sig.get(k + 1).is_some_and(|n| word(n.2, Keyword::FROM))
+            && matches!(sig.get(k + 2).map(|n| &n.2), Some(Token::LParen))
+            && !client_names_placeholder
+        {
+            edits.push((start, sig[k + 2].1, format!("{ROWS_FROM}(")));
+            fixups.rows_from.push(statement);
+            k += 3;
+            continue;
+        }
         // FORCE_QUOTE *.
-        if matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("force_quote"))
+        if matches!(&t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("force_quote"))
         {
             if let Some((s, e, star)) = sig.get(k + 1) {
-                if matches!(star.token, Token::Mul) {
+                if matches!(star, Token::Mul) {
                     edits.push((*s, *e, format!("({ALL_COLUMNS})")));
                     fixups.force_quote_all.push(statement);
                     k += 2;
@@ -305,6 +303,9 @@ pub fn print(statements: &[sqlparser::ast::Statement], fixups: &Fixups) -> Strin
                 text = format!("MOVE{rest}");
             }
         }
+        if fixups.rows_from.contains(&i) {
+            text = restore_rows_from(&text);
+        }
         if fixups.force_quote_all.contains(&i) {
             let placeholder = format!("({ALL_COLUMNS})");
             if let Some(at) = text.rfind(&placeholder) {
@@ -314,6 +315,50 @@ pub fn print(statements: &[sqlparser::ast::Statement], fixups: &Fixups) -> Strin
         out.push_str(&text);
     }
     out
+}
+
+/// A printed statement with each call of the `ROWS FROM` placeholder (a
+/// word, not inside a string or a quoted name) written `ROWS FROM (` again;
+/// every other byte as printed.
+fn restore_rows_from(text: &str) -> String {
+    let Some(tokens) = significant(text) else {
+        return text.to_string();
+    };
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut copied = 0;
+    for (start, end, token) in tokens {
+        if matches!(&token, Token::Word(w) if w.quote_style.is_none() && w.value == ROWS_FROM) {
+            out.push_str(&text[copied..start]);
+            out.push_str("ROWS FROM ");
+            copied = end;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// The significant tokens of `sql` with their byte ranges (`None` when it
+/// does not tokenize).
+fn significant(sql: &str) -> Option<Vec<(usize, usize, Token)>> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |loc: Location| -> Option<usize> {
+        let line = line_starts.get(loc.line.checked_sub(1)? as usize)?;
+        let col = loc.column.checked_sub(1)? as usize;
+        match sql[*line..].char_indices().nth(col) {
+            Some((i, _)) => Some(line + i),
+            None => Some(sql.len()),
+        }
+    };
+    tokens
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .map(|t| Some((offset(t.span.start)?, offset(t.span.end)?, t.token)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -373,6 +418,27 @@ mod tests {
         assert_eq!(
             text("COPY t TO STDOUT (FORCE_QUOTE *)"),
             "COPY t TO STDOUT (FORCE_QUOTE (rowgate_all_columns))"
+        );
+    }
+
+    #[test]
+    fn rows_from_is_a_placeholder_call() {
+        let (t, f) = normalize("SELECT * FROM ROWS FROM (generate_series(1, 2), f(x)) AS r(a, b)");
+        assert_eq!(
+            t,
+            "SELECT * FROM rowgate_rows_from(generate_series(1, 2), f(x)) AS r(a, b)"
+        );
+        assert_eq!(f.rows_from, vec![0]);
+        assert_eq!(
+            restore_rows_from("SELECT 'rowgate_rows_from(' FROM rowgate_rows_from(g(1))"),
+            "SELECT 'rowgate_rows_from(' FROM ROWS FROM (g(1))"
+        );
+        // A client's own use of the name is not taken for one.
+        assert!(
+            normalize("SELECT * FROM rowgate_rows_from(1), ROWS FROM (f())")
+                .1
+                .rows_from
+                .is_empty()
         );
     }
 

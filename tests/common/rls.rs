@@ -256,6 +256,8 @@ pub const LIVE_QUERIES: &[&str] = &[
     "SELECT merchants FROM merchants WHERE merchants IS NOT NULL",
     "SELECT o, m.name FROM orders o JOIN merchants m ON m.id = o.merchant_id",
     "SELECT to_jsonb(c) FROM countries c ORDER BY c.id",
+    "SELECT * FROM ROWS FROM (generate_series(1, 3), unnest(ARRAY['a', 'b'])) WITH ORDINALITY AS r(n, s, o)",
+    "SELECT m.name, r.x FROM merchants m, ROWS FROM (generate_series(1, m.id)) AS r(x)",
 ];
 
 /// The fixture's policy file.
