@@ -84,11 +84,18 @@ fn monster_statements_harm_nothing() {
             };
             let e = result.expect_err(what);
             let state = common::sqlstate(&e);
-            assert_eq!(
-                state.as_deref(),
-                Some("54001"),
-                "{what} (extended: {extended}): {e}"
-            );
+            // rowgate's 54001, or PostgreSQL's own syntax error where its
+            // parser gives up first (it reads a text before anything
+            // else, as it does on a direct connection).
+            match state.as_deref() {
+                Some("54001") => {}
+                Some("42601") => {
+                    let direct = c.connect(&database).simple_query(sql).map(|_| ());
+                    let native = direct.err().and_then(|e| common::sqlstate(&e));
+                    assert_eq!(native.as_deref(), Some("42601"), "{what}: {e}");
+                }
+                other => panic!("{what} (extended: {extended}): {other:?} {e}"),
+            }
             refused += 1;
             alive(&mut sender);
             alive(&mut bystander);
