@@ -260,6 +260,16 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
     }
     let (text, fixups) = normalize::normalize(sql);
     let mut statements = parse(&text)?;
+    for (i, name) in &fixups.row_stars {
+        if !statements
+            .get(*i)
+            .is_some_and(|s| names_a_from_item_only(s, name, cx))
+        {
+            return Err(Refusal::unsupported(
+                "(name).* where name may be a column (write name.* for a table's columns)",
+            ));
+        }
+    }
     // A statement after one that sets the search path resolves along the
     // new one (they run in that order upstream, or not at all).
     let mut path: Option<Vec<String>> = None;
@@ -407,6 +417,86 @@ pub fn ends_block(statement: &Statement) -> bool {
         statement,
         Statement::Commit { .. } | Statement::Rollback { .. }
     )
+}
+
+/// Whether `name` is, in every SELECT of the statement, a FROM item's name
+/// and no column's: then `(name).*` is `name.*`. Every FROM item's columns
+/// must be known (tables of the catalog).
+fn names_a_from_item_only(
+    statement: &Statement,
+    name: &sqlparser::ast::Ident,
+    cx: &Context,
+) -> bool {
+    use sqlparser::ast::{Select, TableFactor, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Items<'a, 'b> {
+        cx: &'a Context<'b>,
+        aliases: Vec<String>,
+        columns: Vec<String>,
+        unknown: bool,
+    }
+    impl Items<'_, '_> {
+        fn factor(&mut self, f: &TableFactor) {
+            match f {
+                TableFactor::Table {
+                    name,
+                    alias,
+                    args: None,
+                    ..
+                } => {
+                    let parts: Vec<String> = name
+                        .0
+                        .iter()
+                        .filter_map(|p| p.as_ident())
+                        .map(crate::names::fold)
+                        .collect();
+                    let rel = match parts.as_slice() {
+                        [n] => catalog::resolve(self.cx.catalog, self.cx.search_path, n),
+                        [s, n] => Some(crate::names::RelName::new(s.clone(), n.clone())),
+                        _ => None,
+                    };
+                    match rel.and_then(|r| self.cx.catalog.columns(&r.schema, &r.name)) {
+                        Some(cols) => self.columns.extend(cols.into_iter().map(|(c, _)| c)),
+                        None => self.unknown = true,
+                    }
+                    self.aliases.push(match alias {
+                        Some(a) => crate::names::fold(&a.name),
+                        None => parts.last().cloned().unwrap_or_default(),
+                    });
+                }
+                TableFactor::NestedJoin {
+                    table_with_joins, ..
+                } => {
+                    self.factor(&table_with_joins.relation);
+                    for j in &table_with_joins.joins {
+                        self.factor(&j.relation);
+                    }
+                }
+                _ => self.unknown = true,
+            }
+        }
+    }
+    impl Visitor for Items<'_, '_> {
+        type Break = ();
+        fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+            for t in &select.from {
+                self.factor(&t.relation);
+                for j in &t.joins {
+                    self.factor(&j.relation);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut items = Items {
+        cx,
+        aliases: Vec::new(),
+        columns: Vec::new(),
+        unknown: false,
+    };
+    let _ = statement.visit(&mut items);
+    let folded = crate::names::fold(name);
+    !items.unknown && items.aliases.contains(&folded) && !items.columns.contains(&folded)
 }
 
 /// `ONLY t` is read as `t`: right only where `t` has no inheritance

@@ -41,6 +41,9 @@ pub struct Fixups {
     /// Relation names written after `ONLY` (each as its name parts, as
     /// written), by statement.
     pub only: Vec<(usize, Vec<sqlparser::ast::Ident>)>,
+    /// Names written `(name).*`, read as `name.*`, by statement: right only
+    /// where the name is a FROM item's and no column's.
+    pub row_stars: Vec<(usize, sqlparser::ast::Ident)>,
 }
 
 /// Words one of which a text must hold for [`normalize`] to change it.
@@ -52,6 +55,7 @@ const TRIGGERS: &[&[u8]] = &[
     b"interval",
     b"force_quote",
     b"rows",
+    b").*",
 ];
 
 /// Whether the text may hold a spelling [`normalize`] changes (a cheap
@@ -255,6 +259,31 @@ pub fn normalize(sql: &str) -> (String, Fixups) {
             k += 3;
             continue;
         }
+        // (m).*
+        if matches!(t, Token::LParen) {
+            if let (
+                Some((_, _, Token::Word(w))),
+                Some((_, close_end, Token::RParen)),
+                Some((_, _, Token::Period)),
+                Some((_, star_end, Token::Mul)),
+            ) = (
+                sig.get(k + 1),
+                sig.get(k + 2),
+                sig.get(k + 3),
+                sig.get(k + 4),
+            ) {
+                let _ = close_end;
+                let name = sqlparser::ast::Ident {
+                    value: w.value.clone(),
+                    quote_style: w.quote_style,
+                    span: sqlparser::tokenizer::Span::empty(),
+                };
+                edits.push((start, *star_end, format!("{name}.*")));
+                fixups.row_stars.push((statement, name));
+                k += 5;
+                continue;
+            }
+        }
         // FORCE_QUOTE *.
         if matches!(&t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("force_quote"))
         {
@@ -440,6 +469,15 @@ mod tests {
                 .rows_from
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_parenthesized_row_star_is_a_star() {
+        let (t, f) = normalize("SELECT (m).*, ( \"M\" ) . * FROM merchants m");
+        assert_eq!(t, "SELECT m.*, \"M\".* FROM merchants m");
+        let names: Vec<String> = f.row_stars.iter().map(|(_, i)| i.value.clone()).collect();
+        assert_eq!(names, vec!["m", "M"]);
+        assert_eq!(text("SELECT (m).a FROM t m"), "SELECT (m).a FROM t m");
     }
 
     #[test]

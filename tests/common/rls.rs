@@ -258,6 +258,7 @@ pub const LIVE_QUERIES: &[&str] = &[
     "SELECT to_jsonb(c) FROM countries c ORDER BY c.id",
     "SELECT * FROM ROWS FROM (generate_series(1, 3), unnest(ARRAY['a', 'b'])) WITH ORDINALITY AS r(n, s, o)",
     "SELECT m.name, r.x FROM merchants m, ROWS FROM (generate_series(1, m.id)) AS r(x)",
+    "SELECT (m).*, o.id FROM merchants m JOIN orders o ON o.merchant_id = m.id",
 ];
 
 /// The fixture's policy file.
