@@ -511,10 +511,18 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
 // ---------------------------------------------------------------------------
 
 #[test]
+fn the_test_command_is_what_ci_runs() {
+    let ci = read(".ci/run");
+    assert!(ci.contains("./test.sh"), ".ci/run must run the README's ./test.sh");
+    let script = read("test.sh");
+    assert!(script.contains("exec cargo test \"$@\""), "test.sh must end in cargo test");
+}
+
+#[test]
 fn the_readme_gives_the_two_commands_and_links_every_page() {
     let readme = read("README.md");
     let lines: BTreeSet<&str> = readme.lines().map(str::trim).collect();
-    for command in ["cargo run --release -- demo", "cargo test"] {
+    for command in ["cargo run --release -- demo", "./test.sh"] {
         assert!(
             lines.contains(command),
             "README.md should give `{command}` on a line of its own"
