@@ -513,9 +513,15 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
 #[test]
 fn the_test_command_is_what_ci_runs() {
     let ci = read(".ci/run");
-    assert!(ci.contains("./test.sh"), ".ci/run must run the README's ./test.sh");
+    assert!(
+        ci.contains("./test.sh"),
+        ".ci/run must run the README's ./test.sh"
+    );
     let script = read("test.sh");
-    assert!(script.contains("exec cargo test \"$@\""), "test.sh must end in cargo test");
+    assert!(
+        script.contains("exec cargo test \"$@\""),
+        "test.sh must end in cargo test"
+    );
 }
 
 #[test]

@@ -467,6 +467,29 @@ impl Walker<'_, '_> {
         )
     }
 
+    /// The alias of the derived table standing for `rel`: the one written,
+    /// or the table's own name (so the rest of the query reads it as
+    /// before).
+    fn derived_alias(
+        &mut self,
+        written: Option<TableAlias>,
+        rel: &RelName,
+        parts: &[Ident],
+    ) -> Result<TableAlias, Refusal> {
+        match written {
+            Some(alias) => Ok(alias),
+            None => {
+                self.state.add_unaliased(rel, true)?;
+                Ok(TableAlias {
+                    explicit: true,
+                    name: parts[parts.len() - 1].clone(),
+                    columns: vec![],
+                    at: None,
+                })
+            }
+        }
+    }
+
     fn replace_table(&mut self, factor: &mut TableFactor) -> Result<(), Refusal> {
         let fence = self.state.verdict.fences(factor);
         let TableFactor::Table {
@@ -558,18 +581,7 @@ impl Walker<'_, '_> {
         if let Some(view) = view {
             // A catalog relation as the member sees it: no fence, since
             // what it hides is names, which native RLS does not hide at all.
-            let alias = match alias.take() {
-                Some(alias) => alias,
-                None => {
-                    self.state.add_unaliased(&rel, true)?;
-                    TableAlias {
-                        explicit: true,
-                        name: parts[parts.len() - 1].clone(),
-                        columns: vec![],
-                        at: None,
-                    }
-                }
-            };
+            let alias = self.derived_alias(alias.take(), &rel, &parts)?;
             if sample.is_some() {
                 return Err(Refusal::unsupported("TABLESAMPLE of a catalog relation"));
             }
@@ -608,18 +620,7 @@ impl Walker<'_, '_> {
             return Ok(());
         };
         self.replaced = true;
-        let alias = match alias.take() {
-            Some(alias) => alias,
-            None => {
-                self.state.add_unaliased(&rel, true)?;
-                TableAlias {
-                    explicit: true,
-                    name: parts[parts.len() - 1].clone(),
-                    columns: vec![],
-                    at: None,
-                }
-            }
-        };
+        let alias = self.derived_alias(alias.take(), &rel, &parts)?;
         let projection = vec![SelectItem::Wildcard(WildcardAdditionalOptions::default())];
         let mut subquery =
             crate::policy::select_from(&rel, projection, Some(predicate.clone()), sample.take());

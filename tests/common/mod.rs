@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod programs;
 pub mod raw;
 pub mod rls;
 
