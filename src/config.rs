@@ -37,13 +37,14 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, max_connections, max_message_bytes, prepare_threshold, workers" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, metrics, max_connections, max_message_bytes, prepare_threshold, workers" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
             "tls" => tls: Spanned<Tls> as Tls,
             "search_path" => search_path: Vec<Spanned<String>> as List<Text>,
             "catalog" => catalog: Spanned<String> as Text,
+            "metrics" => metrics: Spanned<String> as Text,
             "max_connections" => max_connections: Spanned<String> as Text,
             "max_message_bytes" => max_message_bytes: Spanned<String> as Text,
             "prepare_threshold" => prepare_threshold: Spanned<String> as Text,
@@ -140,6 +141,8 @@ pub struct Config {
     pub search_path: Vec<String>,
     /// Whether members' catalog reads list what they cannot read.
     pub catalog: crate::rewrite::system::Listing,
+    /// Where to serve /metrics, /healthz and /readyz (host:port), if at all.
+    pub metrics: Option<String>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     /// After how many runs in a session a statement shape is prepared
@@ -315,6 +318,17 @@ impl Config {
                 }
             },
         };
+        let metrics = raw.metrics.as_ref().and_then(|v| {
+            let text = cx.string(Some(v)).unwrap_or_default();
+            if text.parse::<std::net::SocketAddr>().is_err() && !text.contains(':') {
+                cx.error(
+                    v,
+                    format!("metrics: `{text}` is not an address (host:port)"),
+                );
+                return None;
+            }
+            Some(text)
+        });
         let max_connections = cx.number(
             raw.max_connections.as_ref(),
             "max_connections",
@@ -362,6 +376,7 @@ impl Config {
             tls,
             search_path,
             catalog,
+            metrics,
             max_connections,
             max_message_bytes,
             prepare_threshold,
@@ -505,7 +520,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, max_connections, max_message_bytes, prepare_threshold, workers",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, metrics, max_connections, max_message_bytes, prepare_threshold, workers",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",

@@ -11,6 +11,7 @@ pub mod config;
 pub mod diag;
 pub mod frontend;
 pub mod localpg;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod rewrite;

@@ -153,6 +153,7 @@ impl Server {
             tls,
             fence,
             listing: config.catalog,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
         Ok(Server {
             listener,
@@ -175,6 +176,19 @@ impl Server {
         let mut sessions = JoinSet::new();
         let mut workers =
             Workers::start(worker_count(&self.config)).map_err(ServeError::Workers)?;
+        if let Some(addr) = &self.config.metrics {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    info!(metrics = %addr, "serving /metrics, /healthz and /readyz");
+                    tokio::spawn(crate::metrics::serve(
+                        listener,
+                        self.shared.metrics.clone(),
+                        (self.config.upstream.host.clone(), self.config.upstream.port),
+                    ));
+                }
+                Err(e) => return Err(ServeError::Listen(addr.clone(), e)),
+            }
+        }
         info!(listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), "rowgate is serving");
         loop {
             tokio::select! {
@@ -209,6 +223,7 @@ impl Server {
                             }, workers.next());
                         }
                         Err(_) => {
+                            self.shared.metrics.connections_refused.with_label_values(&["max_connections"]).inc();
                             warn!(client = %peer, limit = self.config.max_connections, "connection refused: max_connections reached");
                             sessions.spawn(async move {
                                 let msg = "sorry, too many clients already";
@@ -253,12 +268,14 @@ impl Server {
                     warn!("{w}");
                 }
                 self.shared.policy.store(Arc::new(loaded.policy));
+                self.shared.metrics.reloaded(true);
                 info!("policies reloaded");
             }
             Err(problems) => {
                 for p in &problems {
                     error!("{p}");
                 }
+                self.shared.metrics.reloaded(false);
                 error!("policy reload failed; the current policies stay in force");
             }
         }

@@ -130,6 +130,7 @@ async fn serve(pg: &LocalPg) -> u8 {
         tls: None,
         search_path: vec![crate::config::DEFAULT_SEARCH_PATH.to_string()],
         catalog: Default::default(),
+        metrics: None,
         max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
         max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
         prepare_threshold: crate::config::DEFAULT_PREPARE_THRESHOLD,

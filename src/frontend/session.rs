@@ -62,6 +62,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// How filtered tables are fenced (only benchmarks turn it off).
     pub fence: Fence,
+    /// The counters `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// How the catalog lists what members cannot read.
     pub listing: rewrite::system::Listing,
 }
@@ -100,7 +102,10 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let mut log = LogLine::default();
+    shared.metrics.connections.inc();
+    shared.metrics.connections_total.inc();
     let outcome = session(Stream::Plain(stream), &shared, shutdown, &mut log).await;
+    shared.metrics.connections.dec();
     let elapsed = started.elapsed();
     match &outcome {
         Outcome::Cancel => debug!(client = %peer, "cancel request"),
@@ -211,7 +216,14 @@ async fn session(
     let policy = shared.policy.load_full();
     let user = policy.users.get(&hello.user);
     let secret = auth::secret_for(user.map(|u| &u.password), &hello.user, &shared.mock_key);
-    match auth::scram(&mut stream, &mut buf, &hello.user, secret).await {
+    let login = auth::scram(&mut stream, &mut buf, &hello.user, secret).await;
+    let outcome = if login.is_ok() { "ok" } else { "failed" };
+    shared
+        .metrics
+        .logins
+        .with_label_values(&["scram", outcome])
+        .inc();
+    match login {
         Ok(()) => {}
         Err(auth::AuthError::Wire(_)) => return Outcome::ClientGone,
         Err(e) => {
@@ -247,7 +259,24 @@ async fn session(
             return Outcome::Rejected(why);
         }
     };
-    let connected = match upstream::connect(&shared.upstream, &database, &params).await {
+    let connecting = Instant::now();
+    let connected = upstream::connect(&shared.upstream, &database, &params).await;
+    shared
+        .metrics
+        .upstream_connect_seconds
+        .observe(connecting.elapsed().as_secs_f64());
+    if let Err(e) = &connected {
+        let reason = match e {
+            UpstreamError::Rejected(_) => "rejected",
+            _ => "unreachable",
+        };
+        shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&[reason])
+            .inc();
+    }
+    let connected = match connected {
         Ok(c) => c,
         Err(UpstreamError::Rejected(frame)) => {
             // The upstream's own error passes (a missing database, too many
@@ -345,10 +374,12 @@ async fn session(
         settle: false,
         cycle_touches: false,
         own: &own,
+        bytes_in: shared.metrics.bytes.with_label_values(&["to_upstream"]),
         retry_rx,
     };
     let mut back = Back {
         own: &own,
+        bytes_out: shared.metrics.bytes.with_label_values(&["to_client"]),
         refusals: &refusals,
         expect: &expect,
         cycles: 0,
@@ -562,6 +593,8 @@ struct Front<'a> {
     /// change the search path.
     cycle_touches: bool,
     own: &'a OwnQueries,
+    /// Bytes read from the client.
+    bytes_in: prometheus::IntCounter,
     /// The relay's requests to run a statement again.
     retry_rx: mpsc::Receiver<Retry>,
 }
@@ -780,9 +813,13 @@ impl Front<'_> {
                 }
             }
             wr.flush().await?;
+            let before = buf.len();
             tokio::select! {
                 read = wire::fill(rd, buf) => read?,
                 Some(retry) = self.retry_rx.recv() => self.run_again(retry, wr).await?,
+            }
+            if buf.len() > before {
+                self.bytes_in.inc_by((buf.len() - before) as u64);
             }
         }
     }
@@ -867,6 +904,11 @@ impl Front<'_> {
                     }
                     let run = execute(&auto.name, &shape.values);
                     self.statements += 1;
+                    self.shared
+                        .metrics
+                        .autoprep
+                        .with_label_values(&["hit"])
+                        .inc();
                     debug!(user = %self.user, sql = %run, "forward");
                     let mut out = self.close_retired();
                     self.expect.push(cycle, b'E', Action::Retry(sql.clone()));
@@ -925,6 +967,11 @@ impl Front<'_> {
         let mut out = self.close_retired();
         self.expect.push(cycle, b'C', Action::Swallow(auto));
         self.statements += 1;
+        self.shared
+            .metrics
+            .autoprep
+            .with_label_values(&["prepare"])
+            .inc();
         debug!(user = %self.user, sql = %text, "forward");
         out.put_slice(&query_message(&text));
         Some(out.freeze())
@@ -1169,7 +1216,17 @@ impl Front<'_> {
     /// The rewrite of `sql` to forward, or the marker of its refusal.
     async fn rewrite_or_refuse(&mut self, sql: &str, params: &[Oid]) -> Result<Forward, String> {
         self.statements += 1;
-        match self.rewrite(sql, params).await {
+        let result = self.rewrite(sql, params).await;
+        let (decision, code) = match &result {
+            Ok(_) => ("forwarded", ""),
+            Err(r) => ("refused", r.sqlstate()),
+        };
+        self.shared
+            .metrics
+            .statements
+            .with_label_values(&[decision, code])
+            .inc();
+        match result {
             Ok(forward) => {
                 debug!(user = %self.user, sql = %forward.sql, "forward");
                 if forward.deallocates_all {
@@ -1248,6 +1305,16 @@ impl Front<'_> {
     }
 
     fn rewrite_now(&self, sql: &str, params: &[Oid]) -> Result<Forward, Refusal> {
+        let started = Instant::now();
+        let result = self.rewrite_timed(sql, params);
+        self.shared
+            .metrics
+            .rewrite_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn rewrite_timed(&self, sql: &str, params: &[Oid]) -> Result<Forward, Refusal> {
         let cx = Context {
             access: &self.access,
             catalog: &*self.catalog,
@@ -1388,6 +1455,9 @@ const RETRY_WAIT: Duration = Duration::from_millis(200);
 /// The upstream-to-client half.
 struct Back<'a> {
     own: &'a OwnQueries,
+    /// Bytes read from upstream (relayed to the client, but for rowgate's
+    /// own messages).
+    bytes_out: prometheus::IntCounter,
     refusals: &'a Refusals,
     expect: &'a Expectations,
     /// ReadyForQuery messages relayed so far: the cycle under way.
@@ -1422,6 +1492,7 @@ impl Back<'_> {
                 // does not meet the termination notice in the same read.
                 let idle = draining && self.pending.load(Ordering::SeqCst) <= 0 && passthrough == 0;
                 let grace = tokio::time::sleep(if idle { SHUTDOWN_GRACE } else { Duration::MAX / 4 });
+                let pending_before = buf.len();
                 tokio::select! {
                     biased;
                     Some(fatal) = fatal_rx.recv() => {
@@ -1439,7 +1510,7 @@ impl Back<'_> {
                         draining = changed.is_err() || *shutdown.borrow();
                     }
                     read = wire::fill(&mut rd, &mut buf) => match read {
-                        Ok(()) => {}
+                        Ok(()) => self.bytes_out.inc_by((buf.len() - pending_before) as u64),
                         Err(_) if self.client_done.load(Ordering::SeqCst) => return Ok(Outcome::Terminated),
                         Err(e) => {
                             let msg = "the upstream database closed the connection";
