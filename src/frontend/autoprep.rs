@@ -310,9 +310,10 @@ pub fn preparable(statements: &[Statement]) -> bool {
 /// statement, and a prepared statement keeps that reading; so a session
 /// forgets its automatic statements when a setting changes (and again when
 /// a transaction that changed one ends, since that may undo the change).
-pub fn changes_settings(statements: &[Statement]) -> bool {
+pub fn changes_settings(statements: &[Statement], may_call_set_config: bool) -> bool {
     statements.iter().any(|s| {
-        matches!(s, Statement::Set(_) | Statement::Reset(_)) || crate::rewrite::calls_set_config(s)
+        matches!(s, Statement::Set(_) | Statement::Reset(_))
+            || (may_call_set_config && crate::rewrite::calls_set_config(s))
     })
 }
 

@@ -1325,11 +1325,17 @@ impl Front<'_> {
         };
         let rewritten = rewrite::rewrite(sql, &cx)?;
         let statements = rewritten.statements.as_deref().unwrap_or_default();
+        // Only a text that names set_config can call it.
+        let set_config = rewrite::may_call_set_config(sql);
         Ok(Forward {
-            path: statements.iter().rev().find_map(rewrite::path_change),
+            path: statements
+                .iter()
+                .rev()
+                .filter(|s| set_config || !matches!(s, sqlparser::ast::Statement::Query(_)))
+                .find_map(rewrite::path_change),
             preparable: autoprep::preparable(statements),
             deallocates_all: autoprep::deallocates_all(statements),
-            changes_settings: autoprep::changes_settings(statements),
+            changes_settings: autoprep::changes_settings(statements, set_config),
             ends_transaction: autoprep::ends_transaction(statements),
             sql: rewritten.sql,
         })

@@ -259,6 +259,10 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
         });
     }
     let (text, fixups) = normalize::normalize(sql);
+    // Cheap tests on the text spare the statements that cannot hold them a
+    // walk of their tree.
+    let set_config = contains_word_part(&text, "set_config");
+    let answered_calls = ANSWERED_HINTS.iter().any(|w| contains_word_part(&text, w));
     let mut statements = parse(&text)?;
     for (i, name) in &fixups.row_stars {
         if !statements
@@ -285,9 +289,18 @@ pub fn rewrite(sql: &str, cx: &Context) -> Result<Rewritten, Refusal> {
             search_path: path.as_deref().unwrap_or(cx.search_path),
             ..*cx
         };
-        rewrite_statement_as(statement, &here, fixups.rows_from.contains(&i))?;
+        rewrite_statement_as(
+            statement,
+            &here,
+            fixups.rows_from.contains(&i),
+            answered_calls,
+        )?;
         let last = i + 1 == count;
-        match path_change(statement) {
+        let change = match &*statement {
+            Statement::Query(_) if !set_config => None,
+            s => path_change(s),
+        };
+        match change {
             Some(PathChange::Set(entries)) => path = Some(entries),
             Some(PathChange::Other) if !last => {
                 return Err(Refusal::unsupported(
@@ -516,9 +529,25 @@ fn only_changes_nothing(parts: &[sqlparser::ast::Ident], cx: &Context) -> Result
     }
 }
 
+/// Parts of the names of the calls [`system::rewrite_call`] answers: a
+/// text without any of them has none.
+const ANSWERED_HINTS: &[&str] = &["user", "role", "privilege", "size", "pg_stat_get"];
+
+/// Whether a statement text may call `set_config` (it names it).
+pub fn may_call_set_config(sql: &str) -> bool {
+    contains_word_part(sql, "set_config")
+}
+
+/// Whether `text` holds `part`, ignoring ASCII case.
+fn contains_word_part(text: &str, part: &str) -> bool {
+    text.as_bytes()
+        .windows(part.len())
+        .any(|w| w.eq_ignore_ascii_case(part.as_bytes()))
+}
+
 /// Classifies one parsed statement and rewrites it in place.
 pub fn rewrite_statement(statement: &mut Statement, cx: &Context) -> Result<(), Refusal> {
-    rewrite_statement_as(statement, cx, false)
+    rewrite_statement_as(statement, cx, false, true)
 }
 
 /// As [`rewrite_statement`]; `rows_from`: the statement was read with the
@@ -527,6 +556,7 @@ fn rewrite_statement_as(
     statement: &mut Statement,
     cx: &Context,
     rows_from: bool,
+    answered_calls: bool,
 ) -> Result<(), Refusal> {
     let mut state = tables::State::default();
     state.rows_from = rows_from;
@@ -535,7 +565,9 @@ fn rewrite_statement_as(
     }
     classify::check(statement, cx, &mut state)?;
     tables::fix_qualified_references(statement, &state);
-    answer_calls(statement, cx)?;
+    if answered_calls {
+        answer_calls(statement, cx)?;
+    }
     exact_literals(statement);
     Ok(())
 }

@@ -52,7 +52,6 @@ const TRIGGERS: &[&[u8]] = &[
     b"only",
     b"fetch",
     b"move",
-    b"interval",
     b"force_quote",
     b"rows",
     b").*",
@@ -62,14 +61,34 @@ const TRIGGERS: &[&[u8]] = &[
 /// test, so that most statements are not tokenized twice).
 fn may_change(sql: &str) -> bool {
     let bytes = sql.as_bytes();
-    if bytes.contains(&b'\n') {
+    // A quote, then only whitespace with a line break, then a quote.
+    let continued = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'\'' && {
+            let rest = &bytes[i + 1..];
+            let gap = rest
+                .iter()
+                .position(|c| !c.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+            rest.get(gap) == Some(&b'\'') && rest[..gap].contains(&b'\n')
+        }
+    });
+    if continued {
         return true;
     }
-    TRIGGERS.iter().any(|word| {
-        bytes
-            .windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-    })
+    // `interval(`, with or without spaces before the parenthesis.
+    let interval = bytes.windows(8).enumerate().any(|(i, w)| {
+        w.eq_ignore_ascii_case(b"interval")
+            && bytes[i + 8..]
+                .iter()
+                .find(|c| !c.is_ascii_whitespace())
+                .is_some_and(|&c| c == b'(')
+    });
+    interval
+        || TRIGGERS.iter().any(|word| {
+            bytes
+                .windows(word.len())
+                .any(|w| w.eq_ignore_ascii_case(word))
+        })
 }
 
 /// The text to parse, and what to restore in its printing.
