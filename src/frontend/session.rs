@@ -894,6 +894,11 @@ impl Front<'_> {
         if threshold == 0 || self.auto_off || sql.len() > MAX_AUTO_LEN {
             return None;
         }
+        // A statement that may change a setting (the search path among
+        // them) runs the ordinary way, where its change is followed.
+        if rewrite::may_call_set_config(sql) {
+            return None;
+        }
         let shape = autoprep::shape(sql)?;
         let cycle = self.cycles;
         match self.shapes.get_mut(&shape.key) {
@@ -1333,7 +1338,7 @@ impl Front<'_> {
                 .rev()
                 .filter(|s| set_config || !matches!(s, sqlparser::ast::Statement::Query(_)))
                 .find_map(rewrite::path_change),
-            preparable: autoprep::preparable(statements),
+            preparable: autoprep::preparable(statements) && !set_config,
             deallocates_all: autoprep::deallocates_all(statements),
             changes_settings: autoprep::changes_settings(statements, set_config),
             ends_transaction: autoprep::ends_transaction(statements),
