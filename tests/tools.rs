@@ -34,6 +34,10 @@ const HIDDEN_SETUP: &str = "
     CREATE VIEW public.secret_view_q AS SELECT id AS secret_view_col FROM hidden_zone.secret_ledger;
     COMMENT ON TABLE hidden_zone.secret_ledger IS 'secret-comment-q';
     COMMENT ON COLUMN hr.salaries.amount IS 'secret-comment-q';
+    COMMENT ON SCHEMA hidden_zone IS 'secret-comment-q';
+    COMMENT ON FUNCTION hidden_zone.secret_fn_q() IS 'secret-comment-q';
+    COMMENT ON TYPE hidden_zone.secret_type_q IS 'secret-comment-q';
+    CREATE DOMAIN hidden_zone.secret_domain_q AS int;
     CREATE INDEX secret_tickets_idx_q ON tickets (assignee);
 ";
 
@@ -47,6 +51,7 @@ const HIDDEN_NAMES: &[&str] = &[
     "secret_type_q",
     "secret_label_q",
     "secret_fn_q",
+    "secret_domain_q",
     "secret_view_q",
     "secret_view_col",
     "secret-comment-q",
@@ -315,6 +320,19 @@ fn catalog_hide_shows_the_granted_and_the_system_only() {
         "SELECT * FROM pg_stat_all_indexes",
         "SELECT * FROM pg_statio_user_tables",
         "SELECT obj_description(c.oid), col_description(c.oid, 1) FROM pg_class c",
+        "SELECT * FROM information_schema.routines",
+        "SELECT * FROM information_schema.parameters",
+        "SELECT * FROM information_schema.sequences",
+        "SELECT * FROM information_schema.user_defined_types",
+        "SELECT * FROM information_schema.domains",
+        "SELECT * FROM information_schema.attributes",
+        "SELECT * FROM information_schema.element_types",
+        "SELECT * FROM information_schema.usage_privileges",
+        "SELECT * FROM information_schema.check_constraints",
+        "SELECT * FROM information_schema.routine_privileges",
+        "SELECT * FROM information_schema.udt_privileges",
+        "SELECT d.description FROM pg_description d",
+        "SELECT * FROM pg_enum",
     ]) {
         let out = raw.query(sql).unwrap();
         assert_eq!(first_error(&out), None, "{sql}");

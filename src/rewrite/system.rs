@@ -221,6 +221,44 @@ const BY_NAME: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
+/// Views of `information_schema` whose rows belong to a schema-level
+/// object (a function, type, domain, sequence), by the column naming its
+/// schema: a row is shown when its schema is.
+const BY_SCHEMA: &[(&str, &str)] = &[
+    ("routines", "routine_schema"),
+    ("parameters", "specific_schema"),
+    ("routine_privileges", "routine_schema"),
+    ("role_routine_grants", "routine_schema"),
+    ("routine_column_usage", "routine_schema"),
+    ("routine_routine_usage", "routine_schema"),
+    ("routine_sequence_usage", "routine_schema"),
+    ("routine_table_usage", "routine_schema"),
+    ("domains", "domain_schema"),
+    ("domain_constraints", "domain_schema"),
+    ("domain_udt_usage", "domain_schema"),
+    ("sequences", "sequence_schema"),
+    ("usage_privileges", "object_schema"),
+    ("role_usage_grants", "object_schema"),
+    ("check_constraints", "constraint_schema"),
+    ("element_types", "object_schema"),
+    ("data_type_privileges", "object_schema"),
+    ("triggered_update_columns", "event_object_schema"),
+    ("check_constraint_routine_usage", "constraint_schema"),
+];
+
+/// Views of `information_schema` whose rows belong to a type, by the
+/// columns naming its schema and name.
+const BY_TYPE: &[(&str, &str, &str)] = &[
+    (
+        "user_defined_types",
+        "user_defined_type_schema",
+        "user_defined_type_name",
+    ),
+    ("attributes", "udt_schema", "udt_name"),
+    ("udt_privileges", "udt_schema", "udt_name"),
+    ("role_udt_grants", "udt_schema", "udt_name"),
+];
+
 /// A string literal.
 fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -271,6 +309,19 @@ fn visible_name(access: &crate::policy::Access, schema: &str, name: &str) -> Str
     }
     out.push(')');
     out
+}
+
+/// A condition on a `pg_type` row (its columns prefixed `prefix`): the type
+/// is visible. A row type is shown with its relation, and so is the array
+/// type of a row type.
+fn type_filter(access: &crate::policy::Access, prefix: &str) -> String {
+    format!(
+        "({prefix}typrelid = 0 OR {}) AND ({prefix}typelem = 0 OR {prefix}typelem NOT IN \
+         (SELECT vt.oid FROM pg_catalog.pg_type vt WHERE vt.typrelid <> 0 AND NOT {})) AND {}",
+        visible_oid(access, &format!("{prefix}typrelid")),
+        visible_oid(access, "vt.typrelid"),
+        visible_schema(access, &format!("{prefix}typnamespace"))
+    )
 }
 
 /// The schemas whose objects (types, functions, operators) are visible:
@@ -426,18 +477,28 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
                     visible_oid(access, "inhrelid"),
                     visible_oid(access, "inhparent")
                 ),
+                // Comments follow what they describe.
                 "pg_description" => format!(
-                    "(classoid <> 'pg_catalog.pg_class'::pg_catalog.regclass OR {})",
-                    visible_oid(access, "objoid")
+                    "CASE classoid \
+                     WHEN 'pg_catalog.pg_class'::pg_catalog.regclass THEN {} \
+                     WHEN 'pg_catalog.pg_namespace'::pg_catalog.regclass THEN {} \
+                     WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN objoid IN \
+                       (SELECT vp.oid FROM pg_catalog.pg_proc vp WHERE {}) \
+                     WHEN 'pg_catalog.pg_type'::pg_catalog.regclass THEN objoid IN \
+                       (SELECT vt.oid FROM pg_catalog.pg_type vt WHERE {}) \
+                     WHEN 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN objoid IN \
+                       (SELECT vk.oid FROM pg_catalog.pg_constraint vk WHERE vk.conrelid = 0 OR {}) \
+                     ELSE true END",
+                    visible_oid(access, "objoid"),
+                    visible_schema(access, "objoid"),
+                    visible_schema(access, "vp.pronamespace"),
+                    visible_schema(access, "vt.typnamespace"),
+                    visible_oid(access, "vk.conrelid")
                 ),
-                // A row type is shown with its relation, and so is the
-                // array type of a row type.
-                "pg_type" => format!(
-                    "(typrelid = 0 OR {}) AND (typelem = 0 OR typelem NOT IN \
-                     (SELECT vt.oid FROM pg_catalog.pg_type vt WHERE vt.typrelid <> 0 AND NOT {})) AND {}",
-                    visible_oid(access, "typrelid"),
-                    visible_oid(access, "vt.typrelid"),
-                    visible_schema(access, "typnamespace")
+                "pg_type" => type_filter(access, ""),
+                "pg_enum" => format!(
+                    "enumtypid IN (SELECT ve.oid FROM pg_catalog.pg_type ve WHERE {})",
+                    type_filter(access, "ve.")
                 ),
                 "pg_proc" => visible_schema(access, "pronamespace"),
                 "pg_depend" => format!(
@@ -454,6 +515,24 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
         .find(|(sch, v, _, _)| *sch == "information_schema" && *v == name)
     {
         visible_name(access, s, n)
+    } else if let Some((_, schema_col, name_col)) = BY_TYPE.iter().find(|(v, _, _)| *v == name) {
+        if rel.schema != "information_schema" {
+            return Ok(None);
+        }
+        format!(
+            "({schema_col}::text, {name_col}::text) IN (SELECT vn.nspname::text, vy.typname::text \
+             FROM pg_catalog.pg_type vy JOIN pg_catalog.pg_namespace vn ON vn.oid = vy.typnamespace \
+             WHERE {})",
+            type_filter(access, "vy.")
+        )
+    } else if let Some((_, col)) = BY_SCHEMA.iter().find(|(v, _)| *v == name) {
+        if rel.schema != "information_schema" {
+            return Ok(None);
+        }
+        format!(
+            "({col}::text IN ({}) OR {col}::text LIKE 'pg\\_%')",
+            visible_schema_names(access)
+        )
     } else if rel.schema == "information_schema" && name == "schemata" {
         if cx.listing == Listing::Native {
             // It lists the schemas the role owns: a member owns none.
