@@ -139,6 +139,8 @@ enum Outcome {
     Failed(String),
     Shutdown,
     AccessChanged,
+    /// The session's search path could not be read back from PostgreSQL.
+    PathLost,
 }
 
 impl std::fmt::Display for Outcome {
@@ -151,6 +153,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Failed(why) => write!(f, "failed: {why}"),
             Outcome::Shutdown => f.write_str("closed by shutdown"),
             Outcome::AccessChanged => f.write_str("closed: access changed by a policy reload"),
+            Outcome::PathLost => f.write_str("closed: the search path could not be read back"),
         }
     }
 }
@@ -680,6 +683,13 @@ impl Front<'_> {
                 let fatal = wire::error_response("FATAL", sqlstate::ADMIN_SHUTDOWN, why);
                 (Some(Outcome::AccessChanged), Some(fatal))
             }
+            Ok(Outcome::PathLost) => {
+                // Names could no longer be resolved as PostgreSQL resolves
+                // them: the session ends rather than guess.
+                let why = "terminating connection: rowgate could not read the session's search_path back from the upstream database";
+                let fatal = wire::error_response("FATAL", sqlstate::CONNECTION_FAILURE, why);
+                (Some(Outcome::PathLost), Some(fatal))
+            }
             Ok(end) => (Some(end), None),
             Err(WireError::Closed) | Err(WireError::Io(_)) => (None, None),
             Err(e) => {
@@ -736,8 +746,13 @@ impl Front<'_> {
                 // Before a statement is rewritten, the search path must be
                 // PostgreSQL's (between cycles only: inside one, what ran
                 // before a statement set it, or the statement does not run).
-                if rewrites && self.settle && !was_unsynced && matches!(frame.tag(), b'Q' | b'P') {
-                    self.settle_path(wr).await?;
+                if rewrites
+                    && self.settle
+                    && !was_unsynced
+                    && matches!(frame.tag(), b'Q' | b'P')
+                    && !self.settle_path(wr).await?
+                {
+                    return Ok(Outcome::PathLost);
                 }
                 match frame.tag() {
                     b'Q' => {
@@ -1179,7 +1194,7 @@ impl Front<'_> {
     async fn settle_path<W: AsyncWrite + Unpin>(
         &mut self,
         wr: &mut BufWriter<W>,
-    ) -> Result<(), WireError> {
+    ) -> Result<bool, WireError> {
         let answer = self.own.register(self.cycles);
         self.pending.fetch_add(1, Ordering::SeqCst);
         wr.write_all(&query_message(PATH_QUERY)).await?;
@@ -1190,19 +1205,20 @@ impl Front<'_> {
                 value: Some(text),
                 failed: false,
                 ..
-            }) => {
-                let entries = rewrite::parse_path_text(&text)
-                    .ok_or(WireError::Malformed("upstream search_path"))?;
-                self.set_path(entries);
-                self.settle = false;
-                Ok(())
-            }
-            Ok(Answer { status: b'E', .. }) => Ok(()),
-            // Not readable outside a failed transaction: the session
-            // cannot go on knowing where names resolve.
-            _ => Err(WireError::Malformed(
-                "the upstream search_path could not be read",
-            )),
+            }) => match rewrite::parse_path_text(&text) {
+                Some(entries) => {
+                    self.set_path(entries);
+                    self.settle = false;
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+            // In a failed transaction nothing but its end runs; that end
+            // reads the path again.
+            Ok(Answer { status: b'E', .. }) => Ok(true),
+            // Not readable outside a failed transaction (or the relay is
+            // gone): the session cannot go on knowing where names resolve.
+            _ => Ok(false),
         }
     }
 
