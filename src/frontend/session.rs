@@ -378,6 +378,14 @@ async fn session(
         cycle_touches: false,
         own: &own,
         bytes_in: shared.metrics.bytes.with_label_values(&["to_upstream"]),
+        counters: Counters {
+            forwarded: shared
+                .metrics
+                .statements
+                .with_label_values(&["forwarded", ""]),
+            auto_hit: shared.metrics.autoprep.with_label_values(&["hit"]),
+            auto_prepare: shared.metrics.autoprep.with_label_values(&["prepare"]),
+        },
         retry_rx,
     };
     let mut back = Back {
@@ -596,10 +604,19 @@ struct Front<'a> {
     /// change the search path.
     cycle_touches: bool,
     own: &'a OwnQueries,
-    /// Bytes read from the client.
+    /// Bytes read from the client, and the other counters a statement
+    /// moves (taken once per session: a labelled lookup takes a lock).
     bytes_in: prometheus::IntCounter,
+    counters: Counters,
     /// The relay's requests to run a statement again.
     retry_rx: mpsc::Receiver<Retry>,
+}
+
+/// The per-statement counters of `/metrics`, as a session moves them.
+struct Counters {
+    forwarded: prometheus::IntCounter,
+    auto_hit: prometheus::IntCounter,
+    auto_prepare: prometheus::IntCounter,
 }
 
 /// What running a prepared statement does to session state.
@@ -924,11 +941,7 @@ impl Front<'_> {
                     }
                     let run = execute(&auto.name, &shape.values);
                     self.statements += 1;
-                    self.shared
-                        .metrics
-                        .autoprep
-                        .with_label_values(&["hit"])
-                        .inc();
+                    self.counters.auto_hit.inc();
                     debug!(user = %self.user, sql = %run, "forward");
                     let mut out = self.close_retired();
                     self.expect.push(cycle, b'E', Action::Retry(sql.clone()));
@@ -987,11 +1000,7 @@ impl Front<'_> {
         let mut out = self.close_retired();
         self.expect.push(cycle, b'C', Action::Swallow(auto));
         self.statements += 1;
-        self.shared
-            .metrics
-            .autoprep
-            .with_label_values(&["prepare"])
-            .inc();
+        self.counters.auto_prepare.inc();
         debug!(user = %self.user, sql = %text, "forward");
         out.put_slice(&query_message(&text));
         Some(out.freeze())
@@ -1238,15 +1247,15 @@ impl Front<'_> {
     async fn rewrite_or_refuse(&mut self, sql: &str, params: &[Oid]) -> Result<Forward, String> {
         self.statements += 1;
         let result = self.rewrite(sql, params).await;
-        let (decision, code) = match &result {
-            Ok(_) => ("forwarded", ""),
-            Err(r) => ("refused", r.sqlstate()),
-        };
-        self.shared
-            .metrics
-            .statements
-            .with_label_values(&[decision, code])
-            .inc();
+        match &result {
+            Ok(_) => self.counters.forwarded.inc(),
+            Err(r) => self
+                .shared
+                .metrics
+                .statements
+                .with_label_values(&["refused", r.sqlstate()])
+                .inc(),
+        }
         match result {
             Ok(forward) => {
                 debug!(user = %self.user, sql = %forward.sql, "forward");

@@ -66,6 +66,9 @@ pub(crate) struct State {
     /// The statement's `ROWS FROM (...)` stands as a call of the
     /// placeholder function.
     pub(crate) rows_from: bool,
+    /// A call that rowgate answers itself was let through the function
+    /// check: it must be answered (see `system::rewrite_call`).
+    pub(crate) answered: std::cell::Cell<bool>,
 }
 
 impl State {
@@ -455,6 +458,9 @@ impl Walker<'_, '_> {
         name: &sqlparser::ast::ObjectName,
         args: usize,
     ) -> Result<(), Refusal> {
+        if super::system::answered_function(name, self.cx) {
+            self.state.answered.set(true);
+        }
         if super::system::answers(name, self.cx) {
             return Ok(());
         }
