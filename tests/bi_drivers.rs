@@ -27,7 +27,6 @@
 
 mod common;
 
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
@@ -35,7 +34,7 @@ use std::time::Duration;
 
 use common::programs::{command, facts, on_path, run, show};
 use common::rls::{self, PASSWORD};
-use common::Proxy;
+use common::Gate;
 
 const FIXTURES: &str = "tests/fixtures/bi_drivers";
 /// The member every test connects as.
@@ -79,33 +78,17 @@ fn warehouse() -> &'static str {
     })
 }
 
-/// `rowgate serve` with the differential policy and this suite's, which it
-/// keeps alive.
-struct Gate {
-    proxy: Proxy,
-    _policies: tempfile::TempDir,
-}
-
-impl Deref for Gate {
-    type Target = Proxy;
-    fn deref(&self) -> &Proxy {
-        &self.proxy
-    }
-}
-
 impl Gate {
+    /// rowgate with the differential policy and this suite's.
     fn start() -> Gate {
-        let policies = tempfile::tempdir().unwrap();
-        std::fs::copy(rls::POLICY, policies.path().join("differential.yaml")).unwrap();
-        std::fs::copy(
-            Path::new(FIXTURES).join("policy.yaml"),
-            policies.path().join("bi_drivers.yaml"),
+        Gate::with_policies(
+            &[
+                (Path::new(rls::POLICY).to_path_buf(), "differential.yaml"),
+                (Path::new(FIXTURES).join("policy.yaml"), "bi_drivers.yaml"),
+            ],
+            "",
+            common::UpstreamAuth::TRUST,
         )
-        .unwrap();
-        Gate {
-            proxy: Proxy::start(policies.path(), ""),
-            _policies: policies,
-        }
     }
 
     /// A `postgresql://` URL for the member through rowgate.

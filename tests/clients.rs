@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant};
 use common::programs::{command, facts, on_path, run, show};
 use common::rls::{self, PASSWORD};
 use common::RawValue;
-use common::{Proxy, UpstreamAuth};
+use common::{Gate, UpstreamAuth};
 use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
@@ -55,43 +54,26 @@ fn native_url(user: &str) -> String {
     common::cluster().url(warehouse(), &format!("{}_{user}", warehouse()))
 }
 
-/// `rowgate serve` with the differential policy and this suite's policies,
-/// which it keeps alive.
-struct Gate {
-    proxy: Proxy,
-    _policies: tempfile::TempDir,
-}
-
-impl Deref for Gate {
-    type Target = Proxy;
-    fn deref(&self) -> &Proxy {
-        &self.proxy
-    }
-}
-
 impl Gate {
     fn start() -> Gate {
         Self::start_with(UpstreamAuth::TRUST)
     }
 
     fn start_with(auth: UpstreamAuth) -> Gate {
-        let policies = tempfile::tempdir().unwrap();
         let fixtures = Path::new(FIXTURES);
-        for (from, to) in [
-            (Path::new(rls::POLICY).to_path_buf(), "differential.yaml"),
-            (fixtures.join("types.yaml"), "types.yaml"),
-            (fixtures.join("pgbench.yaml"), "pgbench.yaml"),
-        ] {
-            std::fs::copy(&from, policies.path().join(to)).unwrap();
-        }
         // Each client is compared with a native role, which lists every
         // relation: `catalog: native`. (`catalog: hide` is tested with the
         // tools' own SQL in tests/tools.rs and with drivers in
         // tests/bi_drivers.rs.)
-        Gate {
-            proxy: Proxy::start_with(policies.path(), "catalog: native\n", auth),
-            _policies: policies,
-        }
+        Gate::with_policies(
+            &[
+                (Path::new(rls::POLICY).to_path_buf(), "differential.yaml"),
+                (fixtures.join("types.yaml"), "types.yaml"),
+                (fixtures.join("pgbench.yaml"), "pgbench.yaml"),
+            ],
+            "catalog: native\n",
+            auth,
+        )
     }
 
     /// A libpq connection string through rowgate.

@@ -302,3 +302,32 @@ impl Proxy {
         None
     }
 }
+
+/// A proxy whose policy directory is made of several policy files, kept
+/// alive as long as the proxy.
+pub struct Gate {
+    pub proxy: Proxy,
+    _policies: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Gate {
+    type Target = Proxy;
+    fn deref(&self) -> &Proxy {
+        &self.proxy
+    }
+}
+
+impl Gate {
+    /// rowgate with `files` (source, name in the policy directory) as its
+    /// policies and the extra proxy.yaml lines `extra`.
+    pub fn with_policies(files: &[(PathBuf, &str)], extra: &str, auth: UpstreamAuth) -> Gate {
+        let policies = tempfile::tempdir().unwrap();
+        for (from, to) in files {
+            std::fs::copy(from, policies.path().join(to)).unwrap();
+        }
+        Gate {
+            proxy: Proxy::start_with(policies.path(), extra, auth),
+            _policies: policies,
+        }
+    }
+}
