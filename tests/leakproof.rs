@@ -15,6 +15,10 @@
 //!   what the native role gets, and EXPLAIN of a condition that is not
 //!   leakproof answers the same whether its value matches a hidden row or
 //!   nothing.
+//! - `references_filters_take_the_shape_their_set_calls_for`: a
+//!   `references` filter to a referenced set of a few rows stays a
+//!   semijoin, one to a few hundred becomes a hashed subplan as native
+//!   RLS's, and both return native RLS's rows.
 
 mod common;
 
@@ -591,4 +595,80 @@ fn explain_with_the_live_catalog_prints_what_the_proxy_forwards() {
         forwarded(&fx.proxy, before),
         explain(leakproof, true).trim()
     );
+}
+
+/// A `references` filter's shape follows the planner's estimate of the set
+/// it refers to (src/rewrite/shape.rs): one shop's sales through a
+/// semijoin, a region's hundred shops and every shop through a hashed
+/// subplan, planned as native RLS plans its policy. The rows are native
+/// RLS's in every shape.
+#[test]
+fn references_filters_take_the_shape_their_set_calls_for() {
+    let c = common::cluster();
+    let database = c.create_database("shapes");
+    static ROLES: std::sync::Once = std::sync::Once::new();
+    ROLES.call_once(|| {
+        c.connect("postgres")
+            .batch_execute(
+                "CREATE ROLE shape_shop_native LOGIN; CREATE ROLE shape_region_native LOGIN; \
+                 CREATE ROLE shape_all_native LOGIN;",
+            )
+            .unwrap()
+    });
+    let schema = std::fs::read_to_string("tests/fixtures/leakproof/shapes.sql").unwrap();
+    c.connect(&database).batch_execute(&schema).unwrap();
+    let proxy = common::Proxy::start(Path::new("tests/fixtures/leakproof/shapes.yaml"), "");
+    let queries = [
+        "SELECT count(*), sum(amount) FROM sales",
+        "SELECT shop_id, count(*) FROM sales WHERE at >= '2026-01-20' GROUP BY 1 ORDER BY 1",
+        "SELECT s.id FROM sales s JOIN shops sh ON sh.id = s.shop_id WHERE sh.name = 's0040' ORDER BY s.id",
+        "SELECT id, shop_id, at FROM sales ORDER BY at DESC, id LIMIT 20",
+        "SELECT count(*) FROM shops sh WHERE EXISTS (SELECT 1 FROM sales s WHERE s.shop_id = sh.id AND s.amount > 90)",
+        "SELECT r.name, count(*) FROM sales s JOIN shops sh ON sh.id = s.shop_id \
+         JOIN regions r ON r.id = sh.region_id GROUP BY 1 ORDER BY 1",
+    ];
+    // (user, whether the sales' filter is a hashed subplan)
+    let users = [
+        ("shape_shop", false),
+        ("shape_region", true),
+        ("shape_all", true),
+    ];
+    let mut failures = Vec::new();
+    for (user, hashed) in users {
+        let mut member = proxy.connect(&database, user, "pw").unwrap();
+        let native_url = c.url(&database, &format!("{user}_native"));
+        let mut native = postgres::Client::connect(&native_url, postgres::NoTls).unwrap();
+        for sql in queries {
+            let got = common::text_rows(&mut member, sql).map_err(|e| e.to_string());
+            let want = common::text_rows(&mut native, sql).map_err(|e| e.to_string());
+            if got != want || want.as_ref().is_ok_and(Vec::is_empty) {
+                failures.push(format!("{user}: {sql}: {got:?} vs native {want:?}"));
+            }
+        }
+        // The first query's forwarded text, and its plan next to native
+        // RLS's: a hashed subplan where the set is mid-sized.
+        let before = proxy.log().len();
+        member.simple_query(queries[0]).unwrap();
+        let text = forwarded(&proxy, before);
+        if text.contains("IS TRUE") != hashed {
+            failures.push(format!("{user}: forwarded {text}"));
+        }
+        let explain = |client: &mut postgres::Client| {
+            common::text_rows(client, &format!("EXPLAIN (COSTS OFF) {}", queries[0]))
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .map(Option::unwrap_or_default)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let (ours, theirs) = (explain(&mut member), explain(&mut native));
+        if hashed && !(ours.contains("hashed SubPlan") && theirs.contains("hashed SubPlan")) {
+            failures.push(format!("{user}: plan\n{ours}\nnative plan\n{theirs}"));
+        }
+        if !hashed && ours.contains("SubPlan") {
+            failures.push(format!("{user}: a subplan for one shop\n{ours}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

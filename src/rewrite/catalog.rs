@@ -90,6 +90,19 @@ pub trait Catalog: Send + Sync {
     fn types(&self) -> Option<&super::types::TypeCatalog> {
         None
     }
+
+    /// The planner's estimate of a table's rows (`pg_class.reltuples`),
+    /// when the table has been analyzed. Offline it is not known.
+    fn row_estimate(&self, _schema: &str, _name: &str) -> Option<f64> {
+        None
+    }
+
+    /// The planner's estimate of the distinct values of a column
+    /// (`pg_stats.n_distinct`, as a count), when the table has been
+    /// analyzed. Offline it is not known.
+    fn distinct_estimate(&self, _schema: &str, _name: &str, _column: &str) -> Option<f64> {
+        None
+    }
 }
 
 /// Resolves a folded, unqualified relation name as PostgreSQL does: the

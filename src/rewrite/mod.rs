@@ -12,6 +12,7 @@ mod classify;
 pub mod functions;
 pub mod leakproof;
 pub mod normalize;
+mod shape;
 pub mod system;
 mod tables;
 pub mod types;

@@ -628,8 +628,9 @@ impl Walker<'_, '_> {
         self.replaced = true;
         let alias = self.derived_alias(alias.take(), &rel, &parts)?;
         let projection = vec![SelectItem::Wildcard(WildcardAdditionalOptions::default())];
+        let predicate = super::shape::shape_references(&rel, predicate, self.cx.catalog);
         let mut subquery =
-            crate::policy::select_from(&rel, projection, Some(predicate.clone()), sample.take());
+            crate::policy::select_from(&rel, projection, Some(predicate), sample.take());
         if fence {
             self.state.fenced_any = true;
             // `OFFSET NULL` keeps PostgreSQL from flattening the derived

@@ -47,6 +47,8 @@ pub struct Snapshot {
     /// Settings PostgreSQL shows only to superusers and members of
     /// `pg_read_all_settings` (`None` when they could not be told).
     privileged_settings: Option<HashSet<String>>,
+    /// The planner's statistics: rows per table, distinct values per column.
+    estimates: Estimates,
     taken: Option<Instant>,
     /// Changes when a reload finds different objects; equal generations of
     /// one database hold the same names.
@@ -116,6 +118,26 @@ impl Catalog for Snapshot {
             .cloned()
     }
 
+    fn row_estimate(&self, schema: &str, name: &str) -> Option<f64> {
+        self.estimates
+            .rows
+            .get(&(schema.to_string(), name.to_string()))
+            .copied()
+    }
+
+    fn distinct_estimate(&self, schema: &str, name: &str, column: &str) -> Option<f64> {
+        let key = (schema.to_string(), name.to_string(), column.to_string());
+        let n = *self.estimates.distinct.get(&key)?;
+        // A negative n_distinct is a fraction of the rows (-1: unique).
+        if n < 0.0 {
+            Some(-n * self.row_estimate(schema, name)?)
+        } else if n > 0.0 {
+            Some(n)
+        } else {
+            None
+        }
+    }
+
     fn types(&self) -> Option<&TypeCatalog> {
         Some(&self.types)
     }
@@ -169,6 +191,44 @@ struct Inner {
     loading: Mutex<()>,
     /// Databases whose background reload is under way.
     reloading: std::sync::Mutex<HashSet<String>>,
+}
+
+/// The planner's statistics, as `ANALYZE` left them. They change without
+/// changing any name, so they are not part of a snapshot's generation.
+#[derive(Debug, Default)]
+struct Estimates {
+    rows: HashMap<(String, String), f64>,
+    /// `pg_stats.n_distinct` as stored (negative: a fraction of the rows).
+    distinct: HashMap<(String, String, String), f64>,
+}
+
+/// Rows of tables that have been analyzed (`reltuples` is -1 before).
+const ROW_ESTIMATES: &str = "SELECT n.nspname::text, c.relname::text, c.reltuples::float8 \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'm', 'f', 'p') AND c.reltuples >= 0";
+
+/// Distinct values per column; a table's own statistics, not those of its
+/// inheritance tree, unless it only has the latter (a partitioned table).
+const DISTINCT_ESTIMATES: &str = "SELECT DISTINCT ON (schemaname, tablename, attname) \
+     schemaname::text, tablename::text, attname::text, n_distinct::float8 \
+     FROM pg_catalog.pg_stats ORDER BY schemaname, tablename, attname, inherited";
+
+async fn load_estimates(
+    client: &tokio_postgres::Client,
+) -> Result<Estimates, tokio_postgres::Error> {
+    let rows = client
+        .query(ROW_ESTIMATES, &[])
+        .await?
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let distinct = client
+        .query(DISTINCT_ESTIMATES, &[])
+        .await?
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
+        .collect();
+    Ok(Estimates { rows, distinct })
 }
 
 const RELATIONS: &str = "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c \
@@ -494,6 +554,7 @@ impl LiveCatalog {
                     .push((row.get(2), row.get(3)));
             }
             let types = load_types(&client).await?;
+            let estimates = load_estimates(&client).await?;
             let schemas = client
                 .query(SCHEMAS, &[])
                 .await?
@@ -527,6 +588,7 @@ impl LiveCatalog {
                 user_casts,
                 columns,
                 types,
+                estimates,
             ))
         }
         .await;
@@ -546,6 +608,7 @@ impl LiveCatalog {
             user_casts,
             columns,
             types,
+            estimates,
         ) = result?;
         Ok(Snapshot {
             relations,
@@ -557,6 +620,7 @@ impl LiveCatalog {
             user_casts,
             columns,
             types,
+            estimates,
             database: database.to_string(),
             schemas,
             public_schemas,
