@@ -37,7 +37,7 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, metrics, max_connections, max_message_bytes, prepare_threshold, workers" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, metrics, audit, max_connections, max_message_bytes, prepare_threshold, workers" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
@@ -45,6 +45,7 @@ mod raw {
             "search_path" => search_path: Vec<Spanned<String>> as List<Text>,
             "catalog" => catalog: Spanned<String> as Text,
             "metrics" => metrics: Spanned<String> as Text,
+            "audit" => audit: Spanned<Audit> as Audit,
             "max_connections" => max_connections: Spanned<String> as Text,
             "max_message_bytes" => max_message_bytes: Spanned<String> as Text,
             "prepare_threshold" => prepare_threshold: Spanned<String> as Text,
@@ -71,6 +72,16 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
+        pub struct Audit: "a mapping with keys file, table, statements, on_failure" {
+            "file" => file: Spanned<String> as Text,
+            "table" => table: Spanned<String> as Text,
+            "statements" => statements: Spanned<String> as Text,
+            "on_failure" => on_failure: Spanned<String> as Text,
+        }
+    }
+
+    yaml_struct! {
+        #[derive(Debug)]
         pub struct Tls: "a mapping like { cert: server.crt, key: server.key }" {
             "cert" => cert: Spanned<String> as Text,
             "key" => key: Spanned<String> as Text,
@@ -85,6 +96,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("", raw::Config::KEYS),
     ("upstream", raw::Upstream::KEYS),
     ("tls", raw::Tls::KEYS),
+    ("audit", raw::Audit::KEYS),
 ];
 
 /// How rowgate talks TLS to the warehouse.
@@ -143,6 +155,8 @@ pub struct Config {
     pub catalog: crate::rewrite::system::Listing,
     /// Where to serve /metrics, /healthz and /readyz (host:port), if at all.
     pub metrics: Option<String>,
+    /// The audit log, if any.
+    pub audit: Option<crate::audit::AuditConfig>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     /// After how many runs in a session a statement shape is prepared
@@ -368,6 +382,59 @@ impl Config {
                 key: file(&t.value.key, "key"),
             }
         });
+        let audit = raw.audit.as_ref().map(|a| {
+            use crate::audit::{AuditConfig, OnFailure, Statements};
+            if let Some(t) = &a.value.table {
+                cx.error(
+                    t,
+                    "audit.table: this version writes the audit log to a file only (audit.file)"
+                        .into(),
+                );
+            }
+            let file = match &a.value.file {
+                Some(v) => relative(cx.string(Some(v)).unwrap_or_default()),
+                None => {
+                    cx.error_at(
+                        a.referenced,
+                        "audit: `file` is missing (the JSON Lines file records are appended to)"
+                            .into(),
+                    );
+                    PathBuf::new()
+                }
+            };
+            let statements = match &a.value.statements {
+                None => Statements::All,
+                Some(v) => match cx.string(Some(v)).unwrap_or_default().as_str() {
+                    "all" => Statements::All,
+                    "refused" => Statements::Refused,
+                    "none" => Statements::None,
+                    other => {
+                        let msg =
+                            format!("audit.statements: `{other}` is not one of all, refused, none");
+                        cx.error(v, msg);
+                        Statements::All
+                    }
+                },
+            };
+            let on_failure = match &a.value.on_failure {
+                None => OnFailure::Refuse,
+                Some(v) => match cx.string(Some(v)).unwrap_or_default().as_str() {
+                    "refuse" => OnFailure::Refuse,
+                    "continue" => OnFailure::Continue,
+                    other => {
+                        let msg =
+                            format!("audit.on_failure: `{other}` is not one of refuse, continue");
+                        cx.error(v, msg);
+                        OnFailure::Refuse
+                    }
+                },
+            };
+            AuditConfig {
+                file,
+                statements,
+                on_failure,
+            }
+        });
         let config = Config {
             path: path.to_path_buf(),
             listen,
@@ -377,6 +444,7 @@ impl Config {
             search_path,
             catalog,
             metrics,
+            audit,
             max_connections,
             max_message_bytes,
             prepare_threshold,

@@ -6,6 +6,7 @@
 //! synchronous statement classification and filter injection), [`config`]
 //! (`proxy.yaml`) and [`cli`] (one module per command).
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod diag;

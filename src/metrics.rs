@@ -45,6 +45,10 @@ pub struct Metrics {
     pub policy_reload_time: Gauge,
     /// Reloads by outcome (ok, failed).
     pub policy_reloads: IntCounterVec,
+    /// Audit records waiting to be written.
+    pub audit_queue: IntGauge,
+    /// Audit records that could not be written or queued.
+    pub audit_lost: IntGauge,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -79,8 +83,18 @@ impl Metrics {
             "Unix time of the last policy reload attempt",
         )
         .expect("valid");
+        let audit_queue =
+            IntGauge::new("audit_queue_records", "Audit records waiting to be written")
+                .expect("valid");
+        let audit_lost = IntGauge::new(
+            "audit_lost_records",
+            "Audit records that could not be written or queued since start",
+        )
+        .expect("valid");
         for m in [
-            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(audit_queue.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(audit_lost.clone()),
+            Box::new(connections.clone()),
             Box::new(connections_total.clone()),
             Box::new(policy_generation.clone()),
             Box::new(policy_reload_time.clone()),
@@ -93,6 +107,8 @@ impl Metrics {
         ];
         let connect = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
         Metrics {
+            audit_queue,
+            audit_lost,
             connections,
             connections_total,
             connections_refused: counter_vec(

@@ -100,6 +100,8 @@ pub enum ServeError {
     Policies(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error("cannot open the audit log {0}: {1}")]
+    Audit(String, std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
@@ -138,6 +140,17 @@ impl Server {
             Some(t) => Some(crate::tls::acceptor(&t.cert, &t.key)?),
             None => None,
         };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let audit = match &config.audit {
+            Some(a) => {
+                let gauges = (metrics.audit_queue.clone(), metrics.audit_lost.clone());
+                Some(
+                    crate::audit::Audit::start(a.clone(), Some(gauges))
+                        .map_err(|e| ServeError::Audit(a.file.display().to_string(), e))?,
+                )
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| ServeError::Listen(config.listen.clone(), e))?;
@@ -153,7 +166,9 @@ impl Server {
             tls,
             fence,
             listing: config.catalog,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
+            audit,
+            instance: config.listen.clone(),
         });
         Ok(Server {
             listener,
@@ -262,10 +277,20 @@ impl Server {
     }
 
     fn reload(&self) {
+        if let Some(audit) = &self.shared.audit {
+            audit.reopen();
+        }
         match policy::load_path(&self.config.policies) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     warn!("{w}");
+                }
+                let old = self.shared.policy.load_full();
+                if let Some(audit) = &self.shared.audit {
+                    audit.record(
+                        "reload",
+                        reload_fields(&old, &loaded.policy, &self.shared.instance),
+                    );
                 }
                 self.shared.policy.store(Arc::new(loaded.policy));
                 self.shared.metrics.reloaded(true);
@@ -276,8 +301,58 @@ impl Server {
                     error!("{p}");
                 }
                 self.shared.metrics.reloaded(false);
+                if let Some(audit) = &self.shared.audit {
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("instance".into(), self.shared.instance.clone().into());
+                    fields.insert("decision".into(), "failed".into());
+                    let why: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                    fields.insert("reason".into(), why.join("\n").into());
+                    audit.record("reload", fields);
+                }
                 error!("policy reload failed; the current policies stay in force");
             }
         }
     }
+}
+
+/// What a successful reload changed, for its audit record: users added,
+/// removed, and those whose access (role, groups, grants, attribute
+/// values, filters) is not what it was.
+fn reload_fields(
+    old: &policy::PolicySet,
+    new: &policy::PolicySet,
+    instance: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let names = |p: &policy::PolicySet| -> std::collections::BTreeSet<String> {
+        p.users.keys().cloned().collect()
+    };
+    let (before, after) = (names(old), names(new));
+    let changed: Vec<&String> = before
+        .intersection(&after)
+        .filter(|u| old.access(u) != new.access(u))
+        .collect();
+    let mut m = serde_json::Map::new();
+    m.insert("instance".into(), instance.into());
+    m.insert("decision".into(), "reloaded".into());
+    m.insert(
+        "users_added".into(),
+        after
+            .difference(&before)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    m.insert(
+        "users_removed".into(),
+        before
+            .difference(&after)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    m.insert(
+        "users_changed".into(),
+        changed.into_iter().cloned().collect::<Vec<_>>().into(),
+    );
+    m
 }

@@ -128,6 +128,7 @@ async fn serve(pg: &LocalPg) -> u8 {
             tls: UpstreamTls::Disable,
         },
         tls: None,
+        audit: None,
         search_path: vec![crate::config::DEFAULT_SEARCH_PATH.to_string()],
         catalog: Default::default(),
         metrics: None,

@@ -1,6 +1,7 @@
 //! The command line (SPEC §1): one module per command.
 
 mod access;
+mod audit;
 mod check;
 pub mod demo;
 mod explain;
@@ -41,6 +42,9 @@ enum Command {
     Access(access::Args),
     /// Read a password on stdin and print a SCRAM-SHA-256 verifier.
     Passwd,
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Start a throwaway PostgreSQL with sample data and the proxy in front of it.
     Demo,
 }
@@ -61,6 +65,7 @@ impl Cli {
             Command::Explain(args) => explain::run(&args),
             Command::Access(args) => access::run(&args),
             Command::Passwd => passwd::run(),
+            Command::Audit(c) => audit::run(&c),
             Command::Serve(c) => serve::run(&c.config),
             Command::Demo => demo::run(),
         }

@@ -84,6 +84,12 @@ pub fn cancel(body: &[u8]) -> Result<(i32, i32), WireError> {
     Ok((r.i32()?, r.i32()?))
 }
 
+/// The portal an Execute message names.
+pub fn execute_portal(body: &[u8]) -> Result<&str, WireError> {
+    let mut r = Reader::new(body, "Execute");
+    r.cstr()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -34,6 +34,7 @@ use super::refusals::Refusals;
 use super::sqlstate;
 use super::startup::{self, First};
 use super::{auth, messages};
+use crate::audit::{Audit, Await, Decided, Trail};
 use crate::config::Upstream;
 use crate::policy::{Access, PolicySet, Role};
 use crate::rewrite::types::Oid;
@@ -66,6 +67,10 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How the catalog lists what members cannot read.
     pub listing: rewrite::system::Listing,
+    /// The audit log, when configured.
+    pub audit: Option<Arc<Audit>>,
+    /// This instance, as audit records name it.
+    pub instance: String,
 }
 
 /// rowgate's own query for the session's search path.
@@ -92,6 +97,10 @@ const MAX_AUTO_LEN: usize = 8192;
 const MAX_AUTOS: usize = 512;
 /// Failed attempts after which a statement is not prepared again.
 const MAX_FAILURES: u8 = 3;
+/// Prepared statements and portals a session follows by name for the
+/// audit log, at most (beyond, their executions are recorded without
+/// their text).
+const AUDIT_NAMES: usize = 4096;
 
 /// Runs one client connection to its end and logs one line about it.
 pub async fn run(
@@ -104,9 +113,17 @@ pub async fn run(
     let mut log = LogLine::default();
     shared.metrics.connections.inc();
     shared.metrics.connections_total.inc();
-    let outcome = session(Stream::Plain(stream), &shared, shutdown, &mut log).await;
+    let outcome = session(Stream::Plain(stream), peer, &shared, shutdown, &mut log).await;
     shared.metrics.connections.dec();
     let elapsed = started.elapsed();
+    if let (Some(audit), Some(info)) = (&shared.audit, log.audit.take()) {
+        let mut fields = info;
+        fields.insert("outcome".into(), outcome.to_string().into());
+        fields.insert("duration_ms".into(), (elapsed.as_millis() as u64).into());
+        fields.insert("statements".into(), log.statements.into());
+        fields.insert("refused".into(), log.refused.into());
+        audit.record("logout", fields);
+    }
     match &outcome {
         Outcome::Cancel => debug!(client = %peer, "cancel request"),
         o => info!(
@@ -128,6 +145,8 @@ struct LogLine {
     database: Option<String>,
     statements: u64,
     refused: u64,
+    /// The session's members of audit records, once logged in.
+    audit: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// How a session ended.
@@ -167,6 +186,7 @@ async fn fatal(stream: &mut Stream, code: &str, message: &str) {
 
 async fn session(
     mut stream: Stream,
+    peer: SocketAddr,
     shared: &Shared,
     shutdown: watch::Receiver<bool>,
     log: &mut LogLine,
@@ -231,6 +251,16 @@ async fn session(
         Err(auth::AuthError::Wire(_)) => return Outcome::ClientGone,
         Err(e) => {
             let why = e.to_string();
+            if let Some(audit) = &shared.audit {
+                let mut fields = serde_json::Map::new();
+                fields.insert("instance".into(), shared.instance.clone().into());
+                fields.insert("user".into(), hello.user.clone().into());
+                fields.insert("auth".into(), "scram".into());
+                fields.insert("client".into(), peer.to_string().into());
+                fields.insert("database".into(), hello.database.clone().into());
+                fields.insert("reason".into(), why.clone().into());
+                audit.record("login_failure", fields);
+            }
             let code = match e {
                 auth::AuthError::Failed(_) => sqlstate::INVALID_PASSWORD,
                 _ => sqlstate::PROTOCOL_VIOLATION,
@@ -340,6 +370,13 @@ async fn session(
     }
 
     let nonce: u64 = rand::random();
+    let trail = Mutex::new(Trail::default());
+    let audit_info = shared.audit.as_ref().map(|audit| {
+        let info = audit_fields(shared, nonce, peer, &hello.params, &database, &access);
+        audit.record("login", info.clone());
+        log.audit = Some(info.clone());
+        info
+    });
     let refusals = Refusals::new(nonce);
     let own = OwnQueries::default();
     let expect = Expectations::default();
@@ -387,6 +424,10 @@ async fn session(
             auto_prepare: shared.metrics.autoprep.with_label_values(&["prepare"]),
         },
         retry_rx,
+        trail: shared.audit.as_ref().map(|_| &trail),
+        decided: None,
+        audit_statements: HashMap::new(),
+        audit_portals: HashMap::new(),
     };
     let mut back = Back {
         own: &own,
@@ -399,6 +440,8 @@ async fn session(
         retry_tx,
         pending: &pending,
         client_done: &client_done,
+        audit: shared.audit.as_deref().zip(audit_info.as_ref()),
+        trail: shared.audit.as_ref().map(|_| &trail),
     };
     let loops = Loops {
         buf,
@@ -465,6 +508,43 @@ impl Loops<'_> {
             },
         }
     }
+}
+
+/// The members every audit record of a session has.
+fn audit_fields(
+    shared: &Shared,
+    nonce: u64,
+    peer: SocketAddr,
+    params: &[(String, String)],
+    database: &str,
+    access: &Access,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let mut m = serde_json::Map::new();
+    m.insert("instance".into(), shared.instance.clone().into());
+    m.insert("session".into(), format!("{nonce:016x}").into());
+    m.insert("user".into(), access.user.clone().into());
+    m.insert("auth".into(), "scram".into());
+    let app = params
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map(|(_, v)| v.clone());
+    if let Some(app) = app {
+        m.insert("application_name".into(), app.into());
+    }
+    m.insert("client".into(), peer.to_string().into());
+    m.insert("data_source".into(), "default".into());
+    m.insert("database".into(), database.into());
+    m.insert(
+        "role".into(),
+        format!("{:?}", access.role).to_lowercase().into(),
+    );
+    m.insert(
+        "groups".into(),
+        Value::Array(access.groups.iter().cloned().map(Value::String).collect()),
+    );
+    m.insert("attributes".into(), access.attributes_json());
+    m
 }
 
 /// Whether an upstream ErrorResponse is an authentication failure (SQLSTATE
@@ -610,6 +690,14 @@ struct Front<'a> {
     counters: Counters,
     /// The relay's requests to run a statement again.
     retry_rx: mpsc::Receiver<Retry>,
+    /// Statements awaiting their results, for the audit log (when on).
+    trail: Option<&'a Mutex<Trail>>,
+    /// The decision on the statement just rewritten or refused.
+    decided: Option<Arc<Decided>>,
+    /// Prepared statements and portals by name, for the audit records of
+    /// their executions.
+    audit_statements: HashMap<String, Arc<Decided>>,
+    audit_portals: HashMap<String, Arc<Decided>>,
 }
 
 /// The per-statement counters of `/metrics`, as a session moves them.
@@ -771,20 +859,48 @@ impl Front<'_> {
                 {
                     return Ok(Outcome::PathLost);
                 }
+                if self.trail.is_some() {
+                    self.audit_message(frame.tag(), frame.body(), rewrites)?;
+                }
                 match frame.tag() {
                     b'Q' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
                         if rewrites {
                             let out = self.query(frame.body()).await?;
                             wr.write_all(&out).await?;
+                        } else if let Some(refusal) = self.audit_refusal() {
+                            let marker = self.refuse(&refusal);
+                            self.note(&refusal_sql(frame.body()), None, Some(&refusal));
+                            wr.write_all(&query_message(&marker)).await?;
                         } else {
+                            if self.trail.is_some() {
+                                let sql = refusal_sql(frame.body());
+                                self.note(&sql, Some(&sql), None);
+                            }
                             wr.write_all(&frame.frame).await?;
                         }
+                        self.audit_push(Await::Query);
                         self.cycles += 1;
                     }
                     b'P' if rewrites => {
                         let out = self.parse(frame.body()).await?;
                         wr.write_all(&out).await?;
+                        self.audit_parsed(frame.body())?;
+                    }
+                    b'P' if self.trail.is_some() => {
+                        let parse = messages::parse(frame.body())?;
+                        let name = parse.name.to_string();
+                        let sql = parse.query.unwrap_or_default().to_string();
+                        if let Some(refusal) = self.audit_refusal() {
+                            let marker = self.refuse(&refusal);
+                            self.note(&sql, None, Some(&refusal));
+                            wr.write_all(&parse_message(&name, &marker, parse.types))
+                                .await?;
+                        } else {
+                            self.note(&sql, Some(&sql), None);
+                            wr.write_all(&frame.frame).await?;
+                        }
+                        self.audit_parsed(frame.body())?;
                     }
                     b'B' | b'D' if rewrites => {
                         if frame.tag() == b'B' && !self.stateful.is_empty() {
@@ -820,10 +936,13 @@ impl Front<'_> {
                         if rewrites {
                             let refusal = Refusal::statement("the FunctionCall protocol message");
                             let out = self.refuse(&refusal);
+                            self.note("(FunctionCall)", None, Some(&refusal));
                             wr.write_all(&query_message(&out)).await?;
                         } else {
+                            self.note("(FunctionCall)", Some("(FunctionCall)"), None);
                             wr.write_all(&frame.frame).await?;
                         }
+                        self.audit_push(Await::Query);
                         self.cycles += 1;
                     }
                     b'S' => {
@@ -913,7 +1032,10 @@ impl Front<'_> {
                     Err(marker) => marker,
                 }
             }
-            Err(()) => self.refuse(&not_utf8()),
+            Err(()) => {
+                self.note("", None, Some(&not_utf8()));
+                self.refuse(&not_utf8())
+            }
         };
         Ok(query_message(&text))
     }
@@ -940,6 +1062,9 @@ impl Front<'_> {
                         return None;
                     }
                     let run = execute(&auto.name, &shape.values);
+                    if self.trail.is_some() {
+                        self.note(sql, Some(&run), None);
+                    }
                     self.statements += 1;
                     self.counters.auto_hit.inc();
                     debug!(user = %self.user, sql = %run, "forward");
@@ -999,6 +1124,9 @@ impl Front<'_> {
         );
         let mut out = self.close_retired();
         self.expect.push(cycle, b'C', Action::Swallow(auto));
+        if self.trail.is_some() {
+            self.note(sql, Some(&text), None);
+        }
         self.statements += 1;
         self.counters.auto_prepare.inc();
         debug!(user = %self.user, sql = %text, "forward");
@@ -1019,7 +1147,10 @@ impl Front<'_> {
         }
         let forward = match parse.query {
             _ if rewrite::is_reserved_name(parse.name) => {
-                Err(self.refuse(&Refusal::Reserved(parse.name.to_string())))
+                let refusal = Refusal::Reserved(parse.name.to_string());
+                let sql = parse.query.unwrap_or_default().to_string();
+                self.note(&sql, None, Some(&refusal));
+                Err(self.refuse(&refusal))
             }
             Ok(q) => {
                 let q = q.to_string();
@@ -1027,7 +1158,10 @@ impl Front<'_> {
                 let declared = messages::param_types(parse.types);
                 self.rewrite_or_refuse(&q, &declared).await
             }
-            Err(()) => Err(self.refuse(&not_utf8())),
+            Err(()) => {
+                self.note("", None, Some(&not_utf8()));
+                Err(self.refuse(&not_utf8()))
+            }
         };
         if let Ok(f) = &forward {
             if f.changes_settings || f.ends_transaction || f.deallocates_all || f.path.is_some() {
@@ -1246,7 +1380,16 @@ impl Front<'_> {
     /// The rewrite of `sql` to forward, or the marker of its refusal.
     async fn rewrite_or_refuse(&mut self, sql: &str, params: &[Oid]) -> Result<Forward, String> {
         self.statements += 1;
-        let result = self.rewrite(sql, params).await;
+        let result = match self.audit_refusal() {
+            Some(refusal) => Err(refusal),
+            None => self.rewrite(sql, params).await,
+        };
+        if self.trail.is_some() {
+            match &result {
+                Ok(f) => self.note(sql, Some(&f.sql), None),
+                Err(r) => self.note(sql, None, Some(r)),
+            }
+        }
         match &result {
             Ok(_) => self.counters.forwarded.inc(),
             Err(r) => self
@@ -1382,6 +1525,104 @@ impl Front<'_> {
         self.policy.access(&self.user).as_ref() == Some(&self.access)
     }
 
+    /// The refusal every statement gets while the audit log cannot take
+    /// records (`on_failure: refuse`).
+    fn audit_refusal(&self) -> Option<Refusal> {
+        let audit = self.shared.audit.as_ref()?;
+        (!audit.accepts()).then_some(Refusal::AuditUnavailable)
+    }
+
+    /// Takes note of the decision on a statement, for its audit record.
+    fn note(&mut self, sql: &str, forwarded: Option<&str>, refusal: Option<&Refusal>) {
+        if self.trail.is_none() {
+            return;
+        }
+        self.decided = Some(Arc::new(Decided {
+            sql: Arc::from(sql),
+            forwarded: forwarded.map(Arc::from),
+            refusal: refusal.map(|r| (r.sqlstate(), r.to_string())),
+        }));
+    }
+
+    /// Adds the statement just decided to the trail, in the current cycle.
+    fn audit_push(&mut self, waits: Await) {
+        let Some(trail) = self.trail else {
+            return;
+        };
+        let decided = self.decided.take().unwrap_or_else(|| {
+            Arc::new(Decided {
+                sql: Arc::from(""),
+                forwarded: None,
+                refusal: None,
+            })
+        });
+        trail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.cycles, waits, decided);
+    }
+
+    /// A Parse sent: the statement is remembered by name for its
+    /// executions, and its result awaited (only an error is recorded).
+    fn audit_parsed(&mut self, body: &[u8]) -> Result<(), WireError> {
+        let Some(trail) = self.trail else {
+            return Ok(());
+        };
+        let name = messages::parse(body)?.name.to_string();
+        let Some(decided) = self.decided.take() else {
+            return Ok(());
+        };
+        if self.audit_statements.len() < AUDIT_NAMES || self.audit_statements.contains_key(&name) {
+            self.audit_statements.insert(name, decided.clone());
+        }
+        trail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.cycles, Await::Parse, decided);
+        Ok(())
+    }
+
+    /// Follows Bind, Execute and Close for the audit records of executions.
+    fn audit_message(&mut self, tag: u8, body: &[u8], _rewrites: bool) -> Result<(), WireError> {
+        match tag {
+            b'B' => {
+                let (portal, statement, _) = messages::bind(body)?;
+                if let Some(d) = self.audit_statements.get(statement).cloned() {
+                    if self.audit_portals.len() < AUDIT_NAMES || portal.is_empty() {
+                        self.audit_portals.insert(portal.to_string(), d);
+                    }
+                }
+            }
+            b'E' => {
+                let portal = messages::execute_portal(body)?;
+                let decided = self.audit_portals.get(portal).cloned().unwrap_or_else(|| {
+                    Arc::new(Decided {
+                        sql: Arc::from("(a portal rowgate did not see bound)"),
+                        forwarded: None,
+                        refusal: None,
+                    })
+                });
+                if let Some(trail) = self.trail {
+                    trail.lock().unwrap_or_else(|e| e.into_inner()).push(
+                        self.cycles,
+                        Await::Execute,
+                        decided,
+                    );
+                }
+            }
+            b'C' => {
+                let (kind, name) = messages::target(body)?;
+                if kind == b'S' {
+                    self.audit_statements.remove(name);
+                } else {
+                    self.audit_portals.remove(name);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Registers a refusal and returns the text that stands in for the
     /// statement upstream (a marker, or a probe of `sql`: see
     /// [`super::refusals`]).
@@ -1397,6 +1638,14 @@ impl Front<'_> {
 
 fn not_utf8() -> Refusal {
     Refusal::Encoding
+}
+
+/// A Query's text for its audit record ("" when it is not UTF-8).
+fn refusal_sql(body: &[u8]) -> String {
+    match messages::query(body) {
+        Ok(Ok(sql)) => sql.to_string(),
+        _ => String::new(),
+    }
 }
 
 fn query_message(text: &str) -> Bytes {
@@ -1505,6 +1754,9 @@ struct Back<'a> {
     retry_tx: mpsc::Sender<Retry>,
     pending: &'a AtomicI64,
     client_done: &'a AtomicBool,
+    /// The audit log and the session's members of its records.
+    audit: Option<(&'a Audit, &'a serde_json::Map<String, serde_json::Value>)>,
+    trail: Option<&'a Mutex<Trail>>,
 }
 
 impl Back<'_> {
@@ -1607,7 +1859,8 @@ impl Back<'_> {
                 }
                 continue;
             }
-            let expected = matches!(tag, b'1' | b'3' | b'C') && !self.expect.is_empty();
+            let expected = (matches!(tag, b'1' | b'3' | b'C') && !self.expect.is_empty())
+                || (matches!(tag, b'1' | b'C' | b'I' | b's') && self.trail.is_some());
             // An error too long to be a refusal's or a stale statement's
             // (a huge message or detail) goes to the client as it is.
             let huge = len as usize + 1 > MAX_INSPECTED;
@@ -1623,11 +1876,15 @@ impl Back<'_> {
                     if !self.expect.is_empty() {
                         self.expect.end_cycle(self.cycles);
                     }
+                    let cycle = self.cycles;
                     self.cycles += 1;
                     self.status = frame.body().first().copied().unwrap_or(b'I');
                     self.pending.fetch_sub(1, Ordering::SeqCst);
                     if !std::mem::take(&mut self.drop_ready) {
                         wr.write_all(&frame.frame).await?;
+                        self.audit(cycle, b'Z', frame.body());
+                    } else if let Some(trail) = self.trail {
+                        trail.lock().unwrap_or_else(|e| e.into_inner()).defer(cycle);
                     }
                 }
                 b'E' => {
@@ -1642,15 +1899,42 @@ impl Back<'_> {
                     }
                     if let Some(e) = self.refusals.translate(frame.body()) {
                         wr.write_all(&e).await?;
+                        self.audit(self.cycles, b'E', &e[5..]);
                     } else {
                         wr.write_all(&frame.frame).await?;
+                        self.audit(self.cycles, b'E', frame.body());
                     }
                 }
                 _ => match self.expect.take(self.cycles, tag) {
                     Some(Action::Swallow(_) | Action::Drop) => {}
-                    Some(Action::AsParseComplete) => wr.write_all(PARSE_COMPLETE).await?,
-                    _ => wr.write_all(&frame.frame).await?,
+                    Some(Action::AsParseComplete) => {
+                        wr.write_all(PARSE_COMPLETE).await?;
+                        self.audit(self.cycles, b'1', &[]);
+                    }
+                    _ => {
+                        wr.write_all(&frame.frame).await?;
+                        self.audit(self.cycles, tag, frame.body());
+                    }
                 },
+            }
+        }
+    }
+
+    /// Follows a message the client was sent; writes the audit records of
+    /// the statements it finished.
+    fn audit(&self, cycle: u64, tag: u8, body: &[u8]) {
+        let (Some(trail), Some((audit, info))) = (self.trail, self.audit) else {
+            return;
+        };
+        let finished = trail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .on_message(cycle, tag, body);
+        for f in finished {
+            if audit.wants(f.decision) {
+                let mut fields = info.clone();
+                fields.append(&mut f.fields());
+                audit.record("statement", fields);
             }
         }
     }

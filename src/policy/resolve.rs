@@ -114,6 +114,39 @@ impl Access {
 
     /// The predicate rows of `rel` must satisfy for this user, or `None` when
     /// every row is visible.
+    /// The attribute values with where each came from, for audit records:
+    /// `{"country": {"all": ["group:ops"]}, "merchant": {"values":
+    /// [{"value": "King Inc", "from": ["user"]}]}}`.
+    pub fn attributes_json(&self) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let origins = |os: &[Origin]| -> Value {
+            Value::Array(
+                os.iter()
+                    .map(|o| match o {
+                        Origin::User => "user".to_string(),
+                        Origin::Group(g) => format!("group:{g}"),
+                        Origin::Login => "login".to_string(),
+                    })
+                    .map(Value::String)
+                    .collect(),
+            )
+        };
+        let mut out = serde_json::Map::new();
+        for (name, resolved) in &self.attributes {
+            let v = match resolved {
+                Resolved::All(os) => json!({ "all": origins(os) }),
+                Resolved::Values(vs) => json!({
+                    "values": vs
+                        .iter()
+                        .map(|(v, os)| json!({ "value": v.to_string(), "from": origins(os) }))
+                        .collect::<Vec<_>>()
+                }),
+            };
+            out.insert(name.clone(), v);
+        }
+        Value::Object(out)
+    }
+
     pub fn filter(&self, rel: &RelName) -> Option<&Expr> {
         match self.role {
             Role::Admin | Role::Analyst => None,

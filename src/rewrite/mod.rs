@@ -143,6 +143,10 @@ pub enum Refusal {
     /// PostgreSQL answers a statement too deep for its stack).
     #[error("statement too complex: {0}")]
     TooComplex(String),
+    /// The audit log cannot take records and `audit.on_failure` is
+    /// `refuse` (SQLSTATE 58030, an I/O error).
+    #[error("rowgate cannot write its audit log; statements are refused until it can")]
+    AuditUnavailable,
 }
 
 impl Refusal {
@@ -152,6 +156,7 @@ impl Refusal {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             Refusal::TooComplex(_) => "54001",
+            Refusal::AuditUnavailable => "58030",
             Refusal::Unsupported(_) | Refusal::Unparsable(_) => "0A000",
             Refusal::Encoding => "22021",
             _ => Self::SQLSTATE,

@@ -1,0 +1,864 @@
+//! The audit log: one JSON line per statement and per session event
+//! (login, failed login, logout, policy reload), appended to a file and
+//! chained with SHA-256, so that editing, deleting or reordering a line is
+//! detectable (`rowgate audit verify FILE`).
+//!
+//! Each line is a JSON object whose last member is `"hash"`: the SHA-256
+//! (hex) of the line's text before it, the object closed where `,"hash"`
+//! begins. That text holds `"prev"`, the hash of the line before (64 zeros
+//! for the first line a file ever had). A file reopened (SIGHUP, after
+//! logrotate moved it) or appended to after a restart goes on from its own
+//! last line; a new file's first line carries the hash of the last line
+//! written before it, which `verify` prints so that rotated files can be
+//! joined.
+//!
+//! Writing happens on a thread of its own, in batches, from a bounded
+//! queue: a statement never waits for the disk. With `on_failure: refuse`
+//! a full queue or a failing file makes the proxy refuse statements (and
+//! nothing queued is dropped: a failed batch is written again once the
+//! file takes it); with `continue` statements go on and records that
+//! cannot be written are counted as lost.
+//!
+//! A statement's record is complete when its result is: [`Trail`] follows
+//! a session's responses (a synchronous type, tested without sockets) and
+//! hands back each finished statement with its rows, SQLSTATE and time.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tracing::{error, warn};
+
+/// Which statements get a record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Statements {
+    #[default]
+    All,
+    /// Refused ones only.
+    Refused,
+    None,
+}
+
+/// What happens to statements while the audit log cannot be written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// They are refused: nothing runs unaudited.
+    #[default]
+    Refuse,
+    /// They run; records that cannot be written are lost (and counted).
+    Continue,
+}
+
+/// `audit:` in proxy.yaml.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub file: PathBuf,
+    pub statements: Statements,
+    pub on_failure: OnFailure,
+}
+
+/// The hash before the first line of a chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Records waiting to be written, at most.
+const QUEUE: usize = 65_536;
+/// Records written per batch, at most.
+const BATCH: usize = 1024;
+/// How long a failed write waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(500);
+
+enum Entry {
+    Record(Map<String, Value>),
+    Reopen,
+    /// Answered once everything queued before it is written (or failed).
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The audit log of a running proxy: a handle shared by every session.
+pub struct Audit {
+    config: AuditConfig,
+    tx: SyncSender<Entry>,
+    queued: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    lost: Arc<AtomicUsize>,
+}
+
+impl Audit {
+    /// Opens the file (an error here stops the proxy from starting) and
+    /// starts the writer thread.
+    pub fn start(
+        config: AuditConfig,
+        gauges: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
+    ) -> std::io::Result<Arc<Audit>> {
+        let writer = Writer::open(&config.file)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let lost = Arc::new(AtomicUsize::new(0));
+        let run = Run {
+            writer,
+            rx,
+            queued: queued.clone(),
+            healthy: healthy.clone(),
+            lost: lost.clone(),
+            on_failure: config.on_failure,
+            gauges,
+        };
+        std::thread::Builder::new()
+            .name("rowgate-audit".into())
+            .spawn(move || run.run())?;
+        Ok(Arc::new(Audit {
+            config,
+            tx,
+            queued,
+            healthy,
+            lost,
+        }))
+    }
+
+    /// Whether statements may run: always with `on_failure: continue`;
+    /// with `refuse`, only while the file takes records and the queue has
+    /// room.
+    pub fn accepts(&self) -> bool {
+        self.config.on_failure == OnFailure::Continue
+            || (self.healthy.load(Ordering::SeqCst)
+                && self.queued.load(Ordering::SeqCst) < QUEUE - QUEUE / 8)
+    }
+
+    /// Records waiting to be written.
+    pub fn depth(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Records that could not be written (`on_failure: continue`) or
+    /// queued.
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether a statement with this decision gets a record.
+    pub fn wants(&self, decision: Decision) -> bool {
+        match self.config.statements {
+            Statements::All => true,
+            Statements::Refused => decision == Decision::Refused,
+            Statements::None => false,
+        }
+    }
+
+    /// Queues a record of `kind` (`statement`, `login`, ...).
+    pub fn record(&self, kind: &str, mut fields: Map<String, Value>) {
+        let mut record = Map::new();
+        record.insert("ts".into(), Value::String(now()));
+        record.insert("kind".into(), Value::String(kind.into()));
+        record.append(&mut fields);
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(Entry::Record(record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                self.lost.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Reopens the file by its name (after logrotate moved it).
+    pub fn reopen(&self) {
+        let _ = self.tx.try_send(Entry::Reopen);
+    }
+
+    /// Waits until what was queued so far is written (tests, shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(Entry::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(timeout);
+        }
+    }
+}
+
+/// The current time as RFC 3339, UTC, in milliseconds.
+fn now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The file and the chain's last hash.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    prev: String,
+}
+
+impl Writer {
+    fn open(path: &Path) -> std::io::Result<Writer> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
+        let prev = match last_line(&mut file) {
+            Some(line) => match split_hash(&line) {
+                Some((_, hash)) => hash.to_string(),
+                None => {
+                    warn!(file = %path.display(), "the audit log's last line has no hash; the chain starts again");
+                    GENESIS.to_string()
+                }
+            },
+            None => GENESIS.to_string(),
+        };
+        Ok(Writer {
+            path: path.to_path_buf(),
+            file,
+            prev,
+        })
+    }
+
+    /// The lines of `records`, chained on from `prev`; the chain's new end.
+    fn chain(&self, records: &[Map<String, Value>]) -> (Vec<u8>, String) {
+        let mut out = Vec::new();
+        let mut prev = self.prev.clone();
+        for record in records {
+            let mut record = record.clone();
+            record.insert("prev".into(), Value::String(prev.clone()));
+            let body = Value::Object(record).to_string();
+            let open = &body[..body.len() - 1];
+            let hash = hex::encode(Sha256::digest(open.as_bytes()));
+            out.extend_from_slice(open.as_bytes());
+            out.extend_from_slice(b",\"hash\":\"");
+            out.extend_from_slice(hash.as_bytes());
+            out.extend_from_slice(b"\"}\n");
+            prev = hash;
+        }
+        (out, prev)
+    }
+}
+
+/// The last line of a file (without its newline), if it has one.
+fn last_line(file: &mut File) -> Option<String> {
+    let len = file.seek(SeekFrom::End(0)).ok()?;
+    if len == 0 {
+        return None;
+    }
+    // A record is far shorter than this unless its SQL is huge; read
+    // back as far as needed.
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).ok()?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).ok()?;
+        let text = String::from_utf8_lossy(&tail);
+        let trimmed = text.trim_end_matches('\n');
+        if let Some(i) = trimmed.rfind('\n') {
+            return Some(trimmed[i + 1..].to_string());
+        }
+        if start == 0 {
+            return Some(trimmed.to_string());
+        }
+        window *= 4;
+    }
+}
+
+/// A line's text before its hash, and the hash.
+fn split_hash(line: &str) -> Option<(&str, &str)> {
+    const TAIL: usize = ",\"hash\":\"".len() + 64 + "\"}".len();
+    if line.len() < TAIL + 1 || !line.ends_with("\"}") {
+        return None;
+    }
+    let (open, tail) = line.split_at(line.len() - TAIL);
+    let hash = tail.strip_prefix(",\"hash\":\"")?.strip_suffix("\"}")?;
+    hash.bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        .then_some((open, hash))
+}
+
+/// The writer thread.
+struct Run {
+    writer: Writer,
+    rx: Receiver<Entry>,
+    queued: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    lost: Arc<AtomicUsize>,
+    on_failure: OnFailure,
+    /// `/metrics`' queue depth and lost records, set after each batch.
+    gauges: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
+}
+
+impl Run {
+    fn run(mut self) {
+        let mut batch: Vec<Map<String, Value>> = Vec::new();
+        let mut flushes = Vec::new();
+        loop {
+            let first = if batch.is_empty() {
+                match self.rx.recv() {
+                    Ok(e) => Some(e),
+                    Err(_) => return,
+                }
+            } else {
+                // A batch that failed waits, then is written again.
+                match self.rx.recv_timeout(RETRY) {
+                    Ok(e) => Some(e),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut reopen = false;
+            let mut next = first;
+            while let Some(entry) = next.take() {
+                match entry {
+                    Entry::Record(r) => batch.push(r),
+                    Entry::Reopen => reopen = true,
+                    Entry::Flush(done) => flushes.push(done),
+                }
+                if batch.len() < BATCH {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if reopen || !self.healthy.load(Ordering::SeqCst) {
+                self.reopen();
+            }
+            if !batch.is_empty() {
+                let n = batch.len();
+                let (bytes, end) = self.writer.chain(&batch);
+                match self
+                    .writer
+                    .file
+                    .write_all(&bytes)
+                    .and_then(|()| self.writer.file.flush())
+                {
+                    Ok(()) => {
+                        self.writer.prev = end;
+                        self.queued.fetch_sub(n, Ordering::SeqCst);
+                        batch.clear();
+                        if !self.healthy.swap(true, Ordering::SeqCst) {
+                            warn!(file = %self.writer.path.display(), "the audit log is written again");
+                        }
+                    }
+                    Err(e) => {
+                        if self.healthy.swap(false, Ordering::SeqCst) {
+                            error!(file = %self.writer.path.display(), "cannot write the audit log: {e}");
+                        }
+                        if self.on_failure == OnFailure::Continue {
+                            self.queued.fetch_sub(n, Ordering::SeqCst);
+                            self.lost.fetch_add(n, Ordering::SeqCst);
+                            batch.clear();
+                        }
+                    }
+                }
+            }
+            if let Some((queue, lost)) = &self.gauges {
+                queue.set(self.queued.load(Ordering::SeqCst) as i64);
+                lost.set(self.lost.load(Ordering::SeqCst) as i64);
+            }
+            if batch.is_empty() || !self.healthy.load(Ordering::SeqCst) {
+                for done in flushes.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn reopen(&mut self) {
+        match Writer::open(&self.writer.path) {
+            Ok(mut fresh) => {
+                // A new file goes on from the chain written so far.
+                if fresh.prev == GENESIS {
+                    fresh.prev = self.writer.prev.clone();
+                }
+                self.writer = fresh;
+            }
+            Err(e) => {
+                if self.healthy.swap(false, Ordering::SeqCst) {
+                    error!(file = %self.writer.path.display(), "cannot reopen the audit log: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// What became of a statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Forwarded,
+    Refused,
+    /// Forwarded, and PostgreSQL answered with an error.
+    Error,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Forwarded => "forwarded",
+            Decision::Refused => "refused",
+            Decision::Error => "error",
+        }
+    }
+}
+
+/// A statement as rowgate decided it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decided {
+    /// As received.
+    pub sql: Arc<str>,
+    /// As sent upstream; `None` when refused.
+    pub forwarded: Option<Arc<str>>,
+    /// The refusal's SQLSTATE and message.
+    pub refusal: Option<(&'static str, String)>,
+}
+
+/// A finished statement, for its record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    pub decided: Arc<Decided>,
+    pub decision: Decision,
+    pub sqlstate: Option<String>,
+    pub reason: Option<String>,
+    pub rows: Option<u64>,
+    pub duration: Duration,
+}
+
+impl Finished {
+    /// The statement's members of its record.
+    pub fn fields(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("sql".into(), Value::String(self.decided.sql.to_string()));
+        if let Some(f) = &self.decided.forwarded {
+            m.insert("forwarded".into(), Value::String(f.to_string()));
+        }
+        m.insert("decision".into(), self.decision.as_str().into());
+        if let Some(s) = &self.sqlstate {
+            m.insert("sqlstate".into(), Value::String(s.clone()));
+        }
+        if let Some(r) = &self.reason {
+            m.insert("reason".into(), Value::String(r.clone()));
+        }
+        if let Some(rows) = self.rows {
+            m.insert("rows".into(), rows.into());
+        }
+        let ms = (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        m.insert("duration_ms".into(), ms.into());
+        m
+    }
+}
+
+/// What a client message expects back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Await {
+    /// A Query: results until its ReadyForQuery.
+    Query,
+    /// A Parse: ParseComplete or an error; only an error is recorded.
+    Parse,
+    /// An Execute: CommandComplete, EmptyQueryResponse, PortalSuspended
+    /// or an error.
+    Execute,
+}
+
+struct Open {
+    cycle: u64,
+    waits: Await,
+    decided: Arc<Decided>,
+    started: Instant,
+    rows: Option<u64>,
+    error: Option<(String, String)>,
+}
+
+/// A session's statements between their sending and their result: fed
+/// with each message the client is sent (after rowgate's own messages and
+/// its swaps), it hands back every statement that finished.
+#[derive(Default)]
+pub struct Trail {
+    open: VecDeque<Open>,
+}
+
+impl Trail {
+    /// A client message of cycle `cycle` was sent upstream.
+    pub fn push(&mut self, cycle: u64, waits: Await, decided: Arc<Decided>) {
+        self.open.push_back(Open {
+            cycle,
+            waits,
+            decided,
+            started: Instant::now(),
+            rows: None,
+            error: None,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// A cycle whose result is replaced by the next cycle's (a statement
+    /// run again): its statements wait for that one.
+    pub fn defer(&mut self, cycle: u64) {
+        for o in self.open.iter_mut().filter(|o| o.cycle <= cycle) {
+            o.cycle = cycle + 1;
+        }
+    }
+
+    /// The client is sent a message tagged `tag` in cycle `cycle`.
+    pub fn on_message(&mut self, cycle: u64, tag: u8, body: &[u8]) -> Vec<Finished> {
+        let mut done = Vec::new();
+        if tag == b'Z' {
+            while self.open.front().is_some_and(|o| o.cycle <= cycle) {
+                if let Some(o) = self.open.pop_front() {
+                    // A Query ends here; an Execute or Parse still open was
+                    // skipped after an error: it did not run.
+                    if o.waits == Await::Query {
+                        done.push(finish(o));
+                    }
+                }
+            }
+            return done;
+        }
+        let Some(head) = self.open.front_mut().filter(|o| o.cycle <= cycle) else {
+            return done;
+        };
+        let ends = match (tag, head.waits) {
+            (b'C', Await::Query) => {
+                if let Some(n) = command_rows(body) {
+                    head.rows = Some(head.rows.unwrap_or(0) + n);
+                }
+                false
+            }
+            (b'C', Await::Execute) => {
+                head.rows = command_rows(body);
+                true
+            }
+            (b'I' | b's', Await::Execute) | (b'1', Await::Parse) => true,
+            (b'E', _) => {
+                head.error = Some(error_fields(body));
+                head.waits != Await::Query
+            }
+            _ => false,
+        };
+        if ends {
+            if let Some(o) = self.open.pop_front() {
+                if o.waits != Await::Parse || o.error.is_some() {
+                    done.push(finish(o));
+                }
+            }
+        }
+        done
+    }
+}
+
+fn finish(o: Open) -> Finished {
+    let decision = match (&o.decided.refusal, &o.error) {
+        (Some(_), _) => Decision::Refused,
+        (None, Some(_)) => Decision::Error,
+        (None, None) => Decision::Forwarded,
+    };
+    let (sqlstate, reason) = match (&o.decided.refusal, o.error) {
+        (Some((code, why)), _) => (Some(code.to_string()), Some(why.clone())),
+        (None, Some((code, why))) => (Some(code), Some(why)),
+        (None, None) => (None, None),
+    };
+    Finished {
+        decided: o.decided,
+        decision,
+        sqlstate,
+        reason,
+        rows: o.rows,
+        duration: o.started.elapsed(),
+    }
+}
+
+/// The row count of a CommandComplete tag (`SELECT 5`, `INSERT 0 1`,
+/// `COPY 3`); `None` for tags without one (`SET`, `BEGIN`).
+fn command_rows(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body.strip_suffix(b"\0").unwrap_or(body)).ok()?;
+    let mut words = text.split(' ');
+    let verb = words.next()?;
+    let last = words.next_back()?;
+    match verb {
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "FETCH" | "MOVE" => {
+            last.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// The SQLSTATE and message of an ErrorResponse body.
+fn error_fields(body: &[u8]) -> (String, String) {
+    let mut code = String::new();
+    let mut message = String::new();
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+        match field {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+        rest = tail.get(end + 1..).unwrap_or_default();
+    }
+    (code, message)
+}
+
+/// Where a chain breaks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Break {
+    /// 1-based.
+    pub line: usize,
+    pub why: String,
+}
+
+/// What a whole file holds, when its chain is intact.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub lines: usize,
+    /// The first line's `prev`: [`GENESIS`], or the last hash of the file
+    /// before it.
+    pub first_prev: Option<String>,
+    pub last_hash: Option<String>,
+}
+
+/// Checks the chain of an audit log, line by line.
+pub fn verify(reader: impl Read) -> Result<Verified, Break> {
+    let mut expected: Option<String> = None;
+    let mut first_prev = None;
+    let mut lines = 0;
+    for (i, line) in BufReader::new(reader).lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| Break {
+            line: n,
+            why: format!("cannot be read: {e}"),
+        })?;
+        let broken = |why: &str| Break {
+            line: n,
+            why: why.to_string(),
+        };
+        let (open, hash) =
+            split_hash(&line).ok_or_else(|| broken("it does not end with a hash"))?;
+        if hex::encode(Sha256::digest(open.as_bytes())) != hash {
+            return Err(broken(
+                "its hash does not match its content (the line was changed)",
+            ));
+        }
+        let record: Map<String, Value> = serde_json::from_str(&format!("{open}}}"))
+            .map_err(|_| broken("it is not a JSON object"))?;
+        let prev = record
+            .get("prev")
+            .and_then(Value::as_str)
+            .ok_or_else(|| broken("it has no \"prev\""))?;
+        match &expected {
+            None => first_prev = Some(prev.to_string()),
+            Some(want) if want != prev => {
+                return Err(broken(
+                    "its \"prev\" is not the hash of the line before (a line was removed, added or moved)",
+                ));
+            }
+            Some(_) => {}
+        }
+        expected = Some(hash.to_string());
+        lines = n;
+    }
+    Ok(Verified {
+        lines,
+        first_prev,
+        last_hash: expected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decided(sql: &str, refused: bool) -> Arc<Decided> {
+        Arc::new(Decided {
+            sql: Arc::from(sql),
+            forwarded: (!refused).then(|| Arc::from(format!("/*rw*/ {sql}"))),
+            refusal: refused.then(|| ("42501", "permission denied for table secrets".to_string())),
+        })
+    }
+
+    fn error(code: &str, message: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        b.extend_from_slice(b"ERROR\0C");
+        b.extend_from_slice(code.as_bytes());
+        b.extend_from_slice(b"\0M");
+        b.extend_from_slice(message.as_bytes());
+        b.extend_from_slice(b"\0\0");
+        b
+    }
+
+    #[test]
+    fn a_query_finishes_at_its_ready_for_query_with_its_rows() {
+        let mut t = Trail::default();
+        t.push(0, Await::Query, decided("SELECT 1; SELECT 2", false));
+        assert!(t.on_message(0, b'C', b"SELECT 1\0").is_empty());
+        assert!(t.on_message(0, b'C', b"SELECT 3\0").is_empty());
+        let done = t.on_message(0, b'Z', b"I");
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].rows, Some(4));
+        assert_eq!(done[0].decision, Decision::Forwarded);
+        assert_eq!(done[0].sqlstate, None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn an_error_makes_a_query_an_error_and_a_refusal_stays_a_refusal() {
+        let mut t = Trail::default();
+        t.push(0, Await::Query, decided("SELECT 1/0", false));
+        t.push(1, Await::Query, decided("SELECT * FROM secrets", true));
+        assert!(t
+            .on_message(0, b'E', &error("22012", "division by zero"))
+            .is_empty());
+        let done = t.on_message(0, b'Z', b"I");
+        assert_eq!(done[0].decision, Decision::Error);
+        assert_eq!(done[0].sqlstate.as_deref(), Some("22012"));
+        assert_eq!(done[0].reason.as_deref(), Some("division by zero"));
+        t.on_message(
+            1,
+            b'E',
+            &error("42501", "permission denied for table secrets"),
+        );
+        let done = t.on_message(1, b'Z', b"I");
+        assert_eq!(done[0].decision, Decision::Refused);
+        assert_eq!(done[0].sqlstate.as_deref(), Some("42501"));
+        assert_eq!(done[0].decided.forwarded, None);
+    }
+
+    #[test]
+    fn extended_protocol_statements_finish_at_their_own_results() {
+        let mut t = Trail::default();
+        // Parse, Bind, Execute twice in one cycle, then Sync.
+        t.push(3, Await::Parse, decided("SELECT a", false));
+        t.push(3, Await::Execute, decided("SELECT a", false));
+        t.push(3, Await::Parse, decided("SELECT b", false));
+        t.push(3, Await::Execute, decided("SELECT b", false));
+        assert!(t.on_message(3, b'1', b"").is_empty());
+        assert!(t.on_message(3, b'2', b"").is_empty());
+        let a = t.on_message(3, b'C', b"SELECT 7\0");
+        assert_eq!((a.len(), a[0].rows), (1, Some(7)));
+        assert!(t.on_message(3, b'1', b"").is_empty());
+        let b = t.on_message(3, b's', b"");
+        assert_eq!((b.len(), b[0].rows), (1, None));
+        assert!(t.on_message(3, b'Z', b"I").is_empty());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn after_an_error_the_rest_of_the_cycle_did_not_run() {
+        let mut t = Trail::default();
+        t.push(0, Await::Parse, decided("SELECT * FROM secrets", true));
+        t.push(0, Await::Execute, decided("SELECT * FROM secrets", true));
+        t.push(0, Await::Parse, decided("SELECT 1", false));
+        t.push(0, Await::Execute, decided("SELECT 1", false));
+        let done = t.on_message(0, b'E', &error("42501", "permission denied"));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].decision, Decision::Refused);
+        // Skipped to Sync: nothing more is recorded.
+        assert!(t.on_message(0, b'Z', b"E").is_empty());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_statement_run_again_waits_for_the_next_cycle() {
+        let mut t = Trail::default();
+        t.push(4, Await::Query, decided("SELECT 1", false));
+        t.defer(4);
+        // Cycle 4's error and ReadyForQuery never reach the client.
+        assert!(t.on_message(5, b'C', b"SELECT 1\0").is_empty());
+        let done = t.on_message(5, b'Z', b"I");
+        assert_eq!((done.len(), done[0].rows), (1, Some(1)));
+    }
+
+    #[test]
+    fn messages_of_a_later_cycle_never_finish_an_earlier_statement_early() {
+        let mut t = Trail::default();
+        t.push(2, Await::Query, decided("SELECT 1", false));
+        // A cycle of rowgate's own (1) ends before.
+        assert!(t.on_message(1, b'Z', b"I").is_empty());
+        assert!(!t.is_empty());
+        assert_eq!(t.on_message(2, b'Z', b"I").len(), 1);
+    }
+
+    #[test]
+    fn command_tags_give_rows() {
+        assert_eq!(command_rows(b"SELECT 12\0"), Some(12));
+        assert_eq!(command_rows(b"INSERT 0 3\0"), Some(3));
+        assert_eq!(command_rows(b"COPY 5\0"), Some(5));
+        assert_eq!(command_rows(b"SET\0"), None);
+        assert_eq!(command_rows(b"CREATE TABLE\0"), None);
+    }
+
+    fn records(n: usize) -> Vec<Map<String, Value>> {
+        (0..n)
+            .map(|i| {
+                let mut m = Map::new();
+                m.insert("kind".into(), "statement".into());
+                m.insert(
+                    "sql".into(),
+                    Value::String(format!("SELECT {i} -- \"quoted\"\n")),
+                );
+                m
+            })
+            .collect()
+    }
+
+    fn chained(n: usize) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::open(&dir.path().join("a.jsonl")).unwrap();
+        String::from_utf8(writer.chain(&records(n)).0).unwrap()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let text = chained(4);
+        let v = verify(text.as_bytes()).unwrap();
+        assert_eq!(v.lines, 4);
+        assert_eq!(v.first_prev.as_deref(), Some(GENESIS));
+        assert_eq!(text.lines().count(), 4);
+    }
+
+    #[test]
+    fn an_edited_line_breaks_the_chain_there() {
+        let text = chained(4).replacen("SELECT 2", "SELECT 9", 1);
+        let b = verify(text.as_bytes()).unwrap_err();
+        assert_eq!(b.line, 3, "{b:?}");
+        assert!(b.why.contains("changed"), "{b:?}");
+    }
+
+    #[test]
+    fn a_removed_or_moved_line_breaks_the_chain_after_it() {
+        let text = chained(4);
+        let lines: Vec<&str> = text.lines().collect();
+        let removed = [lines[0], lines[2], lines[3]].join("\n");
+        assert_eq!(verify(removed.as_bytes()).unwrap_err().line, 2);
+        let moved = [lines[0], lines[2], lines[1], lines[3]].join("\n");
+        assert_eq!(verify(moved.as_bytes()).unwrap_err().line, 2);
+        // An edited hash is an edited line.
+        let rehashed = text.replacen(&lines[1][lines[1].len() - 10..], "0000000\"}", 1);
+        assert_eq!(verify(rehashed.as_bytes()).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn a_reopened_file_goes_on_from_its_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut w = Writer::open(&path).unwrap();
+        let (bytes, end) = w.chain(&records(2));
+        w.file.write_all(&bytes).unwrap();
+        let mut again = Writer::open(&path).unwrap();
+        assert_eq!(again.prev, end);
+        let (bytes, _) = again.chain(&records(1));
+        again.file.write_all(&bytes).unwrap();
+        let v = verify(File::open(&path).unwrap()).unwrap();
+        assert_eq!(v.lines, 3);
+    }
+}

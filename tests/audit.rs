@@ -1,0 +1,322 @@
+//! The audit log (`audit:` in `proxy.yaml`) through the wire: a record per
+//! statement with its decision, rows and SQLSTATE, per login, failed login
+//! and logout, and per policy reload; the hash chain verifies, and breaks
+//! where a line is edited or removed; SIGHUP reopens the file and the chain
+//! goes on; a log that cannot be written refuses statements (or lets them
+//! run, with `on_failure: continue`). No secret ever reaches the file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+const POLICY: &str = "tests/fixtures/proxy/policy.yaml";
+
+fn database() -> String {
+    let c = common::cluster();
+    let db = c.create_database("audit");
+    c.connect(&db)
+        .batch_execute(&std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap())
+        .unwrap();
+    db
+}
+
+/// A record's member, `null` when it has none.
+fn get<'a>(r: &'a Map<String, Value>, key: &str) -> &'a Value {
+    r.get(key).unwrap_or(&Value::Null)
+}
+
+fn records(path: &Path) -> Vec<Map<String, Value>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The records once `done` holds of them (the writer is asynchronous).
+fn wait_for(path: &Path, done: impl Fn(&[Map<String, Value>]) -> bool) -> Vec<Map<String, Value>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rs = records(path);
+        if done(&rs) {
+            return rs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit log never held what was expected:\n{}",
+            std::fs::read_to_string(path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn statement<'a>(rs: &'a [Map<String, Value>], sql: &str) -> &'a Map<String, Value> {
+    rs.iter()
+        .find(|r| get(r, "kind") == "statement" && get(r, "sql") == sql)
+        .unwrap_or_else(|| panic!("no record of {sql}: {rs:#?}"))
+}
+
+/// `rowgate audit verify FILE`: exit code and output.
+fn verify(path: &Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowgate"))
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+struct Logged {
+    proxy: common::Proxy,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn logged(extra: &str) -> Logged {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let proxy = common::Proxy::start(
+        Path::new(POLICY),
+        &format!("audit:\n  file: {}\n{extra}", file.display()),
+    );
+    Logged {
+        proxy,
+        file,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn every_statement_and_session_event_is_recorded_and_chained() {
+    let db = database();
+    let log = logged("");
+    let url = format!(
+        "{} application_name=audit-test",
+        log.proxy.url(&db, "member", "member-pw")
+    );
+    let mut member = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let select = "SELECT id FROM merchants ORDER BY id";
+    let seen = member.simple_query(select).unwrap();
+    let rows = seen
+        .iter()
+        .filter(|m| matches!(m, postgres::SimpleQueryMessage::Row(_)))
+        .count() as u64;
+    assert!(rows > 0);
+    let refused = "SELECT * FROM hr.salaries";
+    assert!(member.simple_query(refused).is_err());
+    let failing = "SELECT 1/0";
+    assert!(member.simple_query(failing).is_err());
+    // Extended protocol: Parse, Bind, Execute with a parameter.
+    let extended = "SELECT id FROM orders WHERE id > $1";
+    let ext_rows = member.query(extended, &[&0i32]).unwrap().len() as u64;
+    // A text that tries to forge records of its own.
+    let forging = "SELECT '\"}\n{\"kind\":\"login\",\"user\":\"admin\"}'";
+    member.simple_query(forging).unwrap();
+    assert!(log
+        .proxy
+        .connect(&db, "member", "not-the-password")
+        .is_err());
+    drop(member);
+
+    let rs = wait_for(&log.file, |rs| {
+        rs.iter().any(|r| r["kind"] == "logout") && rs.iter().any(|r| r["kind"] == "login_failure")
+    });
+    let login = rs.iter().find(|r| r["kind"] == "login").unwrap();
+    assert_eq!(login["user"], "member");
+    assert_eq!(login["application_name"], "audit-test");
+    assert_eq!(login["database"], Value::String(db.clone()));
+    assert_eq!(login["auth"], "scram");
+    assert_eq!(login["data_source"], "default");
+    assert_eq!(
+        login["attributes"]["merchant"]["values"][0]["value"], "King Inc",
+        "{login:?}"
+    );
+
+    let s = statement(&rs, select);
+    assert_eq!(s["decision"], "forwarded");
+    assert_eq!(s["rows"], rows);
+    assert!(
+        s["forwarded"].as_str().unwrap().contains("King Inc"),
+        "{s:?}"
+    );
+    assert_eq!(s["session"], login["session"]);
+    assert!(s["duration_ms"].as_f64().is_some());
+
+    let r = statement(&rs, refused);
+    assert_eq!(
+        (&r["decision"], &r["sqlstate"]),
+        (&"refused".into(), &"42501".into())
+    );
+    assert!(!r.contains_key("forwarded"), "{r:?}");
+    assert!(r["reason"].as_str().unwrap().contains("hr.salaries"));
+
+    let e = statement(&rs, failing);
+    assert_eq!(
+        (&e["decision"], &e["sqlstate"]),
+        (&"error".into(), &"22012".into())
+    );
+
+    let x = statement(&rs, extended);
+    assert_eq!(x["decision"], "forwarded");
+    assert_eq!(x["rows"], ext_rows);
+
+    assert_eq!(statement(&rs, forging)["decision"], "forwarded");
+    assert_eq!(rs.iter().filter(|r| r["kind"] == "login").count(), 1);
+
+    let failure = rs.iter().find(|r| r["kind"] == "login_failure").unwrap();
+    assert_eq!(failure["user"], "member");
+    let logout = rs.iter().find(|r| r["kind"] == "logout").unwrap();
+    assert_eq!(logout["session"], login["session"]);
+    assert_eq!(logout["refused"], 1);
+
+    let text = std::fs::read_to_string(&log.file).unwrap();
+    for secret in ["member-pw", "not-the-password"] {
+        assert!(!text.contains(secret), "the audit log holds a password");
+    }
+    let (code, out) = verify(&log.file);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("chain intact"), "{out}");
+
+    // A policy reload is recorded.
+    log.proxy.signal("HUP");
+    wait_for(&log.file, |rs| {
+        rs.iter()
+            .any(|r| r["kind"] == "reload" && get(r, "decision") == "reloaded")
+    });
+}
+
+#[test]
+fn an_edited_or_removed_line_is_detected() {
+    let db = database();
+    let log = logged("");
+    let mut member = log.proxy.connect(&db, "member", "member-pw").unwrap();
+    for i in 0..4 {
+        member.simple_query(&format!("SELECT {i}")).unwrap();
+    }
+    drop(member);
+    wait_for(&log.file, |rs| rs.iter().any(|r| r["kind"] == "logout"));
+    let text = std::fs::read_to_string(&log.file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 6, "{text}");
+    let dir = tempfile::tempdir().unwrap();
+
+    // The third statement's line says it returned two rows.
+    let edited = dir.path().join("edited.jsonl");
+    let n = lines
+        .iter()
+        .position(|l| l.contains("\"SELECT 2\""))
+        .unwrap();
+    let changed = lines[n].replacen("\"rows\":1", "\"rows\":2", 1);
+    assert_ne!(changed, lines[n]);
+    let mut copy: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    copy[n] = changed;
+    std::fs::write(&edited, copy.join("\n") + "\n").unwrap();
+    let (code, out) = verify(&edited);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!(":{}: chain broken", n + 1)), "{out}");
+
+    let removed = dir.path().join("removed.jsonl");
+    let mut copy: Vec<&str> = lines.clone();
+    copy.remove(n);
+    std::fs::write(&removed, copy.join("\n") + "\n").unwrap();
+    let (code, out) = verify(&removed);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!(":{}: chain broken", n + 1)), "{out}");
+    assert!(out.contains("removed"), "{out}");
+}
+
+#[test]
+fn sighup_reopens_the_file_and_the_chain_goes_on() {
+    let db = database();
+    let log = logged("");
+    let mut member = log.proxy.connect(&db, "member", "member-pw").unwrap();
+    member.simple_query("SELECT 'before'").unwrap();
+    wait_for(&log.file, |rs| {
+        rs.iter().any(|r| get(r, "sql") == "SELECT 'before'")
+    });
+    // As logrotate does: move the file, then SIGHUP.
+    let rotated = log.file.with_extension("1");
+    std::fs::rename(&log.file, &rotated).unwrap();
+    log.proxy.signal("HUP");
+    wait_for(&log.file, |rs| rs.iter().any(|r| r["kind"] == "reload"));
+    member.simple_query("SELECT 'after'").unwrap();
+    wait_for(&log.file, |rs| {
+        rs.iter().any(|r| get(r, "sql") == "SELECT 'after'")
+    });
+    let (code, old) = verify(&rotated);
+    assert_eq!(code, 0, "{old}");
+    let last = old
+        .lines()
+        .find_map(|l| l.strip_prefix("last hash "))
+        .unwrap()
+        .to_string();
+    let (code, new) = verify(&log.file);
+    assert_eq!(code, 0, "{new}");
+    assert!(
+        new.contains(&format!("first record follows hash {last}")),
+        "{old}\n{new}"
+    );
+    assert!(records(&rotated)
+        .iter()
+        .all(|r| get(r, "sql") != "SELECT 'after'"));
+}
+
+#[test]
+fn a_log_that_cannot_be_written_refuses_statements_unless_told_to_continue() {
+    let db = database();
+    // Every write to /dev/full fails (ENOSPC).
+    let refuse = common::Proxy::start(Path::new(POLICY), "audit:\n  file: /dev/full\n");
+    let mut member = refuse.connect(&db, "member", "member-pw").unwrap();
+    // The login record's failed write marks the log unwritable.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        match member.simple_query("SELECT count(*) FROM merchants") {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "statements still run");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("58030"), "{err:?}");
+    assert!(format!("{err:?}").contains("audit log"), "{err:?}");
+    // Admins too.
+    let mut admin = refuse.connect(&db, "admin", "admin-pw").unwrap();
+    let err = admin.simple_query("SELECT 1").unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("58030"), "{err:?}");
+    let err = admin.query("SELECT $1::int", &[&1i32]).unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("58030"), "{err:?}");
+
+    let go_on = common::Proxy::start(
+        Path::new(POLICY),
+        "audit:\n  file: /dev/full\n  on_failure: continue\n",
+    );
+    let mut member = go_on.connect(&db, "member", "member-pw").unwrap();
+    for _ in 0..5 {
+        member
+            .simple_query("SELECT count(*) FROM merchants")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn statements_refused_only_records_refusals() {
+    let db = database();
+    let log = logged("  statements: refused\n");
+    let mut member = log.proxy.connect(&db, "member", "member-pw").unwrap();
+    member.simple_query("SELECT 'fine'").unwrap();
+    assert!(member.simple_query("SELECT * FROM hr.salaries").is_err());
+    drop(member);
+    let rs = wait_for(&log.file, |rs| rs.iter().any(|r| r["kind"] == "logout"));
+    let statements: Vec<&Map<String, Value>> =
+        rs.iter().filter(|r| r["kind"] == "statement").collect();
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    assert_eq!(statements[0]["decision"], "refused");
+}
