@@ -571,6 +571,36 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_log_is_read_with_its_defaults_and_its_problems() {
+        use crate::audit::{OnFailure, Statements};
+        let c = parse("audit: { file: log/audit.jsonl }\n").unwrap();
+        let a = c.audit.unwrap();
+        assert_eq!(a.file, PathBuf::from("conf/log/audit.jsonl"));
+        assert_eq!(
+            (a.statements, a.on_failure),
+            (Statements::All, OnFailure::Refuse)
+        );
+        let c = parse("audit: { file: /a, statements: refused, on_failure: continue }\n").unwrap();
+        let a = c.audit.unwrap();
+        assert_eq!(
+            (a.statements, a.on_failure),
+            (Statements::Refused, OnFailure::Continue)
+        );
+        assert!(parse("listen: x:1\n").unwrap().audit.is_none());
+        let e = parse("audit: { statements: some, on_failure: maybe, table: t }\n").unwrap_err();
+        let messages: Vec<&str> = e.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(messages.len(), 4, "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("`file` is missing")));
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("`some` is not one of all, refused, none")));
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("`maybe` is not one of refuse, continue")));
+        assert!(messages.iter().any(|m| m.contains("audit.table")));
+    }
+
+    #[test]
     fn every_problem_in_order_and_the_config_as_far_as_it_tells() {
         let env = |name: &str| (name == "PW").then(|| "s3cret".to_string());
         let text = "\
@@ -588,7 +618,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, metrics, max_connections, max_message_bytes, prepare_threshold, workers",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, metrics, audit, max_connections, max_message_bytes, prepare_threshold, workers",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",
