@@ -414,6 +414,8 @@ pub struct Decided {
     pub forwarded: Option<Arc<str>>,
     /// The refusal's SQLSTATE and message.
     pub refusal: Option<(&'static str, String)>,
+    /// The user an admin session was looking as (`SET rowgate.view_as`).
+    pub viewed_as: Option<Arc<str>>,
 }
 
 /// A finished statement, for its record.
@@ -436,6 +438,9 @@ impl Finished {
             m.insert("forwarded".into(), Value::String(f.to_string()));
         }
         m.insert("decision".into(), self.decision.as_str().into());
+        if let Some(v) = &self.decided.viewed_as {
+            m.insert("viewed_as".into(), Value::String(v.to_string()));
+        }
         if let Some(s) = &self.sqlstate {
             m.insert("sqlstate".into(), Value::String(s.clone()));
         }
@@ -683,6 +688,7 @@ mod tests {
             sql: Arc::from(sql),
             forwarded: (!refused).then(|| Arc::from(format!("/*rw*/ {sql}"))),
             refusal: refused.then(|| ("42501", "permission denied for table secrets".to_string())),
+            viewed_as: None,
         })
     }
 

@@ -72,9 +72,8 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Audit: "a mapping with keys file, table, statements, on_failure" {
+        pub struct Audit: "a mapping with keys file, statements, on_failure" {
             "file" => file: Spanned<String> as Text,
-            "table" => table: Spanned<String> as Text,
             "statements" => statements: Spanned<String> as Text,
             "on_failure" => on_failure: Spanned<String> as Text,
         }
@@ -384,13 +383,6 @@ impl Config {
         });
         let audit = raw.audit.as_ref().map(|a| {
             use crate::audit::{AuditConfig, OnFailure, Statements};
-            if let Some(t) = &a.value.table {
-                cx.error(
-                    t,
-                    "audit.table: this version writes the audit log to a file only (audit.file)"
-                        .into(),
-                );
-            }
             let file = match &a.value.file {
                 Some(v) => relative(cx.string(Some(v)).unwrap_or_default()),
                 None => {
@@ -597,7 +589,10 @@ mod tests {
         assert!(messages
             .iter()
             .any(|m| m.contains("`maybe` is not one of refuse, continue")));
-        assert!(messages.iter().any(|m| m.contains("audit.table")));
+        assert!(
+            messages.iter().any(|m| m.contains("unknown field `table`")),
+            "{messages:?}"
+        );
     }
 
     #[test]

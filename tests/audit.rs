@@ -320,3 +320,32 @@ fn statements_refused_only_records_refusals() {
     assert_eq!(statements.len(), 1, "{statements:?}");
     assert_eq!(statements[0]["decision"], "refused");
 }
+
+#[test]
+fn viewing_as_a_user_is_recorded() {
+    let db = database();
+    let log = logged("");
+    let mut admin = log.proxy.connect(&db, "admin", "admin-pw").unwrap();
+    admin
+        .simple_query("SET rowgate.view_as = 'member'")
+        .unwrap();
+    admin.simple_query("SELECT 'as the member'").unwrap();
+    admin.simple_query("RESET rowgate.view_as").unwrap();
+    admin.simple_query("SELECT 'as myself'").unwrap();
+    drop(admin);
+    let rs = wait_for(&log.file, |rs| rs.iter().any(|r| r["kind"] == "logout"));
+    let start = rs.iter().find(|r| r["kind"] == "view_as_start").unwrap();
+    assert_eq!(
+        (&start["user"], &start["viewed_as"]),
+        (&"admin".into(), &"member".into())
+    );
+    assert!(rs
+        .iter()
+        .any(|r| r["kind"] == "view_as_end" && r["viewed_as"] == "member"));
+    assert_eq!(
+        statement(&rs, "SELECT 'as the member'")["viewed_as"],
+        "member"
+    );
+    assert_eq!(statement(&rs, "SELECT 'as the member'")["user"], "admin");
+    assert!(!statement(&rs, "SELECT 'as myself'").contains_key("viewed_as"));
+}

@@ -1782,7 +1782,7 @@ fn a_verifier_from_passwd_passes_check_without_a_warning() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn help_lists_the_six_commands() {
+fn help_lists_the_seven_commands() {
     let out = rowgate(&["--help"]).run();
     assert_eq!(out.code, Some(0));
     assert_eq!(out.stderr, "");
@@ -1796,7 +1796,7 @@ fn help_lists_the_six_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["serve", "check", "explain", "access", "passwd", "demo", "help"]
+        ["serve", "check", "explain", "access", "passwd", "audit", "demo", "help"]
     );
     assert!(out.stdout.starts_with("A PostgreSQL wire-protocol proxy"));
     assert!(out.stdout.contains("\nUsage: rowgate <COMMAND>\n"));

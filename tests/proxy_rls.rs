@@ -249,3 +249,125 @@ fn search_path_changes_mid_session_and_in_rolled_back_transactions() {
     }
     assert!(compared >= 3 * steps.len());
 }
+
+/// An admin who runs `SET rowgate.view_as = '<user>'` sees, statement for
+/// statement and in both protocols, exactly what that user sees logged in
+/// (refusals included), until `RESET rowgate.view_as`; the startup option
+/// does the same from the start. Only admins may, only outside a
+/// transaction block, only as a user of the policies.
+#[test]
+fn view_as_equals_logging_in_as_the_user() {
+    let db = common::cluster().create_database("proxy_rls_view_as");
+    let oracles = rls::setup(&db);
+    let gate = common::Gate::with_policies(
+        &[
+            (Path::new(rls::POLICY).to_path_buf(), "differential.yaml"),
+            (
+                Path::new("tests/fixtures/proxy/view_as_admin.yaml").to_path_buf(),
+                "admin.yaml",
+            ),
+        ],
+        "catalog: native\n",
+        common::UpstreamAuth::TRUST,
+    );
+    let mut admin = gate.connect(&db, "viewer", "pw").unwrap();
+    let mut superuser = common::cluster().connect(&db);
+    let everything = rls::run(&mut superuser, "SELECT id FROM orders").unwrap();
+    let mut differences = Vec::new();
+    let mut compared = 0;
+    for &user in oracles.keys() {
+        let mut member = gate.connect(&db, user, PASSWORD).unwrap();
+        admin
+            .simple_query(&format!("SET rowgate.view_as = '{user}'"))
+            .unwrap();
+        for &sql in QUERIES {
+            let (ours, theirs) = (rls::run(&mut admin, sql), rls::run(&mut member, sql));
+            if ours != theirs {
+                differences.push(format!(
+                    "simple, {user}: {sql}\n  viewing: {ours:?}\n  user: {theirs:?}"
+                ));
+            }
+            let (ours, theirs) = (unnamed(&mut admin, sql), unnamed(&mut member, sql));
+            if ours != theirs {
+                differences.push(format!(
+                    "unnamed, {user}: {sql}\n  viewing: {ours:?}\n  user: {theirs:?}"
+                ));
+            }
+            compared += 2;
+        }
+        admin.simple_query("RESET rowgate.view_as").unwrap();
+        assert_eq!(
+            rls::run(&mut admin, "SELECT id FROM orders").unwrap(),
+            everything,
+            "the admin's own access is back after RESET"
+        );
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    assert!(compared >= 7 * 120, "only {compared} comparisons");
+
+    // From the start, with the startup option.
+    let url = format!(
+        "{} options='-c rowgate.view_as=king'",
+        gate.url(&db, "viewer", "pw")
+    );
+    let mut viewing = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut king = gate.connect(&db, "king", PASSWORD).unwrap();
+    for &sql in &QUERIES[..20] {
+        assert_eq!(
+            rls::run(&mut viewing, sql),
+            rls::run(&mut king, sql),
+            "{sql}"
+        );
+    }
+    viewing.simple_query("RESET rowgate.view_as").unwrap();
+    assert_eq!(
+        rls::run(&mut viewing, "SELECT id FROM orders").unwrap(),
+        everything
+    );
+
+    // What is refused, and how.
+    let code = |r: Result<Vec<postgres::SimpleQueryMessage>, postgres::Error>| {
+        r.err().and_then(|e| common::sqlstate(&e))
+    };
+    let mut member = gate.connect(&db, "king", PASSWORD).unwrap();
+    assert_eq!(
+        code(member.simple_query("SET rowgate.view_as = 'ceo'")).as_deref(),
+        Some("42501")
+    );
+    assert_eq!(
+        code(admin.simple_query("SET rowgate.view_as = 'no_such_user'")).as_deref(),
+        Some("42704")
+    );
+    admin.simple_query("BEGIN").unwrap();
+    assert_eq!(
+        code(admin.simple_query("SET rowgate.view_as = 'king'")).as_deref(),
+        Some("25001")
+    );
+    admin.simple_query("ROLLBACK").unwrap();
+    assert_eq!(
+        code(admin.simple_query("SET LOCAL rowgate.view_as = 'king'")).as_deref(),
+        Some("0A000")
+    );
+    let extended = admin.execute("SET rowgate.view_as = 'king'", &[]);
+    assert_eq!(
+        extended.err().and_then(|e| common::sqlstate(&e)).as_deref(),
+        Some("0A000")
+    );
+    // None of those took effect.
+    assert_eq!(
+        rls::run(&mut admin, "SELECT id FROM orders").unwrap(),
+        everything
+    );
+    let bad = postgres::Client::connect(
+        &format!(
+            "{} options='-c rowgate.view_as=nobody_at_all'",
+            gate.url(&db, "viewer", "pw")
+        ),
+        postgres::NoTls,
+    );
+    assert_eq!(
+        bad.err().and_then(|e| common::sqlstate(&e)).as_deref(),
+        Some("42704")
+    );
+    drop(oracles);
+}

@@ -38,6 +38,7 @@ use crate::audit::{Audit, Await, Decided, Trail};
 use crate::config::Upstream;
 use crate::policy::{Access, PolicySet, Role};
 use crate::rewrite::types::Oid;
+use crate::rewrite::view_as::{self, ViewAs};
 use crate::rewrite::{self, Context, Fence, Refusal};
 use crate::tls::Stream;
 use crate::upstream::{self, catalog::Snapshot, LiveCatalog, UpstreamError};
@@ -280,12 +281,32 @@ async fn session(
         return Outcome::Rejected("unknown user".into());
     };
 
+    // An admin may start out looking as a user (`options=-c
+    // rowgate.view_as=NAME`): the session is then that user's from the
+    // start.
+    let login = access.clone();
+    let (access, viewing, startup) = match startup_view_as(&hello.params, &login) {
+        Ok(None) => (access, None, hello.params.clone()),
+        Ok(Some((name, params))) => match policy.access(&name) {
+            Some(viewed) => (viewed, Some(name), params),
+            None => {
+                let refusal = Refusal::ViewAsUnknown(name);
+                let why = refusal.to_string();
+                fatal(&mut stream, refusal.sqlstate(), &why).await;
+                return Outcome::Rejected(why);
+            }
+        },
+        Err(why) => {
+            fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &why).await;
+            return Outcome::Rejected(why);
+        }
+    };
     let database = shared
         .upstream
         .database
         .clone()
         .unwrap_or_else(|| hello.database.clone());
-    let (params, startup_path) = match startup_params(&hello.params, &access, &shared.search_path) {
+    let (params, startup_path) = match startup_params(&startup, &access, &shared.search_path) {
         Ok(p) => p,
         Err(why) => {
             fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
@@ -372,8 +393,12 @@ async fn session(
     let nonce: u64 = rand::random();
     let trail = Mutex::new(Trail::default());
     let audit_info = shared.audit.as_ref().map(|audit| {
-        let info = audit_fields(shared, nonce, peer, &hello.params, &database, &access);
-        audit.record("login", info.clone());
+        let info = audit_fields(shared, nonce, peer, &hello.params, &database, &login);
+        let mut first = info.clone();
+        if let Some(v) = &viewing {
+            first.insert("viewed_as".into(), v.clone().into());
+        }
+        audit.record("login", first);
         log.audit = Some(info.clone());
         info
     });
@@ -428,6 +453,9 @@ async fn session(
         decided: None,
         audit_statements: HashMap::new(),
         audit_portals: HashMap::new(),
+        login,
+        viewing,
+        audit_info: audit_info.clone(),
     };
     let mut back = Back {
         own: &own,
@@ -508,6 +536,44 @@ impl Loops<'_> {
             },
         }
     }
+}
+
+/// Startup parameters, as names and values.
+type Params = Vec<(String, String)>;
+
+/// For an admin whose startup options set `rowgate.view_as`: the user to
+/// look as, and the startup parameters without it (the other options as
+/// parameters of their own). `None` otherwise; a non-admin's is refused by
+/// the parameter check as any other setting.
+fn startup_view_as(
+    params: &[(String, String)],
+    login: &Access,
+) -> Result<Option<(String, Params)>, String> {
+    if login.role != Role::Admin {
+        return Ok(None);
+    }
+    let Some((_, options)) = params.iter().find(|(k, _)| k == "options") else {
+        return Ok(None);
+    };
+    let pairs = startup::options(options)?;
+    let Some((_, name)) = pairs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(view_as::SETTING))
+    else {
+        return Ok(None);
+    };
+    let mut out: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "options")
+        .cloned()
+        .collect();
+    out.extend(
+        pairs
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case(view_as::SETTING))
+            .cloned(),
+    );
+    Ok(Some((name.clone(), out)))
 }
 
 /// The members every audit record of a session has.
@@ -698,6 +764,13 @@ struct Front<'a> {
     /// their executions.
     audit_statements: HashMap<String, Arc<Decided>>,
     audit_portals: HashMap<String, Arc<Decided>>,
+    /// The access the client logged in with; `access` is another user's
+    /// while an admin looks as them (`SET rowgate.view_as`).
+    login: Access,
+    /// The user an admin session looks as.
+    viewing: Option<String>,
+    /// The session's members of audit records.
+    audit_info: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The per-statement counters of `/metrics`, as a session moves them.
@@ -863,6 +936,38 @@ impl Front<'_> {
                     self.audit_message(frame.tag(), frame.body(), rewrites)?;
                 }
                 match frame.tag() {
+                    b'Q' if view_as::mentions_body(frame.body())
+                        && self.view_as_request(frame.body()).is_some() =>
+                    {
+                        self.pending.fetch_add(1, Ordering::SeqCst);
+                        let out = self.view_as_query(frame.body(), wr).await?;
+                        wr.write_all(&out).await?;
+                        self.audit_push(Await::Query);
+                        self.cycles += 1;
+                    }
+                    b'P' if view_as::mentions_body(frame.body())
+                        && self
+                            .view_as_request(
+                                messages::parse(frame.body())?
+                                    .query
+                                    .unwrap_or_default()
+                                    .as_bytes(),
+                            )
+                            .is_some() =>
+                    {
+                        let parse = messages::parse(frame.body())?;
+                        let sql = parse.query.unwrap_or_default().to_string();
+                        let refusal = if self.login.role == Role::Admin {
+                            Refusal::unsupported("SET rowgate.view_as in the extended query protocol (send it as a simple query)")
+                        } else {
+                            Refusal::Setting(view_as::SETTING.into())
+                        };
+                        self.note(&sql, None, Some(&refusal));
+                        let marker = self.refuse(&refusal);
+                        wr.write_all(&parse_message(parse.name, &marker, parse.types))
+                            .await?;
+                        self.audit_parsed(frame.body())?;
+                    }
                     b'Q' => {
                         self.pending.fetch_add(1, Ordering::SeqCst);
                         if rewrites {
@@ -1522,7 +1627,147 @@ impl Front<'_> {
             return true;
         }
         self.policy = current.clone();
-        self.policy.access(&self.user).as_ref() == Some(&self.access)
+        let login = self.policy.access(&self.user).as_ref() == Some(&self.login);
+        let viewed = match &self.viewing {
+            None => true,
+            Some(v) => self.policy.access(v).as_ref() == Some(&self.access),
+        };
+        login && viewed
+    }
+
+    /// What a text containing `view_as` asks, if it is a view-as statement.
+    fn view_as_request(&self, sql: &[u8]) -> Option<Result<ViewAs, Refusal>> {
+        view_as::view_as(std::str::from_utf8(sql).ok()?.trim_end_matches('\0'))
+    }
+
+    /// A simple Query that sets or resets `rowgate.view_as`: for an admin
+    /// outside a transaction block, the session takes the viewed user's
+    /// access (or its own back) and the statement goes upstream as it is
+    /// (PostgreSQL keeps the placeholder setting, and answers `SET`);
+    /// anything else is refused.
+    async fn view_as_query<W: AsyncWrite + Unpin>(
+        &mut self,
+        body: &[u8],
+        wr: &mut BufWriter<W>,
+    ) -> Result<Bytes, WireError> {
+        let sql = refusal_sql(body);
+        let request = match self.view_as_request(body) {
+            Some(r) => r,
+            None => return Ok(query_message(&sql)),
+        };
+        let outcome = match request {
+            _ if self.login.role != Role::Admin => Err(Refusal::Setting(view_as::SETTING.into())),
+            Err(refusal) => Err(refusal),
+            Ok(ViewAs::Reset) => {
+                if let Some(was) = self.viewing.take() {
+                    self.access = self.login.clone();
+                    self.fresh_access();
+                    self.view_event("view_as_end", &was);
+                }
+                Ok(())
+            }
+            Ok(ViewAs::Set(name)) => self.start_viewing(name, wr).await?,
+        };
+        Ok(match outcome {
+            Ok(()) => {
+                self.note(&sql, Some(&sql), None);
+                query_message(&sql)
+            }
+            Err(refusal) => {
+                self.note(&sql, None, Some(&refusal));
+                query_message(&self.refuse(&refusal))
+            }
+        })
+    }
+
+    /// Takes `name`'s access for the session, after pinning upstream what
+    /// a member's session has pinned (standard_conforming_strings, the
+    /// search path) with queries of rowgate's own.
+    async fn start_viewing<W: AsyncWrite + Unpin>(
+        &mut self,
+        name: String,
+        wr: &mut BufWriter<W>,
+    ) -> Result<Result<(), Refusal>, WireError> {
+        let Some(access) = self.policy.access(&name) else {
+            return Ok(Err(Refusal::ViewAsUnknown(name)));
+        };
+        let answer = self
+            .own_query("SELECT pg_catalog.current_setting('client_encoding')", wr)
+            .await?;
+        match answer {
+            Some(Answer {
+                status: b'I',
+                value: Some(v),
+                ..
+            }) if v.eq_ignore_ascii_case("UTF8") => {}
+            Some(Answer { status: b'I', .. }) => return Ok(Err(Refusal::ViewAsEncoding)),
+            _ => return Ok(Err(Refusal::ViewAsInTransaction)),
+        }
+        let catalog = match self.shared.catalog.get(&self.database).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(database = %self.database, "cannot read the upstream catalog: {e}");
+                return Ok(Err(Refusal::unsupported(
+                    "viewing as a user while the upstream catalog cannot be read",
+                )));
+            }
+        };
+        let path = rewrite::path_for_member(&self.shared.search_path, &access.user);
+        let pin = format!(
+            "SELECT pg_catalog.set_config('standard_conforming_strings', 'on', false), \
+             pg_catalog.set_config('search_path', {}, false)",
+            view_as::escaped_literal(&rewrite::path_text(&path))
+        );
+        match self.own_query(&pin, wr).await? {
+            Some(Answer { failed: false, .. }) => {}
+            _ => {
+                return Ok(Err(Refusal::unsupported(
+                    "viewing as a user here (the session could not be set up)",
+                )))
+            }
+        }
+        if let Some(was) = self.viewing.take() {
+            self.view_event("view_as_end", &was);
+        }
+        self.access = access;
+        self.catalog = catalog;
+        self.path = path;
+        self.settle = false;
+        self.fresh_access();
+        self.viewing = Some(name.clone());
+        self.view_event("view_as_start", &name);
+        Ok(Ok(()))
+    }
+
+    /// Runs a query of rowgate's own between two cycles; its answer, or
+    /// `None` when the relay is gone.
+    async fn own_query<W: AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        wr: &mut BufWriter<W>,
+    ) -> Result<Option<Answer>, WireError> {
+        let answer = self.own.register(self.cycles);
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        wr.write_all(&query_message(sql)).await?;
+        wr.flush().await?;
+        self.cycles += 1;
+        Ok(answer.await.ok())
+    }
+
+    /// Forgets what was derived from the access the session had.
+    fn fresh_access(&mut self) {
+        self.cache.clear();
+        self.forget_autos(true);
+        self.stateful.clear();
+    }
+
+    /// An audit record of a view-as start or end.
+    fn view_event(&self, kind: &str, viewed: &str) {
+        if let (Some(audit), Some(info)) = (&self.shared.audit, &self.audit_info) {
+            let mut fields = info.clone();
+            fields.insert("viewed_as".into(), viewed.into());
+            audit.record(kind, fields);
+        }
     }
 
     /// The refusal every statement gets while the audit log cannot take
@@ -1541,6 +1786,7 @@ impl Front<'_> {
             sql: Arc::from(sql),
             forwarded: forwarded.map(Arc::from),
             refusal: refusal.map(|r| (r.sqlstate(), r.to_string())),
+            viewed_as: self.viewing.as_deref().map(Arc::from),
         }));
     }
 
@@ -1554,6 +1800,7 @@ impl Front<'_> {
                 sql: Arc::from(""),
                 forwarded: None,
                 refusal: None,
+                viewed_as: None,
             })
         });
         trail
@@ -1600,6 +1847,7 @@ impl Front<'_> {
                         sql: Arc::from("(a portal rowgate did not see bound)"),
                         forwarded: None,
                         refusal: None,
+                        viewed_as: None,
                     })
                 });
                 if let Some(trail) = self.trail {

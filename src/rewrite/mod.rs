@@ -16,6 +16,7 @@ mod shape;
 pub mod system;
 mod tables;
 pub mod types;
+pub mod view_as;
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -147,6 +148,17 @@ pub enum Refusal {
     /// `refuse` (SQLSTATE 58030, an I/O error).
     #[error("rowgate cannot write its audit log; statements are refused until it can")]
     AuditUnavailable,
+    /// `SET rowgate.view_as` naming no user of the policies (SQLSTATE
+    /// 42704, as PostgreSQL answers `SET ROLE` to a missing role).
+    #[error("user \"{0}\" does not exist in the policies")]
+    ViewAsUnknown(String),
+    /// `SET rowgate.view_as` inside a transaction block (SQLSTATE 25001).
+    #[error("SET rowgate.view_as cannot run inside a transaction block")]
+    ViewAsInTransaction,
+    /// `SET rowgate.view_as` in a session whose client_encoding is not
+    /// UTF8 (SQLSTATE 22023): a member's session reads UTF-8 only.
+    #[error("SET rowgate.view_as needs client_encoding UTF8")]
+    ViewAsEncoding,
 }
 
 impl Refusal {
@@ -157,6 +169,9 @@ impl Refusal {
         match self {
             Refusal::TooComplex(_) => "54001",
             Refusal::AuditUnavailable => "58030",
+            Refusal::ViewAsUnknown(_) => "42704",
+            Refusal::ViewAsInTransaction => "25001",
+            Refusal::ViewAsEncoding => "22023",
             Refusal::Unsupported(_) | Refusal::Unparsable(_) => "0A000",
             Refusal::Encoding => "22021",
             _ => Self::SQLSTATE,

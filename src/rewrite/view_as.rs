@@ -1,0 +1,166 @@
+//! `SET rowgate.view_as = 'user'` and `RESET rowgate.view_as`: an admin
+//! session looks through a user's eyes (the proxy switches the session's
+//! access; see `frontend::session`). This module only recognizes the
+//! statements.
+
+use sqlparser::ast::{
+    ContextModifier, Expr, ObjectName, Reset, ResetStatement, Set, Statement, Value,
+};
+
+use super::Refusal;
+
+/// The setting's name, as PostgreSQL folds it.
+pub const SETTING: &str = "rowgate.view_as";
+
+/// What a view-as statement asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewAs {
+    /// Look as this user.
+    Set(String),
+    /// Back to the session's own access.
+    Reset,
+}
+
+fn is_setting(name: &ObjectName) -> bool {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect();
+    parts.len() == 2 && parts[0] == "rowgate" && parts[1] == "view_as"
+}
+
+/// Whether a text may be a view-as statement (a cheap test before
+/// [`view_as`] parses it).
+pub fn mentions(sql: &str) -> bool {
+    mentions_body(sql.as_bytes())
+}
+
+/// [`mentions`] on a message's bytes.
+pub fn mentions_body(body: &[u8]) -> bool {
+    body.windows(7).any(|w| w.eq_ignore_ascii_case(b"view_as"))
+}
+
+/// A string constant of `text` that reads the same whatever
+/// standard_conforming_strings is (an admin's session may have turned it
+/// off).
+pub fn escaped_literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// `Some` when `sql` sets or resets `rowgate.view_as`: what it asks, or
+/// why it cannot be done. `None` for any other text.
+pub fn view_as(sql: &str) -> Option<Result<ViewAs, Refusal>> {
+    if !mentions(sql) {
+        return None;
+    }
+    let statements = super::parse(sql).ok()?;
+    let index = statements.iter().position(|s| match s {
+        Statement::Set(Set::SingleAssignment { variable, .. }) => is_setting(variable),
+        Statement::Set(Set::ParenthesizedAssignments { variables, .. }) => {
+            variables.iter().any(is_setting)
+        }
+        Statement::Set(Set::MultipleAssignments { assignments }) => {
+            assignments.iter().any(|a| is_setting(&a.name))
+        }
+        Statement::Reset(ResetStatement {
+            reset: Reset::ConfigurationParameter(name),
+        }) => is_setting(name),
+        _ => false,
+    })?;
+    if statements.len() > 1 {
+        return Some(Err(Refusal::unsupported(
+            "SET rowgate.view_as together with other statements in one query",
+        )));
+    }
+    Some(match &statements[index] {
+        Statement::Set(Set::SingleAssignment { scope, values, .. }) => {
+            if matches!(scope, Some(ContextModifier::Local)) {
+                return Some(Err(Refusal::unsupported("SET LOCAL rowgate.view_as")));
+            }
+            match values.as_slice() {
+                [Expr::Value(v)] => match &v.value {
+                    Value::SingleQuotedString(s) if s.is_empty() => Ok(ViewAs::Reset),
+                    Value::SingleQuotedString(s) => Ok(ViewAs::Set(s.clone())),
+                    _ => Err(Refusal::unsupported("this value of rowgate.view_as")),
+                },
+                [Expr::Identifier(i)]
+                    if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
+                {
+                    Ok(ViewAs::Reset)
+                }
+                [Expr::Identifier(i)] => Ok(ViewAs::Set(if i.quote_style.is_some() {
+                    i.value.clone()
+                } else {
+                    i.value.to_ascii_lowercase()
+                })),
+                _ => Err(Refusal::unsupported("this value of rowgate.view_as")),
+            }
+        }
+        Statement::Reset(_) => Ok(ViewAs::Reset),
+        _ => Err(Refusal::unsupported(
+            "SET rowgate.view_as together with other settings",
+        )),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_and_reset_are_recognized_however_written() {
+        let set = |u: &str| Some(Ok(ViewAs::Set(u.to_string())));
+        assert_eq!(
+            view_as("SET rowgate.view_as = 'king_manager'"),
+            set("king_manager")
+        );
+        assert_eq!(
+            view_as("set ROWGATE.VIEW_AS to 'Mixed Case'"),
+            set("Mixed Case")
+        );
+        assert_eq!(view_as("SET SESSION rowgate.view_as = apac"), set("apac"));
+        assert_eq!(view_as("SET rowgate.view_as = \"CEO\""), set("CEO"));
+        assert_eq!(view_as("SET rowgate.view_as = ceo;"), set("ceo"));
+        assert_eq!(view_as("RESET rowgate.view_as"), Some(Ok(ViewAs::Reset)));
+        assert_eq!(view_as("SET rowgate.view_as = ''"), Some(Ok(ViewAs::Reset)));
+        assert_eq!(
+            view_as("SET rowgate.view_as TO DEFAULT"),
+            Some(Ok(ViewAs::Reset))
+        );
+    }
+
+    #[test]
+    fn escaped_literals_keep_quotes_and_backslashes() {
+        assert_eq!(escaped_literal(r"a'b\c"), r"E'a''b\\c'");
+    }
+
+    #[test]
+    fn other_texts_are_not_view_as() {
+        assert_eq!(view_as("SELECT 1"), None);
+        assert_eq!(view_as("SET search_path = public"), None);
+        assert_eq!(view_as("SELECT 'view_as'"), None);
+        assert_eq!(
+            view_as("SELECT set_config('rowgate.view_as', 'x', false)"),
+            None
+        );
+        assert_eq!(view_as("SHOW rowgate.view_as"), None);
+        assert_eq!(view_as("SET rowgate.view_as_other = 'x'"), None);
+    }
+
+    #[test]
+    fn forms_rowgate_cannot_follow_are_refused() {
+        for sql in [
+            "SET LOCAL rowgate.view_as = 'x'",
+            "SET rowgate.view_as = 'x'; SELECT 1",
+            "SELECT 1; RESET rowgate.view_as",
+            "SET rowgate.view_as = 1",
+        ] {
+            assert!(
+                matches!(view_as(sql), Some(Err(Refusal::Unsupported(_)))),
+                "{sql}"
+            );
+        }
+    }
+}
