@@ -371,3 +371,81 @@ fn view_as_equals_logging_in_as_the_user() {
     );
     drop(oracles);
 }
+
+/// `SHOW rowgate.access` and `SELECT rowgate.explain('...')` are answered
+/// by rowgate for the session's user, or the user an admin views as.
+#[test]
+fn show_access_and_explain_answer_for_the_session_user() {
+    let db = common::cluster().create_database("proxy_rls_answers");
+    let _oracles = rls::setup(&db);
+    let gate = common::Gate::with_policies(
+        &[
+            (Path::new(rls::POLICY).to_path_buf(), "differential.yaml"),
+            (
+                Path::new("tests/fixtures/proxy/view_as_admin.yaml").to_path_buf(),
+                "admin.yaml",
+            ),
+        ],
+        "",
+        common::UpstreamAuth::TRUST,
+    );
+    let lines = |client: &mut postgres::Client, sql: &str| -> Vec<String> {
+        common::text_rows(client, sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect()
+    };
+    let mut king = gate.connect(&db, "king", PASSWORD).unwrap();
+    let access = lines(&mut king, "SHOW rowgate.access");
+    assert_eq!(access[0], "user: king", "{access:?}");
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("public.orders") && l.contains("WHERE")),
+        "{access:?}"
+    );
+    // As `rowgate access` prints it.
+    let loaded = rowgate::policy::load_path(Path::new(rls::POLICY)).unwrap();
+    let printed =
+        rowgate::cli::access::render(&loaded.policy, &loaded.policy.access("king").unwrap());
+    assert_eq!(access, printed.lines().collect::<Vec<_>>());
+
+    let explained = lines(
+        &mut king,
+        "SELECT rowgate.explain('SELECT count(*) FROM orders')",
+    );
+    assert_eq!(explained.len(), 1);
+    assert!(
+        explained[0].starts_with("SELECT count(*) FROM (SELECT * FROM public.orders WHERE"),
+        "{explained:?}"
+    );
+    let refused = lines(&mut king, "SELECT rowgate.explain($$DELETE FROM orders$$)");
+    assert!(refused[0].starts_with("ERROR 42501: "), "{refused:?}");
+    // The answer is what the proxy then forwards.
+    let before = gate.log().len();
+    king.simple_query("SELECT count(*) FROM orders").unwrap();
+    let forwarded = gate.log()[before..]
+        .lines()
+        .filter_map(|l| l.split_once(" sql=").map(|(_, s)| s.to_string()))
+        .next_back();
+    if let Some(forwarded) = forwarded {
+        assert_eq!(forwarded, explained[0]);
+    }
+
+    let mut admin = gate.connect(&db, "viewer", "pw").unwrap();
+    assert_eq!(lines(&mut admin, "SHOW rowgate.access")[0], "user: viewer");
+    assert_eq!(
+        lines(&mut admin, "SELECT rowgate.explain('SELECT 1')"),
+        ["SELECT 1"]
+    );
+    admin.simple_query("SET rowgate.view_as = 'king'").unwrap();
+    assert_eq!(lines(&mut admin, "SHOW rowgate.access"), access);
+    assert_eq!(
+        lines(
+            &mut admin,
+            "SELECT rowgate.explain('SELECT count(*) FROM orders')"
+        ),
+        explained
+    );
+}

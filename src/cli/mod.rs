@@ -1,6 +1,6 @@
 //! The command line (SPEC §1): one module per command.
 
-mod access;
+pub mod access;
 mod audit;
 mod check;
 pub mod demo;

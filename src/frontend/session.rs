@@ -805,6 +805,20 @@ struct Forward {
     ends_transaction: bool,
 }
 
+impl Forward {
+    /// A statement rowgate answers itself, as the query giving its answer.
+    fn answer(sql: String) -> Forward {
+        Forward {
+            sql,
+            path: None,
+            preparable: false,
+            deallocates_all: false,
+            changes_settings: false,
+            ends_transaction: false,
+        }
+    }
+}
+
 /// A statement seen, for automatic preparing.
 #[derive(Debug, Default)]
 struct Seen {
@@ -977,6 +991,10 @@ impl Front<'_> {
                             let marker = self.refuse(&refusal);
                             self.note(&refusal_sql(frame.body()), None, Some(&refusal));
                             wr.write_all(&query_message(&marker)).await?;
+                        } else if let Some(text) = self.answer(&refusal_sql(frame.body())).await {
+                            let sql = refusal_sql(frame.body());
+                            self.note(&sql, Some(&text), None);
+                            wr.write_all(&query_message(&text)).await?;
                         } else {
                             if self.trail.is_some() {
                                 let sql = refusal_sql(frame.body());
@@ -1487,7 +1505,10 @@ impl Front<'_> {
         self.statements += 1;
         let result = match self.audit_refusal() {
             Some(refusal) => Err(refusal),
-            None => self.rewrite(sql, params).await,
+            None => match self.answer(sql).await {
+                Some(text) => Ok(Forward::answer(text)),
+                None => self.rewrite(sql, params).await,
+            },
         };
         if self.trail.is_some() {
             match &result {
@@ -1633,6 +1654,33 @@ impl Front<'_> {
             Some(v) => self.policy.access(v).as_ref() == Some(&self.access),
         };
         login && viewed
+    }
+
+    /// The query that answers `SHOW rowgate.access` or `SELECT
+    /// rowgate.explain('...')` for the session's (or viewed) user; `None`
+    /// for any other text.
+    async fn answer(&mut self, sql: &str) -> Option<String> {
+        let text = match view_as::answered(sql)? {
+            view_as::Answered::Access => {
+                let lines = crate::cli::access::render(&self.policy, &self.access);
+                let items: Vec<String> = lines.lines().map(view_as::escaped_literal).collect();
+                return Some(format!(
+                    "SELECT a.line AS \"rowgate.access\" FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) WITH ORDINALITY AS a(line, n) ORDER BY a.n",
+                    items.join(", ")
+                ));
+            }
+            view_as::Answered::Explain(inner) => match self.access.role {
+                Role::Admin => inner,
+                _ => match self.rewrite(&inner, &[]).await {
+                    Ok(f) => f.sql,
+                    Err(r) => format!("ERROR {}: {r}", r.sqlstate()),
+                },
+            },
+        };
+        Some(format!(
+            "SELECT {} AS explain",
+            view_as::escaped_literal(&text)
+        ))
     }
 
     /// What a text containing `view_as` asks, if it is a view-as statement.

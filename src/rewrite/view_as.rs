@@ -12,6 +12,79 @@ use super::Refusal;
 /// The setting's name, as PostgreSQL folds it.
 pub const SETTING: &str = "rowgate.view_as";
 
+/// A statement rowgate answers itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// `SHOW rowgate.access`: the session's access, as `rowgate access`
+    /// prints it.
+    Access,
+    /// `SELECT rowgate.explain('SQL')`: what would be forwarded for SQL.
+    Explain(String),
+}
+
+/// `Some` when `sql` is one of the statements rowgate answers itself.
+pub fn answered(sql: &str) -> Option<Answered> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem, SetExpr};
+    if !sql
+        .as_bytes()
+        .windows(8)
+        .any(|w| w.eq_ignore_ascii_case(b"rowgate."))
+    {
+        return None;
+    }
+    let statements = super::parse(sql).ok()?;
+    let [statement] = statements.as_slice() else {
+        return None;
+    };
+    let is = |name: &ObjectName, what: &str| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident())
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect();
+        parts.len() == 2 && parts[0] == "rowgate" && parts[1] == what
+    };
+    match statement {
+        Statement::ShowVariable { variable } => {
+            let name = ObjectName::from(variable.clone());
+            is(&name, "access").then_some(Answered::Access)
+        }
+        Statement::Query(q) => {
+            if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() {
+                return None;
+            }
+            let SetExpr::Select(select) = q.body.as_ref() else {
+                return None;
+            };
+            if !select.from.is_empty() || select.selection.is_some() {
+                return None;
+            }
+            let [SelectItem::UnnamedExpr(Expr::Function(f))] = select.projection.as_slice() else {
+                return None;
+            };
+            if !is(&f.name, "explain") {
+                return None;
+            }
+            let FunctionArguments::List(list) = &f.args else {
+                return None;
+            };
+            match list.args.as_slice() {
+                [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))] => match &v.value {
+                    Value::SingleQuotedString(text)
+                    | Value::DollarQuotedString(sqlparser::ast::DollarQuotedString {
+                        value: text,
+                        ..
+                    }) => Some(Answered::Explain(text.clone())),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// What a view-as statement asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ViewAs {
@@ -129,6 +202,24 @@ mod tests {
             view_as("SET rowgate.view_as TO DEFAULT"),
             Some(Ok(ViewAs::Reset))
         );
+    }
+
+    #[test]
+    fn statements_rowgate_answers_are_recognized() {
+        assert_eq!(answered("SHOW rowgate.access"), Some(Answered::Access));
+        assert_eq!(answered("show ROWGATE.ACCESS;"), Some(Answered::Access));
+        assert_eq!(
+            answered("SELECT rowgate.explain('SELECT * FROM orders')"),
+            Some(Answered::Explain("SELECT * FROM orders".into()))
+        );
+        assert_eq!(
+            answered("select rowgate.explain($$SELECT 'x'$$)"),
+            Some(Answered::Explain("SELECT 'x'".into()))
+        );
+        assert_eq!(answered("SHOW search_path"), None);
+        assert_eq!(answered("SELECT rowgate.explain('a'), 1"), None);
+        assert_eq!(answered("SELECT rowgate.explain(x) FROM t"), None);
+        assert_eq!(answered("SHOW rowgate.access; SELECT 1"), None);
     }
 
     #[test]
