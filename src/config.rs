@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// Runs of a statement shape in one session after which it is prepared
 /// upstream (see `frontend::autoprep`).
 pub const DEFAULT_PREPARE_THRESHOLD: usize = 2;
+/// The largest `instance_id`: it is the top byte of the (positive) process
+/// id of the cancel keys rowgate gives out.
+pub const MAX_INSTANCE_ID: u8 = 127;
 /// The default search path pinned upstream.
 pub const DEFAULT_SEARCH_PATH: &str = "public";
 
@@ -37,7 +40,7 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, metrics, audit, max_connections, max_message_bytes, prepare_threshold, workers" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, metrics, audit, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
@@ -46,6 +49,8 @@ mod raw {
             "catalog" => catalog: Spanned<String> as Text,
             "metrics" => metrics: Spanned<String> as Text,
             "audit" => audit: Spanned<Audit> as Audit,
+            "instance_id" => instance_id: Spanned<String> as Text,
+            "peers" => peers: Vec<Spanned<String>> as List<Text>,
             "max_connections" => max_connections: Spanned<String> as Text,
             "max_message_bytes" => max_message_bytes: Spanned<String> as Text,
             "prepare_threshold" => prepare_threshold: Spanned<String> as Text,
@@ -156,6 +161,12 @@ pub struct Config {
     pub metrics: Option<String>,
     /// The audit log, if any.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// This instance among several behind a load balancer (0-127): the
+    /// cancel keys it gives out carry it.
+    pub instance_id: u8,
+    /// Every instance's address, in `instance_id` order (this one's
+    /// included): where a cancel request for another instance is sent.
+    pub peers: Vec<String>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     /// After how many runs in a session a statement shape is prepared
@@ -427,6 +438,47 @@ impl Config {
                 on_failure,
             }
         });
+        let instance_id = match raw.instance_id.as_ref() {
+            None => 0,
+            Some(v) => {
+                let text = cx.string(Some(v)).unwrap_or_default();
+                match text.trim().parse::<u8>() {
+                    Ok(n) if n <= MAX_INSTANCE_ID => n,
+                    _ => {
+                        cx.error(
+                            v,
+                            format!("instance_id: `{text}` is not a whole number from 0 to {MAX_INSTANCE_ID}"),
+                        );
+                        0
+                    }
+                }
+            }
+        };
+        let mut peers = Vec::new();
+        for entry in raw.peers.iter().flatten() {
+            let text = cx.string(Some(entry)).unwrap_or_default();
+            if !text.contains(':') {
+                cx.error(
+                    entry,
+                    format!("peers: `{text}` is not an address (host:port)"),
+                );
+            }
+            peers.push(text);
+        }
+        if let Some(list) = &raw.peers {
+            if !list.is_empty() && peers.len() <= instance_id as usize {
+                let at = list.first().map(|e| e.referenced);
+                if let Some(at) = at {
+                    cx.error_at(
+                        at,
+                        format!(
+                            "peers: {} address(es), but instance_id {instance_id} needs its own at position {instance_id} (counting from 0)",
+                            peers.len()
+                        ),
+                    );
+                }
+            }
+        }
         let config = Config {
             path: path.to_path_buf(),
             listen,
@@ -437,6 +489,8 @@ impl Config {
             catalog,
             metrics,
             audit,
+            instance_id,
+            peers,
             max_connections,
             max_message_bytes,
             prepare_threshold,
@@ -563,6 +617,23 @@ mod tests {
     }
 
     #[test]
+    fn instance_id_and_peers_are_checked() {
+        let c = parse("instance_id: 2\npeers: [a:1, b:2, c:3]\n").unwrap();
+        assert_eq!((c.instance_id, c.peers.len()), (2, 3));
+        assert_eq!(parse("listen: x:1\n").unwrap().instance_id, 0);
+        let e = parse("instance_id: 128\n").unwrap_err();
+        assert!(e[0].message.contains("from 0 to 127"), "{}", e[0]);
+        let e = parse("instance_id: 2\npeers: [a:1, b:2]\n").unwrap_err();
+        assert!(
+            e[0].message.contains("needs its own at position 2"),
+            "{}",
+            e[0]
+        );
+        let e = parse("peers: [nowhere]\n").unwrap_err();
+        assert!(e[0].message.contains("not an address"), "{}", e[0]);
+    }
+
+    #[test]
     fn the_audit_log_is_read_with_its_defaults_and_its_problems() {
         use crate::audit::{OnFailure, Statements};
         let c = parse("audit: { file: log/audit.jsonl }\n").unwrap();
@@ -613,7 +684,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, metrics, audit, max_connections, max_message_bytes, prepare_threshold, workers",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, metrics, audit, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",

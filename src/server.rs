@@ -168,7 +168,8 @@ impl Server {
             listing: config.catalog,
             metrics,
             audit,
-            instance: config.listen.clone(),
+            instance: config.instance_id,
+            peers: config.peers.clone(),
         });
         Ok(Server {
             listener,
@@ -289,7 +290,7 @@ impl Server {
                 if let Some(audit) = &self.shared.audit {
                     audit.record(
                         "reload",
-                        reload_fields(&old, &loaded.policy, &self.shared.instance),
+                        reload_fields(&old, &loaded.policy, self.shared.instance),
                     );
                 }
                 self.shared.policy.store(Arc::new(loaded.policy));
@@ -303,7 +304,7 @@ impl Server {
                 self.shared.metrics.reloaded(false);
                 if let Some(audit) = &self.shared.audit {
                     let mut fields = serde_json::Map::new();
-                    fields.insert("instance".into(), self.shared.instance.clone().into());
+                    fields.insert("instance".into(), self.shared.instance.into());
                     fields.insert("decision".into(), "failed".into());
                     let why: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
                     fields.insert("reason".into(), why.join("\n").into());
@@ -321,7 +322,7 @@ impl Server {
 fn reload_fields(
     old: &policy::PolicySet,
     new: &policy::PolicySet,
-    instance: &str,
+    instance: u8,
 ) -> serde_json::Map<String, serde_json::Value> {
     let names = |p: &policy::PolicySet| -> std::collections::BTreeSet<String> {
         p.users.keys().cloned().collect()

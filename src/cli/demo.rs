@@ -129,6 +129,8 @@ async fn serve(pg: &LocalPg) -> u8 {
         },
         tls: None,
         audit: None,
+        instance_id: 0,
+        peers: Vec::new(),
         search_path: vec![crate::config::DEFAULT_SEARCH_PATH.to_string()],
         catalog: Default::default(),
         metrics: None,

@@ -70,8 +70,12 @@ pub struct Shared {
     pub listing: rewrite::system::Listing,
     /// The audit log, when configured.
     pub audit: Option<Arc<Audit>>,
-    /// This instance, as audit records name it.
-    pub instance: String,
+    /// This instance's `instance_id`: the top byte of the process id of
+    /// its cancel keys, and what audit records name it.
+    pub instance: u8,
+    /// Every instance's address, by `instance_id` (cancel requests for
+    /// another instance go there).
+    pub peers: Vec<String>,
 }
 
 /// rowgate's own query for the session's search path.
@@ -195,9 +199,18 @@ async fn session(
     let mut buf = BytesMut::with_capacity(8192);
     let hello = match startup::negotiate(&mut stream, &mut buf, shared.tls.as_ref()).await {
         Ok(First::Cancel { pid, secret }) => {
-            if let Some(key) = shared.cancels.get(&(pid, secret)).map(|k| *k) {
-                if let Err(e) = upstream::cancel(&shared.upstream, key).await {
-                    warn!("cannot forward a cancel request: {e}");
+            let instance = (pid >> 24) as u8;
+            if instance == shared.instance {
+                if let Some(key) = shared.cancels.get(&(pid, secret)).map(|k| *k) {
+                    if let Err(e) = upstream::cancel(&shared.upstream, key).await {
+                        warn!("cannot forward a cancel request: {e}");
+                    }
+                }
+            } else if let Some(peer) = shared.peers.get(instance as usize) {
+                // Another instance's session: the request goes to it, as
+                // the client sent it.
+                if let Err(e) = upstream::cancel_at(peer, (pid, secret)).await {
+                    warn!(peer = %peer, "cannot forward a cancel request to instance {instance}: {e}");
                 }
             }
             return Outcome::Cancel;
@@ -254,7 +267,7 @@ async fn session(
             let why = e.to_string();
             if let Some(audit) = &shared.audit {
                 let mut fields = serde_json::Map::new();
-                fields.insert("instance".into(), shared.instance.clone().into());
+                fields.insert("instance".into(), shared.instance.into());
                 fields.insert("user".into(), hello.user.clone().into());
                 fields.insert("auth".into(), "scram".into());
                 fields.insert("client".into(), peer.to_string().into());
@@ -368,7 +381,10 @@ async fn session(
 
     // Our own cancel key, mapped to the upstream session's.
     let key = loop {
-        let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
+        // The process id's top byte names this instance (a cancel request
+        // that reaches another instance is sent on to it).
+        let pid = (i32::from(shared.instance) << 24) | (rand::random::<i32>() & 0x00FF_FFFF);
+        let key = (pid, rand::random::<i32>());
         if !shared.cancels.contains_key(&key) {
             break key;
         }
@@ -587,7 +603,7 @@ fn audit_fields(
 ) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::Value;
     let mut m = serde_json::Map::new();
-    m.insert("instance".into(), shared.instance.clone().into());
+    m.insert("instance".into(), shared.instance.into());
     m.insert("session".into(), format!("{nonce:016x}").into());
     m.insert("user".into(), access.user.clone().into());
     m.insert("auth".into(), "scram".into());

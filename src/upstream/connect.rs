@@ -201,7 +201,21 @@ async fn authenticate(
 
 /// Forwards a cancel for the upstream session `key` at `cfg`.
 pub async fn cancel(cfg: &Upstream, key: (i32, i32)) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect((cfg.host.as_str(), cfg.port)).await?;
+    let stream = TcpStream::connect((cfg.host.as_str(), cfg.port)).await?;
+    send_cancel(stream, key).await
+}
+
+/// Sends a CancelRequest to `address` (`host:port`: another rowgate
+/// instance), within a few seconds.
+pub async fn cancel_at(address: &str, key: (i32, i32)) -> std::io::Result<()> {
+    let connect = TcpStream::connect(address);
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    send_cancel(stream, key).await
+}
+
+async fn send_cancel(mut stream: TcpStream, key: (i32, i32)) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     frontend::cancel_request(key.0, key.1, &mut out);
     stream.write_all(&out).await?;

@@ -6,4 +6,4 @@ pub mod catalog;
 pub mod connect;
 
 pub use catalog::LiveCatalog;
-pub use connect::{cancel, connect, Connected, UpstreamError};
+pub use connect::{cancel, cancel_at, connect, Connected, UpstreamError};

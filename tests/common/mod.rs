@@ -191,19 +191,35 @@ impl Proxy {
     }
 
     /// As `start_with`, with extra lines inside `upstream:` (e.g. `tls: require`).
-    // The child is waited for by `Drop`.
-    #[allow(clippy::zombie_processes)]
     pub fn start_full(
         policies: &Path,
         extra: &str,
         auth: UpstreamAuth,
         upstream_extra: &str,
     ) -> Proxy {
+        Self::launch(policies, extra, auth, upstream_extra, None)
+    }
+
+    /// As `start`, listening on `port` (for instances that name each
+    /// other's addresses).
+    pub fn start_at(port: u16, policies: &Path, extra: &str) -> Proxy {
+        Self::launch(policies, extra, UpstreamAuth::TRUST, "", Some(port))
+    }
+
+    // The child is waited for by `Drop`.
+    #[allow(clippy::zombie_processes)]
+    fn launch(
+        policies: &Path,
+        extra: &str,
+        auth: UpstreamAuth,
+        upstream_extra: &str,
+        fixed: Option<u16>,
+    ) -> Proxy {
         let c = cluster();
         let dir = tempfile::tempdir().unwrap();
         let policies = std::fs::canonicalize(policies).unwrap();
         for _ in 0..5 {
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let password = auth
                 .password
                 .map(|p| format!("  password: {p}\n"))
