@@ -287,20 +287,16 @@ impl Config {
                 }
             }
         };
-        let tls_mode = match up.and_then(|u| u.tls.as_ref()) {
-            None => UpstreamTls::default(),
-            Some(t) => match cx.string(Some(t)).unwrap_or_default().as_str() {
-                "disable" => UpstreamTls::Disable,
-                "prefer" => UpstreamTls::Prefer,
-                "require" => UpstreamTls::Require,
-                other => {
-                    let msg =
-                        format!("upstream.tls: `{other}` is not one of disable, prefer, require");
-                    cx.error(t, msg);
-                    UpstreamTls::default()
-                }
-            },
-        };
+        let tls_mode = cx.choice(
+            up.and_then(|u| u.tls.as_ref()),
+            "upstream.tls",
+            &[
+                ("disable", UpstreamTls::Disable),
+                ("prefer", UpstreamTls::Prefer),
+                ("require", UpstreamTls::Require),
+            ],
+            UpstreamTls::default(),
+        );
         let upstream = Upstream {
             host: cx
                 .string(up.and_then(|u| u.host.as_ref()))
@@ -330,17 +326,14 @@ impl Config {
                 path
             }
         };
-        let catalog = match raw.catalog.as_ref() {
-            None => crate::rewrite::system::Listing::Hide,
-            Some(v) => match cx.string(Some(v)).unwrap_or_default().as_str() {
-                "hide" => crate::rewrite::system::Listing::Hide,
-                "native" => crate::rewrite::system::Listing::Native,
-                other => {
-                    let msg = format!("catalog: `{other}` is not one of hide, native");
-                    cx.error(v, msg);
-                    crate::rewrite::system::Listing::Hide
-                }
-            },
+        let catalog = {
+            use crate::rewrite::system::Listing;
+            cx.choice(
+                raw.catalog.as_ref(),
+                "catalog",
+                &[("hide", Listing::Hide), ("native", Listing::Native)],
+                Listing::Hide,
+            )
         };
         let metrics = raw.metrics.as_ref().and_then(|v| {
             let text = cx.string(Some(v)).unwrap_or_default();
@@ -405,33 +398,25 @@ impl Config {
                     PathBuf::new()
                 }
             };
-            let statements = match &a.value.statements {
-                None => Statements::All,
-                Some(v) => match cx.string(Some(v)).unwrap_or_default().as_str() {
-                    "all" => Statements::All,
-                    "refused" => Statements::Refused,
-                    "none" => Statements::None,
-                    other => {
-                        let msg =
-                            format!("audit.statements: `{other}` is not one of all, refused, none");
-                        cx.error(v, msg);
-                        Statements::All
-                    }
-                },
-            };
-            let on_failure = match &a.value.on_failure {
-                None => OnFailure::Refuse,
-                Some(v) => match cx.string(Some(v)).unwrap_or_default().as_str() {
-                    "refuse" => OnFailure::Refuse,
-                    "continue" => OnFailure::Continue,
-                    other => {
-                        let msg =
-                            format!("audit.on_failure: `{other}` is not one of refuse, continue");
-                        cx.error(v, msg);
-                        OnFailure::Refuse
-                    }
-                },
-            };
+            let statements = cx.choice(
+                a.value.statements.as_ref(),
+                "audit.statements",
+                &[
+                    ("all", Statements::All),
+                    ("refused", Statements::Refused),
+                    ("none", Statements::None),
+                ],
+                Statements::All,
+            );
+            let on_failure = cx.choice(
+                a.value.on_failure.as_ref(),
+                "audit.on_failure",
+                &[
+                    ("refuse", OnFailure::Refuse),
+                    ("continue", OnFailure::Continue),
+                ],
+                OnFailure::Refuse,
+            );
             AuditConfig {
                 file,
                 statements,
@@ -518,6 +503,32 @@ impl Expander<'_> {
         let pos = Pos::from(at);
         self.problems
             .push(Diagnostic::error(self.path, pos, message));
+    }
+
+    /// One of `options` (by its word), or `default` when absent; another
+    /// word is an error that lists them.
+    fn choice<T: Copy>(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        key: &str,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(v) = value else {
+            return default;
+        };
+        let text = self.string(Some(v)).unwrap_or_default();
+        match options.iter().find(|(word, _)| *word == text) {
+            Some((_, value)) => *value,
+            None => {
+                let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
+                self.error(
+                    v,
+                    format!("{key}: `{text}` is not one of {}", words.join(", ")),
+                );
+                default
+            }
+        }
     }
 
     /// A positive whole number, or `default` when absent.

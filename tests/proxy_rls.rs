@@ -259,17 +259,7 @@ fn search_path_changes_mid_session_and_in_rolled_back_transactions() {
 fn view_as_equals_logging_in_as_the_user() {
     let db = common::cluster().create_database("proxy_rls_view_as");
     let oracles = rls::setup(&db);
-    let gate = common::Gate::with_policies(
-        &[
-            (Path::new(rls::POLICY).to_path_buf(), "differential.yaml"),
-            (
-                Path::new("tests/fixtures/proxy/view_as_admin.yaml").to_path_buf(),
-                "admin.yaml",
-            ),
-        ],
-        "catalog: native\n",
-        common::UpstreamAuth::TRUST,
-    );
+    let gate = with_an_admin("catalog: native\n");
     let mut admin = gate.connect(&db, "viewer", "pw").unwrap();
     let mut superuser = common::cluster().connect(&db);
     let everything = rls::run(&mut superuser, "SELECT id FROM orders").unwrap();
@@ -378,17 +368,7 @@ fn view_as_equals_logging_in_as_the_user() {
 fn show_access_and_explain_answer_for_the_session_user() {
     let db = common::cluster().create_database("proxy_rls_answers");
     let _oracles = rls::setup(&db);
-    let gate = common::Gate::with_policies(
-        &[
-            (Path::new(rls::POLICY).to_path_buf(), "differential.yaml"),
-            (
-                Path::new("tests/fixtures/proxy/view_as_admin.yaml").to_path_buf(),
-                "admin.yaml",
-            ),
-        ],
-        "",
-        common::UpstreamAuth::TRUST,
-    );
+    let gate = with_an_admin("");
     let lines = |client: &mut postgres::Client, sql: &str| -> Vec<String> {
         common::text_rows(client, sql)
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
@@ -448,4 +428,20 @@ fn show_access_and_explain_answer_for_the_session_user() {
         ),
         explained
     );
+}
+
+/// rowgate with the differential policy and an admin, `viewer` (password
+/// `pw`), next to its users.
+fn with_an_admin(extra: &str) -> common::Gate {
+    common::Gate::with_policies(
+        &[
+            (Path::new(rls::POLICY).to_path_buf(), "differential.yaml"),
+            (
+                Path::new("tests/fixtures/proxy/view_as_admin.yaml").to_path_buf(),
+                "admin.yaml",
+            ),
+        ],
+        extra,
+        common::UpstreamAuth::TRUST,
+    )
 }

@@ -71,7 +71,12 @@ fn shape_conjunct(rel: &RelName, conjunct: &Expr, catalog: &dyn Catalog) -> Expr
     else {
         return conjunct.clone();
     };
-    let Some((target, selection)) = referenced(subquery) else {
+    let Some(Referenced {
+        table: target,
+        filter: selection,
+        ..
+    }) = referenced(subquery)
+    else {
         return conjunct.clone();
     };
     let mut subquery = subquery.clone();
@@ -101,9 +106,16 @@ fn shape_conjunct(rel: &RelName, conjunct: &Expr, catalog: &dyn Catalog) -> Expr
     }
 }
 
-/// The table and the filter of a `references` subquery (`SELECT
-/// target.key FROM schema.target [WHERE ...]`), as the policy writes it.
-fn referenced(query: &Query) -> Option<(RelName, Option<&Expr>)> {
+/// What a `references` subquery (`SELECT target.key FROM schema.target
+/// [WHERE ...]`, as the policy writes it) refers to.
+pub(super) struct Referenced<'q> {
+    pub table: RelName,
+    pub key: String,
+    pub filter: Option<&'q Expr>,
+}
+
+/// The table, key and filter of a `references` subquery.
+pub(super) fn referenced(query: &Query) -> Option<Referenced<'_>> {
     let SetExpr::Select(select) = query.body.as_ref() else {
         return None;
     };
@@ -119,9 +131,13 @@ fn referenced(query: &Query) -> Option<(RelName, Option<&Expr>)> {
     if !joins.is_empty() || query.limit_clause.is_some() || query.with.is_some() {
         return None;
     }
-    if !matches!(select.projection.as_slice(), [SelectItem::UnnamedExpr(_)]) {
+    let [SelectItem::UnnamedExpr(Expr::CompoundIdentifier(key))] = select.projection.as_slice()
+    else {
         return None;
-    }
+    };
+    let [_, key] = key.as_slice() else {
+        return None;
+    };
     let names: Vec<String> = name
         .0
         .iter()
@@ -131,10 +147,11 @@ fn referenced(query: &Query) -> Option<(RelName, Option<&Expr>)> {
     let [schema, table] = names.as_slice() else {
         return None;
     };
-    Some((
-        RelName::new(schema.clone(), table.clone()),
-        select.selection.as_ref(),
-    ))
+    Some(Referenced {
+        table: RelName::new(schema.clone(), table.clone()),
+        key: fold(key),
+        filter: select.selection.as_ref(),
+    })
 }
 
 /// The planner's estimate of the rows of `rel` its filter admits; `None`
@@ -162,8 +179,8 @@ fn estimate(rel: &RelName, selection: Option<&Expr>, catalog: &dyn Catalog) -> O
                 subquery,
                 negated: false,
             } => {
-                let (target, inner) = referenced(subquery)?;
-                (column_of(expr)?, estimate(&target, inner, catalog)?)
+                let r = referenced(subquery)?;
+                (column_of(expr)?, estimate(&r.table, r.filter, catalog)?)
             }
             _ => return None,
         };

@@ -16,8 +16,7 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     BinaryOperator, Expr, FunctionArguments, Ident, JoinOperator, LimitClause, ObjectNamePart,
     Offset, OffsetRows, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
-    TableAlias, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut,
-    WildcardAdditionalOptions,
+    TableAlias, TableFactor, Value, VisitMut, VisitorMut, WildcardAdditionalOptions,
 };
 
 use super::catalog::{self, is_blocked_catalog, is_system_schema};
@@ -1047,39 +1046,8 @@ fn references_target(
     if fold(table) != rel.name {
         return None;
     }
-    let SetExpr::Select(select) = target.body.as_ref() else {
-        return None;
-    };
-    let [TableWithJoins {
-        relation: TableFactor::Table {
-            name, alias: None, ..
-        },
-        joins,
-    }] = select.from.as_slice()
-    else {
-        return None;
-    };
-    if !joins.is_empty() || target.limit_clause.is_some() {
-        return None;
-    }
-    let names: Vec<String> = name
-        .0
-        .iter()
-        .filter_map(|p| p.as_ident())
-        .map(fold)
-        .collect();
-    let [schema, table_name] = names.as_slice() else {
-        return None;
-    };
-    let target_rel = RelName::new(schema.clone(), table_name.clone());
-    let [SelectItem::UnnamedExpr(Expr::CompoundIdentifier(key))] = select.projection.as_slice()
-    else {
-        return None;
-    };
-    let [_, key] = key.as_slice() else {
-        return None;
-    };
-    Some((fold(column), target_rel, fold(key)))
+    let r = super::shape::referenced(target)?;
+    Some((fold(column), r.table, r.key))
 }
 
 /// The subquery of the fenced derived table aliased `alias`, if it stands
