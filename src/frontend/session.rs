@@ -963,7 +963,7 @@ impl Front<'_> {
                     return Ok(Outcome::PathLost);
                 }
                 if self.trail.is_some() {
-                    self.audit_message(frame.tag(), frame.body(), rewrites)?;
+                    self.audit_message(frame.tag(), frame.body())?;
                 }
                 match frame.tag() {
                     b'Q' if view_as::mentions_body(frame.body())
@@ -1894,7 +1894,7 @@ impl Front<'_> {
     }
 
     /// Follows Bind, Execute and Close for the audit records of executions.
-    fn audit_message(&mut self, tag: u8, body: &[u8], _rewrites: bool) -> Result<(), WireError> {
+    fn audit_message(&mut self, tag: u8, body: &[u8]) -> Result<(), WireError> {
         match tag {
             b'B' => {
                 let (portal, statement, _) = messages::bind(body)?;
