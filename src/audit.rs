@@ -60,8 +60,20 @@ pub enum OnFailure {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditConfig {
     pub file: PathBuf,
+    /// Also insert every record into this table.
+    pub table: Option<AuditTable>,
     pub statements: Statements,
     pub on_failure: OnFailure,
+}
+
+/// `audit.table`: a table of the upstream that every record is inserted
+/// into as well (created if missing), through a connection of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditTable {
+    /// In the schema `rowgate`.
+    pub name: crate::names::RelName,
+    /// The database it is in; `None`: `upstream.database`, else `postgres`.
+    pub database: Option<String>,
 }
 
 /// The hash before the first line of a chain.
@@ -88,6 +100,17 @@ pub struct Audit {
     queued: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     lost: Arc<AtomicUsize>,
+    /// The table sink's state, when there is one.
+    table: Option<Arc<TableState>>,
+}
+
+/// What the table sink shares with the handle.
+#[derive(Default)]
+struct TableState {
+    /// Lines written to the file, not yet inserted.
+    pending: AtomicUsize,
+    /// Whether the last insert (or connection) worked.
+    failing: AtomicBool,
 }
 
 impl Audit {
@@ -95,9 +118,30 @@ impl Audit {
     /// starts the writer thread.
     pub fn start(
         config: AuditConfig,
+        upstream: &crate::config::Upstream,
         gauges: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
     ) -> std::io::Result<Arc<Audit>> {
         let writer = Writer::open(&config.file)?;
+        let (table, lines) = match &config.table {
+            Some(t) => {
+                let state = Arc::new(TableState::default());
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let sink = TableSink {
+                    upstream: upstream.clone(),
+                    database: t
+                        .database
+                        .clone()
+                        .or_else(|| upstream.database.clone())
+                        .unwrap_or_else(|| "postgres".into()),
+                    name: t.name.clone(),
+                    state: state.clone(),
+                    on_failure: config.on_failure,
+                    lost: None,
+                };
+                (Some((state, sink, rx)), Some(tx))
+            }
+            None => (None, None),
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
@@ -110,16 +154,24 @@ impl Audit {
             lost: lost.clone(),
             on_failure: config.on_failure,
             gauges,
+            lines,
+            table_pending: table.as_ref().map(|(state, _, _)| state.clone()),
         };
         std::thread::Builder::new()
             .name("rowgate-audit".into())
             .spawn(move || run.run())?;
+        let state = table.map(|(state, mut sink, rx)| {
+            sink.lost = Some(lost.clone());
+            tokio::spawn(sink.run(rx));
+            state
+        });
         Ok(Arc::new(Audit {
             config,
             tx,
             queued,
             healthy,
             lost,
+            table: state,
         }))
     }
 
@@ -127,9 +179,14 @@ impl Audit {
     /// with `refuse`, only while the file takes records and the queue has
     /// room.
     pub fn accepts(&self) -> bool {
+        let table = self.table.as_ref().is_none_or(|t| {
+            !t.failing.load(Ordering::SeqCst)
+                && t.pending.load(Ordering::SeqCst) < QUEUE - QUEUE / 8
+        });
         self.config.on_failure == OnFailure::Continue
             || (self.healthy.load(Ordering::SeqCst)
-                && self.queued.load(Ordering::SeqCst) < QUEUE - QUEUE / 8)
+                && self.queued.load(Ordering::SeqCst) < QUEUE - QUEUE / 8
+                && table)
     }
 
     /// Records waiting to be written.
@@ -292,6 +349,9 @@ struct Run {
     on_failure: OnFailure,
     /// `/metrics`' queue depth and lost records, set after each batch.
     gauges: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
+    /// The table sink's queue: lines once they are in the file.
+    lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    table_pending: Option<Arc<TableState>>,
 }
 
 impl Run {
@@ -340,6 +400,12 @@ impl Run {
                         self.writer.prev = end;
                         self.queued.fetch_sub(n, Ordering::SeqCst);
                         batch.clear();
+                        if let (Some(lines), Some(state)) = (&self.lines, &self.table_pending) {
+                            for line in String::from_utf8_lossy(&bytes).lines() {
+                                state.pending.fetch_add(1, Ordering::SeqCst);
+                                let _ = lines.send(line.to_string());
+                            }
+                        }
                         if !self.healthy.swap(true, Ordering::SeqCst) {
                             warn!(file = %self.writer.path.display(), "the audit log is written again");
                         }
@@ -383,6 +449,105 @@ impl Run {
                 }
             }
         }
+    }
+}
+
+/// Inserts the file's lines into the audit table, through a connection of
+/// its own, reconnecting (and creating the table) as needed. With
+/// `on_failure: refuse` nothing is dropped: lines wait until they are in.
+struct TableSink {
+    upstream: crate::config::Upstream,
+    database: String,
+    name: crate::names::RelName,
+    state: Arc<TableState>,
+    on_failure: OnFailure,
+    lost: Option<Arc<AtomicUsize>>,
+}
+
+/// Lines inserted per statement, at most.
+const TABLE_BATCH: usize = 500;
+
+impl TableSink {
+    async fn run(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let mut pending: VecDeque<String> = VecDeque::new();
+        let mut client: Option<tokio_postgres::Client> = None;
+        loop {
+            if pending.is_empty() {
+                match rx.recv().await {
+                    Some(line) => pending.push_back(line),
+                    None => return,
+                }
+            }
+            while let Ok(line) = rx.try_recv() {
+                pending.push_back(line);
+            }
+            if client.is_none() {
+                match self.connect().await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        self.failed(&format!("cannot connect: {e}"), &mut pending);
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = &client else { continue };
+            let n = pending.len().min(TABLE_BATCH);
+            let batch: Vec<&str> = pending.iter().take(n).map(String::as_str).collect();
+            let insert = format!(
+                "INSERT INTO {} (ts, kind, record, line) \
+                 SELECT (r ->> 'ts')::timestamptz, r ->> 'kind', r, l \
+                 FROM pg_catalog.unnest($1::text[]) AS l, LATERAL (SELECT l::jsonb AS r) AS j",
+                self.name
+            );
+            match c.execute(insert.as_str(), &[&batch]).await {
+                Ok(_) => {
+                    pending.drain(..n);
+                    self.state.pending.fetch_sub(n, Ordering::SeqCst);
+                    if self.state.failing.swap(false, Ordering::SeqCst) {
+                        warn!(table = %self.name, "the audit table is written again");
+                    }
+                }
+                Err(e) => {
+                    client = None;
+                    self.failed(&format!("cannot insert: {e}"), &mut pending);
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Marks the sink failing; with `on_failure: continue`, what waits is
+    /// dropped (and counted).
+    fn failed(&self, why: &str, pending: &mut VecDeque<String>) {
+        if !self.state.failing.swap(true, Ordering::SeqCst) {
+            error!(table = %self.name, "cannot write the audit table: {why}");
+        }
+        if self.on_failure == OnFailure::Continue {
+            let n = pending.len();
+            pending.clear();
+            self.state.pending.fetch_sub(n, Ordering::SeqCst);
+            if let Some(lost) = &self.lost {
+                lost.fetch_add(n, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A connection with the table in place.
+    async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let client =
+            crate::upstream::catalog::connect_own(&self.upstream, &self.database, "rowgate audit")
+                .await?;
+        let schema = crate::names::ident(&self.name.schema);
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; \
+                 CREATE TABLE IF NOT EXISTS {} (ts timestamptz NOT NULL, kind text NOT NULL, \
+                 record jsonb NOT NULL, line text NOT NULL)",
+                self.name
+            ))
+            .await?;
+        Ok(client)
     }
 }
 

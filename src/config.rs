@@ -77,10 +77,19 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Audit: "a mapping with keys file, statements, on_failure" {
+        pub struct Audit: "a mapping with keys file, table, statements, on_failure" {
             "file" => file: Spanned<String> as Text,
+            "table" => table: Spanned<AuditTable> as AuditTable,
             "statements" => statements: Spanned<String> as Text,
             "on_failure" => on_failure: Spanned<String> as Text,
+        }
+    }
+
+    yaml_struct! {
+        #[derive(Debug)]
+        pub struct AuditTable: "a mapping like { data_source: default, name: rowgate.audit_logs }" {
+            "data_source" => data_source: Spanned<String> as Text,
+            "name" => name: Spanned<String> as Text,
         }
     }
 
@@ -101,6 +110,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("upstream", raw::Upstream::KEYS),
     ("tls", raw::Tls::KEYS),
     ("audit", raw::Audit::KEYS),
+    ("audit.table", raw::AuditTable::KEYS),
 ];
 
 /// How rowgate talks TLS to the warehouse.
@@ -417,8 +427,44 @@ impl Config {
                 ],
                 OnFailure::Refuse,
             );
+            let table = a.value.table.as_ref().map(|t| {
+                if let Some(ds) = &t.value.data_source {
+                    let text = cx.string(Some(ds)).unwrap_or_default();
+                    if text != "default" {
+                        cx.error(
+                            ds,
+                            format!("audit.table.data_source: `{text}` is not a data source (this version has one, `default`: the upstream)"),
+                        );
+                    }
+                }
+                let name = match &t.value.name {
+                    None => crate::names::RelName::new("rowgate", "audit_logs"),
+                    Some(v) => {
+                        let text = cx.string(Some(v)).unwrap_or_default();
+                        match crate::names::parse_dotted(&text).as_deref() {
+                            Ok([crate::names::Part::Name(schema), crate::names::Part::Name(table)])
+                                if schema == crate::rewrite::OWN_SCHEMA =>
+                            {
+                                crate::names::RelName::new(schema.clone(), table.clone())
+                            }
+                            _ => {
+                                cx.error(
+                                    v,
+                                    format!("audit.table.name: `{text}` is not a table of the schema `rowgate` (rowgate's own, which no member or analyst reads), such as rowgate.audit_logs"),
+                                );
+                                crate::names::RelName::new("rowgate", "audit_logs")
+                            }
+                        }
+                    }
+                };
+                crate::audit::AuditTable {
+                    name,
+                    database: None,
+                }
+            });
             AuditConfig {
                 file,
+                table,
                 statements,
                 on_failure,
             }
@@ -672,9 +718,19 @@ mod tests {
             .iter()
             .any(|m| m.contains("`maybe` is not one of refuse, continue")));
         assert!(
-            messages.iter().any(|m| m.contains("unknown field `table`")),
+            messages.iter().any(|m| m.contains("`file` is missing")),
             "{messages:?}"
         );
+        let c = parse("audit: { file: a, table: { data_source: default } }\n").unwrap();
+        assert_eq!(
+            c.audit.unwrap().table.unwrap().name.to_string(),
+            "rowgate.audit_logs"
+        );
+        let e = parse("audit: { file: a, table: { data_source: other, name: public.log } }\n")
+            .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].message.contains("not a data source"), "{}", e[0]);
+        assert!(e[1].message.contains("schema `rowgate`"), "{}", e[1]);
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Server {
             Some(a) => {
                 let gauges = (metrics.audit_queue.clone(), metrics.audit_lost.clone());
                 Some(
-                    crate::audit::Audit::start(a.clone(), Some(gauges))
+                    crate::audit::Audit::start(a.clone(), &config.upstream, Some(gauges))
                         .map_err(|e| ServeError::Audit(a.file.display().to_string(), e))?,
                 )
             }

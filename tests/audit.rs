@@ -349,3 +349,149 @@ fn viewing_as_a_user_is_recorded() {
     assert_eq!(statement(&rs, "SELECT 'as the member'")["user"], "admin");
     assert!(!statement(&rs, "SELECT 'as myself'").contains_key("viewed_as"));
 }
+
+/// `audit.table`: every record the file gets goes into the table too, and
+/// none is lost when the upstream server restarts (with `on_failure:
+/// refuse`, records wait until the table takes them). A private cluster,
+/// since this test stops its server.
+#[test]
+fn the_audit_table_gets_every_record_and_survives_an_upstream_restart() {
+    let pg = rowgate::localpg::LocalPg::start("audit-table", None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let port = common::free_port();
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\npolicies: {}\nupstream:\n  host: 127.0.0.1\n  port: {}\n  user: postgres\n  tls: disable\n\
+             audit:\n  file: {}\n  table: {{ data_source: default, name: rowgate.audit_logs }}\n",
+            std::fs::canonicalize(POLICY).unwrap().display(),
+            pg.port,
+            file.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rowgate"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("rowgate.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let url = |user: &str, password: &str| {
+        format!("host=127.0.0.1 port={port} user={user} password={password} dbname=postgres")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut member = loop {
+        match postgres::Client::connect(&url("member", "member-pw"), postgres::NoTls) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "rowgate did not start: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    member.simple_query("SELECT 'one'").unwrap();
+    member.simple_query("SELECT 'two'").unwrap();
+    let direct = || {
+        postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                pg.port
+            ),
+            postgres::NoTls,
+        )
+    };
+    let table_lines = || -> Vec<String> {
+        direct()
+            .and_then(|mut c| c.query("SELECT line FROM rowgate.audit_logs", &[]))
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default()
+    };
+    let wait_table = |what: &str, done: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = table_lines();
+            if done(&lines) {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the audit table never held {what}: {lines:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_table("the first statements", &|l| {
+        l.iter().any(|l| l.contains("SELECT 'two'"))
+    });
+
+    // The upstream stops: a failed login meanwhile is recorded in the file
+    // at once, and in the table once it is back.
+    let pg_ctl = |args: &[&str]| {
+        pg.command("pg_ctl")
+            .arg("-D")
+            .arg(pg.data())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    };
+    assert!(pg_ctl(&["-m", "fast", "-w", "stop"]).success());
+    assert!(postgres::Client::connect(&url("member", "wrong"), postgres::NoTls).is_err());
+    wait_for(&file, |rs| rs.iter().any(|r| r["kind"] == "login_failure"));
+    let options = format!(
+        "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+        pg.port,
+        pg.dir.display()
+    );
+    let log = pg.dir.join("restart.log");
+    assert!(pg_ctl(&["-o", &options, "-l", log.to_str().unwrap(), "-w", "start"]).success());
+    // Statements are refused (58030) until the table takes the records
+    // that waited; then they run.
+    let mut member =
+        postgres::Client::connect(&url("member", "member-pw"), postgres::NoTls).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = member.simple_query("SELECT 'three'") {
+        assert_eq!(common::sqlstate(&e).as_deref(), Some("58030"), "{e:?}");
+        assert!(Instant::now() < deadline, "statements still refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(member);
+    wait_for(&file, |rs| {
+        rs.iter().filter(|r| r["kind"] == "logout").count() >= 2
+    });
+    let in_file: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let lines = wait_table("every line of the file", &|l| l.len() >= in_file.len());
+    let mut sorted = lines.clone();
+    sorted.sort();
+    let mut expected = in_file.clone();
+    expected.sort();
+    assert_eq!(
+        sorted, expected,
+        "the table holds exactly the file's records"
+    );
+    assert!(lines.iter().any(|l| l.contains("login_failure")));
+    // The table is rowgate's own: admins read it, analysts and members not.
+    let read = "SELECT count(*) FROM rowgate.audit_logs";
+    for (user, password) in [("analyst", "analyst-pw"), ("member", "member-pw")] {
+        let mut c = postgres::Client::connect(&url(user, password), postgres::NoTls).unwrap();
+        let e = c.simple_query(read).unwrap_err();
+        assert_eq!(
+            common::sqlstate(&e).as_deref(),
+            Some("42501"),
+            "{user}: {e:?}"
+        );
+    }
+    let mut admin = postgres::Client::connect(&url("admin", "admin-pw"), postgres::NoTls).unwrap();
+    assert!(admin.simple_query(read).is_ok());
+    let _ = child.kill();
+    let _ = child.wait();
+    pg.stop();
+}

@@ -192,6 +192,10 @@ impl Refusal {
 /// a statement with it.
 pub const RESERVED_PREFIX: &str = "rowgate_";
 
+/// The schema of rowgate's own tables (the audit table): no member or
+/// analyst reads a relation in it.
+pub const OWN_SCHEMA: &str = "rowgate";
+
 /// Whether a client's prepared statement name is under the reserved prefix
 /// (as PostgreSQL compares names: folded for SQL, exact on the wire; both
 /// are checked folded, which refuses a little more).

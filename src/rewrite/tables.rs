@@ -601,6 +601,10 @@ impl Walker<'_, '_> {
         if is_blocked_catalog(&rel) {
             return Err(Refusal::Table(rel.to_string()));
         }
+        // rowgate's own schema (its audit table) is for admins only.
+        if rel.schema == super::OWN_SCHEMA && self.cx.access.role != Role::Admin {
+            return Err(Refusal::Table(rel.to_string()));
+        }
         let predicate = if is_system_schema(&rel.schema) {
             return Ok(());
         } else if !self.cx.access.may_read(&rel) {

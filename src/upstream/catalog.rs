@@ -202,6 +202,64 @@ struct Estimates {
     distinct: HashMap<(String, String, String), f64>,
 }
 
+/// A connection of rowgate's own to `database` as `upstream.user`, with
+/// the sessions' TLS rule; the task that drives it ends when the client is
+/// dropped.
+async fn open(
+    upstream: &Upstream,
+    database: &str,
+    application: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    tokio_postgres::Error,
+> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&upstream.host)
+        .port(upstream.port)
+        .user(&upstream.user)
+        .dbname(database)
+        .application_name(application)
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(p) = &upstream.password {
+        config.password(p);
+    }
+    Ok(match upstream.tls {
+        UpstreamTls::Disable => {
+            config.ssl_mode(SslMode::Disable);
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            (
+                client,
+                tokio::spawn(async move { connection.await.map(drop) }),
+            )
+        }
+        mode => {
+            config.ssl_mode(if mode == UpstreamTls::Require {
+                SslMode::Require
+            } else {
+                SslMode::Prefer
+            });
+            let (client, connection) = config.connect(crate::tls::MakeRustls::new()).await?;
+            (
+                client,
+                tokio::spawn(async move { connection.await.map(drop) }),
+            )
+        }
+    })
+}
+
+/// A connection of rowgate's own (see [`open`]), for a task that keeps it.
+pub async fn connect_own(
+    upstream: &Upstream,
+    database: &str,
+    application: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    Ok(open(upstream, database, application).await?.0)
+}
+
 /// Rows of tables that have been analyzed (`reltuples` is -1 before).
 const ROW_ESTIMATES: &str = "SELECT n.nspname::text, c.relname::text, c.reltuples::float8 \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -492,40 +550,7 @@ impl LiveCatalog {
     }
 
     async fn load(&self, database: &str) -> Result<Snapshot, tokio_postgres::Error> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&self.inner.upstream.host)
-            .port(self.inner.upstream.port)
-            .user(&self.inner.upstream.user)
-            .dbname(database)
-            .application_name("rowgate catalog")
-            .connect_timeout(Duration::from_secs(10));
-        if let Some(p) = &self.inner.upstream.password {
-            config.password(p);
-        }
-        // The same TLS rule as the sessions' upstream connections.
-        let (client, task) = match self.inner.upstream.tls {
-            UpstreamTls::Disable => {
-                config.ssl_mode(SslMode::Disable);
-                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-                (
-                    client,
-                    tokio::spawn(async move { connection.await.map(drop) }),
-                )
-            }
-            mode => {
-                config.ssl_mode(if mode == UpstreamTls::Require {
-                    SslMode::Require
-                } else {
-                    SslMode::Prefer
-                });
-                let (client, connection) = config.connect(crate::tls::MakeRustls::new()).await?;
-                (
-                    client,
-                    tokio::spawn(async move { connection.await.map(drop) }),
-                )
-            }
-        };
+        let (client, task) = open(&self.inner.upstream, database, "rowgate catalog").await?;
         let result = async {
             let by_schema = |rows: Vec<tokio_postgres::Row>| {
                 let mut map: HashMap<String, HashSet<String>> = HashMap::new();
