@@ -25,7 +25,7 @@
 #   BENCH_CLIENTS   pgbench clients                          (8)
 #   BENCH_THREADS   pgbench threads                          (2)
 #   BENCH_MODES     protocol modes                           ("simple extended prepared")
-#   BENCH_VARIANTS  rowgate variants: fence, nofence, noprep, w1 ("fence")
+#   BENCH_VARIANTS  rowgate variants: fence, nofence, noprep, w1, audit ("fence")
 #   BENCH_WARMUP    seconds of warm-up per target            (3; quick: 1)
 #   BENCH_FILTERED_DIRECT=1  also run `direct:<variant>`: the statement that
 #                   rowgate forwards, sent straight to PostgreSQL (what the
@@ -393,6 +393,8 @@ EOF
 #            statement rewritten and forwarded as text (measures what they
 #            save)
 #   w1       workers: 1: one session thread, as PgBouncer has
+#   audit    the audit log on (a record per statement, to a file in the
+#            variant's directory): measures what auditing costs
 rowgate_variant() {
   local variant=$1 dir=$2 port=$3 extra=""
   variant_env=()
@@ -403,7 +405,8 @@ rowgate_variant() {
     nofence) variant_env=(ROWGATE_UNSAFE_NO_FENCE=1) ;;
     noprep) extra="prepare_threshold: 0" ;;
     w1) extra="workers: 1" ;;
-    *) die "unknown rowgate variant '$variant' (known: fence, nofence, noprep, w1)" ;;
+    audit) extra="audit: { file: $dir/audit.jsonl }" ;;
+    *) die "unknown rowgate variant '$variant' (known: fence, nofence, noprep, w1, audit)" ;;
   esac
   cat >"$dir/proxy.yaml" <<EOF
 listen: 127.0.0.1:$port

@@ -355,5 +355,16 @@ fn reload_fields(
         "users_changed".into(),
         changed.into_iter().cloned().collect::<Vec<_>>().into(),
     );
+    // Tables whose row rules were added, removed or changed.
+    let tables: Vec<String> = old
+        .tables
+        .keys()
+        .chain(new.tables.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|t| old.tables.get(*t) != new.tables.get(*t))
+        .map(|t| t.to_string())
+        .collect();
+    m.insert("tables_changed".into(), tables.into());
     m
 }

@@ -133,7 +133,7 @@ pub enum Filter {
 }
 
 /// The row rules of one table: every filter must hold (AND).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TablePolicy {
     pub filters: Vec<Filter>,
 }
