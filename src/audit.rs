@@ -86,8 +86,16 @@ const BATCH: usize = 1024;
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// One record as queued: when, what kind, and its members as JSON
+/// fragments (`"name":value,...`, without braces), written in order.
+pub struct Record {
+    at: time::OffsetDateTime,
+    kind: &'static str,
+    fields: Vec<Arc<str>>,
+}
+
 enum Entry {
-    Record(Map<String, Value>),
+    Record(Record),
     Reopen,
     /// Answered once everything queued before it is written (or failed).
     Flush(std::sync::mpsc::Sender<()>),
@@ -209,12 +217,26 @@ impl Audit {
         }
     }
 
-    /// Queues a record of `kind` (`statement`, `login`, ...).
-    pub fn record(&self, kind: &str, mut fields: Map<String, Value>) {
-        let mut record = Map::new();
-        record.insert("ts".into(), Value::String(now()));
-        record.insert("kind".into(), Value::String(kind.into()));
-        record.append(&mut fields);
+    /// Queues a record of `kind` (`login`, `reload`, ...) with `fields`.
+    pub fn record(&self, kind: &'static str, fields: Map<String, Value>) {
+        self.queue(kind, vec![Arc::from(fragment(&fields))]);
+    }
+
+    /// Queues the record of a finished statement: the session's members
+    /// (see [`fragment`], made once per session) and the statement's.
+    pub fn statement(&self, session: &Arc<str>, finished: &Finished) {
+        self.queue(
+            "statement",
+            vec![session.clone(), Arc::from(finished.fragment())],
+        );
+    }
+
+    fn queue(&self, kind: &'static str, fields: Vec<Arc<str>>) {
+        let record = Record {
+            at: time::OffsetDateTime::now_utc(),
+            kind,
+            fields,
+        };
         self.queued.fetch_add(1, Ordering::SeqCst);
         match self.tx.try_send(Entry::Record(record)) {
             Ok(()) => {}
@@ -239,14 +261,27 @@ impl Audit {
     }
 }
 
-/// The current time as RFC 3339, UTC, in milliseconds.
-fn now() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
+/// A time as RFC 3339, UTC, in milliseconds.
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    let at = at
+        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
+        .unwrap_or(at);
+    at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// The members of `fields` as a JSON fragment: `"a":1,"b":"x"`.
+pub fn fragment(fields: &Map<String, Value>) -> String {
+    let text = Value::Object(fields.clone()).to_string();
+    text[1..text.len() - 1].to_string()
+}
+
+/// `text` as a JSON string, quotes included.
+fn json_string(out: &mut String, text: &str) {
+    match serde_json::to_string(text) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
 }
 
 /// The file and the chain's last hash.
@@ -281,14 +316,23 @@ impl Writer {
     }
 
     /// The lines of `records`, chained on from `prev`; the chain's new end.
-    fn chain(&self, records: &[Map<String, Value>]) -> (Vec<u8>, String) {
+    fn chain(&self, records: &[Record]) -> (Vec<u8>, String) {
         let mut out = Vec::new();
         let mut prev = self.prev.clone();
         for record in records {
-            let mut record = record.clone();
-            record.insert("prev".into(), Value::String(prev.clone()));
-            let body = Value::Object(record).to_string();
-            let open = &body[..body.len() - 1];
+            let size: usize = record.fields.iter().map(|f| f.len() + 1).sum();
+            let mut open = String::with_capacity(size + 160);
+            open.push_str("{\"ts\":\"");
+            open.push_str(&rfc3339(record.at));
+            open.push_str("\",\"kind\":");
+            json_string(&mut open, record.kind);
+            for f in record.fields.iter().filter(|f| !f.is_empty()) {
+                open.push(',');
+                open.push_str(f);
+            }
+            open.push_str(",\"prev\":\"");
+            open.push_str(&prev);
+            open.push('"');
             let hash = hex::encode(Sha256::digest(open.as_bytes()));
             out.extend_from_slice(open.as_bytes());
             out.extend_from_slice(b",\"hash\":\"");
@@ -356,10 +400,11 @@ struct Run {
 
 impl Run {
     fn run(mut self) {
-        let mut batch: Vec<Map<String, Value>> = Vec::new();
+        let mut batch: Vec<Record> = Vec::new();
+        let mut reopening = false;
         let mut flushes = Vec::new();
         loop {
-            let first = if batch.is_empty() {
+            let first = if batch.is_empty() && !reopening {
                 match self.rx.recv() {
                     Ok(e) => Some(e),
                     Err(_) => return,
@@ -384,10 +429,17 @@ impl Run {
                     next = self.rx.try_recv().ok();
                 }
             }
-            if reopen || !self.healthy.load(Ordering::SeqCst) {
-                self.reopen();
+            // After a failed reopen nothing is written to the old file
+            // (whose name may be gone) until the name opens again.
+            if reopen || reopening || !self.healthy.load(Ordering::SeqCst) {
+                reopening = !self.reopen();
             }
-            if !batch.is_empty() {
+            if reopening && self.on_failure == OnFailure::Continue && !batch.is_empty() {
+                self.queued.fetch_sub(batch.len(), Ordering::SeqCst);
+                self.lost.fetch_add(batch.len(), Ordering::SeqCst);
+                batch.clear();
+            }
+            if !batch.is_empty() && !reopening {
                 let n = batch.len();
                 let (bytes, end) = self.writer.chain(&batch);
                 match self
@@ -434,7 +486,8 @@ impl Run {
         }
     }
 
-    fn reopen(&mut self) {
+    /// Opens the file by its name again; whether it could.
+    fn reopen(&mut self) -> bool {
         match Writer::open(&self.writer.path) {
             Ok(mut fresh) => {
                 // A new file goes on from the chain written so far.
@@ -442,11 +495,13 @@ impl Run {
                     fresh.prev = self.writer.prev.clone();
                 }
                 self.writer = fresh;
+                true
             }
             Err(e) => {
                 if self.healthy.swap(false, Ordering::SeqCst) {
                     error!(file = %self.writer.path.display(), "cannot reopen the audit log: {e}");
                 }
+                false
             }
         }
     }
@@ -595,29 +650,38 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// The statement's members of its record.
-    pub fn fields(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("sql".into(), Value::String(self.decided.sql.to_string()));
-        if let Some(f) = &self.decided.forwarded {
-            m.insert("forwarded".into(), Value::String(f.to_string()));
+    /// The statement's members of its record, as a JSON fragment.
+    pub fn fragment(&self) -> String {
+        let d = &self.decided;
+        let size = d.sql.len() + d.forwarded.as_ref().map_or(0, |f| f.len());
+        let mut out = String::with_capacity(size + 160);
+        out.push_str("\"sql\":");
+        json_string(&mut out, &d.sql);
+        if let Some(f) = &d.forwarded {
+            out.push_str(",\"forwarded\":");
+            json_string(&mut out, f);
         }
-        m.insert("decision".into(), self.decision.as_str().into());
-        if let Some(v) = &self.decided.viewed_as {
-            m.insert("viewed_as".into(), Value::String(v.to_string()));
+        out.push_str(",\"decision\":\"");
+        out.push_str(self.decision.as_str());
+        out.push('"');
+        if let Some(v) = &d.viewed_as {
+            out.push_str(",\"viewed_as\":");
+            json_string(&mut out, v);
         }
-        if let Some(s) = &self.sqlstate {
-            m.insert("sqlstate".into(), Value::String(s.clone()));
+        if let Some(code) = &self.sqlstate {
+            out.push_str(",\"sqlstate\":");
+            json_string(&mut out, code);
         }
         if let Some(r) = &self.reason {
-            m.insert("reason".into(), Value::String(r.clone()));
+            out.push_str(",\"reason\":");
+            json_string(&mut out, r);
         }
         if let Some(rows) = self.rows {
-            m.insert("rows".into(), rows.into());
+            out.push_str(&format!(",\"rows\":{rows}"));
         }
-        let ms = (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        m.insert("duration_ms".into(), ms.into());
-        m
+        let ms = (self.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        out.push_str(&format!(",\"duration_ms\":{ms}"));
+        out
     }
 }
 
@@ -968,18 +1032,39 @@ mod tests {
         assert_eq!(command_rows(b"CREATE TABLE\0"), None);
     }
 
-    fn records(n: usize) -> Vec<Map<String, Value>> {
+    fn records(n: usize) -> Vec<Record> {
         (0..n)
             .map(|i| {
                 let mut m = Map::new();
-                m.insert("kind".into(), "statement".into());
                 m.insert(
                     "sql".into(),
                     Value::String(format!("SELECT {i} -- \"quoted\"\n")),
                 );
-                m
+                Record {
+                    at: time::OffsetDateTime::now_utc(),
+                    kind: "statement",
+                    fields: vec![Arc::from(fragment(&m)), Arc::from("")],
+                }
             })
             .collect()
+    }
+
+    #[test]
+    fn a_statement_fragment_is_json() {
+        let f = Finished {
+            decided: decided("SELECT '\"x\"\n'", false),
+            decision: Decision::Error,
+            sqlstate: Some("22012".into()),
+            reason: Some("division by zero".into()),
+            rows: Some(3),
+            duration: Duration::from_micros(1500),
+        };
+        let v: Map<String, Value> = serde_json::from_str(&format!("{{{}}}", f.fragment())).unwrap();
+        assert_eq!(v["sql"], "SELECT '\"x\"\n'");
+        assert_eq!(v["decision"], "error");
+        assert_eq!(v["rows"], 3);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert!(v["forwarded"].as_str().unwrap().starts_with("/*rw*/"));
     }
 
     fn chained(n: usize) -> String {

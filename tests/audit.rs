@@ -495,3 +495,62 @@ fn the_audit_table_gets_every_record_and_survives_an_upstream_restart() {
     let _ = child.wait();
     pg.stop();
 }
+
+/// Statements prepared while the log was fine (by the client, or by
+/// rowgate automatically) do not run once it fails: here its directory is
+/// removed and SIGHUP cannot reopen it.
+#[test]
+fn prepared_statements_do_not_run_once_the_log_fails() {
+    let db = database();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("logs");
+    std::fs::create_dir(&sub).unwrap();
+    let file = sub.join("audit.jsonl");
+    let proxy = common::Proxy::start(
+        Path::new(POLICY),
+        &format!("audit:\n  file: {}\n", file.display()),
+    );
+    let mut member = proxy.connect(&db, "member", "member-pw").unwrap();
+    let statement = member
+        .prepare("SELECT count(*) FROM merchants WHERE id > $1")
+        .unwrap();
+    member.query(&statement, &[&0i32]).unwrap();
+    // Past the automatic preparing threshold: the next run would execute
+    // rowgate's own prepared statement.
+    for _ in 0..3 {
+        member.simple_query("SELECT count(*) FROM orders").unwrap();
+    }
+    std::fs::remove_dir_all(&sub).unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match member.simple_query("SELECT 1") {
+            Err(e) => {
+                assert_eq!(common::sqlstate(&e).as_deref(), Some("58030"), "{e:?}");
+                break;
+            }
+            Ok(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "statements still run: {}",
+                    proxy.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let err = member.query(&statement, &[&0i32]).unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("58030"), "{err:?}");
+    let err = member
+        .simple_query("SELECT count(*) FROM orders")
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("58030"), "{err:?}");
+    // Once the file can be written again, statements run again.
+    std::fs::create_dir(&sub).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while member.query(&statement, &[&0i32]).is_err() {
+        assert!(Instant::now() < deadline, "statements still refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    member.simple_query("SELECT count(*) FROM orders").unwrap();
+}

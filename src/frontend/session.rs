@@ -418,6 +418,9 @@ async fn session(
         log.audit = Some(info.clone());
         info
     });
+    let audit_fragment: Option<Arc<str>> = audit_info
+        .as_ref()
+        .map(|info| Arc::from(crate::audit::fragment(info)));
     let refusals = Refusals::new(nonce);
     let own = OwnQueries::default();
     let expect = Expectations::default();
@@ -484,7 +487,7 @@ async fn session(
         retry_tx,
         pending: &pending,
         client_done: &client_done,
-        audit: shared.audit.as_deref().zip(audit_info.as_ref()),
+        audit: shared.audit.as_deref().zip(audit_fragment.as_ref()),
         trail: shared.audit.as_ref().map(|_| &trail),
     };
     let loops = Loops {
@@ -965,6 +968,19 @@ impl Front<'_> {
                 if self.trail.is_some() {
                     self.audit_message(frame.tag(), frame.body())?;
                 }
+                // While the audit log cannot take records, prepared
+                // statements do not run either: a Bind is replaced by a
+                // Parse that fails with the refusal, and PostgreSQL skips
+                // the rest of the pipeline.
+                if frame.tag() == b'B' {
+                    if let Some(refusal) = self.audit_refusal() {
+                        let marker = self.refuse(&refusal);
+                        // No parameter types: a count of zero.
+                        wr.write_all(&parse_message(NO_STATEMENT, &marker, &[0, 0]))
+                            .await?;
+                        continue;
+                    }
+                }
                 match frame.tag() {
                     b'Q' if view_as::mentions_body(frame.body())
                         && self.view_as_request(frame.body()).is_some() =>
@@ -1077,6 +1093,10 @@ impl Front<'_> {
                             let out = self.refuse(&refusal);
                             self.note("(FunctionCall)", None, Some(&refusal));
                             wr.write_all(&query_message(&out)).await?;
+                        } else if let Some(refusal) = self.audit_refusal() {
+                            let out = self.refuse(&refusal);
+                            self.note("(FunctionCall)", None, Some(&refusal));
+                            wr.write_all(&query_message(&out)).await?;
                         } else {
                             self.note("(FunctionCall)", Some("(FunctionCall)"), None);
                             wr.write_all(&frame.frame).await?;
@@ -1183,6 +1203,11 @@ impl Front<'_> {
     /// (prepared first if this run reaches the threshold); `None` to send
     /// it the ordinary way.
     async fn auto_query(&mut self, sql: &Arc<str>) -> Option<Bytes> {
+        // While the audit log cannot take records, the ordinary way
+        // refuses every statement.
+        if self.audit_refusal().is_some() {
+            return None;
+        }
         let threshold = self.shared.prepare_threshold;
         if threshold == 0 || self.auto_off || sql.len() > MAX_AUTO_LEN {
             return None;
@@ -1826,7 +1851,7 @@ impl Front<'_> {
     }
 
     /// An audit record of a view-as start or end.
-    fn view_event(&self, kind: &str, viewed: &str) {
+    fn view_event(&self, kind: &'static str, viewed: &str) {
         if let (Some(audit), Some(info)) = (&self.shared.audit, &self.audit_info) {
             let mut fields = info.clone();
             fields.insert("viewed_as".into(), viewed.into());
@@ -2066,8 +2091,9 @@ struct Back<'a> {
     retry_tx: mpsc::Sender<Retry>,
     pending: &'a AtomicI64,
     client_done: &'a AtomicBool,
-    /// The audit log and the session's members of its records.
-    audit: Option<(&'a Audit, &'a serde_json::Map<String, serde_json::Value>)>,
+    /// The audit log and the session's members of its records (a JSON
+    /// fragment, made once).
+    audit: Option<(&'a Audit, &'a Arc<str>)>,
     trail: Option<&'a Mutex<Trail>>,
 }
 
@@ -2244,9 +2270,7 @@ impl Back<'_> {
             .on_message(cycle, tag, body);
         for f in finished {
             if audit.wants(f.decision) {
-                let mut fields = info.clone();
-                fields.append(&mut f.fields());
-                audit.record("statement", fields);
+                audit.statement(info, &f);
             }
         }
     }
