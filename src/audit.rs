@@ -83,6 +83,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const QUEUE: usize = 65_536;
 /// Records written per batch, at most.
 const BATCH: usize = 1024;
+/// How long the writer lets records gather before it writes them.
+const GATHER: Duration = Duration::from_millis(2);
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -418,6 +420,11 @@ impl Run {
                 }
             };
             let mut reopen = false;
+            // Let records gather before writing: one write and one wake-up
+            // for many statements (no sender wakes a sleeping writer).
+            if first.is_some() {
+                std::thread::sleep(GATHER);
+            }
             let mut next = first;
             while let Some(entry) = next.take() {
                 match entry {
