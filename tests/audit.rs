@@ -61,9 +61,14 @@ fn statement<'a>(rs: &'a [Map<String, Value>], sql: &str) -> &'a Map<String, Val
 
 /// `rowgate audit verify FILE`: exit code and output.
 fn verify(path: &Path) -> (i32, String) {
+    verify_all(&[path])
+}
+
+/// `rowgate audit verify FILE...`: exit code and output.
+fn verify_all(paths: &[&Path]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowgate"))
         .args(["audit", "verify"])
-        .arg(path)
+        .args(paths)
         .output()
         .unwrap();
     (
@@ -265,6 +270,12 @@ fn sighup_reopens_the_file_and_the_chain_goes_on() {
     assert!(records(&rotated)
         .iter()
         .all(|r| get(r, "sql") != "SELECT 'after'"));
+    // Both files, oldest first, join; the other way round they do not.
+    let (code, out) = verify_all(&[&rotated, &log.file]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = verify_all(&[&log.file, &rotated]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not follow the last record"), "{out}");
 }
 
 #[test]
