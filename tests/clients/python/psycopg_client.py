@@ -127,6 +127,13 @@ def pipeline(dsn):
                 p.sync()
             except psycopg.Error as e:
                 events.append(f"{type(e).__name__}:{e.sqlstate}")
+                # The error may come back while a later execute() is queued,
+                # before the Sync was sent (it depends on timing): sync now
+                # so that the pipeline leaves its aborted state either way.
+                try:
+                    p.sync()
+                except psycopg.errors.PipelineAborted:
+                    pass
             events.append(f"first:{first.fetchone()[0]}")
             last = conn.execute("SELECT count(*) FROM merchants WHERE id > %s", (0,))
             p.sync()
