@@ -196,8 +196,24 @@ fn a_refusal_in_a_transaction_block_fails_it_as_postgresql_does() {
     );
     let out = raw.query("SELECT 1").unwrap();
     assert_eq!(errors(&out)[0].0, "25P02");
+    // In the failed block, a statement rowgate refuses is answered as
+    // PostgreSQL answers any statement there, before looking at it: 25P02.
+    for refused in [
+        "SELECT * FROM hr.salaries",
+        "DELETE FROM orders",
+        "LISTEN x",
+    ] {
+        let out = raw.query(refused).unwrap();
+        assert_eq!(errors(&out)[0].0, "25P02", "{refused}: {:?}", errors(&out));
+    }
+    // ... but a syntax error first, as PostgreSQL parses first.
+    let out = raw.query("SELEC 1").unwrap();
+    assert_eq!(errors(&out)[0].0, "42601");
     let out = raw.query("ROLLBACK").unwrap();
     assert_eq!(out.last().unwrap().body, b"I");
+    // Outside it, the refusal says why.
+    let out = raw.query("DELETE FROM orders").unwrap();
+    assert_eq!(errors(&out)[0].0, "42501");
 }
 
 #[test]

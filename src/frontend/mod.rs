@@ -20,4 +20,5 @@ pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 }

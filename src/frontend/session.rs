@@ -2236,6 +2236,7 @@ impl Back<'_> {
                         }
                     }
                     if let Some(e) = self.refusals.translate(frame.body()) {
+                        let e = self.in_failed_transaction(e);
                         wr.write_all(&e).await?;
                         self.audit(self.cycles, b'E', &e[5..]);
                     } else {
@@ -2256,6 +2257,32 @@ impl Back<'_> {
                 },
             }
         }
+    }
+
+    /// A refusal of a statement sent in a transaction block that had
+    /// already failed: PostgreSQL answers any such statement (but one that
+    /// ends the transaction, which rowgate never refuses) with 25P02 before
+    /// looking at what it asks, so the refusal becomes that. Errors its
+    /// parser gives first (syntax, encoding, depth) and rowgate's own
+    /// conditions stay as they are.
+    fn in_failed_transaction(&self, error: Bytes) -> Bytes {
+        if self.status != b'E' {
+            return error;
+        }
+        let fields = wire::error_fields(&error[5..]);
+        let code = fields
+            .iter()
+            .find(|(c, _)| *c == b'C')
+            .map(|(_, v)| v.as_str());
+        if !matches!(
+            code,
+            Some(sqlstate::INSUFFICIENT_PRIVILEGE | sqlstate::FEATURE_NOT_SUPPORTED)
+        ) {
+            return error;
+        }
+        let message =
+            "current transaction is aborted, commands ignored until end of transaction block";
+        wire::error_response("ERROR", sqlstate::IN_FAILED_SQL_TRANSACTION, message)
     }
 
     /// Follows a message the client was sent; writes the audit records of
