@@ -600,6 +600,18 @@ impl TableSink {
         let client =
             crate::upstream::catalog::connect_own(&self.upstream, &self.database, "rowgate audit")
                 .await?;
+        // Created only when missing: an upstream role that may insert into
+        // an existing table needs no right to create one.
+        let exists: Option<String> = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1)::text",
+                &[&self.name.to_string()],
+            )
+            .await?
+            .get(0);
+        if exists.is_some() {
+            return Ok(client);
+        }
         let schema = crate::names::ident(&self.name.schema);
         client
             .batch_execute(&format!(
