@@ -29,16 +29,15 @@
 //! decide how PostgreSQL reads literals when it prepares), when the catalog
 //! changes, and on `DEALLOCATE ALL`.
 //!
-//! The relay back must know which responses belong to rowgate's own
-//! messages. [`Expectations`] is the ordered list of responses the relay
-//! expects for the messages sent upstream; every Parse and Close a rewriting
-//! session forwards has an entry, so each ParseComplete and CloseComplete is
-//! matched to its message.
+//! The session's pipeline state (`session/pipeline.rs`) knows which
+//! responses belong to rowgate's own messages: every Parse and Close a
+//! rewriting session forwards has an entry in its queue of expected
+//! responses, so each ParseComplete and CloseComplete is matched to its
+//! message.
 
-use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use sqlparser::ast::{Expr, Query, SelectItem, SetExpr, Statement, Value};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -377,97 +376,12 @@ impl Auto {
         }
     }
 
-    fn set(&self, state: u8) {
+    /// Settles its state (once): prepared or not.
+    pub(crate) fn settle(&self, ready: bool) {
+        let state = if ready { READY } else { FAILED };
         let _ = self
             .state
             .compare_exchange(PREPARING, state, Ordering::SeqCst, Ordering::SeqCst);
-    }
-}
-
-/// What the relay does with an expected response.
-#[derive(Debug)]
-pub enum Action {
-    /// Hand it on.
-    Pass,
-    /// The CommandComplete of rowgate's own `PREPARE`: drop it; the
-    /// statement exists.
-    Swallow(Arc<Auto>),
-    /// The ParseComplete of a Parse that creates a statement: hand it on;
-    /// the statement exists.
-    Created(Arc<Auto>),
-    /// The CloseComplete of a Close sent in place of a Parse: hand on a
-    /// ParseComplete instead.
-    AsParseComplete,
-    /// The CloseComplete of rowgate's own Close: drop it.
-    Drop,
-    /// The ErrorResponse of an `EXECUTE` standing for this client
-    /// statement, if it says the statement went stale: the statement may
-    /// be run again the ordinary way.
-    Retry(Arc<str>),
-}
-
-#[derive(Debug)]
-struct Expect {
-    cycle: u64,
-    tag: u8,
-    action: Action,
-}
-
-/// The responses the relay expects, in the order of the messages sent.
-#[derive(Debug, Default)]
-pub struct Expectations {
-    queue: Mutex<VecDeque<Expect>>,
-    len: AtomicUsize,
-    /// Set by the relay when an error says a prepared statement went stale
-    /// or missing; the session then forgets its automatic statements.
-    pub stale: AtomicBool,
-}
-
-impl Expectations {
-    /// Expects a response tagged `tag` to a message of cycle `cycle`.
-    pub fn push(&self, cycle: u64, tag: u8, action: Action) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.push_back(Expect { cycle, tag, action });
-        self.len.store(q.len(), Ordering::SeqCst);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len.load(Ordering::SeqCst) == 0
-    }
-
-    /// The action for a response tagged `tag` in cycle `cycle`: the next
-    /// expected one if it matches, else none (a response to a message
-    /// without an entry).
-    pub fn take(&self, cycle: u64, tag: u8) -> Option<Action> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let head = q.front()?;
-        if head.cycle != cycle || head.tag != tag {
-            return None;
-        }
-        let e = q.pop_front()?;
-        self.len.store(q.len(), Ordering::SeqCst);
-        match &e.action {
-            Action::Swallow(a) | Action::Created(a) => a.set(READY),
-            Action::Pass | Action::AsParseComplete | Action::Drop | Action::Retry(_) => {}
-        }
-        Some(e.action)
-    }
-
-    /// Cycle `cycle` ended (ReadyForQuery): what is still expected of it
-    /// was skipped after an error, and statements it was to create do not
-    /// exist.
-    pub fn end_cycle(&self, cycle: u64) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        while q.front().is_some_and(|e| e.cycle <= cycle) {
-            if let Some(Expect {
-                action: Action::Swallow(a) | Action::Created(a),
-                ..
-            }) = q.pop_front()
-            {
-                a.set(FAILED);
-            }
-        }
-        self.len.store(q.len(), Ordering::SeqCst);
     }
 }
 
@@ -599,25 +513,5 @@ mod tests {
         ));
         assert!(!stale_statement_error(b"SERROR\0C0A000\0Mother\0\0"));
         assert!(!stale_statement_error(b"SERROR\0C42501\0Mx\0\0"));
-    }
-
-    #[test]
-    fn expectations_match_in_order_and_fail_what_a_cycle_skipped() {
-        let e = Expectations::default();
-        let a = Auto::new("a".into(), 0);
-        let b = Auto::new("b".into(), 1);
-        e.push(0, b'1', Action::Pass);
-        e.push(0, b'1', Action::Created(a.clone()));
-        e.push(1, b'C', Action::Swallow(b.clone()));
-        assert!(e.take(0, b'3').is_none());
-        assert!(matches!(e.take(0, b'1'), Some(Action::Pass)));
-        assert!(!a.ready() && a.usable(0) && !a.usable(1));
-        assert!(e.take(1, b'C').is_none(), "not before its cycle");
-        assert!(matches!(e.take(0, b'1'), Some(Action::Created(_))));
-        assert!(a.ready() && a.usable(7));
-        e.end_cycle(0);
-        assert!(!e.is_empty());
-        e.end_cycle(1);
-        assert!(e.is_empty() && b.failed() && !b.usable(1));
     }
 }

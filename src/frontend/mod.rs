@@ -9,6 +9,7 @@ pub mod own;
 pub mod refusals;
 pub mod session;
 pub mod startup;
+pub mod tags;
 
 /// SQLSTATEs the frontend sends itself.
 pub mod sqlstate {

@@ -1,15 +1,14 @@
 //! rowgate's own queries in a session's upstream stream: a plain
-//! synchronous type shared by the two halves. The client half sends a
+//! synchronous type, part of a session's pipeline state. The session sends a
 //! simple Query of its own between two of the client's cycles (to read the
 //! session's search path, which the client's statements may have changed in
 //! ways only PostgreSQL knows, such as a rollback); the relay consumes every
 //! message of that cycle instead of handing it to the client, and the
-//! client half gets the first column of the first row.
+//! session gets the first column of the first row.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 
-use tokio::sync::oneshot;
+use super::tags::backend;
 
 /// What an own query gave.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,71 +26,57 @@ struct Own {
     cycle: u64,
     value: Option<String>,
     failed: bool,
-    done: Option<oneshot::Sender<Answer>>,
 }
 
 /// The own queries under way, by the cycle they take.
 #[derive(Default)]
 pub struct OwnQueries {
-    queue: Mutex<VecDeque<Own>>,
-}
-
-/// Message tags the relay hands over.
-pub mod tag {
-    pub const DATA_ROW: u8 = b'D';
-    pub const ERROR: u8 = b'E';
-    pub const READY: u8 = b'Z';
+    queue: VecDeque<Own>,
 }
 
 impl OwnQueries {
-    /// Cycle `cycle` is an own query's; its answer comes on the receiver.
-    pub fn register(&self, cycle: u64) -> oneshot::Receiver<Answer> {
-        let (tx, rx) = oneshot::channel();
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.push_back(Own {
+    /// Cycle `cycle` is an own query's.
+    pub fn register(&mut self, cycle: u64) {
+        self.queue.push_back(Own {
             cycle,
             value: None,
             failed: false,
-            done: Some(tx),
         });
-        rx
     }
 
     /// Whether cycle `cycle` is an own query's.
     pub fn owns(&self, cycle: u64) -> bool {
-        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.front().is_some_and(|o| o.cycle == cycle)
+        self.queue.front().is_some_and(|o| o.cycle == cycle)
     }
 
-    /// A message of the own cycle `cycle` (tag and body), consumed; true
-    /// when it ended the cycle.
-    pub fn take(&self, cycle: u64, tag: u8, body: &[u8]) -> bool {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(own) = q.front_mut().filter(|o| o.cycle == cycle) else {
-            return false;
-        };
+    /// No own query is under way.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// A message of the own cycle `cycle` (tag and body), consumed; its
+    /// answer when the message ended the cycle.
+    pub fn take(&mut self, cycle: u64, tag: u8, body: &[u8]) -> Option<Answer> {
+        let own = self.queue.front_mut().filter(|o| o.cycle == cycle)?;
         match tag {
-            tag::DATA_ROW if own.value.is_none() && !own.failed => {
+            backend::DATA_ROW if own.value.is_none() && !own.failed => {
                 own.value = first_column(body);
             }
-            tag::ERROR => {
+            backend::ERROR_RESPONSE => {
                 own.failed = true;
                 own.value = None;
             }
-            tag::READY => {
-                let mut own = q.pop_front().expect("front checked");
-                if let Some(done) = own.done.take() {
-                    let _ = done.send(Answer {
-                        value: own.value.take(),
-                        failed: own.failed,
-                        status: body.first().copied().unwrap_or(b'I'),
-                    });
-                }
-                return true;
+            backend::READY_FOR_QUERY => {
+                let own = self.queue.pop_front()?;
+                return Some(Answer {
+                    value: own.value,
+                    failed: own.failed,
+                    status: body.first().copied().unwrap_or(b'I'),
+                });
             }
             _ => {}
         }
-        false
+        None
     }
 }
 
@@ -129,36 +114,39 @@ mod tests {
 
     #[test]
     fn an_own_cycle_gives_its_first_value_and_ends_at_ready() {
-        let own = OwnQueries::default();
-        let mut rx = own.register(3);
+        let mut own = OwnQueries::default();
+        own.register(3);
         assert!(!own.owns(2));
         assert!(own.owns(3));
-        assert!(!own.take(3, b'T', b"whatever"));
-        assert!(!own.take(3, tag::DATA_ROW, &data_row(&[Some("sales, public")])));
-        assert!(!own.take(3, tag::DATA_ROW, &data_row(&[Some("ignored")])));
-        assert!(!own.take(3, b'C', b"SELECT 1\0"));
-        assert!(rx.try_recv().is_err());
-        assert!(own.take(3, tag::READY, b"T"));
+        assert_eq!(own.take(3, b'T', b"whatever"), None);
+        let row = data_row(&[Some("sales, public")]);
+        assert_eq!(own.take(3, backend::DATA_ROW, &row), None);
+        let row = data_row(&[Some("ignored")]);
+        assert_eq!(own.take(3, backend::DATA_ROW, &row), None);
+        assert_eq!(own.take(3, b'C', b"SELECT 1\0"), None);
         assert_eq!(
-            rx.try_recv().unwrap(),
-            Answer {
+            own.take(3, backend::READY_FOR_QUERY, b"T"),
+            Some(Answer {
                 value: Some("sales, public".into()),
                 failed: false,
                 status: b'T'
-            }
+            })
         );
-        assert!(!own.owns(3));
-        assert!(!own.take(3, tag::READY, b"I"), "not own any more");
+        assert!(!own.owns(3) && own.is_empty());
+        assert_eq!(
+            own.take(3, backend::READY_FOR_QUERY, b"I"),
+            None,
+            "not own any more"
+        );
     }
 
     #[test]
     fn a_failed_own_cycle_says_so() {
-        let own = OwnQueries::default();
-        let mut rx = own.register(0);
-        own.take(0, tag::ERROR, b"SERROR\0C25P02\0\0");
-        own.take(0, tag::READY, b"E");
+        let mut own = OwnQueries::default();
+        own.register(0);
+        own.take(0, backend::ERROR_RESPONSE, b"SERROR\0C25P02\0\0");
         assert_eq!(
-            rx.try_recv().unwrap(),
+            own.take(0, backend::READY_FOR_QUERY, b"E").unwrap(),
             Answer {
                 value: None,
                 failed: true,

@@ -1,5 +1,5 @@
 //! Refusal markers and the errors that come back for them: a plain
-//! synchronous type shared by a session's two halves.
+//! synchronous type, part of a session's pipeline state.
 //!
 //! A refused statement goes upstream as a *probe*: the client's own text
 //! followed by `\n;` and a *marker*, a token unique to the session and
@@ -19,7 +19,6 @@
 //!   PostgreSQL says it then, "syntax error at end of input".
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 
@@ -40,7 +39,7 @@ const REMEMBERED: usize = 64;
 pub struct Refusals {
     /// `rowgate_refusal_<nonce>_`, as it appears in a marker's error.
     prefix: String,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: HashMap<u64, Pending>,
 }
 
 struct Pending {
@@ -55,7 +54,7 @@ impl Refusals {
     pub fn new(nonce: u64) -> Self {
         Refusals {
             prefix: format!("{MARKER}{nonce:016x}_"),
-            pending: Mutex::new(HashMap::new()),
+            pending: HashMap::new(),
         }
     }
 
@@ -63,10 +62,10 @@ impl Refusals {
     /// in place of the statement: a probe of its text `sql` when there is
     /// one (so that a syntax error is reported first, as PostgreSQL reports
     /// it before any permission check), a marker otherwise.
-    pub fn register(&self, seq: u64, refusal: &Refusal, sql: Option<&str>) -> String {
+    pub fn register(&mut self, seq: u64, refusal: &Refusal, sql: Option<&str>) -> String {
         let marker = format!("{}{seq}", self.prefix);
         let probe = sql.filter(|s| !s.contains('\0'));
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = &mut self.pending;
         if pending.len() >= REMEMBERED {
             let oldest = *pending.keys().min().unwrap_or(&0);
             pending.remove(&oldest);
@@ -87,12 +86,12 @@ impl Refusals {
 
     /// What to send the client in place of an upstream ErrorResponse with
     /// body `body`: `None` to relay it as it is.
-    pub fn translate(&self, body: &[u8]) -> Option<Bytes> {
+    pub fn translate(&mut self, body: &[u8]) -> Option<Bytes> {
         let fields = wire::error_fields(body);
         let field = |code: u8| fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v);
         let position: Option<usize> = field(b'P').and_then(|p| p.parse().ok());
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let Some(seq) = self.marker_in(body) else {
+            let pending = &mut self.pending;
             // A probe whose text ended mid-statement fails at the `;`.
             if field(b'C').map(String::as_str) != Some("42601") {
                 return None;
@@ -115,6 +114,7 @@ impl Refusals {
             }
             return Some(wire::error_from_fields(&fields));
         };
+        let pending = &mut self.pending;
         let refusal = pending.remove(&seq)?;
         // Earlier markers were skipped by an earlier error: forget them.
         pending.retain(|&s, _| s > seq);
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_marker_error_becomes_its_refusal_once() {
-        let r = Refusals::new(7);
+        let mut r = Refusals::new(7);
         let text = r.register(1, &Refusal::Table("hr.salaries".into()), None);
         assert_eq!(text, format!("{MARKER}0000000000000007_1"));
         let body = error(&[
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn other_errors_pass() {
-        let r = Refusals::new(7);
+        let mut r = Refusals::new(7);
         r.register(1, &Refusal::Unparsable("x".into()), Some("SELECT 1 AS"));
         let body = error(&[(b'C', "22012"), (b'M', "division by zero")]);
         assert!(r.translate(&body).is_none());
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn a_probe_failing_at_its_marker_is_unsupported() {
-        let r = Refusals::new(1);
+        let mut r = Refusals::new(1);
         let sql = "SELECT é FROM t";
         let text = r.register(4, &Refusal::Unparsable("nope".into()), Some(sql));
         assert!(text.starts_with(sql) && text.ends_with("_4"));
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_probe_ending_mid_statement_is_a_syntax_error_at_end_of_input() {
-        let r = Refusals::new(1);
+        let mut r = Refusals::new(1);
         let sql = "SELECT 1 AS";
         r.register(2, &Refusal::Unparsable("x".into()), Some(sql));
         let body = error(&[
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn an_unterminated_string_loses_the_marker_it_swallowed() {
-        let r = Refusals::new(1);
+        let mut r = Refusals::new(1);
         let sql = "SELECT 'abc";
         let text = r.register(3, &Refusal::Unparsable("x".into()), Some(sql));
         let body = error(&[
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn statements_with_a_text_are_probed() {
-        let r = Refusals::new(1);
+        let mut r = Refusals::new(1);
         let t = r.register(1, &Refusal::Unsupported("x".into()), Some("SELECT 1"));
         assert!(t.starts_with("SELECT 1\n;rowgate_refusal_"), "{t}");
         let t = r.register(2, &Refusal::Unparsable("x".into()), Some("a\0b"));

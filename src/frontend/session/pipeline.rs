@@ -1,0 +1,693 @@
+//! The protocol state of a session's upstream stream, as a plain
+//! synchronous type that never awaits: the sockets are `relay.rs`'s, the
+//! meaning of client messages is the session's, and this type keeps what
+//! ties the two directions together.
+//!
+//! - **Cycles.** Every Query, Sync and FunctionCall sent upstream (the
+//!   client's and rowgate's own) is answered by exactly one ReadyForQuery;
+//!   the cycle a message belongs to is the count of those sent before it,
+//!   and the cycle a response belongs to is the count of ReadyForQuery
+//!   received before it. PostgreSQL skips to the Sync after an error, so
+//!   what a cycle still expected when its ReadyForQuery arrives was
+//!   skipped.
+//! - **Expected responses.** The responses to rowgate's own messages
+//!   inside a client's cycle (a Close standing for a Parse, an automatic
+//!   `PREPARE`, the Close of a retired statement), in the order sent; each
+//!   says what the client is handed instead.
+//! - **Own queries.** Cycles that are rowgate's alone (reading the search
+//!   path back): their messages are consumed, and the first value is the
+//!   answer.
+//! - **Refusals.** The markers sent in place of refused statements, whose
+//!   errors are swapped for the refusals.
+//! - **Retries.** An automatic statement that failed as stale, outside a
+//!   transaction block and with nothing sent after it, runs again the
+//!   ordinary way: its error and ReadyForQuery are dropped and the next
+//!   cycle's results stand for them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::frontend::autoprep::{self, Auto};
+use crate::frontend::own::{Answer, OwnQueries};
+use crate::frontend::refusals::Refusals;
+use crate::frontend::sqlstate;
+use crate::frontend::tags::{backend, frontend, status};
+use crate::rewrite::Refusal;
+use crate::wire;
+
+/// The largest ErrorResponse or ReadyForQuery read whole; a longer error
+/// (a huge message or detail) streams to the client as it is.
+pub const MAX_INSPECTED: usize = 1 << 20;
+/// A ParseComplete message.
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+
+/// What the session does with an expected response.
+#[derive(Debug)]
+pub enum Action {
+    /// Hand it on.
+    Pass,
+    /// The CommandComplete of rowgate's own `PREPARE`: drop it; the
+    /// statement exists.
+    Swallow(Arc<Auto>),
+    /// The ParseComplete of a Parse that creates a statement: hand it on;
+    /// the statement exists.
+    Created(Arc<Auto>),
+    /// The CloseComplete of a Close sent in place of a Parse: hand on a
+    /// ParseComplete instead.
+    AsParseComplete,
+    /// The CloseComplete of rowgate's own Close: drop it.
+    Drop,
+    /// The ErrorResponse of an `EXECUTE` standing for this client
+    /// statement, if it says the statement went stale: the statement may
+    /// be run again the ordinary way.
+    Retry(Arc<str>),
+}
+
+#[derive(Debug)]
+struct Expect {
+    cycle: u64,
+    tag: u8,
+    action: Action,
+}
+
+/// How the relay reads a message from upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inspect {
+    /// Streamed to the client as it arrives, never held whole.
+    Stream,
+    /// Read whole and given to [`Pipeline::on_server`].
+    Whole,
+}
+
+/// What becomes of a message from upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The client gets it as it is.
+    Relay,
+    /// The client gets this instead.
+    Replace(Bytes),
+    /// The client gets nothing (a response to rowgate's own message).
+    Drop,
+    /// The ReadyForQuery of a cycle whose statement runs again: the client
+    /// gets nothing; what awaited this cycle awaits the next.
+    Deferred,
+    /// The error of a stale automatic statement that may run again: the
+    /// client gets nothing; the session sends the statement the ordinary
+    /// way now (its cycle's results stand for this one's).
+    Retry(Arc<str>),
+}
+
+/// The protocol state of one upstream stream.
+pub struct Pipeline {
+    /// Cycles sent.
+    sent: u64,
+    /// Cycles ended (ReadyForQuery received): the cycle receiving now.
+    done: u64,
+    /// The transaction status of the last ReadyForQuery.
+    status: u8,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    /// A Query came before a Sync ended the extended-protocol messages
+    /// before it. After an error PostgreSQL skips such a Query without a
+    /// ReadyForQuery, so cycles can no longer be told apart; the session
+    /// then stops preparing statements of its own.
+    mixed: bool,
+    expect: VecDeque<Expect>,
+    own: OwnQueries,
+    /// The answer of the last own query, until taken.
+    answer: Option<Answer>,
+    refusals: Refusals,
+    /// Refusals registered so far (their markers' numbers).
+    refused: u64,
+    /// An error said a prepared statement went stale or missing.
+    stale: bool,
+    /// The ReadyForQuery of a failed cycle whose statement runs again.
+    drop_ready: bool,
+}
+
+impl Pipeline {
+    /// A new stream; `nonce` makes the session's refusal markers unique.
+    pub fn new(nonce: u64) -> Self {
+        Pipeline {
+            sent: 0,
+            done: 0,
+            status: status::IDLE,
+            unsynced: false,
+            mixed: false,
+            expect: VecDeque::new(),
+            own: OwnQueries::default(),
+            answer: None,
+            refusals: Refusals::new(nonce),
+            refused: 0,
+            stale: false,
+            drop_ready: false,
+        }
+    }
+
+    // --- messages to upstream ---
+
+    /// A client message tagged `tag` is to go upstream; whether it comes
+    /// between cycles (no extended-protocol message since the last Sync).
+    pub fn on_client(&mut self, tag: u8) -> bool {
+        let between = !self.unsynced;
+        match tag {
+            frontend::SYNC => self.unsynced = false,
+            frontend::QUERY if self.unsynced => self.mixed = true,
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::DESCRIBE
+            | frontend::EXECUTE
+            | frontend::CLOSE
+            | frontend::FLUSH => self.unsynced = true,
+            _ => {}
+        }
+        between
+    }
+
+    /// The cycle the next message sent belongs to.
+    pub fn cycle(&self) -> u64 {
+        self.sent
+    }
+
+    /// A message that ends a cycle (Query, Sync, FunctionCall) was sent.
+    pub fn end_cycle(&mut self) {
+        self.sent += 1;
+    }
+
+    /// Expects a response tagged `tag` to a message of the current cycle.
+    pub fn expect(&mut self, tag: u8, action: Action) {
+        self.expect.push_back(Expect {
+            cycle: self.sent,
+            tag,
+            action,
+        });
+    }
+
+    /// Extended-protocol messages were sent since the last Sync.
+    #[cfg(test)]
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// A Query interrupted extended-protocol messages (see the field).
+    pub fn mixed(&self) -> bool {
+        self.mixed
+    }
+
+    /// The next cycle is an own query's (its Query is sent with this call).
+    pub fn own_query(&mut self) {
+        self.own.register(self.sent);
+        self.sent += 1;
+    }
+
+    /// An own query is under way.
+    #[cfg(test)]
+    pub fn own_pending(&self) -> bool {
+        !self.own.is_empty()
+    }
+
+    /// The answer of the own query that ended, once.
+    pub fn take_answer(&mut self) -> Option<Answer> {
+        self.answer.take()
+    }
+
+    /// Registers a refusal; the text to send upstream in place of the
+    /// statement (see [`Refusals::register`]).
+    pub fn refuse(&mut self, refusal: &Refusal, sql: Option<&str>) -> String {
+        self.refused += 1;
+        self.refusals.register(self.refused, refusal, sql)
+    }
+
+    /// Whether an error said a prepared statement went stale or missing
+    /// since the last call.
+    pub fn take_stale(&mut self) -> bool {
+        std::mem::take(&mut self.stale)
+    }
+
+    /// Every cycle sent has ended.
+    pub fn idle(&self) -> bool {
+        self.done >= self.sent
+    }
+
+    // --- messages from upstream ---
+
+    /// The cycle whose responses arrive now.
+    pub fn receiving(&self) -> u64 {
+        self.done
+    }
+
+    /// The transaction status of the last ReadyForQuery.
+    #[cfg(test)]
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// How to read a message tagged `tag` of length `len` (its length
+    /// field). `auditing`: the audit log follows results.
+    pub fn inspect(&self, tag: u8, len: usize, auditing: bool) -> Inspect {
+        if self.own.owns(self.done) {
+            return Inspect::Whole;
+        }
+        let expected = (matches!(
+            tag,
+            backend::PARSE_COMPLETE | backend::CLOSE_COMPLETE | backend::COMMAND_COMPLETE
+        ) && !self.expect.is_empty())
+            || (auditing
+                && matches!(
+                    tag,
+                    backend::PARSE_COMPLETE
+                        | backend::COMMAND_COMPLETE
+                        | backend::EMPTY_QUERY
+                        | backend::PORTAL_SUSPENDED
+                ));
+        match tag {
+            backend::ERROR_RESPONSE if len + 1 > MAX_INSPECTED => Inspect::Stream,
+            backend::ERROR_RESPONSE | backend::READY_FOR_QUERY => Inspect::Whole,
+            _ if expected => Inspect::Whole,
+            _ => Inspect::Stream,
+        }
+    }
+
+    /// A whole message from upstream (one [`Pipeline::inspect`] asked for).
+    pub fn on_server(&mut self, tag: u8, body: &[u8]) -> Reply {
+        if self.own.owns(self.done) {
+            if let Some(answer) = self.own.take(self.done, tag, body) {
+                self.done += 1;
+                self.status = answer.status;
+                self.answer = Some(answer);
+            }
+            return Reply::Drop;
+        }
+        match tag {
+            backend::READY_FOR_QUERY => {
+                self.end_received(self.done);
+                self.done += 1;
+                self.status = body.first().copied().unwrap_or(status::IDLE);
+                if std::mem::take(&mut self.drop_ready) {
+                    Reply::Deferred
+                } else {
+                    Reply::Relay
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                if autoprep::stale_statement_error(body) {
+                    self.stale = true;
+                    if let Some(Action::Retry(sql)) = self.take_expected(tag) {
+                        if self.may_retry() {
+                            self.drop_ready = true;
+                            return Reply::Retry(sql);
+                        }
+                    }
+                }
+                match self.refusals.translate(body) {
+                    Some(error) => Reply::Replace(self.in_failed_transaction(error)),
+                    None => Reply::Relay,
+                }
+            }
+            _ => match self.take_expected(tag) {
+                Some(Action::Swallow(_) | Action::Drop) => Reply::Drop,
+                Some(Action::AsParseComplete) => Reply::Replace(Bytes::from_static(PARSE_COMPLETE)),
+                _ => Reply::Relay,
+            },
+        }
+    }
+
+    /// The action for a response tagged `tag` in the cycle receiving: the
+    /// next expected one if it matches, else none (a response to a message
+    /// without an entry).
+    fn take_expected(&mut self, tag: u8) -> Option<Action> {
+        let head = self.expect.front()?;
+        if head.cycle != self.done || head.tag != tag {
+            return None;
+        }
+        let e = self.expect.pop_front()?;
+        if let Action::Swallow(a) | Action::Created(a) = &e.action {
+            a.settle(true);
+        }
+        Some(e.action)
+    }
+
+    /// Cycle `cycle` ended: what it still expected was skipped after an
+    /// error, and the statements it was to create do not exist.
+    fn end_received(&mut self, cycle: u64) {
+        while self.expect.front().is_some_and(|e| e.cycle <= cycle) {
+            if let Some(Expect {
+                action: Action::Swallow(a) | Action::Created(a),
+                ..
+            }) = self.expect.pop_front()
+            {
+                a.settle(false);
+            }
+        }
+    }
+
+    /// A statement may run again only outside a transaction block (inside
+    /// one its error aborted the block) and when nothing was sent after
+    /// its cycle.
+    fn may_retry(&self) -> bool {
+        self.status == status::IDLE
+            && self.sent == self.done + 1
+            && !self.unsynced
+            && self.own.is_empty()
+    }
+
+    /// A refusal of a statement sent in a transaction block that had
+    /// already failed: PostgreSQL answers any such statement (but one that
+    /// ends the transaction, which rowgate never refuses) with 25P02 before
+    /// looking at what it asks, so the refusal becomes that. Errors its
+    /// parser gives first (syntax, encoding, depth) and rowgate's own
+    /// conditions stay as they are.
+    fn in_failed_transaction(&self, error: Bytes) -> Bytes {
+        if self.status != status::FAILED {
+            return error;
+        }
+        let fields = wire::error_fields(&error[5..]);
+        let code = fields
+            .iter()
+            .find(|(c, _)| *c == b'C')
+            .map(|(_, v)| v.as_str());
+        if !matches!(
+            code,
+            Some(sqlstate::INSUFFICIENT_PRIVILEGE | sqlstate::FEATURE_NOT_SUPPORTED)
+        ) {
+            return error;
+        }
+        let message =
+            "current transaction is aborted, commands ignored until end of transaction block";
+        wire::error_response("ERROR", sqlstate::IN_FAILED_SQL_TRANSACTION, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Message sequences as the wire tests send them, without sockets:
+    //! what the client sends (through the session's calls) and what the
+    //! server answers, checked against what the client is handed.
+
+    use super::*;
+
+    const NONCE: u64 = 7;
+
+    fn ready(status: u8) -> Vec<u8> {
+        vec![status]
+    }
+
+    fn error(code: &str, message: &str) -> Vec<u8> {
+        wire::error_response("ERROR", code, message)[5..].to_vec()
+    }
+
+    fn code_of(reply: &Reply) -> Option<String> {
+        match reply {
+            Reply::Replace(b) => wire::error_fields(&b[5..])
+                .into_iter()
+                .find(|(c, _)| *c == b'C')
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// A simple Query refused: the marker's syntax error becomes the
+    /// refusal, other errors pass, the cycle ends idle.
+    #[test]
+    fn a_refused_query_gets_its_refusal() {
+        let mut p = Pipeline::new(NONCE);
+        assert!(p.on_client(frontend::QUERY));
+        let marker = p.refuse(&Refusal::Table("hr.salaries".into()), None);
+        p.end_cycle();
+        assert!(!p.idle());
+        let body = error("42601", &format!("syntax error at or near \"{marker}\""));
+        assert_eq!(
+            p.inspect(backend::ERROR_RESPONSE, body.len() + 4, false),
+            Inspect::Whole
+        );
+        let reply = p.on_server(backend::ERROR_RESPONSE, &body);
+        assert_eq!(code_of(&reply).as_deref(), Some("42501"));
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(p.idle());
+        // The same error again is the upstream's own: relayed.
+        p.on_client(frontend::QUERY);
+        p.end_cycle();
+        assert_eq!(p.on_server(backend::ERROR_RESPONSE, &body), Reply::Relay);
+    }
+
+    /// In a failed transaction block PostgreSQL answers 25P02 first; a
+    /// refusal there says the same.
+    #[test]
+    fn a_refusal_in_a_failed_block_is_25p02() {
+        let mut p = Pipeline::new(NONCE);
+        p.on_client(frontend::QUERY);
+        p.end_cycle();
+        p.on_server(backend::ERROR_RESPONSE, &error("22012", "division by zero"));
+        p.on_server(backend::READY_FOR_QUERY, &ready(status::FAILED));
+        assert_eq!(p.status(), status::FAILED);
+        p.on_client(frontend::QUERY);
+        let marker = p.refuse(&Refusal::Table("t".into()), None);
+        p.end_cycle();
+        let body = error("42601", &format!("syntax error at or near \"{marker}\""));
+        let reply = p.on_server(backend::ERROR_RESPONSE, &body);
+        assert_eq!(code_of(&reply).as_deref(), Some("25P02"));
+    }
+
+    /// Parse/Bind/Execute/Sync where rowgate stands a Close in for a
+    /// repeated Parse: the client gets a ParseComplete for the
+    /// CloseComplete, everything else as it is.
+    #[test]
+    fn a_close_standing_for_a_parse_answers_parse_complete() {
+        let mut p = Pipeline::new(NONCE);
+        for tag in [frontend::PARSE, frontend::BIND, frontend::EXECUTE] {
+            p.on_client(tag);
+        }
+        p.expect(backend::CLOSE_COMPLETE, Action::AsParseComplete);
+        assert!(p.unsynced());
+        assert!(!p.on_client(frontend::SYNC), "inside a cycle");
+        p.end_cycle();
+        assert_eq!(p.inspect(backend::CLOSE_COMPLETE, 4, false), Inspect::Whole);
+        assert_eq!(
+            p.on_server(backend::CLOSE_COMPLETE, &[]),
+            Reply::Replace(Bytes::from_static(PARSE_COMPLETE))
+        );
+        assert_eq!(p.inspect(backend::BIND_COMPLETE, 4, false), Inspect::Stream);
+        assert_eq!(p.inspect(backend::DATA_ROW, 40, false), Inspect::Stream);
+        assert_eq!(
+            p.inspect(backend::COMMAND_COMPLETE, 13, false),
+            Inspect::Stream
+        );
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(p.idle() && !p.unsynced());
+    }
+
+    /// rowgate's `PREPARE ...; EXECUTE ...`: the PREPARE's CommandComplete
+    /// is dropped and the statement exists; if the cycle fails before it,
+    /// the statement does not exist.
+    #[test]
+    fn an_automatic_prepare_exists_only_when_its_completion_came() {
+        let mut p = Pipeline::new(NONCE);
+        let ok = Auto::new("rowgate_auto_1".into(), 0);
+        p.on_client(frontend::QUERY);
+        p.expect(backend::COMMAND_COMPLETE, Action::Swallow(ok.clone()));
+        p.end_cycle();
+        assert!(
+            ok.usable(0) && !ok.usable(1),
+            "usable only in its cycle until prepared"
+        );
+        assert_eq!(
+            p.on_server(backend::COMMAND_COMPLETE, b"PREPARE\0"),
+            Reply::Drop
+        );
+        assert!(ok.ready());
+        assert_eq!(
+            p.on_server(backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+            Reply::Relay
+        );
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+
+        let failed = Auto::new("rowgate_auto_2".into(), 1);
+        p.on_client(frontend::QUERY);
+        p.expect(backend::COMMAND_COMPLETE, Action::Swallow(failed.clone()));
+        p.end_cycle();
+        assert_eq!(
+            p.on_server(backend::ERROR_RESPONSE, &error("42P01", "no such table")),
+            Reply::Relay
+        );
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+        assert!(failed.failed() && !failed.usable(1));
+    }
+
+    /// Expected responses match only in their own cycle and order.
+    #[test]
+    fn expectations_match_in_order_and_cycle() {
+        let mut p = Pipeline::new(NONCE);
+        let a = Auto::new("a".into(), 0);
+        p.on_client(frontend::PARSE);
+        p.expect(backend::PARSE_COMPLETE, Action::Pass);
+        p.on_client(frontend::PARSE);
+        p.expect(backend::PARSE_COMPLETE, Action::Created(a.clone()));
+        p.on_client(frontend::SYNC);
+        p.end_cycle();
+        p.on_client(frontend::CLOSE);
+        p.expect(backend::CLOSE_COMPLETE, Action::Drop);
+        p.on_client(frontend::SYNC);
+        p.end_cycle();
+        // A CloseComplete in cycle 0 is nobody's expectation.
+        assert_eq!(p.on_server(backend::CLOSE_COMPLETE, &[]), Reply::Relay);
+        assert_eq!(p.on_server(backend::PARSE_COMPLETE, &[]), Reply::Relay);
+        assert!(!a.ready() && a.usable(0) && !a.usable(1));
+        assert_eq!(p.on_server(backend::PARSE_COMPLETE, &[]), Reply::Relay);
+        assert!(a.ready() && a.usable(7));
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+        assert_eq!(p.on_server(backend::CLOSE_COMPLETE, &[]), Reply::Drop);
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+        assert!(p.idle());
+    }
+
+    /// An own query between two client cycles: every message of its cycle
+    /// is consumed, the answer is its first value, and the client's next
+    /// cycle is relayed.
+    #[test]
+    fn an_own_query_is_consumed_and_answered() {
+        let mut p = Pipeline::new(NONCE);
+        p.on_client(frontend::QUERY);
+        p.end_cycle();
+        p.own_query();
+        assert!(p.own_pending());
+        assert_eq!(p.inspect(backend::DATA_ROW, 20, false), Inspect::Stream);
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        // Now the own cycle: read whole, consumed.
+        assert_eq!(
+            p.inspect(backend::ROW_DESCRIPTION, 40, false),
+            Inspect::Whole
+        );
+        assert_eq!(p.on_server(backend::ROW_DESCRIPTION, b"x"), Reply::Drop);
+        let mut row = 1i16.to_be_bytes().to_vec();
+        row.extend(6i32.to_be_bytes());
+        row.extend(b"public");
+        assert_eq!(p.on_server(backend::DATA_ROW, &row), Reply::Drop);
+        assert_eq!(p.take_answer(), None, "not before its end");
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'T')),
+            Reply::Drop
+        );
+        let answer = p.take_answer().unwrap();
+        assert_eq!(answer.value.as_deref(), Some("public"));
+        assert_eq!(p.status(), status::IN_TRANSACTION);
+        assert!(!p.own_pending() && p.idle());
+        assert_eq!(p.take_answer(), None, "once");
+    }
+
+    fn stale() -> Vec<u8> {
+        error("0A000", "cached plan must not change result type")
+    }
+
+    /// A stale automatic statement outside a transaction block, nothing
+    /// sent after it: its error and ReadyForQuery are dropped and it runs
+    /// again in the next cycle.
+    #[test]
+    fn a_stale_statement_runs_again_when_nothing_followed() {
+        let mut p = Pipeline::new(NONCE);
+        p.on_client(frontend::QUERY);
+        p.expect(
+            backend::ERROR_RESPONSE,
+            Action::Retry(Arc::from("SELECT 1")),
+        );
+        p.end_cycle();
+        let reply = p.on_server(backend::ERROR_RESPONSE, &stale());
+        assert_eq!(reply, Reply::Retry(Arc::from("SELECT 1")));
+        assert!(p.take_stale());
+        p.end_cycle(); // the session sent it again
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Deferred
+        );
+        assert_eq!(
+            p.on_server(backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+            Reply::Relay
+        );
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(p.idle());
+    }
+
+    /// Not when another statement was sent after it, nor in a transaction
+    /// block: the error goes to the client.
+    #[test]
+    fn a_stale_statement_fails_when_it_cannot_run_again() {
+        let mut p = Pipeline::new(NONCE);
+        p.on_client(frontend::QUERY);
+        p.expect(
+            backend::ERROR_RESPONSE,
+            Action::Retry(Arc::from("SELECT 1")),
+        );
+        p.end_cycle();
+        p.on_client(frontend::QUERY);
+        p.end_cycle();
+        assert_eq!(p.on_server(backend::ERROR_RESPONSE, &stale()), Reply::Relay);
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'T'));
+
+        p.on_client(frontend::QUERY);
+        p.expect(
+            backend::ERROR_RESPONSE,
+            Action::Retry(Arc::from("SELECT 2")),
+        );
+        p.end_cycle();
+        assert_eq!(p.on_server(backend::ERROR_RESPONSE, &stale()), Reply::Relay);
+        assert!(p.take_stale(), "the session still forgets its statements");
+    }
+
+    /// A Query sent before a Sync ended extended messages marks the stream
+    /// mixed; a Sync makes it synced again.
+    #[test]
+    fn a_query_inside_extended_messages_mixes_the_stream() {
+        let mut p = Pipeline::new(NONCE);
+        assert!(p.on_client(frontend::PARSE), "between cycles");
+        assert!(!p.on_client(frontend::QUERY));
+        assert!(p.mixed());
+        assert!(!p.on_client(frontend::SYNC));
+        assert!(p.on_client(frontend::QUERY));
+        assert!(!p.unsynced());
+    }
+
+    /// Errors too long to be a refusal's stream through unread; results
+    /// are read whole only when the audit log follows them.
+    #[test]
+    fn only_what_is_looked_at_is_read_whole() {
+        let p = Pipeline::new(NONCE);
+        let huge = MAX_INSPECTED + 10;
+        assert_eq!(
+            p.inspect(backend::ERROR_RESPONSE, huge, false),
+            Inspect::Stream
+        );
+        assert_eq!(
+            p.inspect(backend::COMMAND_COMPLETE, 13, false),
+            Inspect::Stream
+        );
+        assert_eq!(
+            p.inspect(backend::COMMAND_COMPLETE, 13, true),
+            Inspect::Whole
+        );
+        assert_eq!(
+            p.inspect(backend::NOTICE_RESPONSE, 13, true),
+            Inspect::Stream
+        );
+        assert_eq!(
+            p.inspect(backend::READY_FOR_QUERY, 5, false),
+            Inspect::Whole
+        );
+    }
+}
