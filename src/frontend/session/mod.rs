@@ -1,20 +1,4 @@
 //! One client session: startup, authentication, the upstream session, and
-//! the two relays between them.
-//!
-//! Client to upstream: messages are framed and passed on as bytes, except
-//! Query and Parse (and FunctionCall), whose SQL is rewritten. A refused
-//! statement is replaced by a *marker*: a statement that fails to parse
-//! upstream with a token unique to this session and refusal. The upstream
-//! then reports the error at exactly the point PostgreSQL would, aborts the
-//! transaction block and skips to Sync as it does for any error, and the
-//! relay back swaps that error for the refusal. Ordering, pipelining and
-//! transaction state stay PostgreSQL's own.
-//!
-//! Upstream to client: messages pass on as bytes, streamed without being
-//! held whole; only ErrorResponse (for markers) and ReadyForQuery (to know
-//! when the session is idle) are looked at.
-
-//! One client session: startup, authentication, the upstream session, and
 //! the relay between them, split by what a reader looks for:
 //!
 //! - this file: a connection from its first byte to its log line (startup,
@@ -39,7 +23,7 @@
 //! upstream with a token unique to this session and refusal. The upstream
 //! then reports the error at exactly the point PostgreSQL would, aborts the
 //! transaction block and skips to Sync as it does for any error, and the
-//! relay back swaps that error for the refusal. Ordering, pipelining and
+//! pipeline swaps that error for the refusal. Ordering, pipelining and
 //! transaction state stay PostgreSQL's own.
 //!
 //! Upstream to client: messages pass on as bytes, streamed without being
