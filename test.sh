@@ -78,4 +78,17 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 echo "== cargo test $*"
-exec cargo test "$@"
+cargo test "$@"
+
+# The suites that compare with native RLS and drive real clients, again with
+# every proxy pooling its members' connections (pool.mode: transaction).
+# Skipped when the arguments name tests of their own (a filter or --test).
+for arg in "$@"; do
+  case "$arg" in
+    --locked | --release | --offline | --frozen) ;;
+    *) exit 0 ;;
+  esac
+done
+echo "== the same suites in transaction pooling: ROWGATE_TEST_POOL=transaction cargo test $* --test differential --test attacks --test clients --test bi_drivers --test proxy_rls --test leakproof --test fidelity"
+ROWGATE_TEST_POOL=transaction exec cargo test "$@" --test differential --test attacks \
+  --test clients --test bi_drivers --test proxy_rls --test leakproof --test fidelity

@@ -40,7 +40,7 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, metrics, audit, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
@@ -49,6 +49,7 @@ mod raw {
             "catalog" => catalog: Spanned<String> as Text,
             "metrics" => metrics: Spanned<String> as Text,
             "audit" => audit: Spanned<Audit> as Audit,
+            "pool" => pool: Spanned<Pool> as Pool,
             "instance_id" => instance_id: Spanned<String> as Text,
             "peers" => peers: Vec<Spanned<String>> as List<Text>,
             "max_connections" => max_connections: Spanned<String> as Text,
@@ -95,6 +96,18 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
+        pub struct Pool: "a mapping with keys mode, size, min_idle, max_client_wait, server_idle_timeout, server_lifetime" {
+            "mode" => mode: Spanned<String> as Text,
+            "size" => size: Spanned<String> as Text,
+            "min_idle" => min_idle: Spanned<String> as Text,
+            "max_client_wait" => max_client_wait: Spanned<String> as Text,
+            "server_idle_timeout" => server_idle_timeout: Spanned<String> as Text,
+            "server_lifetime" => server_lifetime: Spanned<String> as Text,
+        }
+    }
+
+    yaml_struct! {
+        #[derive(Debug)]
         pub struct Tls: "a mapping like { cert: server.crt, key: server.key }" {
             "cert" => cert: Spanned<String> as Text,
             "key" => key: Spanned<String> as Text,
@@ -111,7 +124,68 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("tls", raw::Tls::KEYS),
     ("audit", raw::Audit::KEYS),
     ("audit.table", raw::AuditTable::KEYS),
+    ("pool", raw::Pool::KEYS),
 ];
+
+/// How client sessions use upstream connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PoolMode {
+    /// Each session has its own upstream connection for its whole life.
+    #[default]
+    Session,
+    /// A member's or analyst's session holds an upstream connection only
+    /// while a transaction (or an extended-protocol cycle outside one)
+    /// runs; connections are shared by every user.
+    Transaction,
+}
+
+/// The `pool:` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    /// Upstream connections per database, at most (transaction mode).
+    pub size: usize,
+    /// Idle connections kept open per database once it was used.
+    pub min_idle: usize,
+    /// How long a client waits for a connection before `53300`.
+    pub max_client_wait: std::time::Duration,
+    /// Idle connections beyond `min_idle` close after this long.
+    pub server_idle_timeout: std::time::Duration,
+    /// Connections close when idle after this long in all.
+    pub server_lifetime: std::time::Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        use std::time::Duration;
+        PoolConfig {
+            mode: PoolMode::Session,
+            size: 20,
+            min_idle: 2,
+            max_client_wait: Duration::from_secs(30),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A duration as `proxy.yaml` writes one: a whole number with a unit (`ms`,
+/// `s`, `m`, `h`); a bare number is seconds.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }?;
+    Some(Duration::from_millis(ms))
+}
 
 /// How rowgate talks TLS to the warehouse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,6 +245,8 @@ pub struct Config {
     pub metrics: Option<String>,
     /// The audit log, if any.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// Upstream connection pooling.
+    pub pool: PoolConfig,
     /// This instance among several behind a load balancer (0-127): the
     /// cancel keys it gives out carry it.
     pub instance_id: u8,
@@ -469,6 +545,57 @@ impl Config {
                 on_failure,
             }
         });
+        let pool = match raw.pool.as_ref() {
+            None => PoolConfig::default(),
+            Some(p) => {
+                let d = PoolConfig::default();
+                let p = &p.value;
+                let mode = cx.choice(
+                    p.mode.as_ref(),
+                    "pool.mode",
+                    &[
+                        ("session", PoolMode::Session),
+                        ("transaction", PoolMode::Transaction),
+                    ],
+                    d.mode,
+                );
+                let size = cx.number(p.size.as_ref(), "pool.size", d.size);
+                let min_idle = match p.min_idle.as_ref() {
+                    None => d.min_idle.min(size),
+                    Some(v) => {
+                        let text = cx.string(Some(v)).unwrap_or_default();
+                        match text.trim().parse::<usize>() {
+                            Ok(n) if n <= size => n,
+                            _ => {
+                                let msg = format!("pool.min_idle: `{text}` is not a whole number from 0 to pool.size ({size})");
+                                cx.error(v, msg);
+                                d.min_idle.min(size)
+                            }
+                        }
+                    }
+                };
+                PoolConfig {
+                    mode,
+                    size,
+                    min_idle,
+                    max_client_wait: cx.duration(
+                        p.max_client_wait.as_ref(),
+                        "pool.max_client_wait",
+                        d.max_client_wait,
+                    ),
+                    server_idle_timeout: cx.duration(
+                        p.server_idle_timeout.as_ref(),
+                        "pool.server_idle_timeout",
+                        d.server_idle_timeout,
+                    ),
+                    server_lifetime: cx.duration(
+                        p.server_lifetime.as_ref(),
+                        "pool.server_lifetime",
+                        d.server_lifetime,
+                    ),
+                }
+            }
+        };
         let instance_id = match raw.instance_id.as_ref() {
             None => 0,
             Some(v) => {
@@ -520,6 +647,7 @@ impl Config {
             catalog,
             metrics,
             audit,
+            pool,
             instance_id,
             peers,
             max_connections,
@@ -572,6 +700,28 @@ impl Expander<'_> {
                     v,
                     format!("{key}: `{text}` is not one of {}", words.join(", ")),
                 );
+                default
+            }
+        }
+    }
+
+    /// A positive duration (see [`parse_duration`]), or `default` when
+    /// absent.
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        key: &str,
+        default: std::time::Duration,
+    ) -> std::time::Duration {
+        let Some(v) = value else {
+            return default;
+        };
+        let text = self.string(Some(v)).unwrap_or_default();
+        match parse_duration(&text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                let msg = format!("{key}: `{text}` is not a duration (a positive whole number with ms, s, m or h, such as 30s)");
+                self.error(v, msg);
                 default
             }
         }
@@ -691,6 +841,34 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_is_read_with_its_defaults_and_its_problems() {
+        use std::time::Duration;
+        assert_eq!(parse("listen: x:1\n").unwrap().pool, PoolConfig::default());
+        let c = parse(
+            "pool: { mode: transaction, size: 5, max_client_wait: 250ms, server_lifetime: 2h }\n",
+        )
+        .unwrap();
+        assert_eq!(c.pool.mode, PoolMode::Transaction);
+        assert_eq!(c.pool.size, 5);
+        assert_eq!(c.pool.min_idle, 2);
+        assert_eq!(c.pool.max_client_wait, Duration::from_millis(250));
+        assert_eq!(c.pool.server_idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.pool.server_lifetime, Duration::from_secs(7200));
+        let e = parse("pool: { mode: statement, size: 0, min_idle: 30, max_client_wait: soon }\n")
+            .unwrap_err();
+        let text: Vec<String> = e.iter().map(|d| d.message.clone()).collect();
+        assert_eq!(e.len(), 4, "{text:?}");
+        assert!(text[0].contains("pool.mode: `statement` is not one of session, transaction"));
+        assert!(text[1].contains("pool.size"), "{text:?}");
+        assert!(text[2].contains("pool.min_idle"), "{text:?}");
+        assert!(text[3].contains("pool.max_client_wait: `soon` is not a duration"));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1.5s"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
     fn the_audit_log_is_read_with_its_defaults_and_its_problems() {
         use crate::audit::{OnFailure, Statements};
         let c = parse("audit: { file: log/audit.jsonl }\n").unwrap();
@@ -751,7 +929,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, metrics, audit, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::frontend::session::{self, Shared};
 use crate::frontend::sqlstate;
 use crate::policy;
+use crate::upstream::pool::Pools;
 use crate::upstream::LiveCatalog;
 use crate::wire;
 
@@ -154,6 +155,12 @@ impl Server {
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| ServeError::Listen(config.listen.clone(), e))?;
+        let pools = (config.pool.mode == crate::config::PoolMode::Transaction).then(|| {
+            let path = crate::rewrite::path_text(&config.search_path);
+            let pools = Pools::new(config.pool.clone(), config.upstream.clone(), &path);
+            tokio::spawn(pools.clone().maintain());
+            pools
+        });
         let shared = Arc::new(Shared {
             upstream: config.upstream.clone(),
             policy: ArcSwap::from_pointee(loaded.policy),
@@ -170,6 +177,7 @@ impl Server {
             audit,
             instance: config.instance_id,
             peers: config.peers.clone(),
+            pools,
         });
         Ok(Server {
             listener,

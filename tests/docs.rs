@@ -121,6 +121,24 @@ fn config_defaults(path: &Path) -> Vec<(&'static str, String)> {
         ("max_connections", d.max_connections.to_string()),
         ("max_message_bytes", d.max_message_bytes.to_string()),
         ("prepare_threshold", d.prepare_threshold.to_string()),
+        (
+            "pool.mode",
+            format!("{:?}", d.pool.mode).to_ascii_lowercase(),
+        ),
+        ("pool.size", d.pool.size.to_string()),
+        ("pool.min_idle", d.pool.min_idle.to_string()),
+        (
+            "pool.max_client_wait",
+            format!("{}s", d.pool.max_client_wait.as_secs()),
+        ),
+        (
+            "pool.server_idle_timeout",
+            format!("{}m", d.pool.server_idle_timeout.as_secs() / 60),
+        ),
+        (
+            "pool.server_lifetime",
+            format!("{}h", d.pool.server_lifetime.as_secs() / 3600),
+        ),
     ]
 }
 

@@ -129,6 +129,7 @@ async fn serve(pg: &LocalPg) -> u8 {
         },
         tls: None,
         audit: None,
+        pool: Default::default(),
         instance_id: 0,
         peers: Vec::new(),
         search_path: vec![crate::config::DEFAULT_SEARCH_PATH.to_string()],

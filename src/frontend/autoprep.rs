@@ -316,12 +316,41 @@ pub fn changes_settings(statements: &[Statement], may_call_set_config: bool) -> 
     })
 }
 
+/// Whether a statement list sets settings back to the session's startup
+/// values (`RESET`, `DISCARD`).
+pub fn resets_settings(statements: &[Statement]) -> bool {
+    statements
+        .iter()
+        .any(|s| matches!(s, Statement::Reset(_) | Statement::Discard { .. }))
+}
+
 /// Whether a statement list ends a transaction or rolls back to a
 /// savepoint (which undoes settings changed since).
 pub fn ends_transaction(statements: &[Statement]) -> bool {
     statements
         .iter()
         .any(|s| matches!(s, Statement::Commit { .. } | Statement::Rollback { .. }))
+}
+
+/// What in a statement list leaves state on the upstream connection that
+/// cannot move to another, for transaction pooling: a `PREPARE`, a cursor
+/// `WITH HOLD`, a `LISTEN`, a session-level advisory lock (looked for in
+/// the text: any call of one names `advisory_lock`; the transaction-level
+/// ones are `advisory_xact_lock`). `None` when nothing does.
+pub fn pins_connection(statements: &[Statement], sql: &str) -> Option<&'static str> {
+    for s in statements {
+        match s {
+            Statement::Prepare { .. } => return Some("a prepared statement (PREPARE)"),
+            Statement::Declare { stmts } if stmts.iter().any(|d| d.hold == Some(true)) => {
+                return Some("a cursor WITH HOLD")
+            }
+            Statement::LISTEN { .. } => return Some("LISTEN"),
+            _ => {}
+        }
+    }
+    sql.to_ascii_lowercase()
+        .contains("advisory_lock")
+        .then_some("a session-level advisory lock")
 }
 
 /// Whether a statement list drops every prepared statement of the session.

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub mod pool;
 
 pub use catalog::LiveCatalog;
 pub use connect::{cancel, cancel_at, connect, Connected, UpstreamError};

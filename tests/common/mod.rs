@@ -153,6 +153,18 @@ pub fn sqlstate(e: &postgres::Error) -> Option<String> {
 }
 
 /// A `rowgate serve` process in front of the test cluster.
+/// With `ROWGATE_TEST_POOL=transaction`, every proxy a suite starts pools
+/// its members' connections (unless the suite configures `pool:` itself):
+/// `.ci/run` runs the differential, attack and client suites so too.
+fn pool_mode_extra(extra: &str) -> &'static str {
+    let on = std::env::var("ROWGATE_TEST_POOL").is_ok_and(|v| v == "transaction");
+    if on && !extra.contains("pool:") {
+        "\npool:\n  mode: transaction\n  size: 4\n  min_idle: 0\n"
+    } else {
+        ""
+    }
+}
+
 pub struct Proxy {
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -218,6 +230,8 @@ impl Proxy {
         let c = cluster();
         let dir = tempfile::tempdir().unwrap();
         let policies = std::fs::canonicalize(policies).unwrap();
+        let pooled = pool_mode_extra(extra);
+        let extra = format!("{extra}{pooled}");
         for _ in 0..5 {
             let port = fixed.unwrap_or_else(free_port);
             let password = auth

@@ -12,6 +12,7 @@ use tracing::debug;
 
 use super::outgoing::{parse_message, query_message, refusal_sql, reserved_target, NO_STATEMENT};
 use super::pipeline::{Action, Pipeline};
+use super::pooling::Pooled;
 use super::prepared::Seen;
 use super::relay::{Io, Stop};
 use super::{Outcome, Shared};
@@ -93,6 +94,12 @@ pub(super) struct Session<'a> {
     pub viewing: Option<String>,
     /// The session's members of audit records.
     pub audit_info: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Transaction pooling, when the session is pooled.
+    pub pooled: Option<Pooled>,
+    /// Runs after which a statement is prepared automatically (0 never).
+    pub prepare_threshold: usize,
+    /// The cancel key the client was given.
+    pub cancel_key: (i32, i32),
 }
 
 /// The per-statement counters of `/metrics`, as a session moves them.
@@ -137,6 +144,10 @@ pub(super) struct Forward {
     pub changes_settings: bool,
     /// Ends a transaction (or rolls back to a savepoint).
     pub ends_transaction: bool,
+    /// Leaves state on the connection that cannot move to another: why.
+    pub pins: Option<&'static str>,
+    /// Sets settings back to the session's startup values.
+    pub resets: bool,
 }
 
 impl Forward {
@@ -149,6 +160,8 @@ impl Forward {
             deallocates_all: false,
             changes_settings: false,
             ends_transaction: false,
+            pins: None,
+            resets: false,
         }
     }
 }
@@ -167,11 +180,20 @@ impl Session<'_> {
             if !self.access_unchanged() {
                 return Err(Stop::Outcome(Outcome::AccessChanged));
             }
+            if frame.tag() != frontend::TERMINATE {
+                self.attach(io).await?;
+            }
             let rewrites = self.access.role != Role::Admin;
             if self.pipe.take_stale() && rewrites {
                 self.forget_autos(true);
             }
             let between = self.pipe.on_client(frame.tag());
+            // A pooled connection took the session's startup settings as
+            // ordinary ones, which RESET undoes: they are put back before
+            // the next statement.
+            if between && frame.tag() != frontend::TERMINATE {
+                self.reapply_settings(io).await?;
+            }
             // Before a statement is rewritten, the search path must be
             // PostgreSQL's (between cycles only: inside one, what ran
             // before a statement set it, or the statement does not run).
@@ -254,6 +276,9 @@ impl Session<'_> {
                     self.pipe.end_cycle();
                 }
                 frontend::PARSE if rewrites => {
+                    if !messages::parse(frame.body())?.name.is_empty() {
+                        self.pin("a named prepared statement");
+                    }
                     let out = self.parse(frame.body()).await?;
                     io.send(&out);
                     self.audit_parsed(frame.body())?;
@@ -283,6 +308,9 @@ impl Session<'_> {
                             }
                             self.path_event(effect.path.as_ref(), effect.ends_transaction);
                         }
+                    }
+                    if self.pooled.is_some() && targets_unnamed(frame.tag(), frame.body())? {
+                        self.restore_unnamed(io);
                     }
                     let out = match reserved_target(frame.tag(), frame.body())? {
                         Some(out) => Some(out),
@@ -323,7 +351,10 @@ impl Session<'_> {
                     }
                 }
                 frontend::TERMINATE => {
-                    io.send(&frame.frame);
+                    // A pooled connection is not the client's to end.
+                    if self.pooled.is_none() {
+                        io.send(&frame.frame);
+                    }
                     return Err(Stop::Outcome(Outcome::Terminated));
                 }
                 frontend::PARSE
@@ -366,6 +397,7 @@ impl Session<'_> {
     async fn query(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
         // PostgreSQL drops the unnamed statement when a Query runs.
         self.unnamed = None;
+        self.unnamed_dropped();
         let text = match messages::query(body)? {
             Ok(sql) => {
                 let sql: Arc<str> = Arc::from(sql);
@@ -437,12 +469,10 @@ impl Session<'_> {
                 self.stateful.remove(parse.name);
             }
         }
+        let sent_ok = forward.is_ok();
         let text = match forward {
             Ok(f)
-                if unnamed
-                    && f.preparable
-                    && self.shared.prepare_threshold > 0
-                    && !self.pipe.mixed() =>
+                if unnamed && f.preparable && self.prepare_threshold > 0 && !self.pipe.mixed() =>
             {
                 if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle) {
                     return Ok(out);
@@ -453,7 +483,11 @@ impl Session<'_> {
             Err(marker) => marker,
         };
         self.pipe.expect(backend::PARSE_COMPLETE, Action::Pass);
-        Ok(parse_message(parse.name, &text, parse.types))
+        let out = parse_message(parse.name, &text, parse.types);
+        if unnamed {
+            self.unnamed_parsed(sent_ok.then(|| out.clone()));
+        }
+        Ok(out)
     }
 
     /// The rewrite of `sql` to forward, or the marker of its refusal.
@@ -484,6 +518,14 @@ impl Session<'_> {
         match result {
             Ok(forward) => {
                 debug!(user = %self.user, sql = %forward.sql, "forward");
+                if forward.changes_settings || forward.path.is_some() {
+                    self.pin("a setting changed");
+                } else if let Some(why) = forward.pins {
+                    self.pin(why);
+                }
+                if forward.resets {
+                    self.settings_reset();
+                }
                 if forward.deallocates_all {
                     self.forget_autos(false);
                 }
@@ -592,6 +634,8 @@ impl Session<'_> {
             deallocates_all: autoprep::deallocates_all(statements),
             changes_settings: autoprep::changes_settings(statements, set_config),
             ends_transaction: autoprep::ends_transaction(statements),
+            pins: autoprep::pins_connection(statements, sql),
+            resets: autoprep::resets_settings(statements),
             sql: rewritten.sql,
         })
     }
@@ -622,6 +666,15 @@ impl Session<'_> {
     pub fn refuse(&mut self, refusal: &Refusal) -> String {
         self.refuse_text(refusal, None)
     }
+}
+
+/// Whether a Bind or Describe names the unnamed statement.
+fn targets_unnamed(tag: u8, body: &[u8]) -> Result<bool, WireError> {
+    Ok(if tag == frontend::BIND {
+        messages::bind(body)?.1.is_empty()
+    } else {
+        messages::target(body)? == (b'S', "")
+    })
 }
 
 pub(super) fn not_utf8() -> Refusal {

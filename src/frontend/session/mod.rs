@@ -33,6 +33,7 @@ mod client;
 mod outgoing;
 mod params;
 mod pipeline;
+mod pooling;
 mod prepared;
 mod relay;
 mod settings;
@@ -45,7 +46,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -60,11 +61,13 @@ use crate::config::Upstream;
 use crate::policy::{PolicySet, Role};
 use crate::rewrite::{self, Fence, Refusal};
 use crate::tls::Stream;
+use crate::upstream::pool::{self, PoolError, Pools};
 use crate::upstream::{self, catalog::Snapshot, LiveCatalog, UpstreamError};
 use crate::wire::{self, WireError};
 use client::{Counters, Session};
 use params::{audit_fields, startup_params, startup_view_as, upstream_auth_failure};
 use pipeline::Pipeline;
+use pooling::Pooled;
 use relay::Io;
 
 /// What every session shares.
@@ -98,6 +101,8 @@ pub struct Shared {
     /// Every instance's address, by `instance_id` (cancel requests for
     /// another instance go there).
     pub peers: Vec<String>,
+    /// The pools, in transaction pooling.
+    pub pools: Option<Arc<Pools>>,
 }
 
 /// Runs one client connection to its end and logs one line about it.
@@ -319,8 +324,29 @@ async fn session(
             return Outcome::Rejected(why);
         }
     };
+    // Members and analysts share pooled connections in transaction mode;
+    // an admin (viewing as someone or not) has its own.
+    let pools = shared.pools.as_ref().filter(|_| login.role != Role::Admin);
     let connecting = Instant::now();
-    let connected = upstream::connect(&shared.upstream, &database, &params).await;
+    let connected = match pools {
+        None => upstream::connect(&shared.upstream, &database, &params)
+            .await
+            .map(Upstreamed::Own),
+        Some(pools) => match pools.acquire(&database, &params).await {
+            Ok((server, lease, reported)) => Ok(Upstreamed::Pooled(server, lease, reported)),
+            Err(PoolError::Connect(e)) => Err(e),
+            Err(e) => {
+                let why = e.to_string();
+                warn!(user = %hello.user, "no pooled connection: {why}");
+                let code = match e {
+                    PoolError::Timeout(_) => sqlstate::TOO_MANY_CONNECTIONS,
+                    _ => sqlstate::CONNECTION_FAILURE,
+                };
+                fatal(&mut stream, code, &why).await;
+                return Outcome::Failed(why);
+            }
+        },
+    };
     shared
         .metrics
         .upstream_connect_seconds
@@ -382,19 +408,30 @@ async fn session(
             break key;
         }
     };
-    let _cancel = connected.key.map(|upstream_key| {
+    let upstream_key = match &connected {
+        Upstreamed::Own(c) => c.key,
+        Upstreamed::Pooled(server, ..) => server.key,
+    };
+    if let Some(upstream_key) = upstream_key {
         shared.cancels.insert(key, upstream_key);
-        CancelGuard(&shared.cancels, key)
-    });
+    }
+    let _cancel = CancelGuard(&shared.cancels, key);
     let mut out = BytesMut::new();
-    for m in &connected.startup_messages {
+    let (startup_messages, ready) = match &connected {
+        Upstreamed::Own(c) => (c.startup_messages.clone(), c.ready.clone()),
+        Upstreamed::Pooled(server, _, reported) => (
+            pool::merge_reported(&server.startup, reported),
+            Bytes::from_static(READY_IDLE),
+        ),
+    };
+    for m in &startup_messages {
         out.put_slice(m);
     }
     wire::put_message(&mut out, tags::backend::BACKEND_KEY_DATA, |b| {
         b.put_i32(key.0);
         b.put_i32(key.1);
     });
-    out.put_slice(&connected.ready);
+    out.put_slice(&ready);
     if stream.write_all(&out).await.is_err() {
         return Outcome::ClientGone;
     }
@@ -448,19 +485,40 @@ async fn session(
         login,
         viewing,
         audit_info,
+        pooled: None,
+        prepare_threshold: shared.prepare_threshold,
+        cancel_key: key,
     };
-    let io = Io::new(
-        stream,
-        connected.stream,
-        buf,
-        connected.buffer,
-        shutdown,
-        &shared.metrics,
-    );
+    let mut io = Io::new(stream, buf, shutdown, &shared.metrics);
+    match connected {
+        Upstreamed::Own(c) => io.attach_stream(c.stream, c.buffer),
+        Upstreamed::Pooled(server, lease, _) => {
+            io.attach(server);
+            session.pooled = Some(Pooled {
+                pools: pools.cloned().expect("pooled only with pools"),
+                lease: Some(lease),
+                wanted: params,
+                pinned: false,
+                unnamed_parse: None,
+                unnamed_missing: false,
+                reapply: false,
+            });
+            session.prepare_threshold = 0;
+        }
+    }
     let outcome = session.relay(io).await;
     log.statements = session.statements;
     log.refused = session.refused;
     outcome
+}
+
+/// A ReadyForQuery, idle.
+const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+
+/// A session's upstream connection: its own, or a pooled one.
+enum Upstreamed {
+    Own(upstream::Connected),
+    Pooled(pool::Server, pool::Lease, Vec<Bytes>),
 }
 
 /// Removes a cancel key when its session ends.

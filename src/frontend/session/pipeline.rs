@@ -186,7 +186,6 @@ impl Pipeline {
     }
 
     /// Extended-protocol messages were sent since the last Sync.
-    #[cfg(test)]
     pub fn unsynced(&self) -> bool {
         self.unsynced
     }
@@ -239,7 +238,6 @@ impl Pipeline {
     }
 
     /// The transaction status of the last ReadyForQuery.
-    #[cfg(test)]
     pub fn status(&self) -> u8 {
         self.status
     }

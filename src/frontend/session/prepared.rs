@@ -74,7 +74,7 @@ impl Session<'_> {
         if self.audit_refusal().is_some() {
             return None;
         }
-        let threshold = self.shared.prepare_threshold;
+        let threshold = self.prepare_threshold;
         if threshold == 0 || self.pipe.mixed() || sql.len() > MAX_AUTO_LEN {
             return None;
         }
@@ -196,7 +196,7 @@ impl Session<'_> {
             out.put_slice(&close_message(STATEMENT, ""));
             return Some(out.freeze());
         }
-        if !seen.run(self.shared.prepare_threshold) || self.live >= MAX_AUTOS {
+        if !seen.run(self.prepare_threshold) || self.live >= MAX_AUTOS {
             return None;
         }
         self.autos += 1;

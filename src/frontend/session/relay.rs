@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::client::Session;
@@ -21,6 +21,7 @@ use crate::frontend::own::Answer;
 use crate::frontend::sqlstate;
 use crate::metrics::Metrics;
 use crate::tls::Stream;
+use crate::upstream::pool::{self, halves, Reader, Server, Writer};
 use crate::wire::{self, WireError};
 
 /// A buffer towards one side stops taking more at this size.
@@ -29,23 +30,6 @@ const HIGH_WATER: usize = 256 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 /// How long a session's last words (a FATAL message) may take to leave.
 const LAST_WORDS: Duration = Duration::from_secs(5);
-
-type Reader = Box<dyn AsyncRead + Unpin + Send>;
-type Writer = Box<dyn AsyncWrite + Unpin + Send>;
-
-fn halves(stream: Stream) -> (Reader, Writer) {
-    match stream {
-        // Plain TCP splits without a lock; TLS streams share one.
-        Stream::Plain(tcp) => {
-            let (rd, wr) = tcp.into_split();
-            (Box::new(rd), Box::new(wr))
-        }
-        other => {
-            let (rd, wr) = tokio::io::split(other);
-            (Box::new(rd), Box::new(wr))
-        }
-    }
-}
 
 /// Why a session stops relaying.
 pub(super) enum Stop {
@@ -57,6 +41,8 @@ pub(super) enum Stop {
     Upstream(String),
     /// A drain closed the idle session.
     Shutdown,
+    /// No pooled connection became free in time.
+    Pool(String),
 }
 
 impl From<WireError> for Stop {
@@ -80,8 +66,17 @@ pub(super) struct Io {
     /// Written but perhaps not flushed (TLS buffers).
     client_unflushed: bool,
     upstream_unflushed: bool,
+    /// Whether writes need a flush (TLS), each way.
+    client_flushes: bool,
+    upstream_flushes: bool,
     /// Bytes of a message from upstream still to stream to the client.
     passthrough: usize,
+    /// An upstream connection is attached (in transaction pooling, only
+    /// while the session needs one).
+    attached: bool,
+    /// The pooled connection attached, its streams and buffer lent to
+    /// `up_rd`, `up_wr` and `up_in`.
+    server: Option<Server>,
     shutdown: watch::Receiver<bool>,
     draining: bool,
     bytes_in: prometheus::IntCounter,
@@ -97,34 +92,80 @@ enum Event {
 }
 
 impl Io {
+    /// Both connections' buffers and the client's streams; the upstream is
+    /// attached with [`Io::attach_stream`] or [`Io::attach`].
     pub fn new(
         client: Stream,
-        upstream: Stream,
         client_in: BytesMut,
-        up_in: BytesMut,
         shutdown: watch::Receiver<bool>,
         metrics: &Metrics,
     ) -> Io {
-        let (client_rd, client_wr) = halves(client);
-        let (up_rd, up_wr) = halves(upstream);
+        let (client_rd, client_wr, client_flushes) = halves(client);
         let draining = *shutdown.borrow();
         Io {
             client_rd,
             client_wr,
-            up_rd,
-            up_wr,
+            up_rd: Box::new(tokio::io::empty()),
+            up_wr: Box::new(tokio::io::sink()),
             client_in,
-            up_in,
+            up_in: BytesMut::new(),
             to_client: BytesMut::with_capacity(16 * 1024),
             to_upstream: BytesMut::with_capacity(16 * 1024),
             client_unflushed: false,
             upstream_unflushed: false,
+            client_flushes,
+            upstream_flushes: false,
             passthrough: 0,
+            attached: false,
+            server: None,
             shutdown,
             draining,
             bytes_in: metrics.bytes.with_label_values(&["to_upstream"]),
             bytes_out: metrics.bytes.with_label_values(&["to_client"]),
         }
+    }
+
+    /// A session's own upstream connection, for its whole life.
+    pub fn attach_stream(&mut self, upstream: Stream, up_in: BytesMut) {
+        let (rd, wr, flushes) = halves(upstream);
+        self.up_rd = rd;
+        self.up_wr = wr;
+        self.upstream_flushes = flushes;
+        self.up_in = up_in;
+        self.attached = true;
+    }
+
+    /// A pooled connection, until [`Io::detach`].
+    pub fn attach(&mut self, mut server: Server) {
+        std::mem::swap(&mut self.up_rd, &mut server.rd);
+        std::mem::swap(&mut self.up_wr, &mut server.wr);
+        std::mem::swap(&mut self.up_in, &mut server.buf);
+        self.upstream_flushes = server.flushes;
+        self.server = Some(server);
+        self.attached = true;
+    }
+
+    /// The pooled connection attached, given back.
+    pub fn detach(&mut self) -> Option<Server> {
+        let mut server = self.server.take()?;
+        std::mem::swap(&mut self.up_rd, &mut server.rd);
+        std::mem::swap(&mut self.up_wr, &mut server.wr);
+        std::mem::swap(&mut self.up_in, &mut server.buf);
+        self.attached = false;
+        self.upstream_unflushed = false;
+        Some(server)
+    }
+
+    pub fn attached(&self) -> bool {
+        self.attached
+    }
+
+    /// Nothing is on its way to or from upstream.
+    pub fn upstream_quiet(&self) -> bool {
+        self.to_upstream.is_empty()
+            && !self.upstream_unflushed
+            && self.passthrough == 0
+            && self.up_in.is_empty()
     }
 
     /// Queues bytes for upstream.
@@ -145,9 +186,10 @@ impl Io {
         // towards upstream has room and nothing complete waits (during an
         // own query, or when that buffer is full).
         let read_client = self.upstream_room() && !has_frame(&self.client_in);
-        let read_upstream = self.to_client.len() < HIGH_WATER;
+        let read_upstream = self.attached && self.to_client.len() < HIGH_WATER;
         let write_client = !self.to_client.is_empty() || self.client_unflushed;
-        let write_upstream = !self.to_upstream.is_empty() || self.upstream_unflushed;
+        let write_upstream =
+            self.attached && (!self.to_upstream.is_empty() || self.upstream_unflushed);
         let grace = self.draining && idle && self.passthrough == 0;
         reserve(&mut self.client_in);
         reserve(&mut self.up_in);
@@ -171,7 +213,7 @@ impl Io {
             wrote = push(&mut self.client_wr, &self.to_client), if write_client => match wrote {
                 Ok(n) => {
                     self.to_client.advance(n);
-                    self.client_unflushed = n > 0;
+                    self.client_unflushed = n > 0 && self.client_flushes;
                     Event::Progress
                 }
                 Err(e) => Event::ClientEnd(WireError::Io(e)),
@@ -179,7 +221,7 @@ impl Io {
             wrote = push(&mut self.up_wr, &self.to_upstream), if write_upstream => match wrote {
                 Ok(n) => {
                     self.to_upstream.advance(n);
-                    self.upstream_unflushed = n > 0;
+                    self.upstream_unflushed = n > 0 && self.upstream_flushes;
                     Event::Progress
                 }
                 Err(e) => Event::UpstreamEnd(e.to_string()),
@@ -269,6 +311,7 @@ impl Session<'_> {
         while let Some(sql) = self.drain(io)? {
             self.run_again(sql, io).await;
         }
+        self.detach_if_done(io);
         self.forward(io).await
     }
 
@@ -360,7 +403,7 @@ impl Session<'_> {
     /// to tell, before the connections close.
     async fn finish(&mut self, mut io: Io, stop: Stop) -> Outcome {
         let (outcome, fatal, read_first) = match stop {
-            Stop::Outcome(Outcome::Terminated) => {
+            Stop::Outcome(Outcome::Terminated) if self.pooled.is_none() => {
                 // The Terminate goes upstream, so that PostgreSQL ends the
                 // session as the client asked.
                 io.flush_upstream(LAST_WORDS).await;
@@ -405,7 +448,16 @@ impl Session<'_> {
                 let fatal = wire::error_response("FATAL", sqlstate::ADMIN_SHUTDOWN, msg);
                 (Outcome::Shutdown, Some(fatal), false)
             }
+            Stop::Pool(why) => {
+                let fatal = wire::error_response("FATAL", sqlstate::TOO_MANY_CONNECTIONS, &why);
+                (Outcome::Failed(why), Some(fatal), true)
+            }
         };
+        // A pooled connection still attached may be in the middle of
+        // something: it is closed, never returned.
+        if let Some(server) = io.detach() {
+            pool::close(server);
+        }
         if let Some(fatal) = fatal {
             if read_first {
                 // Read what the client already sent, so that closing does

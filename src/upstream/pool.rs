@@ -1,0 +1,456 @@
+//! Upstream connections shared by every user's sessions (`pool.mode:
+//! transaction`). No connection carries user state: rowgate's filters are
+//! in the statement text, and what a session set up (its settings, its
+//! search path) is applied when it takes a connection, as the difference
+//! from what the connection's last session left. A session holds a
+//! connection only while a transaction (or an extended-protocol cycle
+//! outside one) runs; what cannot move between connections pins the
+//! session to its own (see `frontend/session/`).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use super::connect::{connect, UpstreamError};
+use crate::config::{PoolConfig, Upstream};
+use crate::tls::Stream;
+use crate::wire;
+
+pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
+pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A stream's two halves, and whether what is written needs a flush to
+/// leave (TLS buffers records; plain TCP writes at once).
+pub fn halves(stream: Stream) -> (Reader, Writer, bool) {
+    match stream {
+        // Plain TCP splits without a lock; TLS streams share one.
+        Stream::Plain(tcp) => {
+            let (rd, wr) = tcp.into_split();
+            (Box::new(rd), Box::new(wr), false)
+        }
+        other => {
+            let (rd, wr) = tokio::io::split(other);
+            (Box::new(rd), Box::new(wr), true)
+        }
+    }
+}
+
+/// A Terminate message.
+const TERMINATE: &[u8] = b"X\0\0\0\x04";
+/// How often the pools close expired connections and open idle ones.
+const MAINTENANCE: Duration = Duration::from_secs(1);
+/// How long applying a session's settings may take.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An upstream connection in a pool.
+pub struct Server {
+    pub rd: Reader,
+    pub wr: Writer,
+    /// Writes need a flush (TLS).
+    pub flushes: bool,
+    /// Bytes read past the last message handled.
+    pub buf: BytesMut,
+    /// Its cancel key (process id, secret).
+    pub key: Option<(i32, i32)>,
+    /// The ParameterStatus messages of its startup.
+    pub startup: Vec<Bytes>,
+    /// The settings in force: its startup's, then the last session's.
+    applied: Vec<(String, String)>,
+    created: Instant,
+    idle_since: Instant,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no upstream connection became free within {0:?} (pool.max_client_wait)")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Connect(#[from] UpstreamError),
+    #[error("the upstream connection could not take the session's settings: {0}")]
+    Apply(String),
+}
+
+/// A connection taken from a pool: its place in the pool, returned when
+/// this is dropped.
+pub struct Lease {
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Pool {
+    idle: Mutex<Vec<Server>>,
+    permits: Arc<Semaphore>,
+}
+
+/// The pools, one per upstream database.
+pub struct Pools {
+    config: PoolConfig,
+    upstream: Upstream,
+    /// The startup parameters of every pooled connection.
+    neutral: Vec<(String, String)>,
+    by_database: Mutex<HashMap<String, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// Pools whose connections start with `search_path` and the state a
+    /// member's session pins (standard_conforming_strings, UTF-8).
+    pub fn new(config: PoolConfig, upstream: Upstream, search_path: &str) -> Arc<Self> {
+        let neutral = vec![
+            ("search_path".to_string(), search_path.to_string()),
+            ("standard_conforming_strings".to_string(), "on".to_string()),
+            ("client_encoding".to_string(), "UTF8".to_string()),
+        ];
+        Arc::new(Pools {
+            config,
+            upstream,
+            neutral,
+            by_database: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    fn pool(&self, database: &str) -> Arc<Pool> {
+        let mut pools = self.by_database.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(database.to_string())
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    idle: Mutex::new(Vec::new()),
+                    permits: Arc::new(Semaphore::new(self.config.size)),
+                })
+            })
+            .clone()
+    }
+
+    /// A connection to `database` with `wanted` settings in force (the
+    /// ParameterStatus messages the change gave, too), waiting at most
+    /// `pool.max_client_wait` for one to be free.
+    pub async fn acquire(
+        &self,
+        database: &str,
+        wanted: &[(String, String)],
+    ) -> Result<(Server, Lease, Vec<Bytes>), PoolError> {
+        let pool = self.pool(database);
+        let wait = self.config.max_client_wait;
+        let permit = match tokio::time::timeout(wait, pool.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(PoolError::Timeout(wait)),
+        };
+        let lease = Lease { _permit: permit };
+        let reused = loop {
+            let next = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match next {
+                None => break None,
+                Some(mut s) => {
+                    if !self.expired(&s, Instant::now()) && s.alive() {
+                        break Some(s);
+                    }
+                    close(s);
+                }
+            }
+        };
+        let mut server = match reused {
+            Some(s) => s,
+            None => self.open(database).await?,
+        };
+        let reported = match tokio::time::timeout(APPLY_TIMEOUT, server.apply(wanted)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(PoolError::Apply(e)),
+            Err(_) => return Err(PoolError::Apply("timed out".into())),
+        };
+        Ok((server, lease, reported))
+    }
+
+    /// Returns a clean connection (outside a transaction, nothing under
+    /// way) to its pool.
+    pub fn release(&self, database: &str, mut server: Server, lease: Lease) {
+        server.idle_since = Instant::now();
+        self.pool(database)
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(server);
+        drop(lease);
+    }
+
+    async fn open(&self, database: &str) -> Result<Server, UpstreamError> {
+        let c = connect(&self.upstream, database, &self.neutral).await?;
+        let (rd, wr, flushes) = halves(c.stream);
+        let now = Instant::now();
+        Ok(Server {
+            rd,
+            wr,
+            flushes,
+            buf: c.buffer,
+            key: c.key,
+            startup: c.startup_messages,
+            applied: self.neutral.clone(),
+            created: now,
+            idle_since: now,
+        })
+    }
+
+    fn expired(&self, s: &Server, now: Instant) -> bool {
+        now.duration_since(s.created) >= self.config.server_lifetime
+    }
+
+    /// Closes idle connections past `server_idle_timeout` (beyond
+    /// `min_idle`) or `server_lifetime`, and opens connections up to
+    /// `min_idle` for every database used; runs until the process ends.
+    pub async fn maintain(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(MAINTENANCE).await;
+            let pools: Vec<(String, Arc<Pool>)> = self
+                .by_database
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (database, pool) in pools {
+                let now = Instant::now();
+                let stale: Vec<Server> = {
+                    let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                    // Oldest idle first: the ones beyond min_idle go.
+                    idle.sort_by_key(|s| std::cmp::Reverse(s.idle_since));
+                    let mut keep = Vec::with_capacity(idle.len());
+                    let mut gone = Vec::new();
+                    for s in idle.drain(..) {
+                        let idle_too_long = keep.len() >= self.config.min_idle
+                            && now.duration_since(s.idle_since) >= self.config.server_idle_timeout;
+                        if idle_too_long || self.expired(&s, now) {
+                            gone.push(s);
+                        } else {
+                            keep.push(s);
+                        }
+                    }
+                    *idle = keep;
+                    gone
+                };
+                for s in stale {
+                    debug!(database = %database, "closing an idle pooled connection");
+                    close(s);
+                }
+                let idle_count = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
+                for _ in idle_count..self.config.min_idle {
+                    let Ok(permit) = pool.permits.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    match self.open(&database).await {
+                        Ok(s) => {
+                            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+                            drop(permit);
+                        }
+                        Err(e) => {
+                            warn!(database = %database, "cannot open a pooled connection: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ends a connection politely, in the background.
+pub fn close(mut s: Server) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = s.wr.write_all(TERMINATE).await;
+            let _ = s.wr.shutdown().await;
+        })
+        .await;
+    });
+}
+
+/// The statement that takes a connection from settings `from` to `to`:
+/// `RESET` for what `to` does not set, `set_config` for what differs.
+/// `None` when nothing differs.
+pub fn settings_change(from: &[(String, String)], to: &[(String, String)]) -> Option<String> {
+    let mut parts = Vec::new();
+    for (name, _) in from {
+        if !to.iter().any(|(n, _)| n == name) {
+            parts.push(format!("RESET {}", quote_ident(name)));
+        }
+    }
+    let mut sets = Vec::new();
+    for (name, value) in to {
+        if from.iter().any(|(n, v)| n == name && v == value) {
+            continue;
+        }
+        sets.push(format!(
+            "pg_catalog.set_config({}, {}, false)",
+            quote_literal(name),
+            quote_literal(value)
+        ));
+    }
+    if !sets.is_empty() {
+        parts.push(format!("SELECT {}", sets.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl Server {
+    /// Puts `wanted` in force; the ParameterStatus messages that gave.
+    async fn apply(&mut self, wanted: &[(String, String)]) -> Result<Vec<Bytes>, String> {
+        let Some(text) = settings_change(&self.applied, wanted) else {
+            return Ok(Vec::new());
+        };
+        let mut out = BytesMut::new();
+        wire::put_message(&mut out, b'Q', |b| wire::put_cstr(b, &text));
+        self.wr.write_all(&out).await.map_err(|e| e.to_string())?;
+        self.wr.flush().await.map_err(|e| e.to_string())?;
+        let mut reported = Vec::new();
+        let mut failed = None;
+        loop {
+            let frame = loop {
+                match wire::try_frame(&mut self.buf, 1 << 20).map_err(|e| e.to_string())? {
+                    Some(f) => break f,
+                    None => wire::fill(&mut self.rd, &mut self.buf)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                }
+            };
+            match frame.tag() {
+                b'S' => reported.push(frame.frame.clone()),
+                b'E' => {
+                    let fields = wire::error_fields(frame.body());
+                    let message = fields
+                        .into_iter()
+                        .find(|(c, _)| *c == b'M')
+                        .map(|(_, m)| m)
+                        .unwrap_or_default();
+                    failed = Some(message);
+                }
+                b'Z' => {
+                    if let Some(message) = failed {
+                        return Err(message);
+                    }
+                    if frame.body().first() != Some(&b'I') {
+                        return Err("the connection was left in a transaction".into());
+                    }
+                    self.applied = wanted.to_vec();
+                    return Ok(reported);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the connection still looks usable: nothing arrived on it
+    /// while it was idle (an idle connection receives nothing but its
+    /// end: an administrator's termination, a restart).
+    fn alive(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut scratch = [0u8; 64];
+        let mut read = ReadBuf::new(&mut scratch);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(&mut self.rd)
+            .poll_read(&mut cx, &mut read)
+            .is_pending()
+    }
+}
+
+/// The startup ParameterStatus messages a client is sent: `startup`'s,
+/// each replaced by the one in `reported` of the same parameter.
+pub fn merge_reported(startup: &[Bytes], reported: &[Bytes]) -> Vec<Bytes> {
+    let name = |m: &Bytes| -> Option<Vec<u8>> {
+        if m.first() != Some(&b'S') {
+            return None;
+        }
+        let body = m.get(5..)?;
+        Some(body.split(|&b| b == 0).next()?.to_vec())
+    };
+    let mut out: Vec<Bytes> = startup
+        .iter()
+        .map(|m| {
+            let n = name(m);
+            reported
+                .iter()
+                .rev()
+                .find(|r| n.is_some() && name(r) == n)
+                .unwrap_or(m)
+                .clone()
+        })
+        .collect();
+    for r in reported {
+        if !out.iter().any(|m| name(m) == name(r)) {
+            out.push(r.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_what_differs_is_changed() {
+        let from = pairs(&[("search_path", "public"), ("datestyle", "ISO")]);
+        assert_eq!(settings_change(&from, &from), None);
+        let to = pairs(&[
+            ("search_path", "\"a'b\", public"),
+            ("application_name", "x"),
+        ]);
+        assert_eq!(
+            settings_change(&from, &to).unwrap(),
+            "RESET \"datestyle\"; SELECT pg_catalog.set_config('search_path', '\"a''b\", public', false), pg_catalog.set_config('application_name', 'x', false)"
+        );
+        assert_eq!(
+            settings_change(&to, &pairs(&[("search_path", "\"a'b\", public")])).unwrap(),
+            "RESET \"application_name\""
+        );
+    }
+
+    #[test]
+    fn reported_parameters_replace_the_startup_ones() {
+        let status = |n: &str, v: &str| {
+            let mut b = BytesMut::new();
+            wire::put_message(&mut b, b'S', |b| {
+                wire::put_cstr(b, n);
+                wire::put_cstr(b, v);
+            });
+            b.freeze()
+        };
+        let startup = vec![status("application_name", ""), status("TimeZone", "UTC")];
+        let reported = vec![
+            status("application_name", "bi"),
+            status("DateStyle", "ISO, DMY"),
+        ];
+        assert_eq!(
+            merge_reported(&startup, &reported),
+            vec![
+                status("application_name", "bi"),
+                status("TimeZone", "UTC"),
+                status("DateStyle", "ISO, DMY")
+            ]
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! Transaction pooling (`pool.mode: transaction`): members of different
+//! rows share upstream connections, and nothing of one session reaches
+//! another through them: rows, settings, statements, cursors, errors.
+
+mod common;
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::raw::{Client, Msg};
+use postgres_protocol::message::frontend;
+
+const POLICY: &str = "tests/fixtures/pool/policy.yaml";
+
+fn fixture_db() -> &'static str {
+    static DB: OnceLock<String> = OnceLock::new();
+    DB.get_or_init(|| {
+        let c = common::cluster();
+        let db = c.create_database("pool");
+        let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap();
+        c.connect(&db).batch_execute(&schema).unwrap();
+        db
+    })
+}
+
+/// A proxy pooling `size` connections; clients wait `wait` for one.
+fn pooled(size: usize, wait: &str) -> common::Proxy {
+    let extra = format!(
+        "pool:\n  mode: transaction\n  size: {size}\n  min_idle: 0\n  max_client_wait: {wait}\n"
+    );
+    common::Proxy::start(Path::new(POLICY), &extra)
+}
+
+fn login(proxy: &common::Proxy, user: &str, app: &str) -> Client {
+    login_with(proxy, user, app).0
+}
+
+/// A session and what its startup said.
+fn login_with(proxy: &common::Proxy, user: &str, app: &str) -> (Client, Vec<Msg>) {
+    let mut raw = Client::connect(proxy.port).unwrap();
+    let password = format!("{user}-pw");
+    let after = raw
+        .login(
+            user,
+            fixture_db(),
+            Some(&password),
+            &[("application_name", app)],
+        )
+        .unwrap();
+    assert_eq!(after.last().map(|m| m.tag), Some(b'Z'), "{user} logs in");
+    (raw, after)
+}
+
+fn values(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| m.columns()[0].clone().unwrap_or_default())
+        .collect()
+}
+
+fn error_code(msgs: &[Msg]) -> Option<String> {
+    msgs.iter()
+        .find(|m| m.tag == b'E')
+        .and_then(|m| m.field(b'C'))
+}
+
+/// Backends connected to the fixture database, but this one and the
+/// catalog reader's (which reads `pg_catalog` and never runs the tests'
+/// statements).
+fn backends() -> i64 {
+    let mut direct = common::cluster().connect(fixture_db());
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+             AND application_name <> 'rowgate catalog'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn members_share_one_connection_and_each_sees_only_their_rows() {
+    let proxy = pooled(1, "5s");
+    let mut king = login(&proxy, "king", "alpha");
+    let mut bel = login(&proxy, "bel", "beta");
+    for _ in 0..10 {
+        let k = king.query("SELECT DISTINCT name FROM merchants").unwrap();
+        assert_eq!(values(&k), ["King Inc"]);
+        let b = bel.query("SELECT DISTINCT name FROM merchants").unwrap();
+        assert_eq!(values(&b), ["Bel Air"]);
+        // Settings of the session's own follow it to the connection.
+        let k = king.query("SHOW application_name").unwrap();
+        assert_eq!(values(&k), ["alpha"]);
+        let b = bel.query("SHOW application_name").unwrap();
+        assert_eq!(values(&b), ["beta"]);
+        // An error in one session is not the other's.
+        let k = king.query("SELECT 1/0 FROM merchants").unwrap();
+        assert_eq!(error_code(&k).as_deref(), Some("22012"));
+        let b = bel.query("SELECT count(*) FROM orders").unwrap();
+        assert_eq!(error_code(&b), None, "{b:?}");
+    }
+    let mut more: Vec<Client> = (0..6)
+        .map(|i| login(&proxy, if i % 2 == 0 { "king" } else { "bel" }, "more"))
+        .collect();
+    for c in &mut more {
+        assert_eq!(error_code(&c.query("SELECT 1").unwrap()), None);
+    }
+    assert!(backends() <= 1, "{} backends for a pool of 1", backends());
+}
+
+#[test]
+fn a_transaction_keeps_its_connection_and_others_wait_for_it() {
+    let proxy = pooled(1, "10s");
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    assert_eq!(error_code(&king.query("BEGIN").unwrap()), None);
+    let k = king.query("SELECT count(*) FROM merchants").unwrap();
+    let native: i64 = common::cluster()
+        .connect(fixture_db())
+        .query_one(
+            "SELECT count(*) FROM merchants WHERE name = 'King Inc'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(values(&k), [native.to_string()]);
+    // bel's statement waits for the connection king's transaction holds.
+    let mut buf = BytesMut::new();
+    frontend::query("SELECT DISTINCT name FROM merchants", &mut buf).unwrap();
+    bel.send(&buf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let k = king.query("SELECT DISTINCT name FROM merchants").unwrap();
+    assert_eq!(values(&k), ["King Inc"], "still king's transaction");
+    assert_eq!(error_code(&king.query("COMMIT").unwrap()), None);
+    let b = bel.until_ready().unwrap();
+    assert_eq!(values(&b), ["Bel Air"]);
+}
+
+#[test]
+fn a_setting_pins_the_session_and_a_client_waiting_too_long_gets_53300() {
+    let proxy = pooled(1, "500ms");
+    let mut king = login(&proxy, "king", "k");
+    let k = king.query("SET datestyle = 'German'").unwrap();
+    assert_eq!(error_code(&k), None, "{k:?}");
+    // The connection stays king's: nobody else can have it.
+    let mut bel = Client::connect(proxy.port).unwrap();
+    let started = Instant::now();
+    let refused = bel.login("bel", fixture_db(), Some("bel-pw"), &[]).unwrap();
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("53300"),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert!(proxy
+        .log()
+        .contains("session pinned to its upstream connection"));
+    let k = king.query("SHOW datestyle").unwrap();
+    assert_eq!(values(&k), ["German, DMY"]);
+    // Once king is gone, its connection (with its setting) is not reused.
+    king.terminate();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut bel = loop {
+        let mut c = Client::connect(proxy.port).unwrap();
+        let after = c.login("bel", fixture_db(), Some("bel-pw"), &[]).unwrap();
+        if error_code(&after).is_none() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the pool never freed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let b = bel.query("SHOW datestyle").unwrap();
+    assert_eq!(values(&b), ["ISO, MDY"], "king's setting stayed with king");
+}
+
+#[test]
+fn the_unnamed_statement_follows_its_session_to_another_connection() {
+    let proxy = pooled(1, "5s");
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    let mut buf = BytesMut::new();
+    frontend::parse("", "SELECT DISTINCT name FROM merchants", [], &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    king.send(&buf).unwrap();
+    let parsed = king.until_ready().unwrap();
+    assert_eq!(error_code(&parsed), None);
+    // bel's simple query on the same connection drops its unnamed
+    // statement upstream.
+    assert_eq!(
+        values(&bel.query("SELECT DISTINCT name FROM merchants").unwrap()),
+        ["Bel Air"]
+    );
+    let mut buf = BytesMut::new();
+    frontend::bind(
+        "",
+        "",
+        [],
+        [],
+        |_: (), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        &mut buf,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    king.send(&buf).unwrap();
+    let ran = king.until_ready().unwrap();
+    let tags: String = ran.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "2DCZ", "{ran:?}");
+    assert_eq!(values(&ran), ["King Inc"]);
+}
+
+#[test]
+fn a_cursor_of_one_session_is_not_anothers() {
+    let proxy = pooled(1, "5s");
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    let k = king
+        .query("BEGIN; DECLARE c CURSOR FOR SELECT name FROM merchants; FETCH 1 FROM c")
+        .unwrap();
+    assert_eq!(values(&k), ["King Inc"]);
+    assert_eq!(error_code(&king.query("COMMIT").unwrap()), None);
+    let b = bel.query("FETCH 1 FROM c").unwrap();
+    assert_eq!(error_code(&b).as_deref(), Some("34000"), "{b:?}");
+    // A cursor WITH HOLD outlives its transaction: it pins its session.
+    let k = king
+        .query("DECLARE h CURSOR WITH HOLD FOR SELECT name FROM merchants")
+        .unwrap();
+    assert_eq!(error_code(&k), None, "{k:?}");
+    assert_eq!(values(&king.query("FETCH 1 FROM h").unwrap()), ["King Inc"]);
+}
+
+#[test]
+fn a_cancel_reaches_the_pooled_statement_it_was_meant_for() {
+    let proxy = pooled(2, "5s");
+    let (mut king, startup) = login_with(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    let key = startup
+        .iter()
+        .find(|m| m.tag == b'K')
+        .map(|m| m.body.clone())
+        .expect("a cancel key");
+    let mut buf = BytesMut::new();
+    frontend::query("SELECT pg_sleep(20) FROM merchants", &mut buf).unwrap();
+    king.send(&buf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut cancel = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    let pid = i32::from_be_bytes(key[0..4].try_into().unwrap());
+    let secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
+    let mut request = BytesMut::new();
+    frontend::cancel_request(pid, secret, &mut request);
+    assert!(!request.is_empty());
+    std::io::Write::write_all(&mut cancel, &request).unwrap();
+    let k = king.until_ready().unwrap();
+    assert_eq!(error_code(&k).as_deref(), Some("57014"), "{k:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // bel, on the pool's other connection meanwhile, was not touched.
+    assert_eq!(
+        values(&bel.query("SELECT DISTINCT name FROM merchants").unwrap()),
+        ["Bel Air"]
+    );
+}
+
+#[test]
+fn reset_goes_back_to_the_sessions_own_startup_settings() {
+    let proxy = pooled(1, "5s");
+    let mut raw = Client::connect(proxy.port).unwrap();
+    let after = raw
+        .login(
+            "king",
+            fixture_db(),
+            Some("king-pw"),
+            &[("DateStyle", "SQL, DMY")],
+        )
+        .unwrap();
+    assert_eq!(error_code(&after), None, "{after:?}");
+    // Another session's settings ran on the connection in between.
+    let mut bel = login(&proxy, "bel", "b");
+    assert_eq!(values(&bel.query("SHOW datestyle").unwrap()), ["ISO, MDY"]);
+    assert_eq!(values(&raw.query("SHOW datestyle").unwrap()), ["SQL, DMY"]);
+    raw.query("SET datestyle = 'German'").unwrap();
+    let r = raw.query("SELECT 1; RESET ALL").unwrap();
+    assert_eq!(error_code(&r), None, "{r:?}");
+    assert_eq!(values(&raw.query("SHOW datestyle").unwrap()), ["SQL, DMY"]);
+    // In a transaction rolled back, the RESET is undone with everything.
+    raw.query("SET datestyle = 'German'").unwrap();
+    raw.query("BEGIN; RESET datestyle").unwrap();
+    assert_eq!(values(&raw.query("SHOW datestyle").unwrap()), ["SQL, DMY"]);
+    raw.query("ROLLBACK").unwrap();
+    assert_eq!(
+        values(&raw.query("SHOW datestyle").unwrap()),
+        ["German, DMY"]
+    );
+}
+
+#[test]
+fn a_pooled_connection_ended_while_idle_is_replaced_unseen() {
+    let proxy = pooled(1, "5s");
+    let mut king = login(&proxy, "king", "pool-victim");
+    assert_eq!(
+        values(&king.query("SELECT DISTINCT name FROM merchants").unwrap()),
+        ["King Inc"]
+    );
+    let mut direct = common::cluster().connect(fixture_db());
+    let ended = direct
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pool-victim'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(ended.len(), 1, "the idle pooled connection");
+    std::thread::sleep(Duration::from_millis(300));
+    let k = king.query("SELECT DISTINCT name FROM merchants").unwrap();
+    assert_eq!(error_code(&k), None, "{k:?}");
+    assert_eq!(values(&k), ["King Inc"]);
+}
