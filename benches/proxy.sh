@@ -27,6 +27,17 @@
 #   BENCH_MODES     protocol modes                           ("simple extended prepared")
 #   BENCH_VARIANTS  rowgate variants: fence, nofence, noprep, w1, audit ("fence")
 #   BENCH_WARMUP    seconds of warm-up per target            (3; quick: 1)
+#   BENCH_POOL_MODE session or transaction: PgBouncer's pool_mode and rowgate's
+#                   pool.mode                                (session; in
+#                   transaction mode the default modes are simple and
+#                   extended: named statements pin a rowgate session and
+#                   need PgBouncer 1.21 or later)
+#   BENCH_POOL_SIZE upstream connections of either pool in transaction
+#                   mode                                     (20)
+#   BENCH_IDLE      after the runs, also open this many idle clients on
+#                   PgBouncer and on each rowgate, and report the memory
+#                   (RSS) each idle client costs the proxy and the upstream
+#                   backends they hold                       (0: not measured)
 #   BENCH_FILTERED_DIRECT=1  also run `direct:<variant>`: the statement that
 #                   rowgate forwards, sent straight to PostgreSQL (what the
 #                   rewritten statement costs upstream, without the proxy)
@@ -63,7 +74,16 @@ fi
 SCALE=${BENCH_SCALE:-10}
 CLIENTS=${BENCH_CLIENTS:-8}
 THREADS=${BENCH_THREADS:-2}
-read -ra MODES <<<"${BENCH_MODES:-simple extended prepared}"
+POOL_MODE=${BENCH_POOL_MODE:-session}
+POOL_SIZE=${BENCH_POOL_SIZE:-20}
+IDLE=${BENCH_IDLE:-0}
+[[ $POOL_MODE == session || $POOL_MODE == transaction ]] ||
+  { echo "proxy.sh: BENCH_POOL_MODE must be session or transaction" >&2; exit 1; }
+if [[ $POOL_MODE == transaction ]]; then
+  read -ra MODES <<<"${BENCH_MODES:-simple extended}"
+else
+  read -ra MODES <<<"${BENCH_MODES:-simple extended prepared}"
+fi
 read -ra VARIANTS <<<"${BENCH_VARIANTS:-fence}"
 FILTERED_DIRECT=false
 [[ -n ${BENCH_FILTERED_DIRECT:-} && ${BENCH_FILTERED_DIRECT} != 0 ]] && FILTERED_DIRECT=true
@@ -80,7 +100,8 @@ die() {
   exit 1
 }
 
-for n in SECONDS_PER_RUN ROUNDS SCALE CLIENTS THREADS WARMUP; do
+[[ $IDLE =~ ^[0-9]+$ ]] || die "BENCH_IDLE must be a whole number, not '$IDLE'"
+for n in SECONDS_PER_RUN ROUNDS SCALE CLIENTS THREADS WARMUP POOL_SIZE; do
   [[ ${!n} =~ ^[0-9]+$ && ${!n} -gt 0 ]] || die "$n must be a positive whole number, not '${!n}'"
 done
 ((${#MODES[@]} > 0)) || die "BENCH_MODES is empty"
@@ -308,10 +329,17 @@ printf '%s\n' \
   "host all all 127.0.0.1/32 trust" \
   "local all all trust" | as_pg tee "$pg_data/pg_hba.conf" >/dev/null
 pg_port=""
+# Direct runs hold a backend per client, and session pooling one per client
+# of a proxy (idle ones included).
+pg_max_connections=$((CLIENTS + 30))
+((pg_max_connections < 100)) && pg_max_connections=100
+if [[ $POOL_MODE == session ]] && ((IDLE + 30 > pg_max_connections)); then
+  pg_max_connections=$((IDLE + 30))
+fi
 for _ in 1 2 3 4 5; do
   port=$(free_port)
   if as_pg "$pg_bin/pg_ctl" -D "$pg_data" -l "$work/postgres.log" -w -t 60 \
-    -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c max_connections=100" \
+    -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c max_connections=$pg_max_connections" \
     start >/dev/null 2>&1; then
     pg_port=$port
     break
@@ -328,7 +356,12 @@ sql "$DB" "CREATE ROLE $UPSTREAM_ROLE LOGIN;
 
 # ---------------------------------------------------------------- PgBouncer
 
-echo "== starting PgBouncer ($("$pgbouncer" --version | head -n 1))"
+echo "== starting PgBouncer ($("$pgbouncer" --version | head -n 1), $POOL_MODE pooling)"
+if [[ $POOL_MODE == transaction ]]; then
+  bouncer_pool_size=$POOL_SIZE
+else
+  bouncer_pool_size=$((CLIENTS + 4 + IDLE))
+fi
 bouncer_port=$(free_port)
 printf '"%s" ""\n' "$UPSTREAM_ROLE" >"$work/userlist.txt"
 cat >"$work/pgbouncer.ini" <<EOF
@@ -341,9 +374,9 @@ listen_port = $bouncer_port
 unix_socket_dir =
 auth_type = trust
 auth_file = $work/userlist.txt
-pool_mode = session
-default_pool_size = $((CLIENTS + 4))
-max_client_conn = $((CLIENTS * 4 + 16))
+pool_mode = $POOL_MODE
+default_pool_size = $bouncer_pool_size
+max_client_conn = $((CLIENTS * 4 + 16 + IDLE))
 logfile = $work/pgbouncer.log
 pidfile = $work/pgbouncer.pid
 ignore_startup_parameters = extra_float_digits
@@ -396,7 +429,10 @@ EOF
 #   audit    the audit log on (a record per statement, to a file in the
 #            variant's directory): measures what auditing costs
 rowgate_variant() {
-  local variant=$1 dir=$2 port=$3 extra=""
+  local variant=$1 dir=$2 port=$3 extra="" pool_lines=""
+  if [[ $POOL_MODE == transaction ]]; then
+    pool_lines="pool: { mode: transaction, size: $POOL_SIZE, min_idle: $POOL_SIZE }"
+  fi
   variant_env=()
   mkdir -p "$dir/policies"
   write_policy "$dir/policies/bench.yaml"
@@ -416,8 +452,9 @@ upstream:
   port: $pg_port
   user: $UPSTREAM_ROLE
   tls: disable
-max_connections: $((CLIENTS * 4 + 16))
+max_connections: $((CLIENTS * 4 + 16 + IDLE))
 $extra
+$pool_lines
 EOF
 }
 
@@ -568,7 +605,7 @@ done
 
 echo "== warming up every target (${WARMUP}s each)"
 for t in "${targets[@]}"; do
-  run_pgbench "$t" prepared "$WARMUP" >/dev/null
+  run_pgbench "$t" "${MODES[-1]}" "$WARMUP" >/dev/null
 done
 
 runs=$((${#MODES[@]} * ROUNDS * ${#targets[@]}))
@@ -658,3 +695,58 @@ for mode in "${MODES[@]}"; do
   done
   echo "$line"
 done
+
+# ---------------------------------------------------------------- idle clients
+
+# VmRSS of process $1, in KiB.
+rss_kib() {
+  awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# Opens $IDLE clients on port $1 as user $2 (password $3), each running one
+# statement, then holds them; prints "<proxy RSS increase KiB> <upstream
+# backends>" measured while they are all open.
+measure_idle() {
+  local port=$1 user=$2 password=$3 pid=$4 before after backends fifo
+  before=$(rss_kib "$pid")
+  fifo=$work/idle.fifo
+  rm -f "$fifo"
+  mkfifo "$fifo"
+  python3 - "$port" "$user" "$password" "$DB" "$IDLE" >"$fifo" 2>"$work/idle.log" <<'PY' &
+import sys, time, psycopg
+port, user, password, db, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+conns = []
+for i in range(n):
+    c = psycopg.connect(host="127.0.0.1", port=port, user=user, password=password or None,
+                        dbname=db, autocommit=True, connect_timeout=60)
+    c.execute("SELECT 1").fetchall()
+    conns.append(c)
+print("open", flush=True)
+time.sleep(3600)
+PY
+  local bg=$!
+  background_pids+=("$bg")
+  read -r _ <"$fifo" || die "the idle clients did not connect: $(tail -n 5 "$work/idle.log")"
+  sleep 1
+  after=$(rss_kib "$pid")
+  backends=$(sql postgres "SELECT count(*) FROM pg_stat_activity WHERE usename = '$UPSTREAM_ROLE'")
+  kill "$bg" 2>/dev/null || true
+  wait "$bg" 2>/dev/null || true
+  background_pids=()
+  echo "$((after - before)) $backends"
+  sleep 2
+}
+
+if ((IDLE > 0)); then
+  echo
+  echo "Idle clients: $IDLE, each having run one statement, held open at once ($POOL_MODE pooling)"
+  printf '%-16s %14s %14s %18s\n' target "RSS +MiB" "KiB/client" "upstream backends"
+  read -r grew backends < <(measure_idle "$bouncer_port" "$UPSTREAM_ROLE" "" "$(cat "$work/pgbouncer.pid")")
+  awk -v g="$grew" -v n="$IDLE" -v b="$backends" \
+    'BEGIN { printf "%-16s %14.1f %14.1f %18d\n", "pgbouncer", g / 1024, g / n, b }'
+  for v in "${VARIANTS[@]}"; do
+    read -r grew backends < <(measure_idle "${rowgate_port[$v]}" "$MEMBER" "$member_password" "${rowgate_pid[$v]}")
+    awk -v t="rowgate:$v" -v g="$grew" -v n="$IDLE" -v b="$backends" \
+      'BEGIN { printf "%-16s %14.1f %14.1f %18d\n", t, g / 1024, g / n, b }'
+  done
+fi

@@ -320,3 +320,81 @@ fn a_pooled_connection_ended_while_idle_is_replaced_unseen() {
     assert_eq!(error_code(&k), None, "{k:?}");
     assert_eq!(values(&k), ["King Inc"]);
 }
+
+/// Parse of a named statement, then Sync.
+fn prepare(client: &mut Client, name: &str, sql: &str) -> Vec<Msg> {
+    let mut buf = BytesMut::new();
+    frontend::parse(name, sql, [], &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    client.send(&buf).unwrap();
+    client.until_ready().unwrap()
+}
+
+/// Bind and Execute of a named statement (no parameters), then Sync.
+fn run_prepared(client: &mut Client, name: &str) -> Vec<Msg> {
+    let mut buf = BytesMut::new();
+    frontend::bind(
+        "",
+        name,
+        [],
+        [],
+        |_: (), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        &mut buf,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    client.send(&buf).unwrap();
+    client.until_ready().unwrap()
+}
+
+#[test]
+fn named_statements_follow_their_session_across_connections() {
+    let proxy = pooled(2, "5s");
+    let mut king = login(&proxy, "king", "k");
+    let mut king2 = login(&proxy, "king", "k2");
+    let mut bel = login(&proxy, "bel", "b");
+    let sql = "SELECT DISTINCT name FROM merchants";
+    let tags = |m: &[Msg]| m.iter().map(|m| m.tag as char).collect::<String>();
+    assert_eq!(tags(&prepare(&mut king, "s", sql)), "1Z");
+    assert_eq!(tags(&prepare(&mut king2, "s", sql)), "1Z");
+    assert_eq!(tags(&prepare(&mut bel, "s", sql)), "1Z");
+    for _ in 0..5 {
+        // Each session's statement of the same name and text runs with its
+        // own rows, whichever connection serves it.
+        assert_eq!(values(&run_prepared(&mut king, "s")), ["King Inc"]);
+        assert_eq!(values(&run_prepared(&mut bel, "s")), ["Bel Air"]);
+        assert_eq!(values(&run_prepared(&mut king2, "s")), ["King Inc"]);
+    }
+    // No session is pinned by a named statement.
+    assert!(!proxy.log().contains("session pinned"), "{}", proxy.log());
+    // As natively: a second Parse of the name fails; after a Close the
+    // name is gone; another session's name is not this one's.
+    let again = prepare(&mut king, "s", sql);
+    assert_eq!(error_code(&again).as_deref(), Some("42P05"), "{again:?}");
+    let mut buf = BytesMut::new();
+    frontend::close(b'S', "s", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    king.send(&buf).unwrap();
+    assert_eq!(tags(&king.until_ready().unwrap()), "3Z");
+    let gone = run_prepared(&mut king, "s");
+    assert_eq!(error_code(&gone).as_deref(), Some("26000"), "{gone:?}");
+    assert_eq!(values(&run_prepared(&mut king2, "s")), ["King Inc"]);
+    let unknown = run_prepared(&mut bel, "t");
+    assert_eq!(
+        error_code(&unknown).as_deref(),
+        Some("26000"),
+        "{unknown:?}"
+    );
+    // DEALLOCATE ALL drops the session's statements, as natively.
+    assert_eq!(error_code(&bel.query("DEALLOCATE ALL").unwrap()), None);
+    let dropped = run_prepared(&mut bel, "s");
+    assert_eq!(
+        error_code(&dropped).as_deref(),
+        Some("26000"),
+        "{dropped:?}"
+    );
+    assert_eq!(values(&run_prepared(&mut king2, "s")), ["King Inc"]);
+}

@@ -353,11 +353,17 @@ pub fn pins_connection(statements: &[Statement], sql: &str) -> Option<&'static s
         .then_some("a session-level advisory lock")
 }
 
-/// Whether a statement list drops every prepared statement of the session.
+/// Whether a statement list drops every prepared statement of the session
+/// (`DEALLOCATE ALL`, `DISCARD ALL`).
 pub fn deallocates_all(statements: &[Statement]) -> bool {
-    statements.iter().any(|s| {
-        matches!(s, Statement::Deallocate { name, .. }
-            if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all"))
+    statements.iter().any(|s| match s {
+        Statement::Deallocate { name, .. } => {
+            name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all")
+        }
+        Statement::Discard { object_type } => {
+            matches!(object_type, sqlparser::ast::DiscardObject::ALL)
+        }
+        _ => false,
     })
 }
 

@@ -22,4 +22,5 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
 }

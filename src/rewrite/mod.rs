@@ -136,6 +136,12 @@ pub enum Refusal {
         "permission denied: prepared statement names starting with \"rowgate_\" are reserved ({0})"
     )]
     Reserved(String),
+    /// A Parse naming a prepared statement the session already has, in
+    /// transaction pooling (where the statement exists upstream under a
+    /// name of rowgate's, PostgreSQL cannot say so itself): SQLSTATE 42P05,
+    /// as PostgreSQL answers.
+    #[error("prepared statement \"{0}\" already exists")]
+    DuplicateStatement(String),
     /// EXPLAIN of a statement whose plan would depend on statistics of
     /// rows the member cannot see.
     #[error("permission denied: EXPLAIN of a statement with a condition that is not leakproof on a filtered table (its estimates would reflect rows the filters hide)")]
@@ -170,6 +176,7 @@ impl Refusal {
             Refusal::TooComplex(_) => "54001",
             Refusal::AuditUnavailable => "58030",
             Refusal::ViewAsUnknown(_) => "42704",
+            Refusal::DuplicateStatement(_) => "42P05",
             Refusal::ViewAsInTransaction => "25001",
             Refusal::ViewAsEncoding => "22023",
             Refusal::Unsupported(_) | Refusal::Unparsable(_) => "0A000",

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::connect::{connect, UpstreamError};
 use crate::config::{PoolConfig, Upstream};
+use crate::frontend::autoprep::Auto;
 use crate::tls::Stream;
 use crate::wire;
 
@@ -46,6 +47,8 @@ pub fn halves(stream: Stream) -> (Reader, Writer, bool) {
 const TERMINATE: &[u8] = b"X\0\0\0\x04";
 /// How often the pools close expired connections and open idle ones.
 const MAINTENANCE: Duration = Duration::from_secs(1);
+/// Prepared statements a pooled connection keeps at most.
+const MAX_STATEMENTS: usize = 2000;
 /// How long applying a session's settings may take.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,6 +66,9 @@ pub struct Server {
     pub startup: Vec<Bytes>,
     /// The settings in force: its startup's, then the last session's.
     applied: Vec<(String, String)>,
+    /// The statements prepared on it under rowgate's shared names (see
+    /// `frontend/session/pooling.rs`), which sessions reuse.
+    pub statements: HashMap<String, Arc<Auto>>,
     created: Instant,
     idle_since: Instant,
 }
@@ -172,8 +178,13 @@ impl Pools {
     }
 
     /// Returns a clean connection (outside a transaction, nothing under
-    /// way) to its pool.
+    /// way) to its pool; one holding too many prepared statements is closed
+    /// instead (a new one starts without them).
     pub fn release(&self, database: &str, mut server: Server, lease: Lease) {
+        if server.statements.len() > MAX_STATEMENTS {
+            close(server);
+            return;
+        }
         server.idle_since = Instant::now();
         self.pool(database)
             .idle
@@ -195,6 +206,7 @@ impl Pools {
             key: c.key,
             startup: c.startup_messages,
             applied: self.neutral.clone(),
+            statements: HashMap::new(),
             created: now,
             idle_since: now,
         })

@@ -276,10 +276,7 @@ impl Session<'_> {
                     self.pipe.end_cycle();
                 }
                 frontend::PARSE if rewrites => {
-                    if !messages::parse(frame.body())?.name.is_empty() {
-                        self.pin("a named prepared statement");
-                    }
-                    let out = self.parse(frame.body()).await?;
+                    let out = self.parse(frame.body(), io).await?;
                     io.send(&out);
                     self.audit_parsed(frame.body())?;
                 }
@@ -305,8 +302,15 @@ impl Session<'_> {
                             if effect.deallocates_all {
                                 // Each run drops rowgate's statements too.
                                 self.forget_autos(false);
+                                self.pooled_deallocated();
                             }
                             self.path_event(effect.path.as_ref(), effect.ends_transaction);
+                        }
+                    }
+                    if self.pooled.is_some() {
+                        if let Some(out) = self.pooled_target(frame.tag(), frame.body(), io)? {
+                            io.send(&out);
+                            continue;
                         }
                     }
                     if self.pooled.is_some() && targets_unnamed(frame.tag(), frame.body())? {
@@ -323,6 +327,10 @@ impl Session<'_> {
                         self.unnamed = None;
                     }
                     self.pipe.expect(backend::CLOSE_COMPLETE, Action::Pass);
+                    if let Some(out) = self.pooled_close(frame.body())? {
+                        io.send(&out);
+                        continue;
+                    }
                     let out = reserved_target(frontend::CLOSE, frame.body())?;
                     io.send(out.as_ref().unwrap_or(&frame.frame));
                 }
@@ -429,7 +437,7 @@ impl Session<'_> {
     /// a marker under the same statement name. A repeated unnamed one is
     /// prepared upstream under a name of rowgate's, then stood in for by a
     /// Close of the unnamed statement.
-    async fn parse(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
+    async fn parse(&mut self, body: &[u8], io: &mut Io) -> Result<Bytes, WireError> {
         let parse = messages::parse(body)?;
         let cycle = self.pipe.cycle();
         let unnamed = parse.name.is_empty();
@@ -482,6 +490,9 @@ impl Session<'_> {
             Ok(f) => f.sql,
             Err(marker) => marker,
         };
+        if !unnamed && self.pooled.is_some() {
+            return Ok(self.pooled_parse(parse.name, sent_ok, &text, parse.types, io));
+        }
         self.pipe.expect(backend::PARSE_COMPLETE, Action::Pass);
         let out = parse_message(parse.name, &text, parse.types);
         if unnamed {
@@ -528,6 +539,7 @@ impl Session<'_> {
                 }
                 if forward.deallocates_all {
                     self.forget_autos(false);
+                    self.pooled_deallocated();
                 }
                 self.settings_event(forward.changes_settings, forward.ends_transaction);
                 Ok(forward)

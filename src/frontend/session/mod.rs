@@ -502,6 +502,8 @@ async fn session(
                 unnamed_parse: None,
                 unnamed_missing: false,
                 reapply: false,
+                statements: HashMap::new(),
+                connection_deallocated: false,
             });
             session.prepare_threshold = 0;
         }

@@ -57,6 +57,9 @@ pub enum Action {
     /// The CloseComplete of a Close sent in place of a Parse: hand on a
     /// ParseComplete instead.
     AsParseComplete,
+    /// The ParseComplete of a statement's Parse sent again on a pooled
+    /// connection that lacked it: drop it; the statement exists.
+    Restored(Arc<Auto>),
     /// The CloseComplete of rowgate's own Close: drop it.
     Drop,
     /// The ErrorResponse of an `EXECUTE` standing for this client
@@ -305,7 +308,7 @@ impl Pipeline {
                 }
             }
             _ => match self.take_expected(tag) {
-                Some(Action::Swallow(_) | Action::Drop) => Reply::Drop,
+                Some(Action::Swallow(_) | Action::Drop | Action::Restored(_)) => Reply::Drop,
                 Some(Action::AsParseComplete) => Reply::Replace(Bytes::from_static(PARSE_COMPLETE)),
                 _ => Reply::Relay,
             },
@@ -321,7 +324,7 @@ impl Pipeline {
             return None;
         }
         let e = self.expect.pop_front()?;
-        if let Action::Swallow(a) | Action::Created(a) = &e.action {
+        if let Action::Swallow(a) | Action::Created(a) | Action::Restored(a) = &e.action {
             a.settle(true);
         }
         Some(e.action)
@@ -332,7 +335,7 @@ impl Pipeline {
     fn end_received(&mut self, cycle: u64) {
         while self.expect.front().is_some_and(|e| e.cycle <= cycle) {
             if let Some(Expect {
-                action: Action::Swallow(a) | Action::Created(a),
+                action: Action::Swallow(a) | Action::Created(a) | Action::Restored(a),
                 ..
             }) = self.expect.pop_front()
             {
@@ -368,7 +371,11 @@ impl Pipeline {
             .map(|(_, v)| v.as_str());
         if !matches!(
             code,
-            Some(sqlstate::INSUFFICIENT_PRIVILEGE | sqlstate::FEATURE_NOT_SUPPORTED)
+            Some(
+                sqlstate::INSUFFICIENT_PRIVILEGE
+                    | sqlstate::FEATURE_NOT_SUPPORTED
+                    | sqlstate::DUPLICATE_PREPARED_STATEMENT
+            )
         ) {
             return error;
         }
@@ -517,6 +524,26 @@ mod tests {
         );
         p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
         assert!(failed.failed() && !failed.usable(1));
+    }
+
+    /// A pooled statement's Parse sent again before a Bind: its
+    /// ParseComplete is the client's to never see, and it exists after.
+    #[test]
+    fn a_restored_statement_is_parsed_unseen() {
+        let mut p = Pipeline::new(NONCE);
+        let s = Auto::new("rowgate_s_x".into(), 0);
+        p.on_client(frontend::BIND);
+        p.expect(backend::PARSE_COMPLETE, Action::Restored(s.clone()));
+        p.on_client(frontend::EXECUTE);
+        p.on_client(frontend::SYNC);
+        p.end_cycle();
+        assert_eq!(p.on_server(backend::PARSE_COMPLETE, &[]), Reply::Drop);
+        assert!(s.ready());
+        assert_eq!(p.inspect(backend::BIND_COMPLETE, 4, false), Inspect::Stream);
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
     }
 
     /// Expected responses match only in their own cycle and order.

@@ -4,16 +4,27 @@
 //! it holds state that cannot move to another (a named prepared statement,
 //! a changed setting, a cursor WITH HOLD, a session-level lock).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
 use tracing::info;
 
 use super::client::Session;
+use super::outgoing::{close_message, parse_message, NO_STATEMENT};
 use super::pipeline::Action;
 use super::relay::{Io, Stop};
+use crate::frontend::autoprep::Auto;
+use crate::frontend::messages;
+use crate::frontend::tags::frontend;
 use crate::frontend::tags::{backend, status};
+use crate::rewrite::Refusal;
 use crate::upstream::pool::{settings_change, Lease, PoolError, Pools};
+use crate::wire::{self, WireError};
+
+/// The prefix of statements' shared names upstream.
+const SHARED_PREFIX: &str = "rowgate_s_";
 
 /// A pooled session's hold on the pool.
 pub(super) struct Pooled {
@@ -31,6 +42,44 @@ pub(super) struct Pooled {
     /// A statement set settings back to the connection's startup values,
     /// which are not the session's.
     pub reapply: bool,
+    /// The client's named prepared statements: each exists upstream under
+    /// a shared name, on whichever connection serves the session.
+    pub statements: HashMap<String, Named>,
+    /// A `DEALLOCATE ALL` or `DISCARD ALL` ran on the attached connection:
+    /// what it had prepared is gone.
+    pub connection_deallocated: bool,
+}
+
+/// A client's named statement in transaction pooling.
+#[derive(Clone, Debug)]
+pub(super) struct Named {
+    /// Its name upstream (see [`shared_name`]).
+    pub shared: String,
+    /// The Parse that creates it under that name.
+    pub parse: Bytes,
+}
+
+/// The name a statement has upstream in transaction pooling: a digest of
+/// everything its meaning depends on (the rewritten text, with the user's
+/// filters in it; the parameter types; the session's startup settings,
+/// which decide how names resolve and literals read when it is prepared),
+/// so that sessions sending the same statement under the same settings
+/// share one prepared statement per connection, and a session never runs
+/// one prepared for another meaning. 192 bits of SHA-256, under rowgate's
+/// reserved prefix, within PostgreSQL's 63-byte names.
+pub(super) fn shared_name(text: &str, types: &[u8], settings: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    h.update([0]);
+    h.update(types);
+    for (k, v) in settings {
+        h.update([0]);
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+    }
+    let digest = hex::encode(h.finalize());
+    format!("{SHARED_PREFIX}{}", &digest[..48])
 }
 
 impl Session<'_> {
@@ -72,7 +121,10 @@ impl Session<'_> {
         {
             return;
         }
-        if let (Some(server), Some(lease)) = (io.detach(), p.lease.take()) {
+        if let (Some(mut server), Some(lease)) = (io.detach(), p.lease.take()) {
+            if std::mem::take(&mut p.connection_deallocated) {
+                server.statements.clear();
+            }
             self.shared.cancels.remove(&self.cancel_key);
             p.pools.release(&self.database, server, lease);
         }
@@ -142,6 +194,153 @@ impl Session<'_> {
         if let Some(parse) = p.unnamed_parse.clone() {
             io.send(&parse);
             self.pipe.expect(backend::PARSE_COMPLETE, Action::Drop);
+        }
+    }
+
+    /// The Parse of a client's named statement in transaction pooling:
+    /// `text` (the rewrite, or a refusal's marker when `ok` is false) is
+    /// prepared under its shared name unless the connection has it already
+    /// (then a Close of nothing stands in, answered as a ParseComplete).
+    pub(super) fn pooled_parse(
+        &mut self,
+        name: &str,
+        ok: bool,
+        text: &str,
+        types: &[u8],
+        io: &mut Io,
+    ) -> Bytes {
+        let duplicate = self
+            .pooled
+            .as_ref()
+            .is_some_and(|p| p.statements.contains_key(name));
+        if !ok || duplicate {
+            let marker = if ok {
+                let refusal = Refusal::DuplicateStatement(name.to_string());
+                self.note(text, None, Some(&refusal));
+                self.refuse(&refusal)
+            } else {
+                text.to_string()
+            };
+            self.pipe.expect(backend::PARSE_COMPLETE, Action::Pass);
+            return parse_message(NO_STATEMENT, &marker, types);
+        }
+        let Some(p) = &mut self.pooled else {
+            return parse_message(name, text, types);
+        };
+        let shared = shared_name(text, types, &p.wanted);
+        let named = Named {
+            parse: parse_message(&shared, text, types),
+            shared,
+        };
+        p.statements.insert(name.to_string(), named.clone());
+        self.ensure_prepared(&named, true, io)
+    }
+
+    /// What makes `named` exist on the attached connection: nothing when
+    /// it does; else its Parse, whose ParseComplete the client sees when
+    /// `answers` (its own Parse) and not otherwise (a Bind or Describe
+    /// that needs it). With `answers` and the statement there, a Close of
+    /// nothing stands in for the Parse.
+    fn ensure_prepared(&mut self, named: &Named, answers: bool, io: &mut Io) -> Bytes {
+        let cycle = self.pipe.cycle();
+        let dropped = self
+            .pooled
+            .as_mut()
+            .is_some_and(|p| std::mem::take(&mut p.connection_deallocated));
+        let Some(server) = io.server_mut() else {
+            return Bytes::new();
+        };
+        if dropped {
+            server.statements.clear();
+        }
+        if server
+            .statements
+            .get(&named.shared)
+            .is_some_and(|a| a.usable(cycle))
+        {
+            if answers {
+                self.pipe
+                    .expect(backend::CLOSE_COMPLETE, Action::AsParseComplete);
+                return close_message(b'S', NO_STATEMENT);
+            }
+            return Bytes::new();
+        }
+        let auto = Auto::new(named.shared.clone(), cycle);
+        server.statements.insert(named.shared.clone(), auto.clone());
+        let action = if answers {
+            Action::Created(auto)
+        } else {
+            Action::Restored(auto)
+        };
+        self.pipe.expect(backend::PARSE_COMPLETE, action);
+        named.parse.clone()
+    }
+
+    /// A Bind or Describe of a client's named statement, made to name its
+    /// shared statement (prepared first on a connection that lacks it);
+    /// `None` when the message names no statement of the client's (then
+    /// PostgreSQL answers as it would natively: it does not exist).
+    pub(super) fn pooled_target(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        io: &mut Io,
+    ) -> Result<Option<BytesMut>, WireError> {
+        let name = if tag == frontend::BIND {
+            messages::bind(body)?.1
+        } else {
+            match messages::target(body)? {
+                (b'S', name) => name,
+                _ => return Ok(None),
+            }
+        };
+        let Some(named) = self
+            .pooled
+            .as_ref()
+            .and_then(|p| p.statements.get(name))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&self.ensure_prepared(&named, false, io));
+        if tag == frontend::BIND {
+            let (portal, _, rest) = messages::bind(body)?;
+            wire::put_message(&mut out, frontend::BIND, |b| {
+                wire::put_cstr(b, portal);
+                wire::put_cstr(b, &named.shared);
+                b.extend_from_slice(rest);
+            });
+        } else {
+            wire::put_message(&mut out, frontend::DESCRIBE, |b| {
+                b.extend_from_slice(b"S");
+                wire::put_cstr(b, &named.shared);
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// A Close of a client's named statement: forgotten by the session (its
+    /// shared statement stays on the connection for others); a Close of
+    /// nothing answers the client. `None` for any other Close.
+    pub(super) fn pooled_close(&mut self, body: &[u8]) -> Result<Option<Bytes>, WireError> {
+        let Some(p) = &mut self.pooled else {
+            return Ok(None);
+        };
+        match messages::target(body)? {
+            (b'S', name) if !name.is_empty() && p.statements.remove(name).is_some() => {
+                Ok(Some(close_message(b'S', NO_STATEMENT)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `DEALLOCATE ALL` or `DISCARD ALL` ran: the session's statements are
+    /// gone, and what the connection had prepared.
+    pub(super) fn pooled_deallocated(&mut self) {
+        if let Some(p) = &mut self.pooled {
+            p.statements.clear();
+            p.connection_deallocated = true;
         }
     }
 }

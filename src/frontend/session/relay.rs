@@ -156,6 +156,11 @@ impl Io {
         Some(server)
     }
 
+    /// The pooled connection attached.
+    pub fn server_mut(&mut self) -> Option<&mut Server> {
+        self.server.as_mut()
+    }
+
     pub fn attached(&self) -> bool {
         self.attached
     }
