@@ -39,15 +39,15 @@ fn login(proxy: &common::Proxy, user: &str, app: &str) -> Client {
 
 /// A session and what its startup said.
 fn login_with(proxy: &common::Proxy, user: &str, app: &str) -> (Client, Vec<Msg>) {
+    login_to(proxy, fixture_db(), user, app)
+}
+
+/// A session on database `db`.
+fn login_to(proxy: &common::Proxy, db: &str, user: &str, app: &str) -> (Client, Vec<Msg>) {
     let mut raw = Client::connect(proxy.port).unwrap();
     let password = format!("{user}-pw");
     let after = raw
-        .login(
-            user,
-            fixture_db(),
-            Some(&password),
-            &[("application_name", app)],
-        )
+        .login(user, db, Some(&password), &[("application_name", app)])
         .unwrap();
     assert_eq!(after.last().map(|m| m.tag), Some(b'Z'), "{user} logs in");
     (raw, after)
@@ -66,11 +66,11 @@ fn error_code(msgs: &[Msg]) -> Option<String> {
         .and_then(|m| m.field(b'C'))
 }
 
-/// Backends connected to the fixture database, but this one and the
-/// catalog reader's (which reads `pg_catalog` and never runs the tests'
+/// Backends connected to database `db`, but this one and the catalog
+/// reader's (which reads `pg_catalog` and never runs the tests'
 /// statements).
-fn backends() -> i64 {
-    let mut direct = common::cluster().connect(fixture_db());
+fn backends(db: &str) -> i64 {
+    let mut direct = common::cluster().connect(db);
     direct
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
@@ -103,13 +103,19 @@ fn members_share_one_connection_and_each_sees_only_their_rows() {
         let b = bel.query("SELECT count(*) FROM orders").unwrap();
         assert_eq!(error_code(&b), None, "{b:?}");
     }
+    // A database of its own: other tests' pools are not counted.
+    let c = common::cluster();
+    let db = c.create_database("pool_count");
+    let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap();
+    c.connect(&db).batch_execute(&schema).unwrap();
     let mut more: Vec<Client> = (0..6)
-        .map(|i| login(&proxy, if i % 2 == 0 { "king" } else { "bel" }, "more"))
+        .map(|i| login_to(&proxy, &db, if i % 2 == 0 { "king" } else { "bel" }, "more").0)
         .collect();
     for c in &mut more {
         assert_eq!(error_code(&c.query("SELECT 1").unwrap()), None);
     }
-    assert!(backends() <= 1, "{} backends for a pool of 1", backends());
+    let n = backends(&db);
+    assert!((1..=1).contains(&n), "{n} backends for a pool of 1");
 }
 
 #[test]
