@@ -29,11 +29,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::autoprep::{self, Action, Auto, Expectations};
+use super::messages;
 use super::own::{Answer, OwnQueries};
 use super::refusals::Refusals;
 use super::sqlstate;
 use super::startup::{self, First};
-use super::{auth, messages};
 use crate::audit::{Audit, Await, Decided, Trail};
 use crate::config::Upstream;
 use crate::policy::{Access, PolicySet, Role};
@@ -76,6 +76,8 @@ pub struct Shared {
     /// Every instance's address, by `instance_id` (cancel requests for
     /// another instance go there).
     pub peers: Vec<String>,
+    /// Signed-token issuers and their keys (re-read on SIGHUP), when configured.
+    pub tokens: Option<ArcSwap<crate::tokens::Verifier>>,
 }
 
 /// rowgate's own query for the session's search path.
@@ -251,47 +253,19 @@ async fn session(
     }
 
     let policy = shared.policy.load_full();
-    let user = policy.users.get(&hello.user);
-    let secret = auth::secret_for(user.map(|u| &u.password), &hello.user, &shared.mock_key);
-    let login = auth::scram(&mut stream, &mut buf, &hello.user, secret).await;
-    let outcome = if login.is_ok() { "ok" } else { "failed" };
-    shared
-        .metrics
-        .logins
-        .with_label_values(&["scram", outcome])
-        .inc();
-    match login {
-        Ok(()) => {}
-        Err(auth::AuthError::Wire(_)) => return Outcome::ClientGone,
-        Err(e) => {
-            let why = e.to_string();
-            if let Some(audit) = &shared.audit {
-                let mut fields = serde_json::Map::new();
-                fields.insert("instance".into(), shared.instance.into());
-                fields.insert("user".into(), hello.user.clone().into());
-                fields.insert("auth".into(), "scram".into());
-                fields.insert("client".into(), peer.to_string().into());
-                fields.insert("database".into(), hello.database.clone().into());
-                fields.insert("reason".into(), why.clone().into());
-                audit.record("login_failure", fields);
-            }
-            let code = match e {
-                auth::AuthError::Failed(_) => sqlstate::INVALID_PASSWORD,
-                _ => sqlstate::PROTOCOL_VIOLATION,
-            };
-            fatal(&mut stream, code, &why).await;
-            return Outcome::Rejected(why);
-        }
-    }
-    let Some(access) = policy.access(&hello.user) else {
-        // Unreachable: an unknown user's mock secret never authenticates.
-        fatal(
-            &mut stream,
-            sqlstate::INVALID_PASSWORD,
-            "authentication failed",
-        )
-        .await;
-        return Outcome::Rejected("unknown user".into());
+    let access = match super::login::authenticate(
+        &mut stream,
+        &mut buf,
+        &hello,
+        peer,
+        shared,
+        &policy,
+    )
+    .await
+    {
+        Ok(access) => access,
+        Err(super::login::Failed::ClientGone) => return Outcome::ClientGone,
+        Err(super::login::Failed::Rejected(why)) => return Outcome::Rejected(why),
     };
 
     // An admin may start out looking as a user (`options=-c
@@ -609,7 +583,7 @@ fn audit_fields(
     m.insert("instance".into(), shared.instance.into());
     m.insert("session".into(), format!("{nonce:016x}").into());
     m.insert("user".into(), access.user.clone().into());
-    m.insert("auth".into(), "scram".into());
+    access.auth_fields(&mut m);
     let app = params
         .iter()
         .find(|(k, _)| k == "application_name")
@@ -1689,7 +1663,7 @@ impl Front<'_> {
             return true;
         }
         self.policy = current.clone();
-        let login = self.policy.access(&self.user).as_ref() == Some(&self.login);
+        let login = self.policy.reresolve(&self.login).as_ref() == Some(&self.login);
         let viewed = match &self.viewing {
             None => true,
             Some(v) => self.policy.access(v).as_ref() == Some(&self.access),
