@@ -595,7 +595,7 @@ fn tokens_config(
         let required = |v: &Option<Spanned<String>>, what: &str, cx: &mut Expander<'_>| match v {
             Some(v) => cx.string(Some(v)).unwrap_or_default(),
             None => {
-                cx.error_at(entry.referenced, format!("{key}: `{what}` is missing"));
+                cx.error_at(name.referenced, format!("{key}: `{what}` is missing"));
                 String::new()
             }
         };
@@ -604,7 +604,7 @@ fn tokens_config(
         let mut algorithms = Vec::new();
         match &i.algorithms {
             None => cx.error_at(
-                entry.referenced,
+                name.referenced,
                 format!("{key}: `algorithms` is missing (a list of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"),
             ),
             Some(list) => {
@@ -619,7 +619,7 @@ fn tokens_config(
                     }
                 }
                 if list.is_empty() {
-                    cx.error_at(entry.referenced, format!("{key}: `algorithms` is empty"));
+                    cx.error_at(name.referenced, format!("{key}: `algorithms` is empty"));
                 }
             }
         }
@@ -646,7 +646,7 @@ fn tokens_config(
         }
         if sources.is_empty() {
             cx.error_at(
-                entry.referenced,
+                name.referenced,
                 format!("{key}: give its keys: `secret`, `public_keys` or `jwks`"),
             );
         }

@@ -273,6 +273,10 @@ impl Verifier {
                 continue;
             }
             let keys = match source {
+                KeySource::Secret(s) if s.starts_with("${") && s.ends_with('}') => Err(format!(
+                    "{key}.secret: the environment variable {} is not set",
+                    &s[2..s.len() - 1]
+                )),
                 KeySource::Secret(s) if s.len() < 32 => Err(format!(
                     "{key}.secret: an HMAC secret of {} bytes is too short (at least 32)",
                     s.len()

@@ -219,3 +219,159 @@ impl PolicySet {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{load_sources, AttrValue, Resolved, Source};
+
+    const POLICY: &str = "
+attributes:
+  country: { type: text }
+  tier: { type: integer }
+integrations:
+  embed:
+    tables: [public.a]
+    attributes: { country: [Vietnam], tier: [1] }
+    access: read-write
+  viewer:
+    tables: [public.a]
+groups:
+  rw: { access: read-write, tables: [public.b] }
+  sg: { attributes: { country: [Singapore] } }
+  th: { attributes: { country: [Thailand] } }
+  every: { attributes: { country: All } }
+";
+
+    fn policy() -> PolicySet {
+        let sources = [Source {
+            path: "p.yaml".into(),
+            text: POLICY.into(),
+        }];
+        load_sources(&sources).unwrap().policy
+    }
+
+    fn access(p: &PolicySet, claims: serde_json::Value) -> Result<Access, String> {
+        let mut c = serde_json::json!({"sub": "u", "integration": "embed"});
+        for (k, v) in claims.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let id = p.token_identity("iss", "jti:1", c.as_object().unwrap())?;
+        p.token_access(&id)
+    }
+
+    fn values(a: &Access, attr: &str) -> Vec<(String, Vec<String>)> {
+        match &a.attributes[attr] {
+            Resolved::All(o) => vec![("All".into(), o.iter().map(|o| o.to_string()).collect())],
+            Resolved::Values(vs) => vs
+                .iter()
+                .map(|(v, o)| (v.to_string(), o.iter().map(|o| o.to_string()).collect()))
+                .collect(),
+        }
+    }
+
+    fn pairs(list: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
+        list.iter()
+            .map(|(v, o)| (v.to_string(), o.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn token_over_groups_over_integration() {
+        let p = policy();
+        let a = access(&p, serde_json::json!({})).unwrap();
+        assert_eq!(
+            values(&a, "country"),
+            pairs(&[("Vietnam", &["integration embed"])])
+        );
+        let a = access(&p, serde_json::json!({"groups": ["sg", "th"]})).unwrap();
+        assert_eq!(
+            values(&a, "country"),
+            pairs(&[("Singapore", &["group sg"]), ("Thailand", &["group th"])])
+        );
+        assert_eq!(values(&a, "tier"), pairs(&[("1", &["integration embed"])]));
+        let a = access(
+            &p,
+            serde_json::json!({"suborganization": "every", "groups": ["sg"]}),
+        )
+        .unwrap();
+        assert_eq!(values(&a, "country"), pairs(&[("All", &["group every"])]));
+        let a = access(
+            &p,
+            serde_json::json!({"groups": ["every"], "attributes": {"country": [], "tier": 7}}),
+        )
+        .unwrap();
+        assert_eq!(values(&a, "country"), pairs(&[]));
+        assert_eq!(values(&a, "tier"), pairs(&[("7", &["token"])]));
+        assert_eq!(
+            a.attributes["username"],
+            Resolved::Values(vec![(AttrValue::Text("u".into()), vec![Origin::Login])])
+        );
+        // An undeclared suborganization is an empty group.
+        let a = access(&p, serde_json::json!({"suborganization": "acme"})).unwrap();
+        assert_eq!(a.groups, ["acme"]);
+        assert_eq!(
+            values(&a, "country"),
+            pairs(&[("Vietnam", &["integration embed"])])
+        );
+    }
+
+    #[test]
+    fn grants_are_the_union_and_access_is_capped() {
+        let p = policy();
+        let level = |claims| {
+            let a = access(&p, claims).unwrap();
+            let from: Vec<String> = a.level.1.iter().map(|o| o.to_string()).collect();
+            (a.level.0.name(), from.join(", "), a.grants.len())
+        };
+        use serde_json::json;
+        assert_eq!(
+            level(json!({})),
+            ("read-write", "integration embed".into(), 1)
+        );
+        assert_eq!(
+            level(json!({"access": "read-only", "groups": ["rw"]})),
+            ("read-only", "token".into(), 2)
+        );
+        assert_eq!(
+            level(json!({"integration": "viewer", "groups": ["rw"]})),
+            ("read-only", "integration viewer".into(), 2)
+        );
+    }
+
+    #[test]
+    fn claims_that_do_not_fit_say_why() {
+        let p = policy();
+        let why = |claims| access(&p, claims).unwrap_err();
+        use serde_json::json;
+        assert_eq!(
+            why(json!({"integration": "nope"})),
+            "unknown integration `nope`"
+        );
+        assert_eq!(why(json!({"groups": ["sg", "x"]})), "undeclared group `x`");
+        assert_eq!(
+            why(json!({"groups": "sg"})),
+            "claim `groups` is not a list of names"
+        );
+        assert_eq!(
+            why(json!({"attributes": {"tier": ["1.5"]}})),
+            "attribute `tier`: `1.5` is not a valid integer value"
+        );
+        assert_eq!(
+            why(json!({"attributes": {"tier": [{"a": 1}]}})),
+            "attribute `tier`: a value must be a string, number or boolean"
+        );
+        assert_eq!(
+            why(json!({"attributes": {"country": ["All", "x"]}})),
+            "attribute `country`: `All` already means every value; list nothing else"
+        );
+        assert_eq!(
+            why(json!({"attributes": ["x"]})),
+            "claim `attributes` is not a mapping"
+        );
+        assert_eq!(
+            why(json!({"integration": 3})),
+            "claim `integration` is not a string"
+        );
+    }
+}
