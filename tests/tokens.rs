@@ -204,6 +204,10 @@ struct Setup {
 }
 
 fn setup(plaintext: &str) -> Setup {
+    setup_with(plaintext, "")
+}
+
+fn setup_with(plaintext: &str, more: &str) -> Setup {
     let db = common::cluster().create_database("tokens");
     let oracles = rls::setup(&db);
     let keys = Keys::generate();
@@ -211,7 +215,7 @@ fn setup(plaintext: &str) -> Setup {
     std::fs::copy(rls::POLICY, policies.path().join("a.yaml")).unwrap();
     std::fs::write(policies.path().join("tokens.yaml"), TOKEN_POLICY).unwrap();
     let extra = format!(
-        "catalog: native\naudit: {{ file: {} }}\n{}",
+        "catalog: native\naudit: {{ file: {} }}\n{}{more}",
         keys.path("audit.jsonl").display(),
         keys.config(plaintext)
     );
@@ -880,6 +884,64 @@ fn plaintext_never_refuses_before_the_token_travels() {
     assert!(Plaintext::Local.allows(true, lan));
     assert!(!Plaintext::Never.allows(false, lo));
     assert!(Plaintext::Always.allows(false, lan));
+}
+
+/// With `plaintext: never`, a token travels over TLS (psql with
+/// `sslmode=require`), and the same client without TLS is refused.
+#[test]
+fn plaintext_never_takes_a_token_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (
+        certs.path().join("server.crt"),
+        certs.path().join("server.key"),
+    );
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let s = setup_with(
+        "never",
+        &format!(
+            "tls:\n  cert: {}\n  key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let token = hs(&claims("https://hs.test", "tls_user", json!({})));
+    let bin = common::find_pg_bin().expect("PostgreSQL client programs");
+    let psql = |sslmode: &str| {
+        Command::new(bin.join("psql"))
+            .arg(format!(
+                "host=127.0.0.1 port={} user=tls_user dbname={} sslmode={sslmode}",
+                s.proxy.port, s.db
+            ))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT current_user, count(*) FROM countries",
+            ])
+            .env("PGPASSWORD", &token)
+            .output()
+            .expect("run psql")
+    };
+    let out = psql("require");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "tls_user|1");
+    let out = psql("disable");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The load check: 2,000 token logins and 2,000 SCRAM logins in a row,
