@@ -805,6 +805,58 @@ mod tests {
     }
 
     #[test]
+    fn a_pem_file_holds_several_keys_of_several_families() {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let path = dir.path().join("keys.pem");
+        std::fs::write(
+            &path,
+            format!("{}{}", ec.public_key_pem(), ed.public_key_pem()),
+        )
+        .unwrap();
+        let config = TokensConfig {
+            path: PathBuf::from("proxy.yaml"),
+            issuers: vec![IssuerConfig {
+                name: "p".into(),
+                at: Pos::START,
+                issuer: "i".into(),
+                audience: "a".into(),
+                algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
+                keys: vec![(KeySource::PublicKeys(path.clone()), Pos::START)],
+                max_lifetime: 600,
+                leeway: 0,
+            }],
+            plaintext: Plaintext::Never,
+        };
+        let v = Verifier::load(&config).unwrap();
+        let now = now();
+        let claims =
+            serde_json::json!({"iss": "i", "aud": "a", "sub": "s", "iat": now, "exp": now + 60});
+        let token = |alg, kp: &rcgen::KeyPair| {
+            let key = match alg {
+                Algorithm::EdDSA => {
+                    jsonwebtoken::EncodingKey::from_ed_pem(kp.serialize_pem().as_bytes())
+                }
+                _ => jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()),
+            }
+            .unwrap();
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).unwrap()
+        };
+        assert!(v.verify(&token(Algorithm::ES256, &ec), "s", now).is_ok());
+        assert!(v.verify(&token(Algorithm::EdDSA, &ed), "s", now).is_ok());
+        let refused = v
+            .verify(&token(Algorithm::ES256, &other), "s", now)
+            .unwrap_err();
+        assert_eq!(refused.reason, "bad signature");
+        // A private key in the file is refused: it belongs elsewhere.
+        std::fs::write(&path, ec.serialize_pem()).unwrap();
+        let e = Verifier::load(&config).unwrap_err();
+        assert!(e[0].message.contains("holds a private key"), "{}", e[0]);
+    }
+
+    #[test]
     fn secrets_and_public_keys_do_not_mix() {
         let config = |algs: Vec<Algorithm>, source: KeySource| TokensConfig {
             path: PathBuf::from("proxy.yaml"),

@@ -158,11 +158,11 @@ async fn token(
             None,
             None,
             format!(
-                "expected a password message, got message type {:?}",
+                "expected password response, got message type {:?}",
                 frame.tag() as char
             ),
         );
-        fatal(stream, sqlstate::PROTOCOL_VIOLATION, &generic).await;
+        fatal(stream, sqlstate::PROTOCOL_VIOLATION, &why).await;
         return Err(Failed::Rejected(why));
     }
     let token = match messages::password(frame.body()) {
@@ -176,7 +176,7 @@ async fn token(
 
     let checked = verifier
         .verify(&token, user, crate::tokens::now())
-        .map_err(|r| (Some(r.issuer.clone()).flatten(), r.token_id, r.reason))
+        .map_err(|r| (r.issuer, r.token_id, r.reason))
         .and_then(|v| {
             let id = policy
                 .token_identity(&v.issuer, &v.token_id, &v.claims)
