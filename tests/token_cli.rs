@@ -26,6 +26,9 @@ groups:
     tables: [public.client_2_dashboard]
     attributes: { merchant: [King Inc] }
     access: read-write
+users:
+  lead_2: { password: pw, groups: [client_2] }
+  viewer: { password: pw, access: read-only, groups: [client_2] }
 tables:
   public.countries:
     filters:
@@ -152,6 +155,34 @@ fn access_with_a_token_shows_every_value_with_its_origin() {
     );
     assert!(out.stdout.contains("groups: client_9\n"), "{}", out.stdout);
     assert!(!out.stdout.contains("client_2_dashboard"), "{}", out.stdout);
+}
+
+/// A declared user's access level: the highest of their own and their
+/// groups', with where it came from; read-write still reads only.
+#[test]
+fn access_shows_a_declared_users_level_with_its_origin() {
+    let dir = setup(CONFIG, POLICY);
+    let out = run(dir.path(), &["access", "--user", "lead_2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "access: read-write (group client_2); writes are not supported yet: statements stay read-only\n"
+        ),
+        "{}",
+        out.stdout
+    );
+    let out = run(dir.path(), &["access", "--user", "viewer"]);
+    assert!(
+        out.stdout.contains("access: read-write (group client_2);"),
+        "{}",
+        out.stdout
+    );
+    let out = run(
+        dir.path(),
+        &["explain", "--user", "lead_2", "UPDATE orders SET id = 1"],
+    );
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.starts_with("ERROR 42501"), "{}", out.stdout);
 }
 
 #[test]
