@@ -680,18 +680,22 @@ fn token_users_at_every_level_match_native_rls() {
             .login(&sub, &token)
             .unwrap_or_else(|e| panic!("{level}: {e}\n{}", s.proxy.log()));
         let oracle = s.oracles.get_mut(oracle_name).unwrap();
-        for &sql in QUERIES {
+        // Twice each: the ordinary rewrite, then the automatic prepared
+        // statement (rowgate's prepare_threshold is 2).
+        for &sql in QUERIES.iter().chain(rls::LIVE_QUERIES) {
             let native = rls::run(oracle, sql);
-            let ours = rls::run(&mut through, sql);
-            compared += 1;
-            if ours == native {
-                if ours == Ok(Outcome::Refused) {
-                    refusals += 1;
+            for run in 1..=2 {
+                let ours = rls::run(&mut through, sql);
+                compared += 1;
+                if ours == native {
+                    if ours == Ok(Outcome::Refused) {
+                        refusals += 1;
+                    }
+                } else {
+                    differences.push(format!(
+                        "{level} ({oracle_name}, run {run}): {sql}\n  native: {native:?}\n  rowgate: {ours:?}"
+                    ));
                 }
-            } else {
-                differences.push(format!(
-                    "{level} ({oracle_name}): {sql}\n  native: {native:?}\n  rowgate: {ours:?}"
-                ));
             }
         }
         // The filters did filter: the oracle sees fewer merchants than all.
@@ -715,9 +719,11 @@ fn token_users_at_every_level_match_native_rls() {
         differences.len(),
         differences.join("\n")
     );
-    assert!(compared >= cases.len() * 80, "only {compared} comparisons");
+    let shapes = QUERIES.len() + rls::LIVE_QUERIES.len();
+    assert!(shapes >= 90, "only {shapes} query shapes");
+    assert_eq!(compared, cases.len() * 2 * shapes);
     assert!(
-        refusals >= cases.len() * 3,
+        refusals >= cases.len() * 2 * 3,
         "only {refusals} agreed refusals"
     );
 }
