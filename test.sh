@@ -85,7 +85,8 @@ cargo test "$@"
 # Skipped when the arguments name tests of their own (a filter or --test).
 for arg in "$@"; do
   case "$arg" in
-    --locked | --release | --offline | --frozen) ;;
+    --test | --test=* | --lib | --bins | --bin | --bin=* | --doc | --bench | --bench=* | --example | --example=* | --) exit 0 ;;
+    -*) ;;
     *) exit 0 ;;
   esac
 done

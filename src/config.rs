@@ -36,15 +36,16 @@ mod raw {
 
     use serde_saphyr::Spanned;
 
-    use crate::diag::{yaml_struct, List, Text};
+    use crate::diag::{yaml_struct, Entries, List, Text};
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, tls, tokens, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
             "tls" => tls: Spanned<Tls> as Tls,
+            "tokens" => tokens: Spanned<Tokens> as Tokens,
             "search_path" => search_path: Vec<Spanned<String>> as List<Text>,
             "catalog" => catalog: Spanned<String> as Text,
             "metrics" => metrics: Spanned<String> as Text,
@@ -108,6 +109,33 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
+        pub struct Tokens: "a mapping with keys issuers, plaintext" {
+            "issuers" => issuers: Vec<(Spanned<String>, Spanned<Issuer>)> as Entries<Issuer>,
+            "plaintext" => plaintext: Spanned<String> as Text,
+        }
+    }
+
+    yaml_struct! {
+        pub struct Issuer: "a mapping with keys issuer, audience, algorithms, secret, public_keys, jwks, max_lifetime, leeway" {
+            "issuer" => issuer: Spanned<String> as Text,
+            "audience" => audience: Spanned<String> as Text,
+            "algorithms" => algorithms: Vec<Spanned<String>> as List<Text>,
+            "secret" => secret: Spanned<String> as Text,
+            "public_keys" => public_keys: Spanned<String> as Text,
+            "jwks" => jwks: Spanned<String> as Text,
+            "max_lifetime" => max_lifetime: Spanned<String> as Text,
+            "leeway" => leeway: Spanned<String> as Text,
+        }
+    }
+
+    impl fmt::Debug for Issuer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Issuer").finish_non_exhaustive()
+        }
+    }
+
+    yaml_struct! {
+        #[derive(Debug)]
         pub struct Tls: "a mapping like { cert: server.crt, key: server.key }" {
             "cert" => cert: Spanned<String> as Text,
             "key" => key: Spanned<String> as Text,
@@ -122,6 +150,8 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("", raw::Config::KEYS),
     ("upstream", raw::Upstream::KEYS),
     ("tls", raw::Tls::KEYS),
+    ("tokens", raw::Tokens::KEYS),
+    ("tokens.issuers.<name>", raw::Issuer::KEYS),
     ("audit", raw::Audit::KEYS),
     ("audit.table", raw::AuditTable::KEYS),
     ("pool", raw::Pool::KEYS),
@@ -236,6 +266,8 @@ pub struct Config {
     pub policies: PathBuf,
     pub upstream: Upstream,
     pub tls: Option<Tls>,
+    /// Signed tokens as passwords, when configured.
+    pub tokens: Option<crate::tokens::TokensConfig>,
     /// The schemas unqualified names resolve in, pinned upstream for
     /// members and analysts.
     pub search_path: Vec<String>,
@@ -471,6 +503,10 @@ impl Config {
                 key: file(&t.value.key, "key"),
             }
         });
+        let tokens = raw
+            .tokens
+            .as_ref()
+            .map(|t| tokens_config(&mut cx, t, &relative));
         let audit = raw.audit.as_ref().map(|a| {
             use crate::audit::{AuditConfig, OnFailure, Statements};
             let file = match &a.value.file {
@@ -643,6 +679,7 @@ impl Config {
             policies,
             upstream,
             tls,
+            tokens,
             search_path,
             catalog,
             metrics,
@@ -658,6 +695,123 @@ impl Config {
         let mut problems = cx.problems;
         diag::sort(&mut problems);
         (config, problems)
+    }
+}
+
+/// The `tokens:` section: every issuer with its checks and where its keys
+/// are (the keys themselves are read by [`crate::tokens::Verifier::load`]).
+fn tokens_config(
+    cx: &mut Expander<'_>,
+    t: &Spanned<raw::Tokens>,
+    relative: &dyn Fn(String) -> PathBuf,
+) -> crate::tokens::TokensConfig {
+    use crate::tokens::{IssuerConfig, KeySource, Plaintext, TokensConfig, ALGORITHMS};
+    let plaintext = cx.choice(
+        t.value.plaintext.as_ref(),
+        "tokens.plaintext",
+        &[
+            ("never", Plaintext::Never),
+            ("local", Plaintext::Local),
+            ("always", Plaintext::Always),
+        ],
+        Plaintext::default(),
+    );
+    let mut issuers = Vec::new();
+    for (name, entry) in t.value.issuers.iter().flatten() {
+        let i = &entry.value;
+        let key = format!("tokens.issuers.{}", name.value);
+        let required = |v: &Option<Spanned<String>>, what: &str, cx: &mut Expander<'_>| match v {
+            Some(v) => cx.string(Some(v)).unwrap_or_default(),
+            None => {
+                cx.error_at(name.referenced, format!("{key}: `{what}` is missing"));
+                String::new()
+            }
+        };
+        let issuer = required(&i.issuer, "issuer", cx);
+        let audience = required(&i.audience, "audience", cx);
+        let mut algorithms = Vec::new();
+        match &i.algorithms {
+            None => cx.error_at(
+                name.referenced,
+                format!("{key}: `algorithms` is missing (a list of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"),
+            ),
+            Some(list) => {
+                for a in list {
+                    let text = cx.string(Some(a)).unwrap_or_default();
+                    match ALGORITHMS.iter().find(|(n, _)| *n == text) {
+                        Some((_, alg)) => algorithms.push(*alg),
+                        None => cx.error(
+                            a,
+                            format!("{key}.algorithms: `{text}` is not one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (`none` is never accepted)"),
+                        ),
+                    }
+                }
+                if list.is_empty() {
+                    cx.error_at(name.referenced, format!("{key}: `algorithms` is empty"));
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        if let Some(v) = &i.secret {
+            let text = cx.string(Some(v)).unwrap_or_default();
+            sources.push((KeySource::Secret(text), Pos::from(v.referenced)));
+        }
+        if let Some(v) = &i.public_keys {
+            let text = cx.string(Some(v)).unwrap_or_default();
+            sources.push((
+                KeySource::PublicKeys(relative(text)),
+                Pos::from(v.referenced),
+            ));
+        }
+        if let Some(v) = &i.jwks {
+            let text = cx.string(Some(v)).unwrap_or_default();
+            let source = if text.starts_with("https://") || text.starts_with("http://") {
+                KeySource::JwksUrl(text)
+            } else {
+                KeySource::Jwks(relative(text))
+            };
+            sources.push((source, Pos::from(v.referenced)));
+        }
+        if sources.is_empty() {
+            cx.error_at(
+                name.referenced,
+                format!("{key}: give its keys: `secret`, `public_keys` or `jwks`"),
+            );
+        }
+        let mut duration = |v: &Option<Spanned<String>>, what: &str, default: u64| match v {
+            None => default,
+            Some(v) => {
+                let text = cx.string(Some(v)).unwrap_or_default();
+                crate::tokens::parse_duration(&text).unwrap_or_else(|| {
+                    cx.error(
+                        v,
+                        format!("{key}.{what}: `{text}` is not a duration (like 30s, 15m, 1h, 1d)"),
+                    );
+                    default
+                })
+            }
+        };
+        let max_lifetime = duration(
+            &i.max_lifetime,
+            "max_lifetime",
+            crate::tokens::DEFAULT_MAX_LIFETIME,
+        );
+        let leeway = duration(&i.leeway, "leeway", crate::tokens::DEFAULT_LEEWAY);
+        issuers.push(IssuerConfig {
+            name: name.value.clone(),
+            at: Pos::from(name.referenced),
+            issuer,
+            audience,
+            algorithms,
+            keys: sources,
+            max_lifetime,
+            leeway,
+        });
+    }
+    TokensConfig {
+        path: cx.path.to_path_buf(),
+        issuers,
+        plaintext,
     }
 }
 
@@ -929,7 +1083,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, tokens, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",

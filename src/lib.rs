@@ -18,5 +18,6 @@ pub mod policy;
 pub mod rewrite;
 pub mod server;
 pub mod tls;
+pub mod tokens;
 pub mod upstream;
 pub mod wire;

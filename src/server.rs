@@ -99,6 +99,8 @@ pub enum ServeError {
     Workers(std::io::Error),
     #[error("the policies do not load:\n{0}")]
     Policies(String),
+    #[error("the token issuers' keys do not load:\n{0}")]
+    Tokens(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
     #[error("cannot open the audit log {0}: {1}")]
@@ -152,6 +154,20 @@ impl Server {
             }
             None => None,
         };
+        let tokens = match &config.tokens {
+            Some(t) => Some(ArcSwap::from_pointee(
+                crate::tokens::Verifier::load(t).map_err(|problems| {
+                    ServeError::Tokens(
+                        problems
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    )
+                })?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| ServeError::Listen(config.listen.clone(), e))?;
@@ -178,6 +194,7 @@ impl Server {
             instance: config.instance_id,
             peers: config.peers.clone(),
             pools,
+            tokens,
         });
         Ok(Server {
             listener,
@@ -288,6 +305,21 @@ impl Server {
     fn reload(&self) {
         if let Some(audit) = &self.shared.audit {
             audit.reopen();
+        }
+        // Token keys (a JWKS file may have rotated): a set that does not
+        // load is reported and the current one kept.
+        if let (Some(config), Some(current)) = (&self.config.tokens, &self.shared.tokens) {
+            match crate::tokens::Verifier::load(config) {
+                Ok(v) => {
+                    current.store(Arc::new(v));
+                    info!("token keys reloaded");
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        error!("token keys not reloaded: {p}");
+                    }
+                }
+            }
         }
         match policy::load_path(&self.config.policies) {
             Ok(loaded) => {

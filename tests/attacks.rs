@@ -2,7 +2,10 @@
 //! `tests/cases/attacks.yaml` is sent through `rowgate serve` by a raw
 //! protocol client as the restricted member `king` of the differential
 //! fixture, with the cluster's superuser as rowgate's upstream role, so that
-//! rowgate alone stands between the member and the data.
+//! rowgate alone stands between the member and the data; and then again as
+//! `tk_king`, who logs in with a signed token whose integration gives
+//! king's grants and values (`king` in a case's expected rows is then that
+//! name).
 //!
 //! A case expects one of:
 //!
@@ -305,6 +308,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// Everything the cases run against.
 struct Env {
     db: String,
+    /// Who the cases run as: `king` with SCRAM, or a token user whose
+    /// token gives king's values.
+    user: String,
+    password: String,
     proxy_port: u16,
     cluster_port: u16,
     native_role: String,
@@ -601,7 +608,7 @@ fn check(case: &Case, env: &Env) -> Vec<String> {
 }
 
 fn check_session(case: &Case, env: &Env, member: &mut Client, problems: &mut Vec<String>) {
-    match start_session(member, MEMBER, &env.db, Some(rls::PASSWORD), case) {
+    match start_session(member, &env.user, &env.db, Some(&env.password), case) {
         Err(e) => return problems.push(format!("login through rowgate: {e}")),
         Ok(Some(refused)) => {
             if !(case.expect == Expect::Refuse && refused.is_refusal()) {
@@ -637,7 +644,7 @@ fn check_session(case: &Case, env: &Env, member: &mut Client, problems: &mut Vec
                 problems.push("refused, but data was sent before the refusal".into());
             }
         }
-        Expect::Ok => match (&got, &case.rows) {
+        Expect::Ok => match (&got, &rows_for(&case.rows, &env.user)) {
             (Outcome::Error { .. }, _) => {
                 problems.push(format!("must succeed; rowgate gave {}", got.show()))
             }
@@ -778,6 +785,53 @@ impl OtherSessions {
     }
 }
 
+/// The expected rows of a case for the session's user: `king` in them is
+/// the login name.
+fn rows_for(rows: &Option<Rows>, user: &str) -> Option<Rows> {
+    rows.as_ref().map(|rows| {
+        rows.iter()
+            .map(|row| {
+                row.iter()
+                    .map(|v| match v {
+                        Some(v) if v == MEMBER => Some(user.to_string()),
+                        other => other.clone(),
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+/// The token login's issuer and integration.
+const TOKEN_SECRET: &str = "attack-suite-token-secret-0123456789-abcdef";
+const TOKEN_CONFIG: &str = "tokens:
+  issuers:
+    suite: { issuer: https://suite.test, audience: rowgate, algorithms: [HS256], secret: attack-suite-token-secret-0123456789-abcdef }
+  plaintext: local
+";
+const TOKEN_POLICY: &str = "integrations:
+  attack_king:
+    tables: [public.countries, public.merchants, public.orders, public.products, sales.*]
+    attributes: { country: [Vietnam], merchant: [King Inc], tier: All }
+";
+const TOKEN_USER: &str = "tk_king";
+
+fn suite_token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "https://suite.test", "aud": "rowgate", "sub": TOKEN_USER,
+        "iat": now, "exp": now + 3600, "integration": "attack_king",
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// Every case runs twice: as `king` (SCRAM), and as a token user whose
+/// integration gives king's grants and values, so that a token session is
+/// hardened as a declared member's is.
 #[test]
 fn no_attack_leaks_a_row_or_a_secret_and_the_data_is_unchanged() {
     let started = Instant::now();
@@ -796,7 +850,13 @@ fn no_attack_leaks_a_row_or_a_secret_and_the_data_is_unchanged() {
     let policies = tempfile::tempdir().unwrap();
     std::fs::copy(rls::POLICY, policies.path().join("policy.yaml")).unwrap();
     std::fs::copy(FUNCTIONS, policies.path().join("functions.yaml")).unwrap();
-    let proxy = common::Proxy::start(policies.path(), "");
+    std::fs::write(policies.path().join("tokens.yaml"), TOKEN_POLICY).unwrap();
+    let proxy = common::Proxy::start(policies.path(), TOKEN_CONFIG);
+    let token = suite_token();
+    let logins = [
+        (MEMBER.to_string(), rls::PASSWORD.to_string()),
+        (TOKEN_USER.to_string(), token.clone()),
+    ];
 
     // The other member's session makes rowgate read the catalog; the
     // function created next is newer than that snapshot.
@@ -806,7 +866,9 @@ fn no_attack_leaks_a_row_or_a_secret_and_the_data_is_unchanged() {
     let native_role = format!("{db}_{MEMBER}");
     let mut native_client = postgres::Client::connect(&c.url(&db, &native_role), postgres::NoTls)
         .expect("the native role connects");
-    let secrets = secrets(&mut admin, &mut native_client);
+    let mut secrets = secrets(&mut admin, &mut native_client);
+    secrets.values.push(TOKEN_SECRET.to_string());
+    secrets.values.push(token);
     drop(native_client);
     for case in &cases {
         let texts = std::iter::once(&case.sql)
@@ -830,8 +892,10 @@ fn no_attack_leaks_a_row_or_a_secret_and_the_data_is_unchanged() {
             .get(0);
         oids.insert(case.sql.clone(), oid);
     }
-    let env = Env {
+    let mut env = Env {
         db: db.clone(),
+        user: String::new(),
+        password: String::new(),
         proxy_port: proxy.port,
         cluster_port: c.port,
         native_role,
@@ -842,23 +906,33 @@ fn no_attack_leaks_a_row_or_a_secret_and_the_data_is_unchanged() {
 
     let mut failures = Vec::new();
     let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for case in &cases {
-        let entry = counts.entry(category(&case.name)).or_default();
-        if case.expect == Expect::Refuse {
-            entry.0 += 1;
-        } else {
-            entry.1 += 1;
-        }
-        let problems = check(case, &env);
-        if !problems.is_empty() {
-            failures.push(format!(
-                "{}: {}\n    {}",
-                case.name,
-                case.sql.escape_debug(),
-                problems.join("\n    ")
-            ));
+    let mut checked = 0;
+    for (user, password) in logins {
+        env.user = user;
+        env.password = password;
+        for case in &cases {
+            if env.user == MEMBER {
+                let entry = counts.entry(category(&case.name)).or_default();
+                if case.expect == Expect::Refuse {
+                    entry.0 += 1;
+                } else {
+                    entry.1 += 1;
+                }
+            }
+            checked += 1;
+            let problems = check(case, &env);
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{} (as {}): {}\n    {}",
+                    case.name,
+                    env.user,
+                    case.sql.escape_debug(),
+                    problems.join("\n    ")
+                ));
+            }
         }
     }
+    assert_eq!(checked, 2 * cases.len());
 
     others.stop(&db);
     let after = fingerprint(&db);

@@ -26,6 +26,8 @@ const SECURITY: &str = "docs/security.md";
 const EXAMPLE: &str = "proxy.example.yaml";
 /// The variable the example's `upstream.password` expands.
 const PASSWORD_VAR: &str = "ROWGATE_UPSTREAM_PASSWORD";
+/// The variable the example's token secret expands.
+const SECRET_VAR: &str = "ROWGATE_EMBED_SECRET";
 
 fn read(path: impl AsRef<Path>) -> String {
     let path = path.as_ref();
@@ -42,6 +44,15 @@ fn config_keys() -> BTreeSet<String> {
     // `audit.table`).
     let mut paths = BTreeSet::new();
     for (section, keys) in rowgate::config::KEYS {
+        // A section of named entries (`tokens.issuers.<name>`) stands under
+        // the key that holds them, and is a key path of its own.
+        if let Some(holder) = section.strip_suffix(".<name>") {
+            assert!(
+                paths.contains(holder),
+                "config::KEYS has a section `{section}` that is no key before it"
+            );
+            paths.insert(section.to_string());
+        }
         assert!(
             section.is_empty() || paths.contains(*section),
             "config::KEYS has a section `{section}` that is no key before it"
@@ -63,8 +74,14 @@ fn config_keys() -> BTreeSet<String> {
 fn policy_keys() -> BTreeSet<String> {
     // Where each mapping of the format stands: the key it is the value of
     // (in its parent), and the path prefix of its keys.
-    let nested: [(&str, &str, &[&str], &[&str]); 6] = [
+    let nested: [(&str, &str, &[&str], &[&str]); 7] = [
         ("", "", raw::File::KEYS, &[]),
+        (
+            "integrations",
+            "integrations.<name>.",
+            raw::Integration::KEYS,
+            raw::File::KEYS,
+        ),
         (
             "attributes",
             "attributes.<name>.",
@@ -430,7 +447,16 @@ fn example_keys(text: &str) -> Vec<(String, usize)> {
         while open.last().is_some_and(|(i, _)| *i >= indent) {
             open.pop();
         }
-        let path: Vec<&str> = open.iter().map(|(_, k)| k.as_str()).chain([key]).collect();
+        let mut path: Vec<&str> = open.iter().map(|(_, k)| k.as_str()).chain([key]).collect();
+        // The name of an entry of a mapping of named entries (an issuer's).
+        for (section, _) in rowgate::config::KEYS {
+            if let Some(holder) = section.strip_suffix(".<name>") {
+                let depth = holder.split('.').count();
+                if path.len() > depth && path[..depth].join(".") == holder {
+                    path[depth] = "<name>";
+                }
+            }
+        }
         keys.push((path.join("."), n + 1));
         if rest.split('#').next().unwrap_or("").trim().is_empty() {
             open.push((indent, key.to_string()));
@@ -478,7 +504,8 @@ fn the_example_config_shows_every_key_and_only_real_ones() {
 fn the_example_config_is_valid_and_shows_the_defaults() {
     let text = read(EXAMPLE);
     let path = Path::new(EXAMPLE);
-    let lookup = |name: &str| (name == PASSWORD_VAR).then(|| "secret".to_string());
+    let lookup =
+        |name: &str| (name == PASSWORD_VAR || name == SECRET_VAR).then(|| "secret".to_string());
 
     // `rowgate check` with the variable set, `explain` without it.
     let config = Config::parse(path, &text, Env::Require, lookup)

@@ -404,3 +404,47 @@ fn named_statements_follow_their_session_across_connections() {
     );
     assert_eq!(values(&run_prepared(&mut king2, "s")), ["King Inc"]);
 }
+
+#[test]
+fn automatic_statements_are_shared_per_connection_and_keep_each_users_rows() {
+    let proxy = pooled(1, "5s");
+    let mut king = login(&proxy, "king", "k");
+    let mut king2 = login(&proxy, "king", "k2");
+    let mut bel = login(&proxy, "bel", "b");
+    let mut direct = common::cluster().connect(fixture_db());
+    let native = |direct: &mut postgres::Client, merchant: &str, id: i32| -> Vec<String> {
+        direct
+            .query(
+                "SELECT name FROM merchants WHERE id = $1 AND name = $2",
+                &[&id, &merchant],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    for round in 0..3 {
+        for id in 1..=8 {
+            let sql = format!("SELECT name FROM merchants WHERE id = {id}");
+            for (client, merchant) in [
+                (&mut king, "King Inc"),
+                (&mut bel, "Bel Air"),
+                (&mut king2, "King Inc"),
+            ] {
+                let got = client.query(&sql).unwrap();
+                assert_eq!(error_code(&got), None, "{got:?}");
+                assert_eq!(
+                    values(&got),
+                    native(&mut direct, merchant, id),
+                    "round {round}, id {id}"
+                );
+            }
+        }
+    }
+    let log = proxy.log();
+    assert!(
+        log.contains("EXECUTE rowgate_s_"),
+        "automatic statements ran"
+    );
+    assert!(!log.contains("session pinned"), "{log}");
+}

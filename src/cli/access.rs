@@ -4,19 +4,18 @@
 use std::fmt::Write as _;
 
 use super::{ConfigArg, FAILED, OK};
-use crate::policy::{Access, Grant, PolicySet, Role};
+use crate::policy::{Access, AccessLevel, Grant, Origin, PolicySet, Role};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     config: ConfigArg,
-    /// The user to show.
-    #[arg(long)]
-    user: String,
+    #[command(flatten)]
+    who: super::Who,
 }
 
 pub fn run(args: &Args) -> u8 {
-    let Some(view) = super::load_user(&args.config.config, &args.user) else {
+    let Some(view) = super::load_who(&args.config.config, &args.who) else {
         return FAILED;
     };
     print!("{}", render(&view.loaded.policy, &view.access));
@@ -39,6 +38,26 @@ pub fn render(policy: &PolicySet, access: &Access) -> String {
         access.groups.join(", ")
     };
     let _ = writeln!(out, "groups: {groups}");
+    if let Some(t) = &access.token {
+        let sub = match &t.suborganization {
+            Some(s) => format!(", suborganization {s}"),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "login: token of issuer {} ({}), integration {}{sub}",
+            t.issuer, t.token_id, t.integration
+        );
+    }
+    let (level, from) = &access.level;
+    if access.token.is_some() || from.as_slice() != [Origin::Default] {
+        let from: Vec<String> = from.iter().map(|o| o.to_string()).collect();
+        let note = match level {
+            AccessLevel::ReadOnly => "",
+            AccessLevel::ReadWrite => "; writes are not supported yet: statements stay read-only",
+        };
+        let _ = writeln!(out, "access: {} ({}){note}", level.name(), from.join(", "));
+    }
 
     let _ = writeln!(out, "attributes:");
     for (name, resolved) in &access.attributes {

@@ -16,6 +16,13 @@ pub fn run(config_path: &Path) -> u8 {
     // config has problems, at the path it names or, where it cannot tell
     // (no readable `policies` value), at the default path.
     let (config, mut problems) = Config::load_all(config_path, Env::Require);
+    // The token issuers' keys, read as `serve` reads them.
+    if let Some(tokens) = &config.tokens {
+        if let Err(key_problems) = crate::tokens::Verifier::load(tokens) {
+            problems.extend(key_problems);
+            crate::diag::sort(&mut problems);
+        }
+    }
     match policy::load_path(&config.policies) {
         Ok(loaded) if problems.is_empty() => {
             super::print_problems(&loaded.warnings);

@@ -128,6 +128,7 @@ async fn serve(pg: &LocalPg) -> u8 {
             tls: UpstreamTls::Disable,
         },
         tls: None,
+        tokens: None,
         audit: None,
         pool: Default::default(),
         instance_id: 0,

@@ -11,9 +11,8 @@ use crate::rewrite::{self, Catalog, Context, OfflineCatalog};
 pub struct Args {
     #[command(flatten)]
     config: ConfigArg,
-    /// The user to rewrite for.
-    #[arg(long)]
-    user: String,
+    #[command(flatten)]
+    who: super::Who,
     /// Schemas to resolve unqualified names in, comma-separated (default:
     /// the config's `search_path`).
     #[arg(long, value_delimiter = ',')]
@@ -28,7 +27,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let Some(view) = super::load_user(&args.config.config, &args.user) else {
+    let Some(view) = super::load_who(&args.config.config, &args.who) else {
         return FAILED;
     };
     let offline;

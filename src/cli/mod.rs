@@ -80,6 +80,90 @@ struct UserView {
     access: crate::policy::Access,
 }
 
+/// Who `explain` and `access` work for: a declared user (`--user`) or the
+/// holder of a signed token (`--token`).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Who {
+    /// The user to show.
+    #[arg(long)]
+    user: Option<String>,
+    /// A signed token (JWT): it is verified with the config's `tokens:`
+    /// issuers, as the proxy verifies it, and its claims resolved.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+/// Loads the config (leniently: these commands never go upstream), its
+/// policies and the access of `who`, printing problems to stderr.
+fn load_who(config: &Path, who: &Who) -> Option<UserView> {
+    match (&who.user, &who.token) {
+        (Some(user), _) => load_user(config, user),
+        (None, Some(token)) => load_token(config, token),
+        (None, None) => None,
+    }
+}
+
+/// As [`load_user`], for the holder of a signed token: the token is
+/// verified (signature, issuer, audience, times) and its claims resolved
+/// exactly as a token login does.
+fn load_token(config_path: &Path, token: &str) -> Option<UserView> {
+    let config = match Config::load(config_path, Env::Lenient) {
+        Ok(c) => c,
+        Err(problems) => {
+            print_problems(&problems);
+            return None;
+        }
+    };
+    let Some(tokens) = &config.tokens else {
+        eprintln!(
+            "rowgate: {} has no `tokens:` section",
+            config_path.display()
+        );
+        return None;
+    };
+    let verifier = match crate::tokens::Verifier::load(tokens) {
+        Ok(v) => v,
+        Err(problems) => {
+            print_problems(&problems);
+            return None;
+        }
+    };
+    let loaded = match policy::load_path(&config.policies) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            print_problems(&problems);
+            return None;
+        }
+    };
+    // The user a client would connect as is the token's own `sub`.
+    let sub = crate::tokens::unverified_sub(token).unwrap_or_default();
+    if loaded.policy.users.contains_key(&sub) {
+        eprintln!("rowgate: token refused: `{sub}` is a declared user, who logs in with SCRAM, never a token");
+        return None;
+    }
+    let access = verifier
+        .verify(token, &sub, crate::tokens::now())
+        .map_err(|r| r.reason)
+        .and_then(|v| {
+            loaded
+                .policy
+                .token_identity(&v.issuer, &v.token_id, &v.claims)
+                .and_then(|identity| loaded.policy.token_access(&identity))
+        });
+    match access {
+        Ok(access) => Some(UserView {
+            config,
+            loaded,
+            access,
+        }),
+        Err(reason) => {
+            eprintln!("rowgate: token refused: {reason}");
+            None
+        }
+    }
+}
+
 /// Loads the config (leniently: these commands never go upstream), its
 /// policies and `user`'s access, printing problems to stderr.
 fn load_user(config: &Path, user: &str) -> Option<UserView> {

@@ -11,6 +11,17 @@ pub fn query(body: &[u8]) -> Result<Result<&str, ()>, WireError> {
     Ok(std::str::from_utf8(text).map_err(|_| ()))
 }
 
+/// The text of a PasswordMessage (a cleartext password: a signed token);
+/// `None` when it is not one UTF-8 string ended by a NUL.
+pub fn password(body: &[u8]) -> Option<String> {
+    let mut r = Reader::new(body, "PasswordMessage");
+    let text = r.cstr_bytes().ok()?;
+    if !r.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(text).ok().map(str::to_string)
+}
+
 /// A Parse message.
 #[derive(Debug)]
 pub struct Parse<'a> {

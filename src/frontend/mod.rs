@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod autoprep;
+pub mod login;
 pub mod messages;
 pub mod own;
 pub mod refusals;

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::Spanned;
 
 use super::raw;
-use super::{AttrType, Filter, Grant, Group, Password, PolicySet, Role, TablePolicy, User, Values};
+use super::{
+    AccessLevel, AttrType, Filter, Grant, Group, Integration, Password, PolicySet, Role,
+    TablePolicy, User, Values, DEFAULT_DATA_SOURCE,
+};
 use crate::diag::{self, Diagnostic, Pos};
 use crate::names::{self, Part, RelName};
 
@@ -114,6 +117,7 @@ struct Validator {
     diagnostics: Vec<Diagnostic>,
     attributes: BTreeMap<String, Entry<raw::Attribute>>,
     groups: BTreeMap<String, Entry<raw::Group>>,
+    integrations: BTreeMap<String, Entry<raw::Integration>>,
     users: BTreeMap<String, Entry<raw::User>>,
     tables: BTreeMap<RelName, Entry<raw::Table>>,
     functions: Vec<(PathBuf, Spanned<String>)>,
@@ -155,6 +159,11 @@ impl Validator {
             }
             for (key, value) in file.groups.unwrap_or_default() {
                 self.insert_named("group", &path, key, value.value, |v| &mut v.groups);
+            }
+            for (key, value) in file.integrations.unwrap_or_default() {
+                self.insert_named("integration", &path, key, value.value, |v| {
+                    &mut v.integrations
+                });
             }
             for (key, value) in file.users.unwrap_or_default() {
                 self.insert_named("user", &path, key, value.value, |v| &mut v.users);
@@ -286,6 +295,41 @@ impl Validator {
         grants
     }
 
+    /// An `access:` value.
+    fn access_level(
+        &mut self,
+        file: &Path,
+        value: &Option<Spanned<String>>,
+    ) -> Option<AccessLevel> {
+        let v = value.as_ref()?;
+        let level = AccessLevel::parse(&v.value);
+        if level.is_none() {
+            let msg = format!("access: `{}` is not read-only or read-write", v.value);
+            self.error(file, pos(v), msg);
+        }
+        level
+    }
+
+    /// `data_sources:` and `default_data_source:`: every name must be a
+    /// declared data source; this version has one, `default` (the
+    /// `upstream:` of proxy.yaml).
+    fn data_sources(
+        &mut self,
+        file: &Path,
+        list: &Option<Vec<Spanned<String>>>,
+        default: &Option<Spanned<String>>,
+    ) {
+        for name in list.iter().flatten().chain(default) {
+            if name.value != DEFAULT_DATA_SOURCE {
+                let msg = format!(
+                    "undeclared data source `{}` (this version has one, `{DEFAULT_DATA_SOURCE}`: the upstream of proxy.yaml)",
+                    name.value
+                );
+                self.error(file, pos(name), msg);
+            }
+        }
+    }
+
     fn attribute_values(
         &mut self,
         file: &Path,
@@ -380,7 +424,35 @@ impl Validator {
         for (name, entry) in std::mem::take(&mut self.groups) {
             let tables = self.grants(&entry.file, &entry.value.tables);
             let attributes = self.attribute_values(&entry.file, &types, &entry.value.attributes);
-            policy.groups.insert(name, Group { tables, attributes });
+            let access = self.access_level(&entry.file, &entry.value.access);
+            let g = &entry.value;
+            self.data_sources(&entry.file, &g.data_sources, &g.default_data_source);
+            policy.groups.insert(
+                name,
+                Group {
+                    tables,
+                    attributes,
+                    access,
+                },
+            );
+        }
+
+        for (name, entry) in std::mem::take(&mut self.integrations) {
+            let i = &entry.value;
+            let tables = self.grants(&entry.file, &i.tables);
+            let attributes = self.attribute_values(&entry.file, &types, &i.attributes);
+            let access = self
+                .access_level(&entry.file, &i.access)
+                .unwrap_or_default();
+            self.data_sources(&entry.file, &i.data_sources, &i.default_data_source);
+            policy.integrations.insert(
+                name,
+                Integration {
+                    tables,
+                    attributes,
+                    access,
+                },
+            );
         }
 
         for (name, entry) in std::mem::take(&mut self.users) {
@@ -439,12 +511,15 @@ impl Validator {
             }
             let tables = self.grants(&file, &u.tables);
             let attributes = self.attribute_values(&file, &types, &u.attributes);
+            let access = self.access_level(&file, &u.access);
+            self.data_sources(&file, &u.data_sources, &u.default_data_source);
             let user = User {
                 password,
                 role,
                 groups,
                 tables,
                 attributes,
+                access,
             };
             policy.users.insert(name, user);
         }
@@ -692,7 +767,7 @@ mod tests {
             messages(&problems),
             [
                 "p.yaml:2:20: warning: user `bob` has a plain-text password; store a verifier from `rowgate passwd` instead",
-                "p.yaml:2:24: unknown field `shoe`, expected one of password, role, groups, tables, attributes",
+                "p.yaml:2:24: unknown field `shoe`, expected one of password, role, groups, tables, attributes, access, data_sources, default_data_source",
                 "p.yaml:2:42: user `bob`: undefined group `ghosts`",
             ]
         );

@@ -5,6 +5,7 @@
 mod load;
 pub mod raw;
 mod resolve;
+mod token;
 mod value;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,7 @@ use std::fmt;
 pub use load::{load_path, load_sources, Loaded, Source};
 pub(crate) use resolve::{and_all, select_from};
 pub use resolve::{Access, Origin, Resolved};
+pub use token::TokenIdentity;
 pub use value::{AttrType, AttrValue};
 
 use crate::names::RelName;
@@ -83,11 +85,52 @@ pub enum Values {
     List(Vec<AttrValue>),
 }
 
+/// What a user may do to the rows they see: `read-only` or `read-write`
+/// (read-write members' writes are a later issue; until then both read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AccessLevel {
+    #[default]
+    ReadOnly,
+    ReadWrite,
+}
+
+impl AccessLevel {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "read-only" => Some(AccessLevel::ReadOnly),
+            "read-write" => Some(AccessLevel::ReadWrite),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessLevel::ReadOnly => "read-only",
+            AccessLevel::ReadWrite => "read-write",
+        }
+    }
+}
+
+/// The one data source of this version: the `upstream:` of `proxy.yaml`.
+pub const DEFAULT_DATA_SOURCE: &str = "default";
+
 /// A group: grants and attribute values that its members inherit.
 #[derive(Clone, Debug, Default)]
 pub struct Group {
     pub tables: Vec<Grant>,
     pub attributes: BTreeMap<String, Values>,
+    /// The access level it gives its members, if it says.
+    pub access: Option<AccessLevel>,
+}
+
+/// An integration (an embedding back end): the grants, attribute values
+/// and highest access level of the signed tokens that name it.
+#[derive(Clone, Debug, Default)]
+pub struct Integration {
+    pub tables: Vec<Grant>,
+    pub attributes: BTreeMap<String, Values>,
+    /// The most its tokens may get (default read-only).
+    pub access: AccessLevel,
 }
 
 /// How a client proves who it is.
@@ -116,6 +159,8 @@ pub struct User {
     pub groups: Vec<String>,
     pub tables: Vec<Grant>,
     pub attributes: BTreeMap<String, Values>,
+    /// The access level of the user's own, if the entry says.
+    pub access: Option<AccessLevel>,
 }
 
 /// One row filter of a table (SPEC §3 "Filters").
@@ -143,6 +188,7 @@ pub struct TablePolicy {
 pub struct PolicySet {
     pub attributes: BTreeMap<String, AttrType>,
     pub groups: BTreeMap<String, Group>,
+    pub integrations: BTreeMap<String, Integration>,
     pub users: BTreeMap<String, User>,
     pub tables: BTreeMap<RelName, TablePolicy>,
     /// User-defined functions members may call, schema-qualified.
@@ -161,5 +207,16 @@ impl PolicySet {
     /// Resolves everything `user` may read and see; `None` for an unknown user.
     pub fn access(&self, user: &str) -> Option<Access> {
         resolve::resolve(self, user)
+    }
+
+    /// Resolves again the access of a session's login (a declared user, or
+    /// a signed token's identity) against this policy set; `None` when it
+    /// no longer resolves (the user, or the token's integration or a group
+    /// it names, is gone).
+    pub fn reresolve(&self, login: &Access) -> Option<Access> {
+        match &login.token {
+            Some(identity) => self.token_access(identity).ok(),
+            None => self.access(&login.user),
+        }
     }
 }

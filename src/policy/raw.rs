@@ -16,12 +16,13 @@ pub type Map<T> = Vec<(Spanned<String>, Spanned<T>)>;
 yaml_struct! {
     /// One policy file.
     #[derive(Debug)]
-    pub struct File: "a mapping with keys attributes, groups, users, tables, functions" {
+    pub struct File: "a mapping with keys attributes, groups, users, tables, functions, integrations" {
         "attributes" => attributes: Map<Attribute> as Entries<Attribute>,
         "groups" => groups: Map<Group> as Entries<Group>,
         "users" => users: Map<User> as Entries<User>,
         "tables" => tables: Map<Table> as Entries<Table>,
         "functions" => functions: Vec<Spanned<String>> as List<Text>,
+        "integrations" => integrations: Map<Integration> as Entries<Integration>,
     }
 }
 
@@ -36,20 +37,38 @@ yaml_struct! {
 yaml_struct! {
     /// A group: grants and attribute values its members inherit.
     #[derive(Debug)]
-    pub struct Group: "a mapping with keys tables, attributes" {
+    pub struct Group: "a mapping with keys tables, attributes, access, data_sources, default_data_source" {
         "tables" => tables: Vec<Spanned<String>> as List<Text>,
         "attributes" => attributes: Map<Values> as Entries<ValuesNode>,
+        "access" => access: Spanned<String> as Text,
+        "data_sources" => data_sources: Vec<Spanned<String>> as List<Text>,
+        "default_data_source" => default_data_source: Spanned<String> as Text,
+    }
+}
+
+yaml_struct! {
+    /// An integration: what the signed tokens naming it start from.
+    #[derive(Debug)]
+    pub struct Integration: "a mapping with keys tables, attributes, access, data_sources, default_data_source" {
+        "tables" => tables: Vec<Spanned<String>> as List<Text>,
+        "attributes" => attributes: Map<Values> as Entries<ValuesNode>,
+        "access" => access: Spanned<String> as Text,
+        "data_sources" => data_sources: Vec<Spanned<String>> as List<Text>,
+        "default_data_source" => default_data_source: Spanned<String> as Text,
     }
 }
 
 yaml_struct! {
     /// A user of the proxy.
-    pub struct User: "a mapping with keys password, role, groups, tables, attributes" {
+    pub struct User: "a mapping with keys password, role, groups, tables, attributes, access, data_sources, default_data_source" {
         "password" => password: Spanned<String> as Text,
         "role" => role: Spanned<String> as Text,
         "groups" => groups: Vec<Spanned<String>> as List<Text>,
         "tables" => tables: Vec<Spanned<String>> as List<Text>,
         "attributes" => attributes: Map<Values> as Entries<ValuesNode>,
+        "access" => access: Spanned<String> as Text,
+        "data_sources" => data_sources: Vec<Spanned<String>> as List<Text>,
+        "default_data_source" => default_data_source: Spanned<String> as Text,
     }
 }
 
@@ -61,7 +80,8 @@ impl fmt::Debug for User {
             .field("groups", &self.groups)
             .field("tables", &self.tables)
             .field("attributes", &self.attributes)
-            .finish()
+            .field("access", &self.access)
+            .finish_non_exhaustive()
     }
 }
 

@@ -13,7 +13,9 @@ use sqlparser::ast::{
 };
 use sqlparser::tokenizer::{Span, Token, TokenWithSpan};
 
-use super::{AttrValue, Filter, Grant, PolicySet, Role, Values, USERNAME};
+use super::{
+    AccessLevel, AttrValue, Filter, Grant, PolicySet, Role, TokenIdentity, Values, USERNAME,
+};
 use crate::names::{ident, RelName};
 
 /// Where an attribute value or a grant came from.
@@ -25,6 +27,12 @@ pub enum Origin {
     Group(String),
     /// The login name (the built-in `username` attribute).
     Login,
+    /// The signed token the user logged in with.
+    Token,
+    /// The integration a signed token names.
+    Integration(String),
+    /// Nothing gave a value: the default.
+    Default,
 }
 
 impl fmt::Display for Origin {
@@ -33,6 +41,9 @@ impl fmt::Display for Origin {
             Origin::User => f.write_str("user"),
             Origin::Group(g) => write!(f, "group {g}"),
             Origin::Login => f.write_str("login name"),
+            Origin::Token => f.write_str("token"),
+            Origin::Integration(i) => write!(f, "integration {i}"),
+            Origin::Default => f.write_str("default"),
         }
     }
 }
@@ -83,6 +94,11 @@ pub struct Access {
     filters: HashMap<RelName, Option<Expr>>,
     /// User-defined functions the policy allows.
     pub functions: BTreeSet<RelName>,
+    /// The access level (read-write behaves as read-only until writes are
+    /// supported), and what gave it.
+    pub level: (AccessLevel, Vec<Origin>),
+    /// The signed token's identity, for a token login.
+    pub token: Option<std::sync::Arc<TokenIdentity>>,
 }
 
 impl Access {
@@ -126,6 +142,9 @@ impl Access {
                         Origin::User => "user".to_string(),
                         Origin::Group(g) => format!("group:{g}"),
                         Origin::Login => "login".to_string(),
+                        Origin::Token => "token".to_string(),
+                        Origin::Integration(i) => format!("integration:{i}"),
+                        Origin::Default => "default".to_string(),
                     })
                     .map(Value::String)
                     .collect(),
@@ -153,64 +172,168 @@ impl Access {
             Role::Member => self.filters.get(rel).and_then(Option::as_ref),
         }
     }
+
+    /// The members of audit records that say how the user logged in:
+    /// `auth` (`scram` or `token:<issuer>`) and, for a token, `token` (its
+    /// `jti` or hash).
+    pub fn auth_fields(&self, m: &mut serde_json::Map<String, serde_json::Value>) {
+        m.insert("auth".into(), self.auth().into());
+        if let Some(t) = &self.token {
+            m.insert("token".into(), t.token_id.clone().into());
+        }
+    }
+
+    /// How the user logged in, as audit records name it: `scram`, or
+    /// `token:<issuer>`.
+    pub fn auth(&self) -> String {
+        match &self.token {
+            None => "scram".to_string(),
+            Some(t) => format!("token:{}", t.issuer),
+        }
+    }
+}
+
+/// One level a user's grants and values come from: their own entry (or
+/// token), a group, an integration.
+pub(super) struct Level<'a> {
+    pub origin: Origin,
+    pub tables: &'a [Grant],
+    pub attributes: Option<&'a BTreeMap<String, Values>>,
+}
+
+/// Who is resolved: a name, a role, and the levels in priority order.
+pub(super) struct Subject<'a> {
+    pub name: &'a str,
+    pub role: Role,
+    /// Group names, as shown (a token's suborganization first).
+    pub groups: Vec<String>,
+    pub own: Option<Level<'a>>,
+    pub group_levels: Vec<Level<'a>>,
+    pub base: Option<Level<'a>>,
+    pub level: (AccessLevel, Vec<Origin>),
+    pub token: Option<std::sync::Arc<TokenIdentity>>,
 }
 
 pub(super) fn resolve(policy: &PolicySet, name: &str) -> Option<Access> {
     let user = policy.users.get(name)?;
-    let mut grants: Vec<(Grant, Origin)> = Vec::new();
-    let mut add_grant = |g: &Grant, o: Origin| {
-        if !grants.iter().any(|(have, _)| have == g) {
-            grants.push((g.clone(), o));
+    let group_levels: Vec<Level> = user
+        .groups
+        .iter()
+        .map(|g| Level {
+            origin: Origin::Group(g.clone()),
+            tables: &policy.groups[g].tables,
+            attributes: Some(&policy.groups[g].attributes),
+        })
+        .collect();
+    // The highest level the user's entry and groups give.
+    let mut level = (AccessLevel::ReadOnly, vec![Origin::Default]);
+    let mut offer = |l: Option<AccessLevel>, o: Origin| {
+        if let Some(l) = l {
+            if l > level.0 || level.1 == [Origin::Default] {
+                level = (l, vec![o]);
+            } else if l == level.0 {
+                level.1.push(o);
+            }
         }
     };
-    for g in &user.tables {
-        add_grant(g, Origin::User);
+    offer(user.access, Origin::User);
+    for g in &user.groups {
+        offer(policy.groups[g].access, Origin::Group(g.clone()));
     }
-    for group in &user.groups {
-        for g in &policy.groups[group].tables {
-            add_grant(g, Origin::Group(group.clone()));
+    Some(build(
+        policy,
+        Subject {
+            name,
+            role: user.role,
+            groups: user.groups.clone(),
+            own: Some(Level {
+                origin: Origin::User,
+                tables: &user.tables,
+                attributes: Some(&user.attributes),
+            }),
+            group_levels,
+            base: None,
+            level,
+            token: None,
+        },
+    ))
+}
+
+/// Grants (the union of every level's), attribute values (own > groups >
+/// base) and filters of a subject.
+pub(super) fn build(policy: &PolicySet, subject: Subject<'_>) -> Access {
+    let mut grants: Vec<(Grant, Origin)> = Vec::new();
+    let levels = subject
+        .own
+        .iter()
+        .chain(&subject.group_levels)
+        .chain(&subject.base);
+    for level in levels {
+        for g in level.tables {
+            if !grants.iter().any(|(have, _)| have == g) {
+                grants.push((g.clone(), level.origin.clone()));
+            }
         }
     }
 
     let mut attributes = BTreeMap::new();
     for attr in policy.attributes.keys() {
-        attributes.insert(attr.clone(), resolve_attribute(policy, user, attr));
+        attributes.insert(attr.clone(), resolve_attribute(&subject, attr));
     }
-    let login = vec![(AttrValue::Text(name.to_string()), vec![Origin::Login])];
+    let login = vec![(
+        AttrValue::Text(subject.name.to_string()),
+        vec![Origin::Login],
+    )];
     attributes.insert(USERNAME.to_string(), Resolved::Values(login));
 
     let mut filters = HashMap::new();
     for rel in policy.tables.keys() {
         filters.insert(rel.clone(), predicate(policy, &attributes, rel, 0));
     }
-    Some(Access {
-        user: name.to_string(),
-        role: user.role,
-        groups: user.groups.clone(),
+    Access {
+        user: subject.name.to_string(),
+        role: subject.role,
+        groups: subject.groups,
         grants,
         attributes,
         filters,
         functions: policy.functions.clone(),
+        level: subject.level,
+        token: subject.token,
+    }
+}
+
+/// One level's values for `attr`, if it gives any.
+fn own_values(level: &Level<'_>, attr: &str) -> Option<Resolved> {
+    let own = level.attributes?.get(attr)?;
+    let origin = level.origin.clone();
+    Some(match own {
+        Values::All => Resolved::All(vec![origin]),
+        Values::List(vs) => Resolved::Values(
+            vs.iter()
+                .map(|v| (v.clone(), vec![origin.clone()]))
+                .collect(),
+        ),
     })
 }
 
-fn resolve_attribute(policy: &PolicySet, user: &super::User, attr: &str) -> Resolved {
-    if let Some(own) = user.attributes.get(attr) {
-        return match own {
-            Values::All => Resolved::All(vec![Origin::User]),
-            Values::List(vs) => {
-                Resolved::Values(vs.iter().map(|v| (v.clone(), vec![Origin::User])).collect())
-            }
-        };
+fn resolve_attribute(subject: &Subject<'_>, attr: &str) -> Resolved {
+    if let Some(own) = subject.own.as_ref().and_then(|l| own_values(l, attr)) {
+        return own;
     }
+    let mut any = false;
     let mut all_from = Vec::new();
     let mut values: Vec<(AttrValue, Vec<Origin>)> = Vec::new();
-    for group in &user.groups {
-        let origin = Origin::Group(group.clone());
-        match policy.groups[group].attributes.get(attr) {
+    for group in &subject.group_levels {
+        let origin = group.origin.clone();
+        match group.attributes.and_then(|a| a.get(attr)) {
             None => {}
-            Some(Values::All) => all_from.push(origin),
+            Some(Values::All) => {
+                any = true;
+                all_from.push(origin)
+            }
             Some(Values::List(vs)) => {
+                any = true;
                 for v in vs {
                     match values.iter_mut().find(|(have, _)| have == v) {
                         Some((_, origins)) => origins.push(origin.clone()),
@@ -220,11 +343,17 @@ fn resolve_attribute(policy: &PolicySet, user: &super::User, attr: &str) -> Reso
             }
         }
     }
-    if all_from.is_empty() {
-        Resolved::Values(values)
-    } else {
-        Resolved::All(all_from)
+    if !all_from.is_empty() {
+        return Resolved::All(all_from);
     }
+    if any {
+        return Resolved::Values(values);
+    }
+    subject
+        .base
+        .as_ref()
+        .and_then(|l| own_values(l, attr))
+        .unwrap_or(Resolved::Values(Vec::new()))
 }
 
 /// References are validated to be acyclic; this bound only guards against a

@@ -97,6 +97,11 @@ pub const DENIED: &[&str] = &[
     "pg_mcv_list_items",
     "pg_config",
     "pg_sequence_last_value",
+    // The upstream session's prepared statements, rowgate's among them
+    // (whose text spells out filters; in transaction pooling, other
+    // users' too): read `pg_prepared_statements`, which shows the
+    // session's own.
+    "pg_prepared_statement",
 ];
 
 /// Families refused by prefix.

@@ -407,6 +407,10 @@ fn projection(
     Some(items.join(", "))
 }
 
+/// The prefix of the prepared statements sessions share on a pooled
+/// connection (`frontend/session/pooling.rs` names them).
+pub const SHARED_STATEMENTS: &str = "rowgate_s_";
+
 /// The derived table that stands for the catalog relation `rel` read by a
 /// member, or `None` to read it as it is.
 pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>, Refusal> {
@@ -446,6 +450,16 @@ pub(crate) fn catalog_view(rel: &RelName, cx: &Context) -> Result<Option<Query>,
         }
         if name == "pg_roles" || name == "pg_user" {
             return roles_view(rel, cx).map(Some);
+        }
+        if name == "pg_prepared_statements" {
+            // In transaction pooling a connection holds the statements every
+            // session shares on it, under shared names: their text spells
+            // out other users' filters. Not shown.
+            return parse_query(&format!(
+                "SELECT * FROM {from} WHERE NOT pg_catalog.starts_with(name, {})",
+                lit(SHARED_STATEMENTS)
+            ))
+            .map(Some);
         }
     }
     // `information_schema` shows a role only what it holds privileges on

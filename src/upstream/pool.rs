@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -102,6 +103,9 @@ pub struct Pools {
     /// The startup parameters of every pooled connection.
     neutral: Vec<(String, String)>,
     by_database: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Bumped when a shared statement went stale: automatic statements'
+    /// names include it.
+    epoch: AtomicU64,
 }
 
 impl Pools {
@@ -118,7 +122,16 @@ impl Pools {
             upstream,
             neutral,
             by_database: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    pub fn next_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn config(&self) -> &PoolConfig {

@@ -156,6 +156,13 @@ impl Client {
         let mut buf = BytesMut::new();
         match code {
             0 => Ok(()),
+            3 => {
+                // A cleartext password: a signed token.
+                let password = password.ok_or("a password was asked for")?;
+                frontend::password_message(password.as_bytes(), &mut buf)
+                    .map_err(|e| e.to_string())?;
+                self.send(&buf)
+            }
             10 => {
                 let password = password.ok_or("a password was asked for")?;
                 let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());

@@ -185,6 +185,7 @@ impl Session<'_> {
             }
             let rewrites = self.access.role != Role::Admin;
             if self.pipe.take_stale() && rewrites {
+                self.stale_seen();
                 self.forget_autos(true);
             }
             let between = self.pipe.on_client(frame.tag());
@@ -255,7 +256,7 @@ impl Session<'_> {
                 }
                 frontend::QUERY => {
                     if rewrites {
-                        let out = self.query(frame.body()).await?;
+                        let out = self.query(frame.body(), io).await?;
                         io.send(&out);
                     } else if let Some(refusal) = self.audit_refusal() {
                         let marker = self.refuse(&refusal);
@@ -390,6 +391,7 @@ impl Session<'_> {
     /// [`Pipeline::on_server`]); it ends the next cycle.
     pub(super) async fn run_again(&mut self, sql: Arc<str>, io: &mut Io) {
         self.pipe.take_stale();
+        self.stale_seen();
         self.forget_autos(true);
         self.statements -= 1;
         let text = self
@@ -402,7 +404,7 @@ impl Session<'_> {
 
     /// A Query message: the rewritten text, the execution of an automatic
     /// prepared statement, or a refusal marker.
-    async fn query(&mut self, body: &[u8]) -> Result<Bytes, WireError> {
+    async fn query(&mut self, body: &[u8], io: &mut Io) -> Result<Bytes, WireError> {
         // PostgreSQL drops the unnamed statement when a Query runs.
         self.unnamed = None;
         self.unnamed_dropped();
@@ -410,7 +412,7 @@ impl Session<'_> {
             Ok(sql) => {
                 let sql: Arc<str> = Arc::from(sql);
                 self.catalog_fresh().await;
-                if let Some(out) = self.auto_query(&sql).await {
+                if let Some(out) = self.auto_query(&sql, io).await {
                     return Ok(out);
                 }
                 match self.rewrite_or_refuse(&sql, &[]).await {
@@ -480,7 +482,11 @@ impl Session<'_> {
         let sent_ok = forward.is_ok();
         let text = match forward {
             Ok(f)
-                if unnamed && f.preparable && self.prepare_threshold > 0 && !self.pipe.mixed() =>
+                if unnamed
+                    && f.preparable
+                    && self.prepare_threshold > 0
+                    && !self.pipe.mixed()
+                    && self.pooled.is_none() =>
             {
                 if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle) {
                     return Ok(out);
@@ -660,7 +666,7 @@ impl Session<'_> {
             return true;
         }
         self.policy = current.clone();
-        let login = self.policy.access(&self.user).as_ref() == Some(&self.login);
+        let login = self.policy.reresolve(&self.login).as_ref() == Some(&self.login);
         let viewed = match &self.viewing {
             None => true,
             Some(v) => self.policy.access(v).as_ref() == Some(&self.access),

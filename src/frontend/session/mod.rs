@@ -55,7 +55,7 @@ use tracing::{debug, info, warn};
 
 use super::sqlstate;
 use super::startup::{self, First};
-use super::{auth, tags};
+use super::tags;
 use crate::audit::{Audit, Trail};
 use crate::config::Upstream;
 use crate::policy::{PolicySet, Role};
@@ -103,6 +103,8 @@ pub struct Shared {
     pub peers: Vec<String>,
     /// The pools, in transaction pooling.
     pub pools: Option<Arc<Pools>>,
+    /// Signed-token issuers and their keys (re-read on SIGHUP), when configured.
+    pub tokens: Option<ArcSwap<crate::tokens::Verifier>>,
 }
 
 /// Runs one client connection to its end and logs one line about it.
@@ -249,47 +251,19 @@ async fn session(
     }
 
     let policy = shared.policy.load_full();
-    let user = policy.users.get(&hello.user);
-    let secret = auth::secret_for(user.map(|u| &u.password), &hello.user, &shared.mock_key);
-    let login = auth::scram(&mut stream, &mut buf, &hello.user, secret).await;
-    let outcome = if login.is_ok() { "ok" } else { "failed" };
-    shared
-        .metrics
-        .logins
-        .with_label_values(&["scram", outcome])
-        .inc();
-    match login {
-        Ok(()) => {}
-        Err(auth::AuthError::Wire(_)) => return Outcome::ClientGone,
-        Err(e) => {
-            let why = e.to_string();
-            if let Some(audit) = &shared.audit {
-                let mut fields = serde_json::Map::new();
-                fields.insert("instance".into(), shared.instance.into());
-                fields.insert("user".into(), hello.user.clone().into());
-                fields.insert("auth".into(), "scram".into());
-                fields.insert("client".into(), peer.to_string().into());
-                fields.insert("database".into(), hello.database.clone().into());
-                fields.insert("reason".into(), why.clone().into());
-                audit.record("login_failure", fields);
-            }
-            let code = match e {
-                auth::AuthError::Failed(_) => sqlstate::INVALID_PASSWORD,
-                _ => sqlstate::PROTOCOL_VIOLATION,
-            };
-            fatal(&mut stream, code, &why).await;
-            return Outcome::Rejected(why);
-        }
-    }
-    let Some(access) = policy.access(&hello.user) else {
-        // Unreachable: an unknown user's mock secret never authenticates.
-        fatal(
-            &mut stream,
-            sqlstate::INVALID_PASSWORD,
-            "authentication failed",
-        )
-        .await;
-        return Outcome::Rejected("unknown user".into());
+    let access = match super::login::authenticate(
+        &mut stream,
+        &mut buf,
+        &hello,
+        peer,
+        shared,
+        &policy,
+    )
+    .await
+    {
+        Ok(access) => access,
+        Err(super::login::Failed::ClientGone) => return Outcome::ClientGone,
+        Err(super::login::Failed::Rejected(why)) => return Outcome::Rejected(why),
     };
 
     // An admin may start out looking as a user (`options=-c
@@ -505,7 +479,6 @@ async fn session(
                 statements: HashMap::new(),
                 connection_deallocated: false,
             });
-            session.prepare_threshold = 0;
         }
     }
     let outcome = session.relay(io).await;

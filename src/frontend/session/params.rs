@@ -60,7 +60,7 @@ pub(super) fn audit_fields(
     m.insert("instance".into(), shared.instance.into());
     m.insert("session".into(), format!("{nonce:016x}").into());
     m.insert("user".into(), access.user.clone().into());
-    m.insert("auth".into(), "scram".into());
+    access.auth_fields(&mut m);
     let app = params
         .iter()
         .find(|(k, _)| k == "application_name")

@@ -23,8 +23,9 @@ use crate::rewrite::Refusal;
 use crate::upstream::pool::{settings_change, Lease, PoolError, Pools};
 use crate::wire::{self, WireError};
 
-/// The prefix of statements' shared names upstream.
-const SHARED_PREFIX: &str = "rowgate_s_";
+/// The prefix of statements' shared names upstream (which members'
+/// catalog reads do not show).
+const SHARED_PREFIX: &str = crate::rewrite::system::SHARED_STATEMENTS;
 
 /// A pooled session's hold on the pool.
 pub(super) struct Pooled {
@@ -127,6 +128,7 @@ impl Session<'_> {
             }
             self.shared.cancels.remove(&self.cancel_key);
             p.pools.release(&self.database, server, lease);
+            io.shrink();
         }
     }
 
@@ -342,5 +344,25 @@ impl Session<'_> {
             p.statements.clear();
             p.connection_deallocated = true;
         }
+    }
+
+    /// A prepared statement went stale upstream (a table changed under
+    /// it): automatic statements take new names everywhere, since the old
+    /// ones may be stale on any connection.
+    pub(super) fn stale_seen(&mut self) {
+        if let Some(p) = &self.pooled {
+            p.pools.next_epoch();
+        }
+    }
+}
+
+impl Pooled {
+    /// The shared name of an automatic statement (see [`shared_name`]),
+    /// in the pools' current epoch.
+    pub fn auto_name(&self, template: &str, types: &[&str]) -> String {
+        let mut settings = self.wanted.clone();
+        settings.push(("types".into(), types.join(",")));
+        settings.push(("epoch".into(), self.pools.epoch().to_string()));
+        shared_name(template, &[], &settings)
     }
 }

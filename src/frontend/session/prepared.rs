@@ -10,6 +10,7 @@ use tracing::debug;
 use super::client::Session;
 use super::outgoing::{auto_name, close_message, execute, parse_message, query_message};
 use super::pipeline::Action;
+use super::relay::Io;
 use crate::frontend::autoprep::{self, Auto};
 use crate::frontend::messages;
 use crate::frontend::tags::{backend, frontend};
@@ -38,6 +39,9 @@ pub(super) struct Seen {
     pub never: bool,
     /// Prepared, with its parameter types (simple query).
     pub auto: Option<(Arc<Auto>, Vec<&'static str>)>,
+    /// The statement prepared (simple query, transaction pooling: made to
+    /// exist on each connection that serves the session).
+    pub template: Option<Arc<str>>,
 }
 
 impl Seen {
@@ -57,6 +61,14 @@ impl Seen {
         }
     }
 
+    /// The prepared statement, wherever it exists (transaction pooling:
+    /// each connection has its own), unless its preparing failed (then it
+    /// is forgotten, and after a few failures not tried again).
+    pub fn usable_anywhere(&mut self) -> Option<(&Arc<Auto>, &[&'static str])> {
+        self.usable(u64::MAX);
+        self.auto.as_ref().map(|(a, t)| (a, t.as_slice()))
+    }
+
     /// Counts a run; whether this one should prepare the statement.
     pub fn run(&mut self, threshold: usize) -> bool {
         self.runs += 1;
@@ -68,7 +80,7 @@ impl Session<'_> {
     /// A simple-query statement run as an automatic prepared statement
     /// (prepared first if this run reaches the threshold); `None` to send
     /// it the ordinary way.
-    pub(super) async fn auto_query(&mut self, sql: &Arc<str>) -> Option<Bytes> {
+    pub(super) async fn auto_query(&mut self, sql: &Arc<str>, io: &mut Io) -> Option<Bytes> {
         // While the audit log cannot take records, the ordinary way
         // refuses every statement.
         if self.audit_refusal().is_some() {
@@ -86,6 +98,13 @@ impl Session<'_> {
         let shape = autoprep::shape(sql)?;
         let cycle = self.pipe.cycle();
         match self.shapes.get_mut(&shape.key) {
+            Some(seen) if self.pooled.is_some() => {
+                if let Some((auto, types)) = seen.usable_anywhere() {
+                    let (name, types) = (auto.name.clone(), types.to_vec());
+                    let template = seen.template.clone()?;
+                    return self.pooled_auto(sql, &shape.values, name, types, &template, io);
+                }
+            }
             Some(seen) => {
                 if let Some((auto, types)) = seen.usable(cycle) {
                     if !autoprep::values_fit(&shape.values, types) {
@@ -139,20 +158,16 @@ impl Session<'_> {
             seen.never = true;
             return None;
         };
+        seen.template = Some(Arc::from(prepared.as_str()));
+        if let Some(p) = &self.pooled {
+            let name = p.auto_name(&prepared, &types);
+            return self.pooled_auto(sql, &shape.values, name, types, &prepared, io);
+        }
         self.autos += 1;
         self.live += 1;
         let auto = Auto::new(auto_name(self.nonce, self.autos), cycle);
         seen.auto = Some((auto.clone(), types.clone()));
-        let declared = if types.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", types.join(", "))
-        };
-        let text = format!(
-            "PREPARE {}{declared} AS {prepared}; {}",
-            auto.name,
-            execute(&auto.name, &shape.values)
-        );
+        let text = prepare_text(&auto.name, &types, &prepared, &shape.values);
         let mut out = self.close_retired();
         self.pipe
             .expect(backend::COMMAND_COMPLETE, Action::Swallow(auto));
@@ -254,7 +269,9 @@ impl Session<'_> {
             .filter(|(a, _)| a.ready())
             .map(|(a, _)| a.name.clone())
             .collect();
-        if close {
+        // Pooled sessions' statements stay on their connections, for every
+        // session sending the same statement.
+        if close && self.pooled.is_none() {
             self.retired.extend(names);
         }
         self.live = 0;
@@ -272,4 +289,64 @@ impl Session<'_> {
         }
         out
     }
+
+    /// A simple-query statement run as the automatic statement `name` in
+    /// transaction pooling: `EXECUTE` where the attached connection has it,
+    /// `PREPARE` and `EXECUTE` where it does not; `None` (the ordinary way)
+    /// while its preparing on this connection is still under way.
+    fn pooled_auto(
+        &mut self,
+        sql: &Arc<str>,
+        values: &[String],
+        name: String,
+        types: Vec<&'static str>,
+        template: &str,
+        io: &mut Io,
+    ) -> Option<Bytes> {
+        if !autoprep::values_fit(values, &types) {
+            return None;
+        }
+        let cycle = self.pipe.cycle();
+        let server = io.server_mut()?;
+        let text = match server.statements.get(&name) {
+            Some(a) if a.usable(cycle) => {
+                self.counters.auto_hit.inc();
+                self.pipe
+                    .expect(backend::ERROR_RESPONSE, Action::Retry(sql.clone()));
+                execute(&name, values)
+            }
+            Some(a) if !a.failed() => return None,
+            _ => {
+                let auto = Auto::new(name.clone(), cycle);
+                server.statements.insert(name.clone(), auto.clone());
+                let key = autoprep::shape(sql)?.key;
+                if let Some(seen) = self.shapes.get_mut(&key) {
+                    seen.auto = Some((auto.clone(), types.clone()));
+                }
+                self.counters.auto_prepare.inc();
+                self.pipe
+                    .expect(backend::COMMAND_COMPLETE, Action::Swallow(auto));
+                prepare_text(&name, &types, template, values)
+            }
+        };
+        if self.trail.is_some() {
+            self.note(sql, Some(&text), None);
+        }
+        self.statements += 1;
+        debug!(user = %self.user, sql = %text, "forward");
+        Some(query_message(&text))
+    }
+}
+
+/// `PREPARE name (types) AS template; EXECUTE name(values)`.
+fn prepare_text(name: &str, types: &[&str], template: &str, values: &[String]) -> String {
+    let declared = if types.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", types.join(", "))
+    };
+    format!(
+        "PREPARE {name}{declared} AS {template}; {}",
+        execute(name, values)
+    )
 }

@@ -26,6 +26,8 @@ use crate::wire::{self, WireError};
 
 /// A buffer towards one side stops taking more at this size.
 const HIGH_WATER: usize = 256 * 1024;
+/// What an empty buffer reads into at first.
+const IDLE_READ: usize = 512;
 /// How long an idle session lives on once a drain has begun.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 /// How long a session's last words (a FATAL message) may take to leave.
@@ -109,8 +111,8 @@ impl Io {
             up_wr: Box::new(tokio::io::sink()),
             client_in,
             up_in: BytesMut::new(),
-            to_client: BytesMut::with_capacity(16 * 1024),
-            to_upstream: BytesMut::with_capacity(16 * 1024),
+            to_client: BytesMut::new(),
+            to_upstream: BytesMut::new(),
             client_unflushed: false,
             upstream_unflushed: false,
             client_flushes,
@@ -143,6 +145,20 @@ impl Io {
         self.upstream_flushes = server.flushes;
         self.server = Some(server);
         self.attached = true;
+    }
+
+    /// Lets go of the buffers' memory while they are empty (a session
+    /// idle between transactions).
+    pub fn shrink(&mut self) {
+        for buf in [
+            &mut self.client_in,
+            &mut self.to_client,
+            &mut self.to_upstream,
+        ] {
+            if buf.is_empty() && buf.capacity() > IDLE_READ {
+                *buf = BytesMut::new();
+            }
+        }
     }
 
     /// The pooled connection attached, given back.
@@ -274,8 +290,15 @@ async fn push(wr: &mut Writer, buf: &[u8]) -> std::io::Result<usize> {
     }
 }
 
+/// Room to read into: a little while nothing is buffered (an idle session
+/// holds next to nothing), more once a message is under way.
 fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 4096 {
+    let spare = buf.capacity() - buf.len();
+    if buf.is_empty() {
+        if spare < IDLE_READ {
+            buf.reserve(IDLE_READ);
+        }
+    } else if spare < 4096 {
         buf.reserve(8192);
     }
 }
