@@ -111,6 +111,10 @@ for m in "${MODES[@]}"; do
     die "unknown mode '$m' in BENCH_MODES (simple, extended, prepared)"
 done
 
+# Thousands of idle clients need as many descriptors, here and in the
+# proxies this script starts.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 # pgbench and psql take these from the environment; every connection here
 # names its host, port, user and database itself.
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE \
@@ -333,8 +337,10 @@ pg_port=""
 # of a proxy (idle ones included).
 pg_max_connections=$((CLIENTS + 30))
 ((pg_max_connections < 100)) && pg_max_connections=100
-if [[ $POOL_MODE == session ]] && ((IDLE + 30 > pg_max_connections)); then
-  pg_max_connections=$((IDLE + 30))
+# (PgBouncer keeps its idle clients' server connections open while
+# rowgate's are measured.)
+if [[ $POOL_MODE == session ]] && ((2 * IDLE + 30 > pg_max_connections)); then
+  pg_max_connections=$((2 * IDLE + 30))
 fi
 for _ in 1 2 3 4 5; do
   port=$(free_port)
@@ -573,10 +579,12 @@ check_forwarded() {
     prepared=$seen
     seen=${seen//\$1/$marker}
   else
-    # Nothing prepared: catch the statement running, under pgbench.
+    # Nothing prepared (or, in transaction pooling, prepared under a shared
+    # name no member sees): catch the statement running, under pgbench,
+    # with a session per transaction (-C), which rowgate never prepares.
     printf '%s;\n' "$lookup" >"$work/marker.sql"
     PGPASSWORD=$member_password "$pgbench" -h 127.0.0.1 -p "${rowgate_port[$v]}" -U "$MEMBER" -n \
-      -M simple -c 2 -j 1 -T 3 -f "$work/marker.sql" "$DB" >"$work/check-$v.log" 2>&1 &
+      -M simple -C -c 2 -j 1 -T 3 -f "$work/marker.sql" "$DB" >"$work/check-$v.log" 2>&1 &
     bg=$!
     background_pids+=("$bg")
     seen=""
@@ -726,7 +734,11 @@ time.sleep(3600)
 PY
   local bg=$!
   background_pids+=("$bg")
-  read -r _ <"$fifo" || die "the idle clients did not connect: $(tail -n 5 "$work/idle.log")"
+  if ! read -r _ <"$fifo"; then
+    kill "$bg" 2>/dev/null || true
+    echo "proxy.sh: the idle clients did not connect: $(tail -n 1 "$work/idle.log")" >&2
+    return 1
+  fi
   sleep 1
   after=$(rss_kib "$pid")
   backends=$(sql postgres "SELECT count(*) FROM pg_stat_activity WHERE usename = '$UPSTREAM_ROLE'")
@@ -741,9 +753,14 @@ if ((IDLE > 0)); then
   echo
   echo "Idle clients: $IDLE, each having run one statement, held open at once ($POOL_MODE pooling)"
   printf '%-16s %14s %14s %18s\n' target "RSS +MiB" "KiB/client" "upstream backends"
-  read -r grew backends < <(measure_idle "$bouncer_port" "$UPSTREAM_ROLE" "" "$(cat "$work/pgbouncer.pid")")
-  awk -v g="$grew" -v n="$IDLE" -v b="$backends" \
-    'BEGIN { printf "%-16s %14.1f %14.1f %18d\n", "pgbouncer", g / 1024, g / n, b }'
+  grew=""
+  read -r grew backends < <(measure_idle "$bouncer_port" "$UPSTREAM_ROLE" "" "$(cat "$work/pgbouncer.pid")") || true
+  if [[ -n $grew ]]; then
+    awk -v g="$grew" -v n="$IDLE" -v b="$backends" \
+      'BEGIN { printf "%-16s %14.1f %14.1f %18d\n", "pgbouncer", g / 1024, g / n, b }'
+  else
+    printf '%-16s %s\n' pgbouncer "could not hold them open (its descriptor limit: see its log)"
+  fi
   for v in "${VARIANTS[@]}"; do
     read -r grew backends < <(measure_idle "${rowgate_port[$v]}" "$MEMBER" "$member_password" "${rowgate_pid[$v]}")
     awk -v t="rowgate:$v" -v g="$grew" -v n="$IDLE" -v b="$backends" \

@@ -200,22 +200,7 @@ fn the_unnamed_statement_follows_its_session_to_another_connection() {
         values(&bel.query("SELECT DISTINCT name FROM merchants").unwrap()),
         ["Bel Air"]
     );
-    let mut buf = BytesMut::new();
-    frontend::bind(
-        "",
-        "",
-        [],
-        [],
-        |_: (), _| Ok(postgres_protocol::IsNull::No),
-        [],
-        &mut buf,
-    )
-    .map_err(|_| ())
-    .unwrap();
-    frontend::execute("", 0, &mut buf).unwrap();
-    frontend::sync(&mut buf);
-    king.send(&buf).unwrap();
-    let ran = king.until_ready().unwrap();
+    let ran = run_prepared(&mut king, "");
     let tags: String = ran.iter().map(|m| m.tag as char).collect();
     assert_eq!(tags, "2DCZ", "{ran:?}");
     assert_eq!(values(&ran), ["King Inc"]);
