@@ -14,15 +14,19 @@ use postgres_protocol::message::frontend;
 
 const POLICY: &str = "tests/fixtures/pool/policy.yaml";
 
+/// A new database with the differential fixture's data.
+fn fixture_data(prefix: &str) -> String {
+    let c = common::cluster();
+    let db = c.create_database(prefix);
+    let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap();
+    c.connect(&db).batch_execute(&schema).unwrap();
+    db
+}
+
+/// The database the tests that only read share.
 fn fixture_db() -> &'static str {
     static DB: OnceLock<String> = OnceLock::new();
-    DB.get_or_init(|| {
-        let c = common::cluster();
-        let db = c.create_database("pool");
-        let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap();
-        c.connect(&db).batch_execute(&schema).unwrap();
-        db
-    })
+    DB.get_or_init(|| fixture_data("pool"))
 }
 
 /// A proxy pooling `size` connections; clients wait `wait` for one.
@@ -104,10 +108,7 @@ fn members_share_one_connection_and_each_sees_only_their_rows() {
         assert_eq!(error_code(&b), None, "{b:?}");
     }
     // A database of its own: other tests' pools are not counted.
-    let c = common::cluster();
-    let db = c.create_database("pool_count");
-    let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap();
-    c.connect(&db).batch_execute(&schema).unwrap();
+    let db = fixture_data("pool_count");
     let mut more: Vec<Client> = (0..6)
         .map(|i| login_to(&proxy, &db, if i % 2 == 0 { "king" } else { "bel" }, "more").0)
         .collect();

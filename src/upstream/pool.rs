@@ -134,12 +134,12 @@ impl Pools {
         self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
-    }
-
     fn pool(&self, database: &str) -> Arc<Pool> {
         let mut pools = self.by_database.lock().unwrap_or_else(|e| e.into_inner());
+        // Taken once per pooled transaction: no allocation when it exists.
+        if let Some(pool) = pools.get(database) {
+            return pool.clone();
+        }
         pools
             .entry(database.to_string())
             .or_insert_with(|| {

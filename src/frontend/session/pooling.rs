@@ -218,7 +218,9 @@ impl Session<'_> {
         if !ok || duplicate {
             let marker = if ok {
                 let refusal = Refusal::DuplicateStatement(name.to_string());
-                self.note(text, None, Some(&refusal));
+                // The audit record keeps the client's text, not the rewrite.
+                let sql = self.decided.as_ref().map(|d| d.sql.to_string());
+                self.note(sql.as_deref().unwrap_or_default(), None, Some(&refusal));
                 self.refuse(&refusal)
             } else {
                 text.to_string()

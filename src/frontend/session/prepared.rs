@@ -102,7 +102,7 @@ impl Session<'_> {
                 if let Some((auto, types)) = seen.usable_anywhere() {
                     let (name, types) = (auto.name.clone(), types.to_vec());
                     let template = seen.template.clone()?;
-                    return self.pooled_auto(sql, &shape.values, name, types, &template, io);
+                    return self.pooled_auto(sql, &shape, name, types, &template, io);
                 }
             }
             Some(seen) => {
@@ -161,7 +161,7 @@ impl Session<'_> {
         seen.template = Some(Arc::from(prepared.as_str()));
         if let Some(p) = &self.pooled {
             let name = p.auto_name(&prepared, &types);
-            return self.pooled_auto(sql, &shape.values, name, types, &prepared, io);
+            return self.pooled_auto(sql, &shape, name, types, &prepared, io);
         }
         self.autos += 1;
         self.live += 1;
@@ -297,12 +297,13 @@ impl Session<'_> {
     fn pooled_auto(
         &mut self,
         sql: &Arc<str>,
-        values: &[String],
+        shape: &autoprep::Shape,
         name: String,
         types: Vec<&'static str>,
         template: &str,
         io: &mut Io,
     ) -> Option<Bytes> {
+        let values = &shape.values;
         if !autoprep::values_fit(values, &types) {
             return None;
         }
@@ -319,8 +320,7 @@ impl Session<'_> {
             _ => {
                 let auto = Auto::new(name.clone(), cycle);
                 server.statements.insert(name.clone(), auto.clone());
-                let key = autoprep::shape(sql)?.key;
-                if let Some(seen) = self.shapes.get_mut(&key) {
+                if let Some(seen) = self.shapes.get_mut(&shape.key) {
                     seen.auto = Some((auto.clone(), types.clone()));
                 }
                 self.counters.auto_prepare.inc();
