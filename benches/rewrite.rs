@@ -80,7 +80,7 @@ fn policy() -> PolicySet {
         text: POLICY.to_string(),
     };
     match load_sources(&[source]) {
-        Ok(loaded) => loaded.policy,
+        Ok(loaded) => loaded.policy().clone(),
         Err(problems) => panic!("the bench policy does not load: {problems:?}"),
     }
 }

@@ -72,7 +72,10 @@ pub struct AuditConfig {
 pub struct AuditTable {
     /// In the schema `rowgate`.
     pub name: crate::names::RelName,
-    /// The database it is in; `None`: `upstream.database`, else `postgres`.
+    /// The data source it is in.
+    pub data_source: String,
+    /// The database it is in; `None`: the source's `database`, else
+    /// `postgres`.
     pub database: Option<String>,
 }
 
@@ -128,12 +131,18 @@ impl Audit {
     /// starts the writer thread.
     pub fn start(
         config: AuditConfig,
-        upstream: &crate::config::Upstream,
+        sources: &std::collections::BTreeMap<String, crate::config::Upstream>,
         gauges: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
     ) -> std::io::Result<Arc<Audit>> {
         let writer = Writer::open(&config.file)?;
         let (table, lines) = match &config.table {
             Some(t) => {
+                let upstream = sources.get(&t.data_source).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("audit.table: no data source `{}`", t.data_source),
+                    )
+                })?;
                 let state = Arc::new(TableState::default());
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let sink = TableSink {

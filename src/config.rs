@@ -27,6 +27,8 @@ pub const DEFAULT_PREPARE_THRESHOLD: usize = 2;
 /// The largest `instance_id`: it is the top byte of the (positive) process
 /// id of the cancel keys rowgate gives out.
 pub const MAX_INSTANCE_ID: u8 = 127;
+/// The name of the data source `upstream:` declares.
+pub const DEFAULT_DATA_SOURCE: &str = "default";
 /// The default search path pinned upstream.
 pub const DEFAULT_SEARCH_PATH: &str = "public";
 
@@ -40,10 +42,11 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Config: "a mapping with keys listen, policies, upstream, tls, tokens, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers" {
+        pub struct Config: "a mapping with keys listen, policies, upstream, upstreams, tls, tokens, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers" {
             "listen" => listen: Spanned<String> as Text,
             "policies" => policies: Spanned<String> as Text,
             "upstream" => upstream: Spanned<Upstream> as Upstream,
+            "upstreams" => upstreams: Vec<(Spanned<String>, Spanned<Upstream>)> as Entries<Upstream>,
             "tls" => tls: Spanned<Tls> as Tls,
             "tokens" => tokens: Spanned<Tokens> as Tokens,
             "search_path" => search_path: Vec<Spanned<String>> as List<Text>,
@@ -149,6 +152,7 @@ mod raw {
 pub const KEYS: &[(&str, &[&str])] = &[
     ("", raw::Config::KEYS),
     ("upstream", raw::Upstream::KEYS),
+    ("upstreams.<name>", raw::Upstream::KEYS),
     ("tls", raw::Tls::KEYS),
     ("tokens", raw::Tokens::KEYS),
     ("tokens.issuers.<name>", raw::Issuer::KEYS),
@@ -264,7 +268,9 @@ pub struct Config {
     pub path: PathBuf,
     pub listen: String,
     pub policies: PathBuf,
-    pub upstream: Upstream,
+    /// The data sources by name: `upstream:` is the one named `default`,
+    /// `upstreams:` names the others. Never empty.
+    pub sources: std::collections::BTreeMap<String, Upstream>,
     pub tls: Option<Tls>,
     /// Signed tokens as passwords, when configured.
     pub tokens: Option<crate::tokens::TokensConfig>,
@@ -303,6 +309,11 @@ pub enum Env {
 }
 
 impl Config {
+    /// The data sources' names, in order.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.keys().cloned().collect()
+    }
+
     /// Reads and validates `path`, returning every problem found.
     pub fn load(path: &Path, env: Env) -> Result<Config, Vec<Diagnostic>> {
         let (config, problems) = Self::load_all(path, env);
@@ -387,46 +398,7 @@ impl Config {
             }
         };
         let policies = relative(policies);
-        let up = raw.upstream.as_ref().map(|u| &u.value);
-        let port = match up.and_then(|u| u.port.as_ref()) {
-            None => DEFAULT_UPSTREAM_PORT,
-            Some(p) => {
-                let text = cx.string(Some(p)).unwrap_or_default();
-                match text.trim().parse::<u16>() {
-                    Ok(port) if port > 0 => port,
-                    _ if cx.env == Env::Lenient && text.contains("${") => DEFAULT_UPSTREAM_PORT,
-                    _ => {
-                        cx.error(
-                            p,
-                            format!("upstream.port: `{text}` is not a port number (1-65535)"),
-                        );
-                        DEFAULT_UPSTREAM_PORT
-                    }
-                }
-            }
-        };
-        let tls_mode = cx.choice(
-            up.and_then(|u| u.tls.as_ref()),
-            "upstream.tls",
-            &[
-                ("disable", UpstreamTls::Disable),
-                ("prefer", UpstreamTls::Prefer),
-                ("require", UpstreamTls::Require),
-            ],
-            UpstreamTls::default(),
-        );
-        let upstream = Upstream {
-            host: cx
-                .string(up.and_then(|u| u.host.as_ref()))
-                .unwrap_or_else(|| "127.0.0.1".into()),
-            port,
-            user: cx
-                .string(up.and_then(|u| u.user.as_ref()))
-                .unwrap_or_else(|| DEFAULT_UPSTREAM_USER.into()),
-            password: cx.string(up.and_then(|u| u.password.as_ref())),
-            database: cx.string(up.and_then(|u| u.database.as_ref())),
-            tls: tls_mode,
-        };
+        let sources = data_sources(&mut cx, &raw);
         let search_path = match &raw.search_path {
             None => vec![DEFAULT_SEARCH_PATH.to_string()],
             Some(list) => {
@@ -540,13 +512,18 @@ impl Config {
                 OnFailure::Refuse,
             );
             let table = a.value.table.as_ref().map(|t| {
-                if let Some(ds) = &t.value.data_source {
-                    let text = cx.string(Some(ds)).unwrap_or_default();
-                    if text != "default" {
-                        cx.error(
-                            ds,
-                            format!("audit.table.data_source: `{text}` is not a data source (this version has one, `default`: the upstream)"),
-                        );
+                let data_source = match &t.value.data_source {
+                    None => DEFAULT_DATA_SOURCE.to_string(),
+                    Some(ds) => cx.string(Some(ds)).unwrap_or_default(),
+                };
+                if !sources.contains_key(&data_source) {
+                    let msg = format!(
+                        "audit.table.data_source: `{data_source}` is not a data source (declared: {})",
+                        sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                    match &t.value.data_source {
+                        Some(ds) => cx.error(ds, msg),
+                        None => cx.error_at(t.referenced, msg),
                     }
                 }
                 let name = match &t.value.name {
@@ -571,6 +548,7 @@ impl Config {
                 };
                 crate::audit::AuditTable {
                     name,
+                    data_source,
                     database: None,
                 }
             });
@@ -677,7 +655,7 @@ impl Config {
             path: path.to_path_buf(),
             listen,
             policies,
-            upstream,
+            sources,
             tls,
             tokens,
             search_path,
@@ -695,6 +673,94 @@ impl Config {
         let mut problems = cx.problems;
         diag::sort(&mut problems);
         (config, problems)
+    }
+}
+
+/// `upstream:` (the source named `default`) and `upstreams:`; with
+/// neither, one source named `default` with every value defaulted.
+fn data_sources(
+    cx: &mut Expander<'_>,
+    raw: &raw::Config,
+) -> std::collections::BTreeMap<String, Upstream> {
+    let mut sources = std::collections::BTreeMap::new();
+    if let Some(up) = &raw.upstream {
+        sources.insert(
+            DEFAULT_DATA_SOURCE.to_string(),
+            upstream(cx, Some(&up.value), "upstream"),
+        );
+    }
+    for (name, entry) in raw.upstreams.iter().flatten() {
+        let text = &name.value;
+        let key = format!("upstreams.{text}");
+        if text.is_empty() || text.contains(':') || text.contains('*') {
+            cx.error(
+                name,
+                format!("{key}: a data source's name must be non-empty, without `:` or `*`"),
+            );
+            continue;
+        }
+        if sources.contains_key(text) {
+            let why = if text == DEFAULT_DATA_SOURCE && raw.upstream.is_some() {
+                format!("{key}: `upstream:` is already the source named `{DEFAULT_DATA_SOURCE}`")
+            } else {
+                format!("{key}: declared twice")
+            };
+            cx.error(name, why);
+            continue;
+        }
+        let source = upstream(cx, Some(&entry.value), &key);
+        sources.insert(text.clone(), source);
+    }
+    if sources.is_empty() {
+        sources.insert(
+            DEFAULT_DATA_SOURCE.to_string(),
+            upstream(cx, None, "upstream"),
+        );
+    }
+    sources
+}
+
+/// One upstream server; `key` names it in messages (`upstream`,
+/// `upstreams.testing`).
+fn upstream(cx: &mut Expander<'_>, up: Option<&raw::Upstream>, key: &str) -> Upstream {
+    let port = match up.and_then(|u| u.port.as_ref()) {
+        None => DEFAULT_UPSTREAM_PORT,
+        Some(p) => {
+            let text = cx.string(Some(p)).unwrap_or_default();
+            match text.trim().parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ if cx.env == Env::Lenient && text.contains("${") => DEFAULT_UPSTREAM_PORT,
+                _ => {
+                    cx.error(
+                        p,
+                        format!("{key}.port: `{text}` is not a port number (1-65535)"),
+                    );
+                    DEFAULT_UPSTREAM_PORT
+                }
+            }
+        }
+    };
+    let tls_mode = cx.choice(
+        up.and_then(|u| u.tls.as_ref()),
+        &format!("{key}.tls"),
+        &[
+            ("disable", UpstreamTls::Disable),
+            ("prefer", UpstreamTls::Prefer),
+            ("require", UpstreamTls::Require),
+        ],
+        UpstreamTls::default(),
+    );
+    Upstream {
+        host: cx
+            .string(up.and_then(|u| u.host.as_ref()))
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        port,
+        user: cx
+            .string(up.and_then(|u| u.user.as_ref()))
+            .unwrap_or_else(|| DEFAULT_UPSTREAM_USER.into()),
+        password: cx.string(up.and_then(|u| u.password.as_ref())),
+        database: cx.string(up.and_then(|u| u.database.as_ref())),
+        tls: tls_mode,
     }
 }
 
@@ -947,9 +1013,10 @@ mod tests {
         let c = parse("upstream:\n  password: ${PW}\n").unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.policies, PathBuf::from("conf/policies"));
-        assert_eq!(c.upstream.password.as_deref(), Some("s3cret"));
-        assert_eq!(c.upstream.port, 5432);
-        assert_eq!(c.upstream.tls, UpstreamTls::Prefer);
+        let up = &c.sources[DEFAULT_DATA_SOURCE];
+        assert_eq!(up.password.as_deref(), Some("s3cret"));
+        assert_eq!(up.port, 5432);
+        assert_eq!(up.tls, UpstreamTls::Prefer);
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 
@@ -1066,6 +1133,54 @@ mod tests {
     }
 
     #[test]
+    fn data_sources_from_upstream_and_upstreams() {
+        // Neither: one source `default` at its defaults.
+        let c = parse("").unwrap();
+        assert_eq!(c.source_names(), [DEFAULT_DATA_SOURCE]);
+        let c = parse(
+            "upstream: { port: 5433 }\nupstreams:\n  testing: { host: t, database: wt, password: \"${PW}\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.source_names(), ["default", "testing"]);
+        assert_eq!(c.sources["default"].port, 5433);
+        let t = &c.sources["testing"];
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.database.as_deref(),
+                t.password.as_deref()
+            ),
+            ("t", DEFAULT_UPSTREAM_PORT, Some("wt"), Some("s3cret"))
+        );
+        // Without `upstream:`, only the named sources; an audit table must
+        // then name one.
+        let c =
+            parse("upstreams:\n  a: {}\n  b: {}\naudit: { file: x, table: { data_source: b } }\n")
+                .unwrap();
+        assert_eq!(c.source_names(), ["a", "b"]);
+        assert_eq!(c.audit.unwrap().table.unwrap().data_source, "b");
+        let e = parse("upstreams:\n  a: {}\naudit: { file: x, table: {} }\n").unwrap_err();
+        assert!(
+            e[0].message
+                .contains("`default` is not a data source (declared: a)"),
+            "{e:?}"
+        );
+        let e =
+            parse("upstream: {}\nupstreams:\n  default: {}\n  \"x:y\": {}\n  c: { port: nine }\n")
+                .unwrap_err();
+        let messages: Vec<&str> = e.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "upstreams.default: `upstream:` is already the source named `default`",
+                "upstreams.x:y: a data source's name must be non-empty, without `:` or `*`",
+                "upstreams.c.port: `nine` is not a port number (1-65535)",
+            ]
+        );
+    }
+
+    #[test]
     fn every_problem_in_order_and_the_config_as_far_as_it_tells() {
         let env = |name: &str| (name == "PW").then(|| "s3cret".to_string());
         let text = "\
@@ -1083,7 +1198,7 @@ search_path: [a, [b]]
             [
                 "conf/proxy.yaml:1:6: tls: `key` is missing (the key file, in PEM)",
                 "conf/proxy.yaml:1:21: unknown field `ca`, expected one of cert, key",
-                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, tls, tokens, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers",
+                "conf/proxy.yaml:2:1: unknown field `listne`, expected one of listen, policies, upstream, upstreams, tls, tokens, search_path, catalog, metrics, audit, pool, instance_id, peers, max_connections, max_message_bytes, prepare_threshold, workers",
                 "conf/proxy.yaml:3:11: environment variable `NOPE` is not set",
                 "conf/proxy.yaml:4:13: unknown field `hots`, expected one of host, port, user, password, database, tls",
                 "conf/proxy.yaml:4:28: upstream.port: `0x10` is not a port number (1-65535)",
@@ -1093,7 +1208,10 @@ search_path: [a, [b]]
         // A `policies` value with a problem cannot say where the policies
         // are: the default stands in.
         assert_eq!(config.policies, PathBuf::from("conf/policies"));
-        assert_eq!(config.upstream.password.as_deref(), Some("s3cret"));
+        assert_eq!(
+            config.sources[DEFAULT_DATA_SOURCE].password.as_deref(),
+            Some("s3cret")
+        );
         assert_eq!(config.tls.unwrap().cert, PathBuf::from("conf/c.pem"));
         assert_eq!(config.search_path, ["a"]);
     }

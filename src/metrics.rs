@@ -211,13 +211,39 @@ pub async fn upstream_reachable(host: &str, port: u16) -> bool {
     )
 }
 
+/// `/readyz`: ready while at least one data source's server accepts
+/// connections (every instance shares the sources, so taking one out of
+/// a load balancer because another source is down would only add an
+/// outage); the body names each source that does not.
+async fn readiness(upstreams: &[(String, String, u16)]) -> (hyper::StatusCode, String) {
+    let mut down = Vec::new();
+    for (name, host, port) in upstreams {
+        if !upstream_reachable(host, *port).await {
+            down.push(name.as_str());
+        }
+    }
+    if down.is_empty() {
+        (hyper::StatusCode::OK, "ready\n".to_string())
+    } else if down.len() < upstreams.len() {
+        let body = format!("ready\nnot reachable: data source {}\n", down.join(", "));
+        (hyper::StatusCode::OK, body)
+    } else if upstreams.len() == 1 {
+        let body = "the upstream server is not reachable\n".to_string();
+        (hyper::StatusCode::SERVICE_UNAVAILABLE, body)
+    } else {
+        let body = "no data source's upstream server is reachable\n".to_string();
+        (hyper::StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
 /// Serves the metrics and health endpoints on `listener` until the
-/// process ends.
+/// process ends; `upstreams` are the data sources (name, host, port).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    upstream: (String, u16),
+    upstreams: Vec<(String, String, u16)>,
 ) {
+    let upstreams = Arc::new(upstreams);
     use http_body_util::Full;
     use hyper::body::Bytes;
     use hyper::{Request, Response, StatusCode};
@@ -231,25 +257,16 @@ pub async fn serve(
             }
         };
         let metrics = metrics.clone();
-        let upstream = upstream.clone();
+        let upstreams = upstreams.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
-                let upstream = upstream.clone();
+                let upstreams = upstreams.clone();
                 async move {
                     let (status, body) = match (req.method().as_str(), req.uri().path()) {
                         ("GET", "/metrics") => (StatusCode::OK, metrics.render()),
                         ("GET", "/healthz") => (StatusCode::OK, "ok\n".to_string()),
-                        ("GET", "/readyz") => {
-                            if upstream_reachable(&upstream.0, upstream.1).await {
-                                (StatusCode::OK, "ready\n".to_string())
-                            } else {
-                                (
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    "the upstream server is not reachable\n".to_string(),
-                                )
-                            }
-                        }
+                        ("GET", "/readyz") => readiness(&upstreams).await,
                         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                     };
                     let mut response = Response::new(Full::new(Bytes::from(body)));

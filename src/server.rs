@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::frontend::session::{self, Shared};
+use crate::frontend::session::{self, DataSource, Shared};
 use crate::frontend::sqlstate;
 use crate::policy;
 use crate::upstream::pool::Pools;
@@ -121,15 +121,17 @@ pub struct Server {
 impl Server {
     /// Loads the policies and binds the listen address.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
-        let loaded = policy::load_path(&config.policies).map_err(|problems| {
-            ServeError::Policies(
-                problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
+        let loaded = policy::load_path_for(&config.policies, &config.source_names()).map_err(
+            |problems| {
+                ServeError::Policies(
+                    problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            },
+        )?;
         for w in &loaded.warnings {
             warn!("{w}");
         }
@@ -148,7 +150,7 @@ impl Server {
             Some(a) => {
                 let gauges = (metrics.audit_queue.clone(), metrics.audit_lost.clone());
                 Some(
-                    crate::audit::Audit::start(a.clone(), &config.upstream, Some(gauges))
+                    crate::audit::Audit::start(a.clone(), &config.sources, Some(gauges))
                         .map_err(|e| ServeError::Audit(a.file.display().to_string(), e))?,
                 )
             }
@@ -171,16 +173,29 @@ impl Server {
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| ServeError::Listen(config.listen.clone(), e))?;
-        let pools = (config.pool.mode == crate::config::PoolMode::Transaction).then(|| {
-            let path = crate::rewrite::path_text(&config.search_path);
-            let pools = Pools::new(config.pool.clone(), config.upstream.clone(), &path);
-            tokio::spawn(pools.clone().maintain());
-            pools
-        });
+        let path = crate::rewrite::path_text(&config.search_path);
+        let pooled = config.pool.mode == crate::config::PoolMode::Transaction;
+        let sources = config
+            .sources
+            .iter()
+            .map(|(name, upstream)| {
+                let pools = pooled.then(|| {
+                    let pools = Pools::new(config.pool.clone(), upstream.clone(), &path);
+                    tokio::spawn(pools.clone().maintain());
+                    pools
+                });
+                let source = DataSource {
+                    name: name.clone(),
+                    upstream: upstream.clone(),
+                    catalog: LiveCatalog::new(upstream.clone()),
+                    pools,
+                };
+                (name.clone(), Arc::new(source))
+            })
+            .collect();
         let shared = Arc::new(Shared {
-            upstream: config.upstream.clone(),
-            policy: ArcSwap::from_pointee(loaded.policy),
-            catalog: LiveCatalog::new(config.upstream.clone()),
+            sources,
+            policy: ArcSwap::from_pointee(loaded.policies),
             cancels: Default::default(),
             search_path: config.search_path.clone(),
             max_message: config.max_message_bytes,
@@ -193,7 +208,6 @@ impl Server {
             audit,
             instance: config.instance_id,
             peers: config.peers.clone(),
-            pools,
             tokens,
         });
         Ok(Server {
@@ -224,7 +238,11 @@ impl Server {
                     tokio::spawn(crate::metrics::serve(
                         listener,
                         self.shared.metrics.clone(),
-                        (self.config.upstream.host.clone(), self.config.upstream.port),
+                        self.config
+                            .sources
+                            .iter()
+                            .map(|(n, u)| (n.clone(), u.host.clone(), u.port))
+                            .collect(),
                     ));
                 }
                 Err(e) => return Err(ServeError::Listen(addr.clone(), e)),
@@ -321,7 +339,7 @@ impl Server {
                 }
             }
         }
-        match policy::load_path(&self.config.policies) {
+        match policy::load_path_for(&self.config.policies, &self.config.source_names()) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     warn!("{w}");
@@ -330,10 +348,10 @@ impl Server {
                 if let Some(audit) = &self.shared.audit {
                     audit.record(
                         "reload",
-                        reload_fields(&old, &loaded.policy, self.shared.instance),
+                        reload_fields(&old, &loaded.policies, self.shared.instance),
                     );
                 }
-                self.shared.policy.store(Arc::new(loaded.policy));
+                self.shared.policy.store(Arc::new(loaded.policies));
                 self.shared.metrics.reloaded(true);
                 info!("policies reloaded");
             }
@@ -360,18 +378,39 @@ impl Server {
 /// removed, and those whose access (role, groups, grants, attribute
 /// values, filters) is not what it was.
 fn reload_fields(
-    old: &policy::PolicySet,
-    new: &policy::PolicySet,
+    old: &policy::Policies,
+    new: &policy::Policies,
     instance: u8,
 ) -> serde_json::Map<String, serde_json::Value> {
-    let names = |p: &policy::PolicySet| -> std::collections::BTreeSet<String> {
-        p.users.keys().cloned().collect()
+    let names = |p: &policy::Policies| -> std::collections::BTreeSet<String> {
+        p.main().users.keys().cloned().collect()
     };
     let (before, after) = (names(old), names(new));
-    let changed: Vec<&String> = before
-        .intersection(&after)
-        .filter(|u| old.access(u) != new.access(u))
-        .collect();
+    let several = new.iter().count() > 1;
+    let mut changed = std::collections::BTreeSet::new();
+    // Tables whose row rules were added, removed or changed (named with
+    // their data source when there are several).
+    let mut tables = Vec::new();
+    for (source, new) in new.iter() {
+        let Some(old) = old.get(source) else { continue };
+        changed.extend(
+            before
+                .intersection(&after)
+                .filter(|u| old.access(u) != new.access(u))
+                .cloned(),
+        );
+        let keys: std::collections::BTreeSet<_> =
+            old.tables.keys().chain(new.tables.keys()).collect();
+        for t in keys {
+            if old.tables.get(t) != new.tables.get(t) {
+                tables.push(if several {
+                    format!("{source}:{t}")
+                } else {
+                    t.to_string()
+                });
+            }
+        }
+    }
     let mut m = serde_json::Map::new();
     m.insert("instance".into(), instance.into());
     m.insert("decision".into(), "reloaded".into());
@@ -393,18 +432,8 @@ fn reload_fields(
     );
     m.insert(
         "users_changed".into(),
-        changed.into_iter().cloned().collect::<Vec<_>>().into(),
+        changed.into_iter().collect::<Vec<_>>().into(),
     );
-    // Tables whose row rules were added, removed or changed.
-    let tables: Vec<String> = old
-        .tables
-        .keys()
-        .chain(new.tables.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|t| old.tables.get(*t) != new.tables.get(*t))
-        .map(|t| t.to_string())
-        .collect();
     m.insert("tables_changed".into(), tables.into());
     m
 }

@@ -1142,7 +1142,7 @@ tls:
     assert_lines(
         &out.stderr,
         &[
-            "proxy.yaml:1:1: unknown field `listne`, expected one of listen, policies, upstream, tls...",
+            "proxy.yaml:1:1: unknown field `listne`, expected one of listen, policies, upstream, upstreams, tls...",
             "proxy.yaml:4:3: unknown field `hots`, expected one of host, port, user, password, database, tls...",
             "proxy.yaml:9:3: unknown field `ca`, expected one of cert, key...",
             "3 problem(s) found",
@@ -1169,7 +1169,7 @@ fn check_still_checks_the_policies_when_proxy_yaml_has_an_unknown_key() {
     assert_lines(
         &out.stderr,
         &[
-            "proxy.yaml:2:1: unknown field `listen_addr`, expected one of listen, policies, upstream, tls...",
+            "proxy.yaml:2:1: unknown field `listen_addr`, expected one of listen, policies, upstream, upstreams, tls...",
             "policies/users.yaml:4:11: user `bob`: unknown role `root` (expected admin, analyst or member)",
             "2 problem(s) found",
         ],

@@ -25,7 +25,7 @@ use rowgate::rewrite::{self, Context, OfflineCatalog};
 fn rewritten_queries_return_exactly_what_native_rls_returns() {
     let loaded = rowgate::policy::load_path(Path::new(common::rls::POLICY))
         .unwrap_or_else(|e| panic!("fixture policy: {e:?}"));
-    let policy = &loaded.policy;
+    let policy = loaded.policy();
     let catalog = OfflineCatalog::new(policy);
     let search_path = rewrite::default_search_path();
 

@@ -26,6 +26,8 @@ const SECURITY: &str = "docs/security.md";
 const EXAMPLE: &str = "proxy.example.yaml";
 /// The variable the example's `upstream.password` expands.
 const PASSWORD_VAR: &str = "ROWGATE_UPSTREAM_PASSWORD";
+/// The password variable of the example's second data source.
+const TESTING_PASSWORD_VAR: &str = "ROWGATE_TESTING_PASSWORD";
 /// The variable the example's token secret expands.
 const SECRET_VAR: &str = "ROWGATE_EMBED_SECRET";
 
@@ -127,12 +129,12 @@ fn config_defaults(path: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("listen", d.listen.clone()),
         ("policies", d.policies.display().to_string()),
-        ("upstream.host", d.upstream.host.clone()),
-        ("upstream.port", d.upstream.port.to_string()),
-        ("upstream.user", d.upstream.user.clone()),
+        ("upstream.host", d.sources["default"].host.clone()),
+        ("upstream.port", d.sources["default"].port.to_string()),
+        ("upstream.user", d.sources["default"].user.clone()),
         (
             "upstream.tls",
-            format!("{:?}", d.upstream.tls).to_ascii_lowercase(),
+            format!("{:?}", d.sources["default"].tls).to_ascii_lowercase(),
         ),
         ("search_path", format!("[{}]", d.search_path.join(", "))),
         ("max_connections", d.max_connections.to_string()),
@@ -367,7 +369,11 @@ fn the_reference_lists_exactly_the_config_keys_with_their_defaults() {
         );
     }
     let d = Config::parse(Path::new("proxy.yaml"), "", Env::Require, |_| None).unwrap();
-    assert!(d.upstream.password.is_none() && d.upstream.database.is_none() && d.tls.is_none());
+    assert!(
+        d.sources["default"].password.is_none()
+            && d.sources["default"].database.is_none()
+            && d.tls.is_none()
+    );
     assert!(d.workers.is_none());
     for key in ["upstream.password", "upstream.database", "tls", "workers"] {
         assert!(
@@ -406,7 +412,7 @@ fn the_reference_lists_exactly_the_policy_keys_with_their_defaults() {
         text: "users:\n  u: { password: \"SCRAM-SHA-256$4096:0GGE1H9DNEVdR81J8HbvyQ==$rFOHGYonHZVbH2w0K1ua6Mnd1JAuotn3UVvMw023ehY=:1cjFhljiPXhtrpNqhTiu0wmF5EEBvzBfFtLb471GnPk=\" }\n".into(),
     }])
     .expect("a user with a password only is valid");
-    let role = loaded.policy.users["u"].role.name();
+    let role = loaded.policy().users["u"].role.name();
     assert!(
         row("users.<name>.role")[2].contains(&format!("`{role}`")),
         "the default role is `{role}`; docs/reference.md says {:?}",
@@ -504,8 +510,11 @@ fn the_example_config_shows_every_key_and_only_real_ones() {
 fn the_example_config_is_valid_and_shows_the_defaults() {
     let text = read(EXAMPLE);
     let path = Path::new(EXAMPLE);
-    let lookup =
-        |name: &str| (name == PASSWORD_VAR || name == SECRET_VAR).then(|| "secret".to_string());
+    let lookup = |name: &str| {
+        [PASSWORD_VAR, SECRET_VAR, TESTING_PASSWORD_VAR]
+            .contains(&name)
+            .then(|| "secret".to_string())
+    };
 
     // `rowgate check` with the variable set, `explain` without it.
     let config = Config::parse(path, &text, Env::Require, lookup)
@@ -524,16 +533,16 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
     let all = uncommented(&text);
     let full = Config::parse(path, &all, Env::Require, lookup)
         .unwrap_or_else(|e| panic!("{EXAMPLE} with every key written out: {e:?}\n{all}"));
-    assert!(full.tls.is_some() && full.upstream.database.is_some());
+    assert!(full.tls.is_some() && full.sources["default"].database.is_some());
     let shown = [
         ("listen", full.listen.clone()),
         ("policies", full.policies.display().to_string()),
-        ("upstream.host", full.upstream.host.clone()),
-        ("upstream.port", full.upstream.port.to_string()),
-        ("upstream.user", full.upstream.user.clone()),
+        ("upstream.host", full.sources["default"].host.clone()),
+        ("upstream.port", full.sources["default"].port.to_string()),
+        ("upstream.user", full.sources["default"].user.clone()),
         (
             "upstream.tls",
-            format!("{:?}", full.upstream.tls).to_ascii_lowercase(),
+            format!("{:?}", full.sources["default"].tls).to_ascii_lowercase(),
         ),
         ("search_path", format!("[{}]", full.search_path.join(", "))),
         ("max_connections", full.max_connections.to_string()),

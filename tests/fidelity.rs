@@ -184,8 +184,8 @@ fn postgresql_plans_the_forwarded_text_as_the_original() {
         .batch_execute(&std::fs::read_to_string(SCHEMA).unwrap())
         .unwrap();
     let loaded = rowgate::policy::load_path(Path::new(POLICY)).unwrap();
-    let access = loaded.policy.access("analyst").unwrap();
-    let catalog = OfflineCatalog::new(&loaded.policy);
+    let access = loaded.policy().access("analyst").unwrap();
+    let catalog = OfflineCatalog::new(loaded.policy());
     let path = rewrite::default_search_path();
     let cx = Context::new(&access, &catalog, &path);
     let plan = |client: &mut postgres::Client, sql: &str| -> Result<Vec<String>, String> {

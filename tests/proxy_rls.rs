@@ -388,7 +388,7 @@ fn show_access_and_explain_answer_for_the_session_user() {
     // As `rowgate access` prints it.
     let loaded = rowgate::policy::load_path(Path::new(rls::POLICY)).unwrap();
     let printed =
-        rowgate::cli::access::render(&loaded.policy, &loaded.policy.access("king").unwrap());
+        rowgate::cli::access::render(loaded.policy(), &loaded.policy().access("king").unwrap());
     assert_eq!(access, printed.lines().collect::<Vec<_>>());
 
     let explained = lines(

@@ -83,7 +83,7 @@ fn load_policy() -> PolicySet {
                 "the fixture policy has warnings: {:?}",
                 loaded.warnings
             );
-            loaded.policy
+            loaded.policy().clone()
         }
         Err(diagnostics) => {
             let text: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();

@@ -107,7 +107,7 @@ fn fixture() -> &'static Fixture {
             text: POLICY.to_string(),
         };
         let policy = match load_sources(&[source]) {
-            Ok(loaded) => loaded.policy,
+            Ok(loaded) => loaded.policy().clone(),
             Err(problems) => panic!("the test policy does not load: {problems:?}"),
         };
         let users = USERS

@@ -299,7 +299,7 @@ users:
         "proxy.yaml:22:14: tokens.plaintext: `sometimes` is not one of never, local, always",
         "policies/p.yaml:6:33: undefined attribute `tier`",
         "policies/p.yaml:7:13: access: `everything` is not read-only or read-write",
-        "policies/p.yaml:8:20: undeclared data source `production` (this version has one, `default`",
+        "policies/p.yaml:8:20: undeclared data source `production` (proxy.yaml declares default)",
         "policies/p.yaml:10:16: access: `write` is not read-only or read-write",
         "policies/p.yaml:10:44: undeclared data source `testing`",
     ];

@@ -12,13 +12,18 @@ pub struct Args {
     config: ConfigArg,
     #[command(flatten)]
     who: super::Who,
+    /// The database a client would name: it chooses the data source, as
+    /// a session's does (default: the user's default source).
+    #[arg(long)]
+    database: Option<String>,
 }
 
 pub fn run(args: &Args) -> u8 {
-    let Some(view) = super::load_who(&args.config.config, &args.who) else {
+    let Some(view) = super::load_who(&args.config.config, &args.who, args.database.as_deref())
+    else {
         return FAILED;
     };
-    print!("{}", render(&view.loaded.policy, &view.access));
+    print!("{}", render(&view.policy, &view.access));
     OK
 }
 
@@ -57,6 +62,27 @@ pub fn render(policy: &PolicySet, access: &Access) -> String {
             AccessLevel::ReadWrite => "; writes are not supported yet: statements stay read-only",
         };
         let _ = writeln!(out, "access: {} ({}){note}", level.name(), from.join(", "));
+    }
+
+    let several = policy.data_source != crate::policy::DEFAULT_DATA_SOURCE
+        || !access.data_sources.is_empty()
+        || access.default_data_source.is_some();
+    if several {
+        let _ = writeln!(out, "data source: {}", policy.data_source);
+        let usable: Vec<String> = access
+            .data_sources
+            .iter()
+            .map(|(s, o)| format!("{s} ({o})"))
+            .collect();
+        let usable = if usable.is_empty() {
+            "every one".to_string()
+        } else {
+            usable.join(", ")
+        };
+        let _ = writeln!(out, "data sources: {usable}");
+        if let Some((d, o)) = &access.default_data_source {
+            let _ = writeln!(out, "default data source: {d} ({o})");
+        }
     }
 
     let _ = writeln!(out, "attributes:");

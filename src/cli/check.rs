@@ -23,10 +23,10 @@ pub fn run(config_path: &Path) -> u8 {
             crate::diag::sort(&mut problems);
         }
     }
-    match policy::load_path(&config.policies) {
+    match policy::load_path_for(&config.policies, &config.source_names()) {
         Ok(loaded) if problems.is_empty() => {
             super::print_problems(&loaded.warnings);
-            let p = &loaded.policy;
+            let p = loaded.policy();
             println!(
                 "ok: {} and {} policy file(s): {} attribute(s), {} group(s), {} user(s), {} table rule(s), {} warning(s)",
                 config_path.display(),

@@ -17,9 +17,10 @@ pub struct Args {
     /// the config's `search_path`).
     #[arg(long, value_delimiter = ',')]
     search_path: Option<Vec<String>>,
-    /// Read the catalog of this upstream database (as `upstream.user`) and
-    /// rewrite exactly as the proxy would for a session on it: with its
-    /// relations, functions and column types.
+    /// The database a client would name: it chooses the data source as a
+    /// session's does; the catalog of that source's database is read (as
+    /// its `user`) and the statement rewritten exactly as the proxy would
+    /// for a session on it: with its relations, functions and column types.
     #[arg(long)]
     database: Option<String>,
     /// The statement(s).
@@ -27,14 +28,15 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let Some(view) = super::load_who(&args.config.config, &args.who) else {
+    let Some(view) = super::load_who(&args.config.config, &args.who, args.database.as_deref())
+    else {
         return FAILED;
     };
     let offline;
     let live;
     let catalog: &dyn Catalog = match &args.database {
         None => {
-            offline = OfflineCatalog::new(&view.loaded.policy);
+            offline = OfflineCatalog::new(&view.policy);
             &offline
         }
         Some(database) => {
@@ -48,7 +50,12 @@ pub fn run(args: &Args) -> u8 {
                     return FAILED;
                 }
             };
-            let upstream = crate::upstream::LiveCatalog::new(view.config.upstream.clone());
+            let Some(source) = view.config.sources.get(&view.policy.data_source) else {
+                eprintln!("error: no data source {}", view.policy.data_source);
+                return FAILED;
+            };
+            let database = source.database.as_deref().unwrap_or(database);
+            let upstream = crate::upstream::LiveCatalog::new(source.clone());
             match runtime.block_on(upstream.get(database)) {
                 Ok(snapshot) => {
                     live = snapshot;

@@ -76,8 +76,38 @@ impl Cli {
 /// user's resolved access.
 struct UserView {
     config: Config,
+    /// The policy set of the data source the user's session would use.
+    policy: std::sync::Arc<crate::policy::PolicySet>,
+    access: crate::policy::Access,
+}
+
+/// The access of a user (or token holder) resolved on every source's
+/// policies, taken to the data source a session naming `database` would
+/// use, as a session is.
+fn on_source(
+    config: Config,
     loaded: Loaded,
     access: crate::policy::Access,
+    database: Option<&str>,
+) -> Option<UserView> {
+    let policies = &loaded.policies;
+    let source = match policies.choose(&access, database.unwrap_or("")) {
+        Ok(s) => s,
+        Err(refusal) => {
+            eprintln!("rowgate: {refusal}");
+            return None;
+        }
+    };
+    let policy = policies.get(&source)?.clone();
+    let Some(access) = policy.reresolve(&access) else {
+        eprintln!("rowgate: the user does not resolve on data source {source}");
+        return None;
+    };
+    Some(UserView {
+        config,
+        policy,
+        access,
+    })
 }
 
 /// Who `explain` and `access` work for: a declared user (`--user`) or the
@@ -96,10 +126,10 @@ pub struct Who {
 
 /// Loads the config (leniently: these commands never go upstream), its
 /// policies and the access of `who`, printing problems to stderr.
-fn load_who(config: &Path, who: &Who) -> Option<UserView> {
+fn load_who(config: &Path, who: &Who, database: Option<&str>) -> Option<UserView> {
     match (&who.user, &who.token) {
-        (Some(user), _) => load_user(config, user),
-        (None, Some(token)) => load_token(config, token),
+        (Some(user), _) => load_user(config, user, database),
+        (None, Some(token)) => load_token(config, token, database),
         (None, None) => None,
     }
 }
@@ -107,7 +137,7 @@ fn load_who(config: &Path, who: &Who) -> Option<UserView> {
 /// As [`load_user`], for the holder of a signed token: the token is
 /// verified (signature, issuer, audience, times) and its claims resolved
 /// exactly as a token login does.
-fn load_token(config_path: &Path, token: &str) -> Option<UserView> {
+fn load_token(config_path: &Path, token: &str, database: Option<&str>) -> Option<UserView> {
     let config = match Config::load(config_path, Env::Lenient) {
         Ok(c) => c,
         Err(problems) => {
@@ -129,7 +159,7 @@ fn load_token(config_path: &Path, token: &str) -> Option<UserView> {
             return None;
         }
     };
-    let loaded = match policy::load_path(&config.policies) {
+    let loaded = match policy::load_path_for(&config.policies, &config.source_names()) {
         Ok(loaded) => loaded,
         Err(problems) => {
             print_problems(&problems);
@@ -138,7 +168,7 @@ fn load_token(config_path: &Path, token: &str) -> Option<UserView> {
     };
     // The user a client would connect as is the token's own `sub`.
     let sub = crate::tokens::unverified_sub(token).unwrap_or_default();
-    if loaded.policy.users.contains_key(&sub) {
+    if loaded.policy().users.contains_key(&sub) {
         eprintln!("rowgate: token refused: `{sub}` is a declared user, who logs in with SCRAM, never a token");
         return None;
     }
@@ -147,16 +177,12 @@ fn load_token(config_path: &Path, token: &str) -> Option<UserView> {
         .map_err(|r| r.reason)
         .and_then(|v| {
             loaded
-                .policy
+                .policy()
                 .token_identity(&v.issuer, &v.token_id, &v.claims)
-                .and_then(|identity| loaded.policy.token_access(&identity))
+                .and_then(|identity| loaded.policy().token_access(&identity))
         });
     match access {
-        Ok(access) => Some(UserView {
-            config,
-            loaded,
-            access,
-        }),
+        Ok(access) => on_source(config, loaded, access, database),
         Err(reason) => {
             eprintln!("rowgate: token refused: {reason}");
             None
@@ -166,7 +192,7 @@ fn load_token(config_path: &Path, token: &str) -> Option<UserView> {
 
 /// Loads the config (leniently: these commands never go upstream), its
 /// policies and `user`'s access, printing problems to stderr.
-fn load_user(config: &Path, user: &str) -> Option<UserView> {
+fn load_user(config: &Path, user: &str, database: Option<&str>) -> Option<UserView> {
     let config = match Config::load(config, Env::Lenient) {
         Ok(c) => c,
         Err(problems) => {
@@ -174,22 +200,18 @@ fn load_user(config: &Path, user: &str) -> Option<UserView> {
             return None;
         }
     };
-    let loaded = match policy::load_path(&config.policies) {
+    let loaded = match policy::load_path_for(&config.policies, &config.source_names()) {
         Ok(loaded) => loaded,
         Err(problems) => {
             print_problems(&problems);
             return None;
         }
     };
-    let Some(access) = loaded.policy.access(user) else {
+    let Some(access) = loaded.policy().access(user) else {
         eprintln!("rowgate: no user `{user}` in the policies");
         return None;
     };
-    Some(UserView {
-        config,
-        loaded,
-        access,
-    })
+    on_source(config, loaded, access, database)
 }
 
 fn print_problems(problems: &[crate::diag::Diagnostic]) {

@@ -498,7 +498,10 @@ mod tests {
             path: "p.yaml".into(),
             text: text.into(),
         };
-        crate::policy::load_sources(&[source]).unwrap().policy
+        crate::policy::load_sources(&[source])
+            .unwrap()
+            .policy()
+            .clone()
     }
 
     fn template_of(sql: &str) -> Option<String> {

@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::raw;
 use super::{
-    AccessLevel, AttrType, Filter, Grant, Group, Integration, Password, PolicySet, Role,
+    AccessLevel, AttrType, Filter, Grant, Group, Integration, Password, Policies, PolicySet, Role,
     TablePolicy, User, Values, DEFAULT_DATA_SOURCE,
 };
 use crate::diag::{self, Diagnostic, Pos};
@@ -25,14 +25,29 @@ pub struct Source {
 /// A policy set that loaded, with the warnings found on the way.
 #[derive(Debug)]
 pub struct Loaded {
-    pub policy: PolicySet,
+    /// The rules of every data source.
+    pub policies: Policies,
     pub warnings: Vec<Diagnostic>,
     pub files: Vec<PathBuf>,
+}
+
+impl Loaded {
+    /// The rules of the data source named `default`, or of the first one
+    /// (what a single-source deployment enforces).
+    pub fn policy(&self) -> &PolicySet {
+        self.policies.main()
+    }
 }
 
 /// Loads a policy directory (every `*.yaml`/`*.yml` in it, in name order) or
 /// a single file. On failure returns every problem found, sorted by position.
 pub fn load_path(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+    load_path_for(path, &[DEFAULT_DATA_SOURCE.to_string()])
+}
+
+/// [`load_path`] for a proxy whose data sources are `data_sources` (the
+/// names of `proxy.yaml`'s `upstream:`/`upstreams:`).
+pub fn load_path_for(path: &Path, data_sources: &[String]) -> Result<Loaded, Vec<Diagnostic>> {
     let io_error = |p: &Path, e: std::io::Error| {
         vec![Diagnostic::error(
             p,
@@ -66,12 +81,25 @@ pub fn load_path(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
         let text = std::fs::read_to_string(&p).map_err(|e| io_error(&p, e))?;
         sources.push(Source { path: p, text });
     }
-    load_sources(&sources)
+    load_sources_for(&sources, data_sources)
 }
 
-/// Parses, merges and validates policy sources.
+/// Parses, merges and validates policy sources, for the one data source
+/// `default`.
 pub fn load_sources(sources: &[Source]) -> Result<Loaded, Vec<Diagnostic>> {
-    let mut v = Validator::default();
+    load_sources_for(sources, &[DEFAULT_DATA_SOURCE.to_string()])
+}
+
+/// Parses, merges and validates policy sources for a proxy whose data
+/// sources are `data_sources`.
+pub fn load_sources_for(
+    sources: &[Source],
+    data_sources: &[String],
+) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut v = Validator {
+        data_sources: data_sources.to_vec(),
+        ..Validator::default()
+    };
     let mut files = Vec::new();
     for source in sources {
         if let Some(file) = v.parse(source) {
@@ -119,9 +147,27 @@ struct Validator {
     groups: BTreeMap<String, Entry<raw::Group>>,
     integrations: BTreeMap<String, Entry<raw::Integration>>,
     users: BTreeMap<String, Entry<raw::User>>,
-    tables: BTreeMap<RelName, Entry<raw::Table>>,
+    /// By the data source they are for (`None`: every source) and name.
+    tables: BTreeMap<(Option<String>, RelName), Entry<raw::Table>>,
     functions: Vec<(PathBuf, Spanned<String>)>,
     references: Vec<Reference>,
+    /// The declared data sources.
+    data_sources: Vec<String>,
+}
+
+/// A grant, for one data source or (`None`) every one.
+type Scoped<T> = (Option<String>, T);
+
+/// `production:public.orders`: the data source a policy name is for, and
+/// the rest; `None` when it names none.
+fn split_source(name: &Spanned<String>) -> (Option<String>, Spanned<String>) {
+    match name.value.split_once(':') {
+        Some((source, rest)) if !source.is_empty() && !source.contains(['"', '.', ' ']) => (
+            Some(source.to_string()),
+            Spanned::new(rest.to_string(), name.referenced, name.defined),
+        ),
+        _ => (None, name.clone()),
+    }
 }
 
 /// A `references` filter, kept with its position for the checks that need
@@ -129,6 +175,8 @@ struct Validator {
 struct Reference {
     file: PathBuf,
     pos: Pos,
+    /// The data source of the rule it is in (`None`: every source).
+    source: Option<String>,
     from: RelName,
     to: RelName,
 }
@@ -170,12 +218,21 @@ impl Validator {
             }
             for (key, value) in file.tables.unwrap_or_default() {
                 let at = pos(&key);
-                let Some(rel) = self.relation(&path, &key) else {
+                let (source, name) = split_source(&key);
+                if !self.declared_source(&path, &key, source.as_deref()) {
+                    continue;
+                }
+                let Some(rel) = self.relation(&path, &name) else {
                     continue;
                 };
+                let rel = (source, rel);
                 if let Some(first) = self.tables.get(&rel) {
+                    let shown = match &rel.0 {
+                        Some(s) => format!("{s}:{}", rel.1),
+                        None => rel.1.to_string(),
+                    };
                     let msg = format!(
-                        "table {rel} is already defined at {}:{}:{}",
+                        "table {shown} is already defined at {}:{}:{}",
                         first.file.display(),
                         first.pos.line,
                         first.pos.column
@@ -259,8 +316,34 @@ impl Validator {
         }
     }
 
-    /// A grant (`schema.table` or `schema.*`).
-    fn grant(&mut self, file: &Path, name: &Spanned<String>) -> Option<Grant> {
+    /// Whether `source` (a prefix written before a table name) is a
+    /// declared data source; reports it when not.
+    fn declared_source(&mut self, file: &Path, at: &Spanned<String>, source: Option<&str>) -> bool {
+        match source {
+            Some(s) if !self.data_sources.iter().any(|d| d == s) => {
+                let msg = format!(
+                    "`{}`: undeclared data source `{s}` (proxy.yaml declares {})",
+                    at.value,
+                    self.data_sources.join(", ")
+                );
+                self.error(file, pos(at), msg);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// A grant (`schema.table` or `schema.*`), optionally for one data
+    /// source (`testing:public.orders`).
+    fn grant(&mut self, file: &Path, written: &Spanned<String>) -> Option<Scoped<Grant>> {
+        let (source, name) = split_source(written);
+        if !self.declared_source(file, written, source.as_deref()) {
+            return None;
+        }
+        self.unscoped_grant(file, &name).map(|g| (source, g))
+    }
+
+    fn unscoped_grant(&mut self, file: &Path, name: &Spanned<String>) -> Option<Grant> {
         match names::parse_dotted(&name.value) {
             Ok(parts) => match parts.as_slice() {
                 [Part::Name(s), Part::Star] => Some(Grant::Schema(s.clone())),
@@ -283,7 +366,7 @@ impl Validator {
         }
     }
 
-    fn grants(&mut self, file: &Path, list: &Option<Vec<Spanned<String>>>) -> Vec<Grant> {
+    fn grants(&mut self, file: &Path, list: &Option<Vec<Spanned<String>>>) -> Vec<Scoped<Grant>> {
         let mut grants = Vec::new();
         for name in list.iter().flatten() {
             if let Some(g) = self.grant(file, name) {
@@ -311,23 +394,30 @@ impl Validator {
     }
 
     /// `data_sources:` and `default_data_source:`: every name must be a
-    /// declared data source; this version has one, `default` (the
-    /// `upstream:` of proxy.yaml).
+    /// declared data source.
     fn data_sources(
         &mut self,
         file: &Path,
         list: &Option<Vec<Spanned<String>>>,
         default: &Option<Spanned<String>>,
-    ) {
+    ) -> (Vec<String>, Option<String>) {
+        let mut names = Vec::new();
         for name in list.iter().flatten().chain(default) {
-            if name.value != DEFAULT_DATA_SOURCE {
+            if !self.data_sources.contains(&name.value) {
                 let msg = format!(
-                    "undeclared data source `{}` (this version has one, `{DEFAULT_DATA_SOURCE}`: the upstream of proxy.yaml)",
-                    name.value
+                    "undeclared data source `{}` (proxy.yaml declares {})",
+                    name.value,
+                    self.data_sources.join(", ")
                 );
                 self.error(file, pos(name), msg);
             }
         }
+        for name in list.iter().flatten() {
+            if !names.contains(&name.value) {
+                names.push(name.value.clone());
+            }
+        }
+        (names, default.as_ref().map(|d| d.value.clone()))
     }
 
     fn attribute_values(
@@ -410,29 +500,38 @@ impl Validator {
         }
         let types = policy.attributes.clone();
 
-        for (name, entry) in std::mem::take(&mut self.tables) {
+        let mut rules: BTreeMap<(Option<String>, RelName), TablePolicy> = BTreeMap::new();
+        for ((source, name), entry) in std::mem::take(&mut self.tables) {
             let mut filters = Vec::new();
+            let before = self.references.len();
             for f in entry.value.filters.iter().flatten() {
                 if let Some(filter) = self.filter(&entry.file, &types, &name, f) {
                     filters.push(filter);
                 }
             }
-            policy.tables.insert(name, TablePolicy { filters });
+            for r in &mut self.references[before..] {
+                r.source = source.clone();
+            }
+            rules.insert((source, name), TablePolicy { filters });
         }
-        self.check_references(&policy);
+        let mut grants: BTreeMap<(&str, String), Vec<Scoped<Grant>>> = BTreeMap::new();
 
         for (name, entry) in std::mem::take(&mut self.groups) {
             let tables = self.grants(&entry.file, &entry.value.tables);
             let attributes = self.attribute_values(&entry.file, &types, &entry.value.attributes);
             let access = self.access_level(&entry.file, &entry.value.access);
             let g = &entry.value;
-            self.data_sources(&entry.file, &g.data_sources, &g.default_data_source);
+            let (data_sources, default_data_source) =
+                self.data_sources(&entry.file, &g.data_sources, &g.default_data_source);
+            grants.insert(("group", name.clone()), tables);
             policy.groups.insert(
                 name,
                 Group {
-                    tables,
+                    tables: Vec::new(),
                     attributes,
                     access,
+                    data_sources,
+                    default_data_source,
                 },
             );
         }
@@ -444,13 +543,17 @@ impl Validator {
             let access = self
                 .access_level(&entry.file, &i.access)
                 .unwrap_or_default();
-            self.data_sources(&entry.file, &i.data_sources, &i.default_data_source);
+            let (data_sources, default_data_source) =
+                self.data_sources(&entry.file, &i.data_sources, &i.default_data_source);
+            grants.insert(("integration", name.clone()), tables);
             policy.integrations.insert(
                 name,
                 Integration {
-                    tables,
+                    tables: Vec::new(),
                     attributes,
                     access,
+                    data_sources,
+                    default_data_source,
                 },
             );
         }
@@ -512,14 +615,18 @@ impl Validator {
             let tables = self.grants(&file, &u.tables);
             let attributes = self.attribute_values(&file, &types, &u.attributes);
             let access = self.access_level(&file, &u.access);
-            self.data_sources(&file, &u.data_sources, &u.default_data_source);
+            let (data_sources, default_data_source) =
+                self.data_sources(&file, &u.data_sources, &u.default_data_source);
+            grants.insert(("user", name.clone()), tables);
             let user = User {
                 password,
                 role,
                 groups,
-                tables,
+                tables: Vec::new(),
                 attributes,
                 access,
+                data_sources,
+                default_data_source,
             };
             policy.users.insert(name, user);
         }
@@ -542,10 +649,56 @@ impl Validator {
             }
         }
 
+        // Each data source's rules: the tables and grants written for it,
+        // and those for every source that it does not write its own of.
+        let references = std::mem::take(&mut self.references);
+        let mut by_source = BTreeMap::new();
+        for source in self.data_sources.clone() {
+            let mine = |scope: &Option<String>| scope.as_deref().is_none_or(|s| s == source);
+            let mut p = policy.clone();
+            p.data_source = source.clone();
+            for ((scope, rel), rule) in &rules {
+                let applies = match scope {
+                    Some(s) => *s == source,
+                    None => !rules.contains_key(&(Some(source.clone()), rel.clone())),
+                };
+                if applies {
+                    p.tables.insert(rel.clone(), rule.clone());
+                }
+            }
+            let project = |key: (&str, &String)| -> Vec<Grant> {
+                let mut out: Vec<Grant> = Vec::new();
+                for (scope, g) in grants.get(&(key.0, key.1.clone())).into_iter().flatten() {
+                    if mine(scope) && !out.contains(g) {
+                        out.push(g.clone());
+                    }
+                }
+                out
+            };
+            for (name, g) in p.groups.iter_mut() {
+                g.tables = project(("group", name));
+            }
+            for (name, i) in p.integrations.iter_mut() {
+                i.tables = project(("integration", name));
+            }
+            for (name, u) in p.users.iter_mut() {
+                u.tables = project(("user", name));
+            }
+            let active: Vec<&Reference> = references
+                .iter()
+                .filter(|r| match &r.source {
+                    Some(s) => *s == source,
+                    None => !rules.contains_key(&(Some(source.clone()), r.from.clone())),
+                })
+                .collect();
+            self.check_references(&p, &active);
+            by_source.insert(source, p);
+        }
+
         if self.diagnostics.is_empty() {
             diag::sort(&mut warnings);
             Ok(Loaded {
-                policy,
+                policies: Policies::new(by_source),
                 warnings,
                 files,
             })
@@ -553,16 +706,17 @@ impl Validator {
             let mut all = self.diagnostics;
             all.extend(warnings);
             diag::sort(&mut all);
+            // A rule for every source is checked once per source.
+            all.dedup_by(|a, b| a.to_string() == b.to_string());
             Err(all)
         }
     }
 
     /// Every reference must name a table with a policy entry, and references
     /// must not form a cycle.
-    fn check_references(&mut self, policy: &PolicySet) {
-        let references = std::mem::take(&mut self.references);
+    fn check_references(&mut self, policy: &PolicySet, references: &[&Reference]) {
         let mut edges: HashMap<&RelName, Vec<&Reference>> = HashMap::new();
-        for r in &references {
+        for r in references.iter().copied() {
             if policy.tables.contains_key(&r.to) {
                 edges.entry(&r.from).or_default().push(r);
             } else {
@@ -665,6 +819,7 @@ impl Validator {
                         self.references.push(Reference {
                             file: file.to_path_buf(),
                             pos: pos(r),
+                            source: None,
                             from: from.clone(),
                             to: table.clone(),
                         });
@@ -739,7 +894,7 @@ mod tests {
         )
         .unwrap();
         let text = |s: &str| AttrValue::Text(s.into());
-        let policy = &loaded.policy;
+        let policy = loaded.policy();
         assert_eq!(
             policy.groups["g"].attributes["zip"],
             Values::List(vec![text("02134")])

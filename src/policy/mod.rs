@@ -11,7 +11,7 @@ mod value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-pub use load::{load_path, load_sources, Loaded, Source};
+pub use load::{load_path, load_path_for, load_sources, load_sources_for, Loaded, Source};
 pub(crate) use resolve::{and_all, select_from};
 pub use resolve::{Access, Origin, Resolved};
 pub use token::TokenIdentity;
@@ -111,8 +111,8 @@ impl AccessLevel {
     }
 }
 
-/// The one data source of this version: the `upstream:` of `proxy.yaml`.
-pub const DEFAULT_DATA_SOURCE: &str = "default";
+/// The data source `upstream:` of `proxy.yaml` declares.
+pub const DEFAULT_DATA_SOURCE: &str = crate::config::DEFAULT_DATA_SOURCE;
 
 /// A group: grants and attribute values that its members inherit.
 #[derive(Clone, Debug, Default)]
@@ -121,6 +121,10 @@ pub struct Group {
     pub attributes: BTreeMap<String, Values>,
     /// The access level it gives its members, if it says.
     pub access: Option<AccessLevel>,
+    /// The data sources its members may use (none listed: no restriction
+    /// from this group).
+    pub data_sources: Vec<String>,
+    pub default_data_source: Option<String>,
 }
 
 /// An integration (an embedding back end): the grants, attribute values
@@ -131,6 +135,8 @@ pub struct Integration {
     pub attributes: BTreeMap<String, Values>,
     /// The most its tokens may get (default read-only).
     pub access: AccessLevel,
+    pub data_sources: Vec<String>,
+    pub default_data_source: Option<String>,
 }
 
 /// How a client proves who it is.
@@ -161,6 +167,8 @@ pub struct User {
     pub attributes: BTreeMap<String, Values>,
     /// The access level of the user's own, if the entry says.
     pub access: Option<AccessLevel>,
+    pub data_sources: Vec<String>,
+    pub default_data_source: Option<String>,
 }
 
 /// One row filter of a table (SPEC §3 "Filters").
@@ -183,9 +191,12 @@ pub struct TablePolicy {
     pub filters: Vec<Filter>,
 }
 
-/// A complete, validated set of policies: what the proxy enforces.
+/// A complete, validated set of policies for one data source: what the
+/// proxy enforces on it.
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
+    /// The data source whose tables and grants these are.
+    pub data_source: String,
     pub attributes: BTreeMap<String, AttrType>,
     pub groups: BTreeMap<String, Group>,
     pub integrations: BTreeMap<String, Integration>,
@@ -217,6 +228,110 @@ impl PolicySet {
         match &login.token {
             Some(identity) => self.token_access(identity).ok(),
             None => self.access(&login.user),
+        }
+    }
+}
+
+/// Every data source's policy set. Users, groups, integrations and
+/// attributes are the same in each; tables and grants are per source.
+#[derive(Clone, Debug)]
+pub struct Policies {
+    by_source: BTreeMap<String, std::sync::Arc<PolicySet>>,
+    main: std::sync::Arc<PolicySet>,
+}
+
+/// Why a session cannot use a data source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceRefusal {
+    /// The user may not use the source the client asked for.
+    NotAllowed(String),
+    /// The client named no source the user may use, and nothing says
+    /// which one to use.
+    NoDefault,
+}
+
+impl fmt::Display for SourceRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceRefusal::NotAllowed(s) => write!(
+                f,
+                "permission denied for data source \"{}\"",
+                crate::tokens::printable(s)
+            ),
+            SourceRefusal::NoDefault => f.write_str(
+                "no data source to use: connect with the name of a data source as the database",
+            ),
+        }
+    }
+}
+
+impl Policies {
+    /// From one set per data source; a set with no source (built by hand)
+    /// stands for `default`.
+    pub fn new(by_source: BTreeMap<String, PolicySet>) -> Policies {
+        let mut by_source: BTreeMap<String, std::sync::Arc<PolicySet>> = by_source
+            .into_iter()
+            .map(|(k, v)| (k, std::sync::Arc::new(v)))
+            .collect();
+        if by_source.is_empty() {
+            let p = PolicySet {
+                data_source: DEFAULT_DATA_SOURCE.to_string(),
+                ..PolicySet::default()
+            };
+            by_source.insert(DEFAULT_DATA_SOURCE.to_string(), std::sync::Arc::new(p));
+        }
+        let main = by_source
+            .get(DEFAULT_DATA_SOURCE)
+            .or_else(|| by_source.values().next())
+            .cloned()
+            .unwrap_or_default();
+        Policies { by_source, main }
+    }
+
+    /// One policy set for the single data source `default`.
+    pub fn single(mut policy: PolicySet) -> Policies {
+        policy.data_source = DEFAULT_DATA_SOURCE.to_string();
+        Policies::new(BTreeMap::from([(DEFAULT_DATA_SOURCE.to_string(), policy)]))
+    }
+
+    /// The set of `default`, or of the first source.
+    pub fn main(&self) -> &PolicySet {
+        &self.main
+    }
+
+    pub fn get(&self, source: &str) -> Option<&std::sync::Arc<PolicySet>> {
+        self.by_source.get(source)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &std::sync::Arc<PolicySet>)> {
+        self.by_source.iter()
+    }
+
+    /// The data source a session of `access` uses when its client asked
+    /// for database `requested`: that source, if it is one (and the user
+    /// may use it); otherwise the user's default source, else `default`,
+    /// else the only source the user may use.
+    pub fn choose(&self, access: &Access, requested: &str) -> Result<String, SourceRefusal> {
+        let usable = |s: &str| access.may_use_source(s) && self.by_source.contains_key(s);
+        if self.by_source.contains_key(requested) {
+            return if usable(requested) {
+                Ok(requested.to_string())
+            } else {
+                Err(SourceRefusal::NotAllowed(requested.to_string()))
+            };
+        }
+        if let Some((d, _)) = &access.default_data_source {
+            if usable(d) {
+                return Ok(d.clone());
+            }
+        }
+        if usable(DEFAULT_DATA_SOURCE) {
+            return Ok(DEFAULT_DATA_SOURCE.to_string());
+        }
+        let mut mine = self.by_source.keys().filter(|s| usable(s));
+        match (mine.next(), mine.next()) {
+            (Some(only), None) => Ok(only.clone()),
+            _ => Err(SourceRefusal::NoDefault),
         }
     }
 }

@@ -99,9 +99,19 @@ pub struct Access {
     pub level: (AccessLevel, Vec<Origin>),
     /// The signed token's identity, for a token login.
     pub token: Option<std::sync::Arc<TokenIdentity>>,
+    /// The data sources the user may use, with what listed each; empty:
+    /// every source.
+    pub data_sources: Vec<(String, Origin)>,
+    /// The source used when a client names none, and what said so.
+    pub default_data_source: Option<(String, Origin)>,
 }
 
 impl Access {
+    /// Whether the user may use data source `source`.
+    pub fn may_use_source(&self, source: &str) -> bool {
+        self.data_sources.is_empty() || self.data_sources.iter().any(|(s, _)| s == source)
+    }
+
     /// Whether the user may use schema `schema` as a native role holding
     /// its grants could (USAGE): the system schemas, and those its grants
     /// name. PostgreSQL's name lookup skips the others.
@@ -199,6 +209,8 @@ pub(super) struct Level<'a> {
     pub origin: Origin,
     pub tables: &'a [Grant],
     pub attributes: Option<&'a BTreeMap<String, Values>>,
+    pub data_sources: &'a [String],
+    pub default_data_source: Option<&'a String>,
 }
 
 /// Who is resolved: a name, a role, and the levels in priority order.
@@ -223,6 +235,8 @@ pub(super) fn resolve(policy: &PolicySet, name: &str) -> Option<Access> {
             origin: Origin::Group(g.clone()),
             tables: &policy.groups[g].tables,
             attributes: Some(&policy.groups[g].attributes),
+            data_sources: &policy.groups[g].data_sources,
+            default_data_source: policy.groups[g].default_data_source.as_ref(),
         })
         .collect();
     // The highest level the user's entry and groups give.
@@ -250,6 +264,8 @@ pub(super) fn resolve(policy: &PolicySet, name: &str) -> Option<Access> {
                 origin: Origin::User,
                 tables: &user.tables,
                 attributes: Some(&user.attributes),
+                data_sources: &user.data_sources,
+                default_data_source: user.default_data_source.as_ref(),
             }),
             group_levels,
             base: None,
@@ -263,6 +279,8 @@ pub(super) fn resolve(policy: &PolicySet, name: &str) -> Option<Access> {
 /// base) and filters of a subject.
 pub(super) fn build(policy: &PolicySet, subject: Subject<'_>) -> Access {
     let mut grants: Vec<(Grant, Origin)> = Vec::new();
+    let mut data_sources: Vec<(String, Origin)> = Vec::new();
+    let mut default_data_source = None;
     let levels = subject
         .own
         .iter()
@@ -273,6 +291,17 @@ pub(super) fn build(policy: &PolicySet, subject: Subject<'_>) -> Access {
             if !grants.iter().any(|(have, _)| have == g) {
                 grants.push((g.clone(), level.origin.clone()));
             }
+        }
+        for s in level.data_sources {
+            if !data_sources.iter().any(|(have, _)| have == s) {
+                data_sources.push((s.clone(), level.origin.clone()));
+            }
+        }
+        // The most specific level's default wins (own > groups > base).
+        if default_data_source.is_none() {
+            default_data_source = level
+                .default_data_source
+                .map(|d| (d.clone(), level.origin.clone()));
         }
     }
 
@@ -300,6 +329,8 @@ pub(super) fn build(policy: &PolicySet, subject: Subject<'_>) -> Access {
         functions: policy.functions.clone(),
         level: subject.level,
         token: subject.token,
+        data_sources,
+        default_data_source,
     }
 }
 

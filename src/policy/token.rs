@@ -170,6 +170,8 @@ impl PolicySet {
                     origin: Origin::Group(g.clone()),
                     tables: group.map_or(&[][..], |g| &g.tables),
                     attributes: group.map(|g| &g.attributes),
+                    data_sources: group.map_or(&[][..], |g| &g.data_sources),
+                    default_data_source: group.and_then(|g| g.default_data_source.as_ref()),
                 }
             })
             .collect();
@@ -206,12 +208,16 @@ impl PolicySet {
                     origin: Origin::Token,
                     tables: &[],
                     attributes: Some(&identity.attributes),
+                    data_sources: &[],
+                    default_data_source: None,
                 }),
                 group_levels,
                 base: Some(Level {
                     origin: Origin::Integration(identity.integration.clone()),
                     tables: &integration.tables,
                     attributes: Some(&integration.attributes),
+                    data_sources: &integration.data_sources,
+                    default_data_source: integration.default_data_source.as_ref(),
                 }),
                 level,
                 token: Some(Arc::new(identity.clone())),
@@ -248,7 +254,7 @@ groups:
             path: "p.yaml".into(),
             text: POLICY.into(),
         }];
-        load_sources(&sources).unwrap().policy
+        load_sources(&sources).unwrap().policy().clone()
     }
 
     fn access(p: &PolicySet, claims: serde_json::Value) -> Result<Access, String> {
@@ -373,5 +379,69 @@ groups:
             why(json!({"integration": 3})),
             "claim `integration` is not a string"
         );
+    }
+
+    /// The data sources of a token user: the union of the integration's
+    /// and the groups' lists; the most specific default; and the source a
+    /// client's database chooses.
+    #[test]
+    fn data_sources_from_the_integration_and_groups() {
+        const SOURCES: &str = "
+integrations:
+  embed:
+    tables: [public.a, \"testing:public.t\"]
+    data_sources: [production]
+    default_data_source: production
+groups:
+  testers: { data_sources: [testing], default_data_source: testing }
+  plain: {}
+";
+        let files = [Source {
+            path: "p.yaml".into(),
+            text: SOURCES.into(),
+        }];
+        let names = [
+            "production".to_string(),
+            "testing".to_string(),
+            "other".to_string(),
+        ];
+        let loaded = crate::policy::load_sources_for(&files, &names).unwrap();
+        let policies = &loaded.policies;
+        let token = |groups: serde_json::Value| {
+            let c = serde_json::json!({"sub": "u", "integration": "embed", "groups": groups});
+            let p = policies.main();
+            let id = p
+                .token_identity("iss", "jti:1", c.as_object().unwrap())
+                .unwrap();
+            p.token_access(&id).unwrap()
+        };
+        let plain = token(serde_json::json!(["plain"]));
+        assert_eq!(policies.choose(&plain, "u").unwrap(), "production");
+        assert_eq!(
+            policies.choose(&plain, "testing").unwrap_err(),
+            crate::policy::SourceRefusal::NotAllowed("testing".into())
+        );
+        let tester = token(serde_json::json!(["testers"]));
+        // The group's default beats the integration's.
+        assert_eq!(policies.choose(&tester, "u").unwrap(), "testing");
+        assert_eq!(
+            policies.choose(&tester, "production").unwrap(),
+            "production"
+        );
+        assert!(policies.choose(&tester, "other").is_err());
+        // Grants written for one source exist on that source only.
+        let on = |source: &str| {
+            let p = policies.get(source).unwrap();
+            let id = crate::policy::TokenIdentity {
+                ..tester.token.as_deref().unwrap().clone()
+            };
+            let a = p.token_access(&id).unwrap();
+            a.grants
+                .iter()
+                .map(|(g, _)| g.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(on("testing"), ["public.a", "public.t"]);
+        assert_eq!(on("production"), ["public.a"]);
     }
 }

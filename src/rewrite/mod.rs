@@ -165,6 +165,10 @@ pub enum Refusal {
     /// UTF8 (SQLSTATE 22023): a member's session reads UTF-8 only.
     #[error("SET rowgate.view_as needs client_encoding UTF8")]
     ViewAsEncoding,
+    /// `SET rowgate.view_as` naming a user who may not use the session's
+    /// data source (SQLSTATE 42501).
+    #[error("user \"{0}\" may not use data source \"{1}\"")]
+    ViewAsSource(String, String),
 }
 
 impl Refusal {

@@ -35,7 +35,10 @@ const CACHE_ENTRIES: usize = 256;
 pub(super) struct Session<'a> {
     pub shared: &'a Shared,
     pub user: String,
+    /// The data source the session uses.
+    pub source: Arc<super::DataSource>,
     pub database: String,
+    /// The source's policy set.
     pub policy: Arc<PolicySet>,
     pub access: Access,
     pub catalog: Arc<Snapshot>,
@@ -562,20 +565,20 @@ impl Session<'_> {
     /// derived from the old one (rewrites, automatic statements) is
     /// dropped when the objects changed.
     async fn catalog_fresh(&mut self) {
-        let max_age = self.shared.catalog.max_age;
+        let max_age = self.source.catalog.max_age;
         if self.catalog.age() <= max_age {
             return;
         }
         // Another session's reload may have finished already; otherwise
         // one starts in the background and this statement goes on with
         // the snapshot it has.
-        if let Some(latest) = self.shared.catalog.latest(&self.database) {
+        if let Some(latest) = self.source.catalog.latest(&self.database) {
             if !Arc::ptr_eq(&latest, &self.catalog) {
                 self.adopt(latest);
             }
         }
         if self.catalog.age() > max_age {
-            self.shared.catalog.reload_in_background(&self.database);
+            self.source.catalog.reload_in_background(&self.database);
         }
     }
 
@@ -601,7 +604,7 @@ impl Session<'_> {
         if let Err(Refusal::UnknownTable(_) | Refusal::UnknownFunction(_)) = result {
             // A relation created since the snapshot: look again, once.
             if let Ok(fresh) = self
-                .shared
+                .source
                 .catalog
                 .refresh(&self.database, Duration::from_secs(1))
                 .await
@@ -661,11 +664,13 @@ impl Session<'_> {
     /// Takes up a reloaded policy set; false when it changed this user's
     /// access (or removed the user), which ends the session.
     fn access_unchanged(&mut self) -> bool {
-        let current = self.shared.policy.load();
+        let Some(current) = self.shared.policy.load().get(&self.source.name).cloned() else {
+            return false;
+        };
         if Arc::ptr_eq(&current, &self.policy) {
             return true;
         }
-        self.policy = current.clone();
+        self.policy = current;
         let login = self.policy.reresolve(&self.login).as_ref() == Some(&self.login);
         let viewed = match &self.viewing {
             None => true,

@@ -58,7 +58,7 @@ use super::startup::{self, First};
 use super::tags;
 use crate::audit::{Audit, Trail};
 use crate::config::Upstream;
-use crate::policy::{PolicySet, Role};
+use crate::policy::{Policies, PolicySet, Role};
 use crate::rewrite::{self, Fence, Refusal};
 use crate::tls::Stream;
 use crate::upstream::pool::{self, PoolError, Pools};
@@ -70,13 +70,26 @@ use pipeline::Pipeline;
 use pooling::Pooled;
 use relay::Io;
 
+/// One data source: its upstream server, the catalog of its databases,
+/// and its pools in transaction pooling.
+pub struct DataSource {
+    pub name: String,
+    pub upstream: Upstream,
+    pub catalog: LiveCatalog,
+    pub pools: Option<Arc<Pools>>,
+}
+
+/// Cancel keys given to clients, to the upstream session's key and the
+/// data source it is on.
+pub type Cancels = DashMap<(i32, i32), ((i32, i32), Arc<DataSource>)>;
+
 /// What every session shares.
 pub struct Shared {
-    pub upstream: Upstream,
-    pub policy: ArcSwap<PolicySet>,
-    pub catalog: LiveCatalog,
-    /// Our cancel keys, to the upstream sessions' keys.
-    pub cancels: DashMap<(i32, i32), (i32, i32)>,
+    /// The data sources, by name.
+    pub sources: std::collections::BTreeMap<String, Arc<DataSource>>,
+    pub policy: ArcSwap<Policies>,
+    /// Our cancel keys, to the upstream sessions' keys and their source.
+    pub cancels: Cancels,
     pub search_path: Vec<String>,
     /// The largest message a client may send.
     pub max_message: usize,
@@ -101,8 +114,6 @@ pub struct Shared {
     /// Every instance's address, by `instance_id` (cancel requests for
     /// another instance go there).
     pub peers: Vec<String>,
-    /// The pools, in transaction pooling.
-    pub pools: Option<Arc<Pools>>,
     /// Signed-token issuers and their keys (re-read on SIGHUP), when configured.
     pub tokens: Option<ArcSwap<crate::tokens::Verifier>>,
 }
@@ -134,6 +145,7 @@ pub async fn run(
         o => info!(
             user = log.user.as_deref().unwrap_or("-"),
             database = log.database.as_deref().unwrap_or("-"),
+            source = log.source.as_deref().unwrap_or("-"),
             client = %peer,
             outcome = %o,
             duration_ms = elapsed.as_millis() as u64,
@@ -148,6 +160,8 @@ pub async fn run(
 struct LogLine {
     user: Option<String>,
     database: Option<String>,
+    /// The data source, once chosen.
+    source: Option<String>,
     statements: u64,
     refused: u64,
     /// The session's members of audit records, once logged in.
@@ -201,8 +215,9 @@ async fn session(
         Ok(First::Cancel { pid, secret }) => {
             let instance = (pid >> 24) as u8;
             if instance == shared.instance {
-                if let Some(key) = shared.cancels.get(&(pid, secret)).map(|k| *k) {
-                    if let Err(e) = upstream::cancel(&shared.upstream, key).await {
+                let found = shared.cancels.get(&(pid, secret)).map(|k| k.clone());
+                if let Some((key, source)) = found {
+                    if let Err(e) = upstream::cancel(&source.upstream, key).await {
                         warn!("cannot forward a cancel request: {e}");
                     }
                 }
@@ -250,14 +265,14 @@ async fn session(
         }
     }
 
-    let policy = shared.policy.load_full();
+    let policies = shared.policy.load_full();
     let access = match super::login::authenticate(
         &mut stream,
         &mut buf,
         &hello,
         peer,
         shared,
-        &policy,
+        policies.main(),
     )
     .await
     {
@@ -272,7 +287,7 @@ async fn session(
     let login = access.clone();
     let (access, viewing, startup) = match startup_view_as(&hello.params, &login) {
         Ok(None) => (access, None, hello.params.clone()),
-        Ok(Some((name, params))) => match policy.access(&name) {
+        Ok(Some((name, params))) => match policies.main().access(&name) {
             Some(viewed) => (viewed, Some(name), params),
             None => {
                 let refusal = Refusal::ViewAsUnknown(name);
@@ -286,7 +301,42 @@ async fn session(
             return Outcome::Rejected(why);
         }
     };
-    let database = shared
+    // The database the client named chooses the data source (the session's
+    // own, or the viewed user's when viewing as someone); grants and
+    // filters are that source's.
+    let chosen = policies.choose(&access, &hello.database).map(|name| {
+        (
+            policies.get(&name).cloned(),
+            shared.sources.get(&name).cloned(),
+        )
+    });
+    let (policy, source) = match chosen {
+        Ok((Some(policy), Some(source))) => (policy, source),
+        Ok(_) => {
+            let why = "the data source is not configured".to_string();
+            fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
+            return Outcome::Rejected(why);
+        }
+        Err(refusal) => {
+            let why = refusal.to_string();
+            warn!(user = %hello.user, database = %hello.database, "{why}");
+            fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
+            return Outcome::Rejected(why);
+        }
+    };
+    let (login, access) = match (
+        policy.reresolve(&login),
+        reresolve_viewed(&policy, &viewing, &access),
+    ) {
+        (Some(l), Some(a)) => (l, a),
+        _ => {
+            let why = "the user no longer resolves".to_string();
+            fatal(&mut stream, sqlstate::INVALID_PASSWORD, &why).await;
+            return Outcome::Rejected(why);
+        }
+    };
+    log.source = Some(source.name.clone());
+    let database = source
         .upstream
         .database
         .clone()
@@ -300,10 +350,10 @@ async fn session(
     };
     // Members and analysts share pooled connections in transaction mode;
     // an admin (viewing as someone or not) has its own.
-    let pools = shared.pools.as_ref().filter(|_| login.role != Role::Admin);
+    let pools = source.pools.as_ref().filter(|_| login.role != Role::Admin);
     let connecting = Instant::now();
     let connected = match pools {
-        None => upstream::connect(&shared.upstream, &database, &params)
+        None => upstream::connect(&source.upstream, &database, &params)
             .await
             .map(Upstreamed::Own),
         Some(pools) => match pools.acquire(&database, &params).await {
@@ -361,7 +411,7 @@ async fn session(
     let catalog = if access.role == Role::Admin {
         Arc::new(Snapshot::default())
     } else {
-        match shared.catalog.get(&database).await {
+        match source.catalog.get(&database).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(database = %database, "cannot read the upstream catalog: {e}");
@@ -387,7 +437,7 @@ async fn session(
         Upstreamed::Pooled(server, ..) => server.key,
     };
     if let Some(upstream_key) = upstream_key {
-        shared.cancels.insert(key, upstream_key);
+        shared.cancels.insert(key, (upstream_key, source.clone()));
     }
     let _cancel = CancelGuard(&shared.cancels, key);
     let mut out = BytesMut::new();
@@ -412,7 +462,14 @@ async fn session(
 
     let nonce: u64 = rand::random();
     let audit_info = shared.audit.as_ref().map(|audit| {
-        let info = audit_fields(shared, nonce, peer, &hello.params, &database, &login);
+        let info = audit_fields(
+            shared,
+            nonce,
+            peer,
+            &hello.params,
+            (&source.name, &database),
+            &login,
+        );
         let mut first = info.clone();
         if let Some(v) = &viewing {
             first.insert("viewed_as".into(), v.clone().into());
@@ -429,6 +486,7 @@ async fn session(
     let mut session = Session {
         shared,
         user: hello.user.clone(),
+        source: source.clone(),
         database,
         policy,
         access,
@@ -496,8 +554,20 @@ enum Upstreamed {
     Pooled(pool::Server, pool::Lease, Vec<Bytes>),
 }
 
+/// The viewed user's access on the chosen source's policy set.
+fn reresolve_viewed(
+    policy: &PolicySet,
+    viewing: &Option<String>,
+    access: &crate::policy::Access,
+) -> Option<crate::policy::Access> {
+    match viewing {
+        Some(name) => policy.access(name),
+        None => policy.reresolve(access),
+    }
+}
+
 /// Removes a cancel key when its session ends.
-struct CancelGuard<'a>(&'a DashMap<(i32, i32), (i32, i32)>, (i32, i32));
+struct CancelGuard<'a>(&'a Cancels, (i32, i32));
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {

@@ -52,7 +52,7 @@ pub(super) fn audit_fields(
     nonce: u64,
     peer: SocketAddr,
     params: &[(String, String)],
-    database: &str,
+    (source, database): (&str, &str),
     access: &Access,
 ) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::Value;
@@ -69,7 +69,7 @@ pub(super) fn audit_fields(
         m.insert("application_name".into(), app.into());
     }
     m.insert("client".into(), peer.to_string().into());
-    m.insert("data_source".into(), "default".into());
+    m.insert("data_source".into(), source.into());
     m.insert("database".into(), database.into());
     m.insert(
         "role".into(),

@@ -95,7 +95,8 @@ impl Session<'_> {
         match p.pools.acquire(&self.database, &p.wanted).await {
             Ok((server, lease, _)) => {
                 if let Some(key) = server.key {
-                    self.shared.cancels.insert(self.cancel_key, key);
+                    let source = self.source.clone();
+                    self.shared.cancels.insert(self.cancel_key, (key, source));
                 }
                 p.lease = Some(lease);
                 p.unnamed_missing = p.unnamed_parse.is_some();

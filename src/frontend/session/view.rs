@@ -94,6 +94,9 @@ impl Session<'_> {
         let Some(access) = self.policy.access(&name) else {
             return Ok(Err(Refusal::ViewAsUnknown(name)));
         };
+        if !access.may_use_source(&self.source.name) {
+            return Ok(Err(Refusal::ViewAsSource(name, self.source.name.clone())));
+        }
         let answer = self
             .own_query("SELECT pg_catalog.current_setting('client_encoding')", io)
             .await?;
@@ -109,7 +112,7 @@ impl Session<'_> {
             } => return Ok(Err(Refusal::ViewAsEncoding)),
             _ => return Ok(Err(Refusal::ViewAsInTransaction)),
         }
-        let catalog = match self.shared.catalog.get(&self.database).await {
+        let catalog = match self.source.catalog.get(&self.database).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(database = %self.database, "cannot read the upstream catalog: {e}");
