@@ -520,6 +520,8 @@ fn outage(outage: Duration) {
         ("FATAL", "08006"),
         "{msg}"
     );
+    // It never had an upstream connection to lose: it could not get one.
+    assert_eq!(msg, "rowgate could not connect to the upstream database");
     assert!(closed, "{msgs:?}");
     assert!(idle_error < Duration::from_secs(2), "{idle_error:?}");
     // New logins meanwhile: an error each, quickly.
@@ -535,6 +537,10 @@ fn outage(outage: Duration) {
             .as_db_error()
             .unwrap_or_else(|| panic!("an unclear error: {e}"));
         assert_eq!(db.code().code(), "08006", "{db:?}");
+        assert_eq!(
+            db.message(),
+            "rowgate could not connect to the upstream database"
+        );
         assert!(
             took < Duration::from_secs(2),
             "a login took {took:?} to fail"
@@ -555,12 +561,12 @@ fn outage(outage: Duration) {
     for (name, handle) in loops {
         let t = join_within(handle, Duration::from_secs(20), &name);
         errors_are_clear(&name, &t, &FAULT_CODES);
-        let first_error = t.errors.first().map(|e| e.0 - stopped);
+        let first_error = t.errors.first().map(|e| e.0 - down);
         let recovered = t.ok_at.iter().find(|at| **at > up).copied();
         let recovered = recovered.unwrap_or_else(|| panic!("{name} never recovered"));
         assert!(!t.errors.is_empty(), "{name} saw no outage");
         eprintln!(
-            "{name}: {} statements, {} errors, the first {first_error:?} after the stop, rows again {:?} after the start, longest wait {:?}",
+            "{name}: {} statements, {} errors, the first {first_error:?} after the stop began, rows again {:?} after the start, longest wait {:?}",
             t.ok,
             t.errors.len(),
             recovered - up,
