@@ -608,3 +608,221 @@ fn an_outage_fails_clients_quickly_and_the_pool_recovers_on_its_own() {
 fn an_outage_of_thirty_seconds() {
     outage(Duration::from_secs(30));
 }
+
+/// A new database on the shared cluster with the fixture's data.
+fn shared_data(prefix: &str) -> String {
+    let c = common::cluster();
+    let db = c.create_database(prefix);
+    let schema = std::fs::read_to_string(SCHEMA).unwrap();
+    c.connect(&db).batch_execute(&schema).unwrap();
+    db
+}
+
+/// Statements of database `db` waiting for a lock.
+fn waiting(db: &str) -> i64 {
+    common::cluster()
+        .connect(db)
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// King's orders, natively.
+fn native_orders(db: &str) -> String {
+    let n: i64 = common::cluster()
+        .connect(db)
+        .query_one(
+            "SELECT count(*) FROM orders WHERE merchant_id IN \
+             (SELECT id FROM merchants WHERE name = 'King Inc')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    n.to_string()
+}
+
+#[test]
+fn statements_blocked_on_a_lock_hold_their_connections_others_get_53300_and_cancel_works() {
+    let db = shared_data("faults_lock");
+    let proxy = common::Proxy::start(
+        Path::new(POLICY),
+        "pool:\n  mode: transaction\n  size: 2\n  min_idle: 0\n  max_client_wait: 1s\n",
+    );
+    let mut a = proxy.connect(&db, "king", "king-pw").unwrap();
+    let mut b = proxy.connect(&db, "bel", "bel-pw").unwrap();
+    let mut c = proxy.connect(&db, "king", "king-pw").unwrap();
+    let mut d = raw_login(&proxy, &db, "bel");
+    let mut locker = common::cluster().connect(&db);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+
+    // a's statement waits for the lock, holding one of the two connections.
+    let a_cancel = a.cancel_token();
+    let a_busy = std::thread::spawn(move || {
+        let r = a
+            .query_one("SELECT count(*)::text FROM orders", &[])
+            .map(|_| ());
+        (a, r)
+    });
+    wait_for("a waits", Duration::from_secs(10), || waiting(&db) == 1);
+    // Others on the other connection are unaffected.
+    let started = Instant::now();
+    let rows = common::text_rows(&mut b, "SELECT DISTINCT name FROM merchants").unwrap();
+    assert_eq!(rows, [[Some("Bel Air".to_string())]]);
+    let unaffected = started.elapsed();
+    assert!(unaffected < Duration::from_millis(900), "{unaffected:?}");
+    // c takes the second connection and waits too.
+    let c_busy = std::thread::spawn(move || {
+        common::text_rows(&mut c, "SELECT count(*) FROM orders").map(|r| r[0][0].clone())
+    });
+    wait_for("c waits", Duration::from_secs(10), || waiting(&db) == 2);
+
+    // d waits for a connection, max_client_wait, then is told.
+    let started = Instant::now();
+    send_query(&mut d, "SELECT '<no-connection>'");
+    let (msgs, closed) = read_all(&mut d, true);
+    let waited = started.elapsed();
+    let (severity, code, msg) = first_error(&msgs).expect("an error, not silence");
+    assert_eq!(
+        (severity.as_str(), code.as_str()),
+        ("FATAL", "53300"),
+        "{msg}"
+    );
+    assert!(msg.contains("pool.max_client_wait"), "{msg}");
+    assert!(closed);
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
+        "53300 after {waited:?}"
+    );
+    // So is a new login.
+    let e = proxy
+        .connect(&db, "bel", "bel-pw")
+        .err()
+        .expect("no connection");
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("53300"), "{e}");
+
+    // a's cancel reaches a's statement, not c's on the other connection.
+    a_cancel.cancel_query(NoTls).unwrap();
+    let (mut a, r) = join_within(a_busy, Duration::from_secs(10), "a cancelled");
+    let e = r.expect_err("a's statement was cancelled");
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("57014"), "{e}");
+    assert!(!c_busy.is_finished(), "c's statement still waits");
+    assert_eq!(waiting(&db), 1);
+    // a's session lives on; its connection is free again.
+    let rows = common::text_rows(&mut a, "SELECT DISTINCT name FROM merchants").unwrap();
+    assert_eq!(rows, [[Some("King Inc".to_string())]]);
+    locker.batch_execute("COMMIT").unwrap();
+    let c_rows = join_within(c_busy, Duration::from_secs(10), "c after the lock").unwrap();
+    assert_eq!(c_rows, Some(native_orders(&db)));
+    eprintln!(
+        "lock: the other connection answered in {unaffected:?}; 53300 after {waited:?} (max_client_wait 1s)"
+    );
+}
+
+/// A server that accepts connections and never answers; stops when
+/// dropped.
+struct Stalled {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Stalled {
+    fn start() -> Stalled {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, n) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        held.push(conn);
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Stalled {
+            port,
+            stop,
+            accepted,
+        }
+    }
+}
+
+#[test]
+fn an_upstream_that_never_answers_fails_logins_within_the_connect_timeout() {
+    let stalled = Stalled::start();
+    let pool = pooled(
+        stalled.port,
+        "  size: 2\n  min_idle: 0\n  max_client_wait: 5s\n  server_connect_timeout: 1s\n",
+    );
+    let session = common::Proxy::start_upstream(stalled.port, Path::new(POLICY), "");
+    // Session mode's connections have the default limit (10 s): its login
+    // runs meanwhile.
+    let session_port = session.port;
+    let session_login = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut raw = Client::connect(session_port).unwrap();
+        let after = raw.login("bel", DB, Some("bel-pw"), &[]);
+        (after, started.elapsed())
+    });
+    let logins: Vec<_> = (0..2)
+        .map(|_| {
+            let port = pool.port;
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut raw = Client::connect(port).unwrap();
+                let after = raw.login("king", DB, Some("king-pw"), &[]);
+                (after, started.elapsed())
+            })
+        })
+        .collect();
+    let mut pooled_took = Vec::new();
+    for l in logins {
+        let (after, took) = join_within(l, Duration::from_secs(10), "a pooled login");
+        let after = after.expect("an answer, not a hang");
+        let (severity, code, msg) = first_error(&after).expect("an error");
+        assert_eq!(
+            (severity.as_str(), code.as_str()),
+            ("FATAL", "08006"),
+            "{msg}"
+        );
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        pooled_took.push(took);
+    }
+    let (after, session_took) = join_within(session_login, Duration::from_secs(20), "a login");
+    let after = after.expect("an answer, not a hang");
+    let (severity, code, msg) = first_error(&after).expect("an error");
+    assert_eq!(
+        (severity.as_str(), code.as_str()),
+        ("FATAL", "08006"),
+        "{msg}"
+    );
+    assert!(
+        session_took >= Duration::from_secs(9) && session_took < Duration::from_secs(13),
+        "{session_took:?}"
+    );
+    assert!(stalled.accepted.load(Ordering::Relaxed) >= 3);
+    assert!(pool.log().contains("was not ready for queries within 1s"));
+    eprintln!("stalled upstream: pooled logins failed after {pooled_took:?}, a session-mode login after {session_took:?}");
+}
