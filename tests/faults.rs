@@ -16,7 +16,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -248,12 +248,19 @@ struct Tally {
 }
 
 /// A member running `SELECT` statements with unique markers through
-/// `proxy`'s port until `stop`, logging in again (100 ms later) when its
+/// `port` on `db` until `stop`, logging in again (100 ms later) when its
 /// session ends; every result must be `user`'s rows. The raw client shows
 /// every message: a driver may report a session that ended with a FATAL
 /// as only "connection closed" when the end arrives with the message.
-fn run_loop(port: u16, user: &'static str, tag: &str, stop: Arc<AtomicBool>) -> JoinHandle<Tally> {
+fn run_loop(
+    port: u16,
+    db: &str,
+    user: &'static str,
+    tag: &str,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Tally> {
     let tag = tag.to_string();
+    let db = db.to_string();
     std::thread::spawn(move || {
         let mut t = Tally::default();
         let mut client: Option<Client> = None;
@@ -265,7 +272,7 @@ fn run_loop(port: u16, user: &'static str, tag: &str, stop: Arc<AtomicBool>) -> 
                 Some(c) => c,
                 None => {
                     let mut c = Client::connect(port).unwrap();
-                    let after = c.login(user, DB, Some(&password), &[]);
+                    let after = c.login(user, &db, Some(&password), &[]);
                     t.longest = t.longest.max(started.elapsed());
                     let after =
                         after.unwrap_or_else(|e| panic!("{tag}: no answer to a login: {e}"));
@@ -399,7 +406,10 @@ fn a_restart_fails_running_statements_clearly_and_the_pool_recovers_unseen() {
         .map(|i| {
             let user = ["king", "bel"][i % 2];
             let name = format!("restart-{i}");
-            (name.clone(), run_loop(pool.port, user, &name, stop.clone()))
+            (
+                name.clone(),
+                run_loop(pool.port, DB, user, &name, stop.clone()),
+            )
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
@@ -501,7 +511,10 @@ fn outage(outage: Duration) {
         .map(|i| {
             let user = ["king", "bel"][i % 2];
             let name = format!("outage-{i}");
-            (name.clone(), run_loop(pool.port, user, &name, stop.clone()))
+            (
+                name.clone(),
+                run_loop(pool.port, DB, user, &name, stop.clone()),
+            )
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
@@ -825,4 +838,138 @@ fn an_upstream_that_never_answers_fails_logins_within_the_connect_timeout() {
     assert!(stalled.accepted.load(Ordering::Relaxed) >= 3);
     assert!(pool.log().contains("was not ready for queries within 1s"));
     eprintln!("stalled upstream: pooled logins failed after {pooled_took:?}, a session-mode login after {session_took:?}");
+}
+
+/// Reloads in the policy test, one a second.
+const RELOADS: u64 = 6;
+
+/// The merchant `flip` sees in policy version `v`.
+fn flip_merchant(v: u64) -> &'static str {
+    if v % 2 == 0 {
+        "King Inc"
+    } else {
+        "Bel Air"
+    }
+}
+
+/// The pool suite's policy with a user `flip` whose merchant changes with
+/// every version.
+fn flip_policy(v: u64) -> String {
+    let base = std::fs::read_to_string(POLICY).unwrap();
+    let flip = format!(
+        "  flip:\n    password: flip-pw\n    tables: [public.merchants, public.orders]\n    attributes: {{ merchant: [{}] }}\n  admin:\n",
+        flip_merchant(v)
+    );
+    assert!(base.contains("  admin:\n"));
+    base.replace("  admin:\n", &flip)
+}
+
+#[test]
+fn a_reload_every_second_under_load_ends_only_changed_sessions_and_rows_follow_the_policy() {
+    let db = shared_data("faults_reload");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, flip_policy(0)).unwrap();
+    let proxy = common::Proxy::start(
+        dir.path(),
+        "pool:\n  mode: transaction\n  size: 2\n  min_idle: 0\n  max_client_wait: 5s\n",
+    );
+    // The version being written, and the one the proxy has loaded.
+    let written = Arc::new(AtomicU64::new(0));
+    let applied = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady: Vec<(String, JoinHandle<Tally>)> = ["king", "bel", "king"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let name = format!("reload-{user}-{i}");
+            let h = run_loop(proxy.port, &db, user, &name, stop.clone());
+            (name, h)
+        })
+        .collect();
+    let flip = {
+        let (port, db) = (proxy.port, db.clone());
+        let (written, applied, stop) = (written.clone(), applied.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut checked, mut ended, mut logins) = (0, 0, 0);
+            let mut client: Option<Client> = None;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let c = match client.as_mut() {
+                    Some(c) => c,
+                    None => {
+                        logins += 1;
+                        let mut c = Client::connect(port).unwrap();
+                        let after = c.login("flip", &db, Some("flip-pw"), &[]).unwrap();
+                        assert_eq!(first_error(&after), None, "flip logs in");
+                        client.insert(c)
+                    }
+                };
+                i += 1;
+                let (w0, a0) = (
+                    written.load(Ordering::SeqCst),
+                    applied.load(Ordering::SeqCst),
+                );
+                send_query(
+                    c,
+                    &format!("SELECT DISTINCT name, '<flip-{i}>' FROM merchants"),
+                );
+                let (msgs, closed) = read_all(c, true);
+                let w1 = written.load(Ordering::SeqCst);
+                if let Some((severity, code, msg)) = first_error(&msgs) {
+                    // Its access changed: the session ends, and says why.
+                    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "57P01"));
+                    assert!(msg.contains("access changed"), "{msg}");
+                    assert!(closed);
+                    ended += 1;
+                    client = None;
+                    continue;
+                }
+                let rows: Vec<_> = msgs
+                    .iter()
+                    .filter(|m| m.tag == b'D')
+                    .map(|m| m.columns()[0].clone().unwrap_or_default())
+                    .collect();
+                assert_eq!(rows.len(), 1, "{rows:?}");
+                assert!(rows[0] == flip_merchant(0) || rows[0] == flip_merchant(1));
+                // One version in force throughout: its rows exactly.
+                if w0 == a0 && w1 == w0 {
+                    assert_eq!(rows[0], flip_merchant(w0), "version {w0}");
+                    checked += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (checked, ended, logins)
+        })
+    };
+    let reloads = |log: &str| log.matches("policies reloaded").count() as u64;
+    let started = Instant::now();
+    for v in 1..=RELOADS {
+        std::thread::sleep(Duration::from_secs(v) - started.elapsed().min(Duration::from_secs(v)));
+        written.store(v, Ordering::SeqCst);
+        std::fs::write(&file, flip_policy(v)).unwrap();
+        proxy.signal("HUP");
+        wait_for("the reload", Duration::from_secs(5), || {
+            reloads(&proxy.log()) == v
+        });
+        applied.store(v, Ordering::SeqCst);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (checked, ended, logins) = join_within(flip, Duration::from_secs(20), "flip");
+    for (name, h) in steady {
+        let t = join_within(h, Duration::from_secs(20), &name);
+        assert!(t.errors.is_empty(), "{name}: {:?}", t.errors);
+        assert!(t.ok > 50, "{name}: {} statements", t.ok);
+        eprintln!(
+            "{name}: {} statements, no error, longest {:?}",
+            t.ok, t.longest
+        );
+    }
+    eprintln!(
+        "{RELOADS} reloads in {:?}: flip's statements checked against the version in force: {checked}; sessions ended by a change: {ended}; logins: {logins}",
+        started.elapsed()
+    );
+    assert!(checked >= 20, "{checked} statements checked");
+    assert!(ended >= RELOADS as usize - 1, "{ended} sessions ended");
 }
