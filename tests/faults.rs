@@ -115,18 +115,6 @@ impl OwnPg {
         self.pg_ctl(&["-w", "-t", "60", "start"]);
     }
 
-    /// How many times the server ran a statement holding `marker`, by its
-    /// log: a simple query's `statement:` line, an extended one's
-    /// parameters (rowgate's automatic prepared statements), not the
-    /// `STATEMENT:` line that follows an error.
-    fn logged(&self, log: &str, marker: &str) -> usize {
-        let _ = self;
-        log.lines()
-            .filter(|l| l.contains(marker))
-            .filter(|l| l.contains("LOG:  statement: ") || l.contains("DETAIL:  parameters: "))
-            .count()
-    }
-
     fn log(&self) -> String {
         std::fs::read_to_string(self.pg.dir.join("server.log")).unwrap_or_default()
     }
@@ -143,6 +131,17 @@ impl OwnPg {
             .unwrap()
             .get(0)
     }
+}
+
+/// How many times the server ran a statement holding `marker`, by its
+/// log: a simple query's `statement:` line, an extended one's
+/// parameters (rowgate's automatic prepared statements), not the
+/// `STATEMENT:` line that follows an error.
+fn logged(log: &str, marker: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter(|l| l.contains("LOG:  statement: ") || l.contains("DETAIL:  parameters: "))
+        .count()
 }
 
 /// rowgate in front of the server at `port`, pooling in transaction mode,
@@ -329,7 +328,7 @@ fn ran_once(pg: &OwnPg, tallies: &[&Tally]) -> usize {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for t in tallies {
         for m in &t.sent {
-            counts.insert(m, pg.logged(&log, m));
+            counts.insert(m, logged(&log, m));
         }
         for m in &t.done {
             assert_eq!(counts[m.as_str()], 1, "{m} returned rows: it ran once");
@@ -343,9 +342,6 @@ fn ran_once(pg: &OwnPg, tallies: &[&Tally]) -> usize {
 
 /// Every error of `t` had a SQLSTATE of `codes` and a message.
 fn errors_are_clear(name: &str, t: &Tally, codes: &[&str]) {
-    for (at, code, msg) in &t.errors {
-        eprintln!("{name}: {at:?} `{code}` {msg}");
-    }
     for (_, code, msg) in &t.errors {
         assert!(
             codes.contains(&code.as_str()) && !msg.is_empty(),
@@ -491,8 +487,8 @@ fn a_restart_fails_running_statements_clearly_and_the_pool_recovers_unseen() {
     );
     let checked = ran_once(&pg, &tallies.iter().collect::<Vec<_>>());
     assert!(checked > 20, "only {checked} statements were checked");
-    assert_eq!(pg.logged(&pg.log(), "<busy-0>"), 1);
-    assert_eq!(pg.logged(&pg.log(), "<busy-1>"), 1);
+    assert_eq!(logged(&pg.log(), "<busy-0>"), 1);
+    assert_eq!(logged(&pg.log(), "<busy-1>"), 1);
 }
 
 /// The upstream stopped for `outage` while members run statements, then
@@ -605,7 +601,7 @@ fn outage(outage: Duration) {
     assert!(logins.len() >= 3, "{} logins tried", logins.len());
     let checked = ran_once(&pg, &tallies.iter().collect::<Vec<_>>());
     assert!(checked > 20, "only {checked} statements were checked");
-    assert_eq!(pg.logged(&pg.log(), "<during-outage>"), 0);
+    assert_eq!(logged(&pg.log(), "<during-outage>"), 0);
     // The pool kept within its size.
     let n = pg.backends();
     assert!(n <= 2, "{n} upstream connections for a pool of 2");
@@ -845,7 +841,7 @@ const RELOADS: u64 = 6;
 
 /// The merchant `flip` sees in policy version `v`.
 fn flip_merchant(v: u64) -> &'static str {
-    if v % 2 == 0 {
+    if v.is_multiple_of(2) {
         "King Inc"
     } else {
         "Bel Air"
