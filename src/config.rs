@@ -100,11 +100,12 @@ mod raw {
 
     yaml_struct! {
         #[derive(Debug)]
-        pub struct Pool: "a mapping with keys mode, size, min_idle, max_client_wait, server_idle_timeout, server_lifetime" {
+        pub struct Pool: "a mapping with keys mode, size, min_idle, max_client_wait, server_connect_timeout, server_idle_timeout, server_lifetime" {
             "mode" => mode: Spanned<String> as Text,
             "size" => size: Spanned<String> as Text,
             "min_idle" => min_idle: Spanned<String> as Text,
             "max_client_wait" => max_client_wait: Spanned<String> as Text,
+            "server_connect_timeout" => server_connect_timeout: Spanned<String> as Text,
             "server_idle_timeout" => server_idle_timeout: Spanned<String> as Text,
             "server_lifetime" => server_lifetime: Spanned<String> as Text,
         }
@@ -183,6 +184,9 @@ pub struct PoolConfig {
     pub min_idle: usize,
     /// How long a client waits for a connection before `53300`.
     pub max_client_wait: std::time::Duration,
+    /// How long opening a pooled upstream connection (TCP, TLS,
+    /// authentication, startup) may take before it fails.
+    pub server_connect_timeout: std::time::Duration,
     /// Idle connections beyond `min_idle` close after this long.
     pub server_idle_timeout: std::time::Duration,
     /// Connections close when idle after this long in all.
@@ -197,6 +201,7 @@ impl Default for PoolConfig {
             size: 20,
             min_idle: 2,
             max_client_wait: Duration::from_secs(30),
+            server_connect_timeout: crate::upstream::connect::CONNECT_TIMEOUT,
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
         }
@@ -596,6 +601,11 @@ impl Config {
                         p.max_client_wait.as_ref(),
                         "pool.max_client_wait",
                         d.max_client_wait,
+                    ),
+                    server_connect_timeout: cx.duration(
+                        p.server_connect_timeout.as_ref(),
+                        "pool.server_connect_timeout",
+                        d.server_connect_timeout,
                     ),
                     server_idle_timeout: cx.duration(
                         p.server_idle_timeout.as_ref(),
@@ -1066,13 +1076,14 @@ mod tests {
         use std::time::Duration;
         assert_eq!(parse("listen: x:1\n").unwrap().pool, PoolConfig::default());
         let c = parse(
-            "pool: { mode: transaction, size: 5, max_client_wait: 250ms, server_lifetime: 2h }\n",
+            "pool: { mode: transaction, size: 5, max_client_wait: 250ms, server_connect_timeout: 3s, server_lifetime: 2h }\n",
         )
         .unwrap();
         assert_eq!(c.pool.mode, PoolMode::Transaction);
         assert_eq!(c.pool.size, 5);
         assert_eq!(c.pool.min_idle, 2);
         assert_eq!(c.pool.max_client_wait, Duration::from_millis(250));
+        assert_eq!(c.pool.server_connect_timeout, Duration::from_secs(3));
         assert_eq!(c.pool.server_idle_timeout, Duration::from_secs(600));
         assert_eq!(c.pool.server_lifetime, Duration::from_secs(7200));
         let e = parse("pool: { mode: statement, size: 0, min_idle: 30, max_client_wait: soon }\n")

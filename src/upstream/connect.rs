@@ -1,7 +1,10 @@
 //! One upstream session: TCP connect, StartupMessage, authentication with
 //! whatever the server asks (trust, cleartext, md5, SCRAM-SHA-256), then the
 //! server's ParameterStatus, BackendKeyData and ReadyForQuery, kept to be
-//! relayed to the client.
+//! relayed to the client. Every step is bounded in time: an upstream that
+//! accepts and never answers fails the connection, not the session forever.
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -15,12 +18,18 @@ use crate::wire::{self, Frame, Reader, WireError};
 
 /// The upstream's startup messages are small; this bounds them.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
+/// How long a connection may take to be ready for queries (TCP, TLS,
+/// authentication, startup), unless configured
+/// (`pool.server_connect_timeout`); the catalog reader's is as long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an upstream session could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to the upstream database at {0}: {1}")]
     Connect(String, std::io::Error),
+    #[error("the upstream database at {0} was not ready for queries within {1:?}")]
+    TimedOut(String, Duration),
     /// The server refused the session; its ErrorResponse is relayed as is.
     #[error("the upstream database refused the session")]
     Rejected(Bytes),
@@ -60,8 +69,32 @@ pub struct Connected {
 }
 
 /// Connects and authenticates as the configured upstream user, for
-/// `database`, with extra startup `params` (client settings, pinned state).
+/// `database`, with extra startup `params` (client settings, pinned state),
+/// within [`CONNECT_TIMEOUT`].
 pub async fn connect(
+    cfg: &Upstream,
+    database: &str,
+    params: &[(String, String)],
+) -> Result<Connected, UpstreamError> {
+    connect_within(cfg, database, params, CONNECT_TIMEOUT).await
+}
+
+/// As [`connect`], within `limit`.
+pub async fn connect_within(
+    cfg: &Upstream,
+    database: &str,
+    params: &[(String, String)],
+    limit: Duration,
+) -> Result<Connected, UpstreamError> {
+    tokio::time::timeout(limit, connect_unbounded(cfg, database, params))
+        .await
+        .unwrap_or_else(|_| {
+            let addr = format!("{}:{}", cfg.host, cfg.port);
+            Err(UpstreamError::TimedOut(addr, limit))
+        })
+}
+
+async fn connect_unbounded(
     cfg: &Upstream,
     database: &str,
     params: &[(String, String)],
@@ -199,17 +232,24 @@ async fn authenticate(
     Ok(())
 }
 
-/// Forwards a cancel for the upstream session `key` at `cfg`.
+/// Forwards a cancel for the upstream session `key` at `cfg`, within a
+/// few seconds.
 pub async fn cancel(cfg: &Upstream, key: (i32, i32)) -> std::io::Result<()> {
-    let stream = TcpStream::connect((cfg.host.as_str(), cfg.port)).await?;
+    let connect = TcpStream::connect((cfg.host.as_str(), cfg.port));
+    let stream = tokio::time::timeout(CANCEL_TIMEOUT, connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     send_cancel(stream, key).await
 }
+
+/// How long a cancel request's connection may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends a CancelRequest to `address` (`host:port`: another rowgate
 /// instance), within a few seconds.
 pub async fn cancel_at(address: &str, key: (i32, i32)) -> std::io::Result<()> {
     let connect = TcpStream::connect(address);
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
+    let stream = tokio::time::timeout(CANCEL_TIMEOUT, connect)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     send_cancel(stream, key).await
@@ -222,7 +262,7 @@ async fn send_cancel(mut stream: TcpStream, key: (i32, i32)) -> std::io::Result<
     // PostgreSQL closes the connection once it has the request.
     let mut sink = [0u8; 1];
     let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
+        CANCEL_TIMEOUT,
         tokio::io::AsyncReadExt::read(&mut stream, &mut sink),
     )
     .await;

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use super::connect::{connect, UpstreamError};
+use super::connect::{connect_within, UpstreamError};
 use crate::config::{PoolConfig, Upstream};
 use crate::frontend::autoprep::Auto;
 use crate::tls::Stream;
@@ -208,7 +208,8 @@ impl Pools {
     }
 
     async fn open(&self, database: &str) -> Result<Server, UpstreamError> {
-        let c = connect(&self.upstream, database, &self.neutral).await?;
+        let limit = self.config.server_connect_timeout;
+        let c = connect_within(&self.upstream, database, &self.neutral, limit).await?;
         let (rd, wr, flushes) = halves(c.stream);
         let now = Instant::now();
         Ok(Server {

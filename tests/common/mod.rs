@@ -209,13 +209,34 @@ impl Proxy {
         auth: UpstreamAuth,
         upstream_extra: &str,
     ) -> Proxy {
-        Self::launch(policies, extra, auth, upstream_extra, None)
+        Self::launch(policies, extra, auth, upstream_extra, None, cluster().port)
+    }
+
+    /// As `start`, in front of the server at 127.0.0.1:`upstream_port`
+    /// instead of the shared cluster (a cluster of a test's own, which it
+    /// may stop and restart).
+    pub fn start_upstream(upstream_port: u16, policies: &Path, extra: &str) -> Proxy {
+        Self::launch(
+            policies,
+            extra,
+            UpstreamAuth::TRUST,
+            "",
+            None,
+            upstream_port,
+        )
     }
 
     /// As `start`, listening on `port` (for instances that name each
     /// other's addresses).
     pub fn start_at(port: u16, policies: &Path, extra: &str) -> Proxy {
-        Self::launch(policies, extra, UpstreamAuth::TRUST, "", Some(port))
+        Self::launch(
+            policies,
+            extra,
+            UpstreamAuth::TRUST,
+            "",
+            Some(port),
+            cluster().port,
+        )
     }
 
     // The child is waited for by `Drop`.
@@ -226,8 +247,8 @@ impl Proxy {
         auth: UpstreamAuth,
         upstream_extra: &str,
         fixed: Option<u16>,
+        upstream_port: u16,
     ) -> Proxy {
-        let c = cluster();
         let dir = tempfile::tempdir().unwrap();
         let policies = std::fs::canonicalize(policies).unwrap();
         let pooled = pool_mode_extra(extra);
@@ -241,7 +262,7 @@ impl Proxy {
             let config = format!(
                 "listen: 127.0.0.1:{port}\npolicies: {}\nupstream:\n  host: 127.0.0.1\n  port: {}\n  user: {}\n{password}{upstream}{extra}",
                 policies.display(),
-                c.port,
+                upstream_port,
                 auth.user,
                 upstream = upstream_extra.lines().map(|l| format!("  {l}\n")).collect::<String>()
             );

@@ -104,6 +104,7 @@ impl Session<'_> {
                 Ok(())
             }
             Err(e @ PoolError::Timeout(_)) => Err(Stop::Pool(e.to_string())),
+            Err(e @ PoolError::Connect(_)) => Err(Stop::Unreachable(e.to_string())),
             Err(e) => Err(Stop::Upstream(e.to_string())),
         }
     }

@@ -45,6 +45,9 @@ pub(super) enum Stop {
     Shutdown,
     /// No pooled connection became free in time.
     Pool(String),
+    /// No pooled connection could be opened (the upstream is down, or
+    /// refused, or did not answer in time).
+    Unreachable(String),
 }
 
 impl From<WireError> for Stop {
@@ -479,6 +482,17 @@ impl Session<'_> {
             Stop::Pool(why) => {
                 let fatal = wire::error_response("FATAL", sqlstate::TOO_MANY_CONNECTIONS, &why);
                 (Outcome::Failed(why), Some(fatal), true)
+            }
+            Stop::Unreachable(why) => {
+                // As at login: the reason (an address, the upstream's own
+                // words) is the operator's, in the log.
+                let msg = "rowgate could not connect to the upstream database";
+                let fatal = wire::error_response("FATAL", sqlstate::CONNECTION_FAILURE, msg);
+                (
+                    Outcome::Failed(format!("upstream: {why}")),
+                    Some(fatal),
+                    true,
+                )
             }
         };
         // A pooled connection still attached may be in the middle of
