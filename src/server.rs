@@ -208,6 +208,7 @@ impl Server {
             audit,
             instance: config.instance_id,
             peers: config.peers.clone(),
+            connect_timeout: config.pool.server_connect_timeout,
             tokens,
         });
         Ok(Server {

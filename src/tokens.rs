@@ -1,5 +1,6 @@
 //! Signed tokens (JWT) as passwords: the `tokens:` section of `proxy.yaml`,
-//! each issuer's keys (an HMAC secret, PEM public keys or a JWKS file), and
+//! each issuer's keys (an HMAC secret, PEM public keys, a JWKS file, or a
+//! JWKS fetched over HTTPS and cached), and
 //! the verification of one token: header, signature, issuer, audience,
 //! validity window, lifetime and subject. What the claims grant is the
 //! policy's business ([`crate::policy::TokenIdentity`]).
@@ -13,12 +14,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio_rustls::rustls;
 
 use crate::diag::{Diagnostic, Pos};
 
@@ -170,6 +174,18 @@ fn alg_name(alg: Algorithm) -> &'static str {
         .map_or("?", |(n, _)| n)
 }
 
+/// A JWKS URL's key set is fetched again when older than this, at the next
+/// login of its issuer (a rotation is picked up at once: see
+/// [`REMOTE_MIN_INTERVAL`]).
+pub const REMOTE_MAX_AGE: Duration = Duration::from_secs(600);
+/// Fetches of one JWKS URL are at least this far apart, whatever tokens
+/// name unknown key ids.
+pub const REMOTE_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a fetch may take.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest JWKS document accepted.
+const REMOTE_MAX_BYTES: usize = 1024 * 1024;
+
 /// One verification key.
 struct Key {
     kid: Option<String>,
@@ -183,6 +199,48 @@ struct Key {
 struct Issuer {
     config: IssuerConfig,
     keys: Vec<Key>,
+    /// For a JWKS URL: its cached keys (`keys` is then empty).
+    remote: Option<Remote>,
+}
+
+/// A JWKS URL's keys: fetched at the first login of its issuer, again when
+/// a token names a key id the set lacks or the set is older than
+/// [`REMOTE_MAX_AGE`], never more often than every
+/// [`REMOTE_MIN_INTERVAL`]; a failed fetch keeps the keys there were.
+struct Remote {
+    url: String,
+    state: Mutex<RemoteState>,
+    /// One fetch at a time; logins that need it wait for it.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct RemoteState {
+    keys: Arc<Vec<Key>>,
+    fetched: Option<Instant>,
+    attempted: Option<Instant>,
+}
+
+impl Remote {
+    fn keys(&self) -> Arc<Vec<Key>> {
+        self.state
+            .lock()
+            .map(|s| s.keys.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a login with a token naming `kid` should fetch the set now.
+    fn wants(&self, kid: Option<&str>) -> bool {
+        let Ok(s) = self.state.lock() else {
+            return false;
+        };
+        let due = s
+            .attempted
+            .is_none_or(|a| a.elapsed() >= REMOTE_MIN_INTERVAL);
+        let unknown = kid.is_some_and(|k| !s.keys.iter().any(|key| key.kid.as_deref() == Some(k)));
+        let stale = s.fetched.is_none_or(|f| f.elapsed() >= REMOTE_MAX_AGE);
+        due && (s.keys.is_empty() || unknown || stale)
+    }
 }
 
 /// Every issuer with its keys, as loaded at start and on SIGHUP.
@@ -289,9 +347,24 @@ impl Verifier {
                 }]),
                 KeySource::PublicKeys(path) => pem_keys(path).map_err(|e| format!("{key}.public_keys: {e}")),
                 KeySource::Jwks(path) => jwks_keys(path).map_err(|e| format!("{key}.jwks: {e}")),
-                KeySource::JwksUrl(url) => Err(format!(
-                    "{key}.jwks: `{url}`: a JWKS URL is not supported by this version; save the key set to a file and name the file (it is re-read on SIGHUP)"
-                )),
+                KeySource::JwksUrl(url) => match url.parse::<hyper::Uri>() {
+                    Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
+                        // Fetched at the first login that needs it.
+                        issuers.push(Issuer {
+                            config: ic.clone(),
+                            keys: Vec::new(),
+                            remote: Some(Remote {
+                                url: url.clone(),
+                                state: Mutex::default(),
+                                fetching: tokio::sync::Mutex::new(()),
+                            }),
+                        });
+                        continue;
+                    }
+                    _ => Err(format!(
+                        "{key}.jwks: `{url}` is not an https URL (a key set travels over TLS only; or name a file)"
+                    )),
+                },
             };
             match keys {
                 Ok(keys) => {
@@ -307,6 +380,7 @@ impl Verifier {
                     issuers.push(Issuer {
                         config: ic.clone(),
                         keys,
+                        remote: None,
                     });
                 }
                 Err(e) => problems.push(Diagnostic::error(file, *at, e)),
@@ -337,6 +411,73 @@ impl Verifier {
     /// Where tokens may travel without TLS.
     pub fn plaintext(&self) -> Plaintext {
         self.plaintext
+    }
+
+    /// Makes sure the keys `token` needs are here, if its issuer's are
+    /// fetched from a JWKS URL (see [`Remote`]); then [`Verifier::verify`].
+    pub async fn verify_fetching(
+        &self,
+        token: &str,
+        user: &str,
+        now: impl Fn() -> u64,
+    ) -> Result<Verified, Refused> {
+        self.fetch_keys(token).await;
+        self.verify(token, user, now())
+    }
+
+    async fn fetch_keys(&self, token: &str) {
+        if token.len() > MAX_TOKEN_BYTES {
+            return;
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(claims)) = (
+            parts.next().and_then(json_part),
+            parts.next().and_then(json_part),
+        ) else {
+            return;
+        };
+        let Some(Value::String(iss)) = claims.get("iss") else {
+            return;
+        };
+        let Some(issuer) = self.issuers.iter().find(|i| i.config.issuer == *iss) else {
+            return;
+        };
+        let Some(remote) = &issuer.remote else {
+            return;
+        };
+        let kid = match header.get("kid") {
+            Some(Value::String(k)) => Some(k.as_str()),
+            _ => None,
+        };
+        if !remote.wants(kid) {
+            return;
+        }
+        let _one = remote.fetching.lock().await;
+        if !remote.wants(kid) {
+            return; // fetched while this login waited
+        }
+        if let Ok(mut s) = remote.state.lock() {
+            s.attempted = Some(Instant::now());
+        }
+        let fetched = match tokio::time::timeout(REMOTE_TIMEOUT, fetch(&remote.url)).await {
+            Ok(Ok(body)) => jwks_from_text(&body, &remote.url),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer within {} s", REMOTE_TIMEOUT.as_secs())),
+        };
+        match fetched {
+            Ok(keys) => {
+                tracing::info!(issuer = %issuer.config.name, url = %remote.url, keys = keys.len(), "JWKS fetched");
+                if let Ok(mut s) = remote.state.lock() {
+                    s.keys = Arc::new(keys);
+                    s.fetched = Some(Instant::now());
+                }
+            }
+            Err(e) => tracing::warn!(
+                issuer = %issuer.config.name,
+                url = %remote.url,
+                "cannot fetch the JWKS (the keys there were stay): {e}"
+            ),
+        }
     }
 
     /// Verifies `token` for the startup user `user` at `now` (seconds since
@@ -415,8 +556,9 @@ impl Verifier {
             Some(Value::String(k)) => Some(k.as_str()),
             Some(_) => return fail(refused, "token header `kid` is not a string".into()),
         };
-        let candidates: Vec<&Key> = issuer
-            .keys
+        let remote_keys = issuer.remote.as_ref().map(Remote::keys);
+        let keys = remote_keys.as_deref().unwrap_or(&issuer.keys);
+        let candidates: Vec<&Key> = keys
             .iter()
             .filter(|k| k.family == family(alg))
             .filter(|k| k.alg.is_none_or(|a| a == alg))
@@ -620,8 +762,13 @@ fn pem_keys(path: &Path) -> Result<Vec<Key>, String> {
 /// secrets are given as `secret`.
 fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    jwks_from_text(&text, &path.display().to_string())
+}
+
+/// Every key of a JWKS document; `whence` names it in errors.
+fn jwks_from_text(text: &str, whence: &str) -> Result<Vec<Key>, String> {
     let set: JwkSet =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
+        serde_json::from_str(text).map_err(|e| format!("{whence}: not a JWKS: {e}"))?;
     let mut keys = Vec::new();
     let mut kids: BTreeMap<String, ()> = BTreeMap::new();
     for (i, jwk) in set.keys.iter().enumerate() {
@@ -631,13 +778,11 @@ fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
             AlgorithmParameters::OctetKeyPair(_) => Family::Ed,
             AlgorithmParameters::OctetKey(_) => {
                 return Err(format!(
-                    "{}: key {i} is symmetric (`oct`); HMAC secrets are given as `secret`",
-                    path.display()
+                    "{whence}: key {i} is symmetric (`oct`); HMAC secrets are given as `secret`"
                 ))
             }
         };
-        let key =
-            DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: key {i}: {e}", path.display()))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{whence}: key {i}: {e}"))?;
         let alg = match jwk.common.key_algorithm {
             None => None,
             Some(ka) => {
@@ -650,7 +795,7 @@ fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
         };
         if let Some(kid) = &jwk.common.key_id {
             if kids.insert(kid.clone(), ()).is_some() {
-                return Err(format!("{}: key id `{kid}` is used twice", path.display()));
+                return Err(format!("{whence}: key id `{kid}` is used twice"));
             }
         }
         keys.push(Key {
@@ -661,9 +806,73 @@ fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
         });
     }
     if keys.is_empty() {
-        return Err(format!("{}: the key set is empty", path.display()));
+        return Err(format!("{whence}: the key set is empty"));
     }
     Ok(keys)
+}
+
+/// The trust anchors for JWKS URLs: the system's (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` name others), read at each fetch (fetches are rare).
+fn roots() -> Result<Arc<rustls::RootCertStore>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err("no trusted root certificates on this machine".to_string());
+    }
+    Ok(Arc::new(store))
+}
+
+/// GET `url` over HTTPS, the server's certificate verified against
+/// [`roots`]; the body of a 200 answer, at most [`REMOTE_MAX_BYTES`].
+async fn fetch(url: &str) -> Result<String, String> {
+    use http_body_util::BodyExt;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let host = uri.host().ok_or("no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots()?)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let name = crate::tls::server_name(&bare).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != hyper::StatusCode::OK {
+        return Err(format!("HTTP status {}", response.status()));
+    }
+    let body = http_body_util::Limited::new(response.into_body(), REMOTE_MAX_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8".to_string())
 }
 
 /// Seconds since the epoch.
@@ -894,11 +1103,18 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e[0].message.contains("too short"), "{}", e[0]);
+        // A key set travels over TLS only; an https URL loads (its keys are
+        // fetched at the first login).
         let e = Verifier::load(&config(
+            vec![Algorithm::RS256],
+            KeySource::JwksUrl("http://x/jwks".into()),
+        ))
+        .unwrap_err();
+        assert!(e[0].message.contains("is not an https URL"), "{}", e[0]);
+        Verifier::load(&config(
             vec![Algorithm::RS256],
             KeySource::JwksUrl("https://x/jwks".into()),
         ))
-        .unwrap_err();
-        assert!(e[0].message.contains("not supported"), "{}", e[0]);
+        .unwrap();
     }
 }

@@ -307,3 +307,85 @@ fn check_names_every_undeclared_source_with_its_position() {
         );
     }
 }
+
+/// Attacks on the source boundary, every byte received scanned for the
+/// other source's rows and its upstream database's name: names that look
+/// like a source, startup options, three-part names, a refused source
+/// tried with every user, and the catalog.
+#[test]
+fn no_route_from_one_source_to_another() {
+    let s = setup();
+    // What a production-only user must never see: testing's rows. (The
+    // test's two sources share a cluster, whose pg_database lists both
+    // databases to every role, natively too; real sources are servers of
+    // their own.)
+    let secrets = ["testing-"];
+    let mut scan = |user: &str, db: &str, extra: &[(&str, &str)], sql: &[&str]| {
+        let mut c = common::raw::Client::connect(s.proxy.port).unwrap();
+        let login = c.login(user, db, Some(PASSWORD), extra);
+        if login.is_ok_and(|m| m.iter().all(|m| m.tag != b'E')) {
+            for q in sql {
+                let _ = c.query(q);
+            }
+        }
+        let bytes = String::from_utf8_lossy(&c.received).into_owned();
+        for secret in secrets {
+            assert!(
+                !bytes.contains(secret),
+                "{user}@{db} {extra:?} received {secret:?}: {bytes}"
+            );
+        }
+        bytes
+    };
+    let reads = [
+        "SELECT name FROM customers",
+        "SELECT * FROM ds_test_1.public.customers",
+        "SELECT current_database()",
+        "SELECT datname FROM pg_database",
+        "SELECT * FROM pg_stat_activity",
+        "SELECT * FROM dblink('dbname=ds_test_1', 'SELECT name FROM customers') AS t(name text)",
+    ];
+    // paula may use production only: names near `testing` and startup
+    // options take her to her default source or are refused.
+    for db in [
+        "TESTING",
+        "testing ",
+        "\"testing\"",
+        "production",
+        "paula",
+        "",
+    ] {
+        scan("paula", db, &[], &reads);
+    }
+    scan(
+        "paula",
+        "paula",
+        &[("options", "-c rowgate.view_as=tess")],
+        &reads,
+    );
+    scan(
+        "paula",
+        "paula",
+        &[("options", "-c search_path=testing")],
+        &reads,
+    );
+    let refused = scan("paula", "testing", &[], &reads);
+    assert!(refused.contains("42501"), "{refused}");
+    // The database names of the sources are not sources.
+    let db_names: Vec<String> = {
+        let mut admin = common::cluster().connect("postgres");
+        admin
+            .query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'ds_prod%'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    for db in &db_names {
+        let bytes = scan("paula", db, &[], &["SELECT name FROM customers"]);
+        assert!(bytes.contains("production-a1"), "{db}: {bytes}");
+    }
+}

@@ -265,7 +265,7 @@ fn check_reports_token_and_integration_problems_at_their_positions() {
       issuer: https://c.example.com
       audience: rowgate
       algorithms: [ES256]
-      jwks: https://c.example.com/jwks.json
+      jwks: http://c.example.com/jwks.json
     empty:
       audience: rowgate
       algorithms: [ES256]
@@ -293,7 +293,7 @@ users:
         "proxy.yaml:8:21: tokens.issuers.hs.max_lifetime: `forever` is not a duration",
         "proxy.yaml:9:5: tokens.issuers.pem: another issuer already has `issuer: https://a.example.com`",
         "proxy.yaml:13:20: tokens.issuers.pem: HMAC algorithms (HS256, HS384, HS512) need a `secret`",
-        "proxy.yaml:18:13: tokens.issuers.url.jwks: `https://c.example.com/jwks.json`: a JWKS URL is not supported by this version",
+        "proxy.yaml:18:13: tokens.issuers.url.jwks: `http://c.example.com/jwks.json` is not an https URL",
         "proxy.yaml:19:5: tokens.issuers.empty: `issuer` is missing",
         "proxy.yaml:19:5: tokens.issuers.empty: give its keys: `secret`, `public_keys` or `jwks`",
         "proxy.yaml:22:14: tokens.plaintext: `sometimes` is not one of never, local, always",

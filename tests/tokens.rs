@@ -981,3 +981,203 @@ fn load_token_and_scram_logins() {
         n as f64 / scram.as_secs_f64()
     );
 }
+
+/// An HTTPS server of one JWKS document (which the test may replace),
+/// with a certificate for 127.0.0.1 from a CA of its own; it counts the
+/// requests it answers.
+struct JwksServer {
+    port: u16,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ca: PathBuf,
+}
+
+impl JwksServer {
+    fn start(dir: &std::path::Path, keys: &[Value]) -> JwksServer {
+        use tokio_rustls::rustls;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "rowgate test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let ca = dir.join("jwks-ca.pem");
+        std::fs::write(&ca, ca_cert.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+        let config = std::sync::Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(json!({ "keys": keys }).to_string()));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, h) = (body.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                    continue;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                if !request.starts_with(b"GET /jwks.json ") {
+                    let _ = tls.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                    continue;
+                }
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = b.lock().unwrap().clone();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes());
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        JwksServer {
+            port,
+            body,
+            hits,
+            ca,
+        }
+    }
+
+    fn set(&self, keys: &[Value]) {
+        *self.body.lock().unwrap() = json!({ "keys": keys }).to_string();
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A JWKS URL: the keys are fetched at the first login and cached; a token
+/// naming a key the cached set lacks fetches it again (key rotation with
+/// no SIGHUP), at most once a second; a key removed from the set stops
+/// verifying once the set is fetched again; an unreachable URL refuses
+/// logins with its reason in the log; `access --token` fetches too.
+#[test]
+fn jwks_url_keys_are_fetched_cached_and_rotated() {
+    let keys = Keys::generate();
+    let k1 = k1_jwk(&keys);
+    let server = JwksServer::start(keys.dir.path(), &[k1]);
+    let db = common::cluster().create_database("tokens_url");
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::copy(rls::POLICY, policies.path().join("a.yaml")).unwrap();
+    std::fs::write(policies.path().join("tokens.yaml"), TOKEN_POLICY).unwrap();
+    let extra = format!(
+        "tokens:\n  issuers:\n    web: {{ issuer: https://web.test, audience: {AUDIENCE}, algorithms: [ES256], jwks: \"https://127.0.0.1:{}/jwks.json\" }}\n    dead: {{ issuer: https://dead.test, audience: {AUDIENCE}, algorithms: [ES256], jwks: \"https://127.0.0.1:1/jwks.json\" }}\n  plaintext: local\n",
+        server.port
+    );
+    let ca = server.ca.display().to_string();
+    let proxy =
+        common::Proxy::start_env(policies.path(), &extra, &[("SSL_CERT_FILE", ca.as_str())]);
+    let token = |key: &EncodingKey, kid: &str, iss: &str, sub: &str| {
+        mint(
+            Algorithm::ES256,
+            key,
+            Some(kid),
+            &claims(iss, sub, json!({})),
+        )
+    };
+    let login = |sub: &str, t: &str| proxy.connect(&db, sub, t);
+
+    assert_eq!(
+        server.hits(),
+        0,
+        "nothing is fetched before a login needs it"
+    );
+    let mut c = login("w1", &token(&keys.ec1, "k1", "https://web.test", "w1"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    c.simple_query("SELECT 1").unwrap();
+    assert_eq!(server.hits(), 1);
+    login("w2", &token(&keys.ec1, "k1", "https://web.test", "w2")).unwrap();
+    assert_eq!(server.hits(), 1, "a known key is served from the cache");
+
+    // Rotation: the set now holds k2 only.
+    server.set(std::slice::from_ref(&keys.ec2_jwk));
+    std::thread::sleep(tokens_min_interval());
+    login("w3", &token(&keys.ec2, "k2", "https://web.test", "w3"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    assert_eq!(server.hits(), 2, "an unknown kid fetches the set again");
+    // k1 is gone from the set, so from the cache.
+    let refused = login("w4", &token(&keys.ec1, "k1", "https://web.test", "w4"))
+        .err()
+        .expect("k1 left the set");
+    assert_eq!(common::sqlstate(&refused).as_deref(), Some("28P01"));
+    // Unknown kids in a burst: at most one fetch a second.
+    let before = server.hits();
+    for i in 0..5 {
+        let _ = login(
+            "w5",
+            &token(&keys.ec1, &format!("nope{i}"), "https://web.test", "w5"),
+        );
+    }
+    assert!(
+        server.hits() - before <= 2,
+        "{} fetches",
+        server.hits() - before
+    );
+
+    // An issuer whose URL does not answer: refused, with the reason logged.
+    let refused = login("d1", &token(&keys.ec1, "k1", "https://dead.test", "d1"))
+        .err()
+        .expect("no keys for dead.test");
+    assert_eq!(common::sqlstate(&refused).as_deref(), Some("28P01"));
+    let log = proxy.log();
+    assert!(log.contains("cannot fetch the JWKS"), "{log}");
+    assert!(
+        log.contains("no key `k1` of issuer `dead` for ES256"),
+        "{log}"
+    );
+
+    // `rowgate access --token` verifies as the proxy does, fetching the set.
+    let out = Command::new(env!("CARGO_BIN_EXE_rowgate"))
+        .args(["access", "-c"])
+        .arg(proxy.dir.path().join("proxy.yaml"))
+        .arg("--token")
+        .arg(token(&keys.ec2, "k2", "https://web.test", "w6"))
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("login: token of issuer web"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The JWK of the first EC key (`k1`), as the key file holds it.
+fn k1_jwk(keys: &Keys) -> Value {
+    let text = std::fs::read_to_string(keys.path("jwks.json")).unwrap();
+    let set: Value = serde_json::from_str(&text).unwrap();
+    set["keys"][0].clone()
+}
+
+fn tokens_min_interval() -> Duration {
+    rowgate::tokens::REMOTE_MIN_INTERVAL + Duration::from_millis(100)
+}

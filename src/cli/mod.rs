@@ -172,15 +172,23 @@ fn load_token(config_path: &Path, token: &str, database: Option<&str>) -> Option
         eprintln!("rowgate: token refused: `{sub}` is a declared user, who logs in with SCRAM, never a token");
         return None;
     }
-    let access = verifier
-        .verify(token, &sub, crate::tokens::now())
-        .map_err(|r| r.reason)
-        .and_then(|v| {
-            loaded
-                .policy()
-                .token_identity(&v.issuer, &v.token_id, &v.claims)
-                .and_then(|identity| loaded.policy().token_access(&identity))
-        });
+    // A JWKS URL's keys are fetched as the proxy fetches them.
+    let verified = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(verifier.verify_fetching(token, &sub, crate::tokens::now)),
+        Err(e) => {
+            eprintln!("rowgate: {e}");
+            return None;
+        }
+    };
+    let access = verified.map_err(|r| r.reason).and_then(|v| {
+        loaded
+            .policy()
+            .token_identity(&v.issuer, &v.token_id, &v.claims)
+            .and_then(|identity| loaded.policy().token_access(&identity))
+    });
     match access {
         Ok(access) => on_source(config, loaded, access, database),
         Err(reason) => {

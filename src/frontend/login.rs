@@ -175,7 +175,8 @@ async fn token(
     };
 
     let checked = verifier
-        .verify(&token, user, crate::tokens::now())
+        .verify_fetching(&token, user, crate::tokens::now)
+        .await
         .map_err(|r| (r.issuer, r.token_id, r.reason))
         .and_then(|v| {
             let id = policy

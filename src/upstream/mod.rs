@@ -7,4 +7,4 @@ pub mod connect;
 pub mod pool;
 
 pub use catalog::LiveCatalog;
-pub use connect::{cancel, cancel_at, connect, Connected, UpstreamError};
+pub use connect::{cancel, cancel_at, connect, connect_within, Connected, UpstreamError};

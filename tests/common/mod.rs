@@ -209,7 +209,29 @@ impl Proxy {
         auth: UpstreamAuth,
         upstream_extra: &str,
     ) -> Proxy {
-        Self::launch(policies, extra, auth, upstream_extra, None, cluster().port)
+        Self::launch(
+            policies,
+            extra,
+            auth,
+            upstream_extra,
+            None,
+            cluster().port,
+            &[],
+        )
+    }
+
+    /// As `start`, with environment variables of its own (e.g. the
+    /// trusted certificates of a test's HTTPS server).
+    pub fn start_env(policies: &Path, extra: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::launch(
+            policies,
+            extra,
+            UpstreamAuth::TRUST,
+            "",
+            None,
+            cluster().port,
+            env,
+        )
     }
 
     /// As `start`, in front of the server at 127.0.0.1:`upstream_port`
@@ -223,6 +245,7 @@ impl Proxy {
             "",
             None,
             upstream_port,
+            &[],
         )
     }
 
@@ -236,6 +259,7 @@ impl Proxy {
             "",
             Some(port),
             cluster().port,
+            &[],
         )
     }
 
@@ -248,6 +272,7 @@ impl Proxy {
         upstream_extra: &str,
         fixed: Option<u16>,
         upstream_port: u16,
+        env: &[(&str, &str)],
     ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let policies = std::fs::canonicalize(policies).unwrap();
@@ -273,6 +298,7 @@ impl Proxy {
                 .args(["serve", "-c"])
                 .arg(&path)
                 .env("ROWGATE_LOG", "info,rowgate=debug")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

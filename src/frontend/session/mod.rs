@@ -114,6 +114,9 @@ pub struct Shared {
     /// Every instance's address, by `instance_id` (cancel requests for
     /// another instance go there).
     pub peers: Vec<String>,
+    /// How long opening an upstream connection may take
+    /// (`pool.server_connect_timeout`, in both pool modes).
+    pub connect_timeout: std::time::Duration,
     /// Signed-token issuers and their keys (re-read on SIGHUP), when configured.
     pub tokens: Option<ArcSwap<crate::tokens::Verifier>>,
 }
@@ -353,9 +356,11 @@ async fn session(
     let pools = source.pools.as_ref().filter(|_| login.role != Role::Admin);
     let connecting = Instant::now();
     let connected = match pools {
-        None => upstream::connect(&source.upstream, &database, &params)
-            .await
-            .map(Upstreamed::Own),
+        None => {
+            upstream::connect_within(&source.upstream, &database, &params, shared.connect_timeout)
+                .await
+                .map(Upstreamed::Own)
+        }
         Some(pools) => match pools.acquire(&database, &params).await {
             Ok((server, lease, reported)) => Ok(Upstreamed::Pooled(server, lease, reported)),
             Err(PoolError::Connect(e)) => Err(e),
