@@ -320,7 +320,7 @@ fn no_route_from_one_source_to_another() {
     // databases to every role, natively too; real sources are servers of
     // their own.)
     let secrets = ["testing-"];
-    let mut scan = |user: &str, db: &str, extra: &[(&str, &str)], sql: &[&str]| {
+    let scan = |user: &str, db: &str, extra: &[(&str, &str)], sql: &[&str]| {
         let mut c = common::raw::Client::connect(s.proxy.port).unwrap();
         let login = c.login(user, db, Some(PASSWORD), extra);
         if login.is_ok_and(|m| m.iter().all(|m| m.tag != b'E')) {
