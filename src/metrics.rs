@@ -31,8 +31,8 @@ pub struct Metrics {
     pub statements: IntCounterVec,
     /// Time to parse, check and print one statement text.
     pub rewrite_seconds: Histogram,
-    /// Time to open an upstream session.
-    pub upstream_connect_seconds: Histogram,
+    /// Time to open an upstream session, by data source.
+    pub upstream_connect_seconds: prometheus::HistogramVec,
     /// Upstream sessions that could not be opened, by reason.
     pub upstream_errors: IntCounterVec,
     /// Statements run as automatic prepared statements, and prepared.
@@ -57,6 +57,21 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         .register(Box::new(c.clone()))
         .expect("registered once");
     c
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> prometheus::HistogramVec {
+    let h = prometheus::HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("registered once");
+    h
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -135,17 +150,18 @@ impl Metrics {
                 "Time to parse, check and print a statement text",
                 fast,
             ),
-            upstream_connect_seconds: histogram(
+            upstream_connect_seconds: histogram_vec(
                 &registry,
                 "upstream_connect_seconds",
-                "Time to open an upstream session",
+                "Time to open an upstream session, by data source",
                 connect,
+                &["data_source"],
             ),
             upstream_errors: counter_vec(
                 &registry,
                 "upstream_errors_total",
-                "Upstream sessions that could not be opened, by reason",
-                &["reason"],
+                "Upstream sessions that could not be opened, by data source and reason",
+                &["data_source", "reason"],
             ),
             autoprep: counter_vec(
                 &registry,
@@ -211,10 +227,8 @@ pub async fn upstream_reachable(host: &str, port: u16) -> bool {
     )
 }
 
-/// `/readyz`: ready while at least one data source's server accepts
-/// connections (every instance shares the sources, so taking one out of
-/// a load balancer because another source is down would only add an
-/// outage); the body names each source that does not.
+/// `/readyz`: ready while every data source's server accepts connections;
+/// the body names each that does not.
 async fn readiness(upstreams: &[(String, String, u16)]) -> (hyper::StatusCode, String) {
     let mut down = Vec::new();
     for (name, host, port) in upstreams {
@@ -224,14 +238,11 @@ async fn readiness(upstreams: &[(String, String, u16)]) -> (hyper::StatusCode, S
     }
     if down.is_empty() {
         (hyper::StatusCode::OK, "ready\n".to_string())
-    } else if down.len() < upstreams.len() {
-        let body = format!("ready\nnot reachable: data source {}\n", down.join(", "));
-        (hyper::StatusCode::OK, body)
     } else if upstreams.len() == 1 {
         let body = "the upstream server is not reachable\n".to_string();
         (hyper::StatusCode::SERVICE_UNAVAILABLE, body)
     } else {
-        let body = "no data source's upstream server is reachable\n".to_string();
+        let body = format!("not reachable: data source {}\n", down.join(", "));
         (hyper::StatusCode::SERVICE_UNAVAILABLE, body)
     }
 }

@@ -389,3 +389,65 @@ fn no_route_from_one_source_to_another() {
         assert!(bytes.contains("production-a1"), "{db}: {bytes}");
     }
 }
+
+/// `/readyz` is ready only while every data source answers, and names
+/// the ones that do not; connect times are counted per source.
+#[test]
+fn readiness_and_metrics_are_per_data_source() {
+    use std::io::{Read, Write};
+    let c = common::cluster();
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("p.yaml"), POLICY).unwrap();
+    let dead = common::free_port();
+    let metrics = common::free_port();
+    let get = |path: &str| -> (String, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", metrics)) {
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut text = String::new();
+                s.read_to_string(&mut text).unwrap();
+                let status = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+                return (status, body);
+            }
+            assert!(std::time::Instant::now() < deadline, "no metrics listener");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let extra = |second: u16| {
+        format!(
+            "metrics: 127.0.0.1:{metrics}\nupstreams:\n  production: {{ port: {}, user: postgres, tls: disable }}\n  testing: {{ port: {second}, user: postgres, tls: disable }}\n",
+            c.port
+        )
+    };
+    {
+        let proxy = common::Proxy::start(policies.path(), &extra(dead));
+        let (status, body) = get("/readyz");
+        assert_eq!(status, "503", "{body}");
+        assert_eq!(body, "not reachable: data source testing\n");
+        // A session on the source that answers works and is counted as its.
+        let db = c.create_database("ds_metrics");
+        proxy.connect(&db, "max", PASSWORD).unwrap();
+        let (_, text) = get("/metrics");
+        assert!(
+            text.contains("rowgate_upstream_connect_seconds_count{data_source=\"default\"} 1"),
+            "{text}"
+        );
+        let failed = proxy.connect("testing", "max", PASSWORD).err().unwrap();
+        assert_eq!(common::sqlstate(&failed).as_deref(), Some("08006"));
+        let (_, text) = get("/metrics");
+        assert!(
+            text.contains(
+                "rowgate_upstream_errors_total{data_source=\"testing\",reason=\"unreachable\"} 1"
+            ),
+            "{text}"
+        );
+    }
+    let _proxy = common::Proxy::start(policies.path(), &extra(c.port));
+    assert_eq!(get("/readyz"), ("200".to_string(), "ready\n".to_string()));
+}

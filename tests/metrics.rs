@@ -93,7 +93,10 @@ fn counters_move_with_traffic_and_health_answers() {
     );
     grew("rowgate_client_connections_total", 2.0);
     grew("rowgate_rewrite_seconds_count", 4.0);
-    grew("rowgate_upstream_connect_seconds_count", 1.0);
+    grew(
+        "rowgate_upstream_connect_seconds_count{data_source=\"default\"}",
+        1.0,
+    );
     grew(
         "rowgate_relayed_bytes_total{direction=\"to_client\"}",
         100.0,

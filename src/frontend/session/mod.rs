@@ -379,6 +379,7 @@ async fn session(
     shared
         .metrics
         .upstream_connect_seconds
+        .with_label_values(&[source.name.as_str()])
         .observe(connecting.elapsed().as_secs_f64());
     if let Err(e) = &connected {
         let reason = match e {
@@ -388,7 +389,7 @@ async fn session(
         shared
             .metrics
             .upstream_errors
-            .with_label_values(&[reason])
+            .with_label_values(&[source.name.as_str(), reason])
             .inc();
     }
     let connected = match connected {
