@@ -193,6 +193,8 @@ groups:
   client_king:
     attributes: { merchant: [King Inc] }
     access: read-write
+users:
+  token_admin: { password: admin-pw, role: admin }
 ";
 
 struct Setup {
@@ -1180,4 +1182,128 @@ fn k1_jwk(keys: &Keys) -> Value {
 
 fn tokens_min_interval() -> Duration {
     rowgate::tokens::REMOTE_MIN_INTERVAL + Duration::from_millis(100)
+}
+
+/// `SET rowgate.view_as_token`: an admin looks through a token user's
+/// eyes, row for row what the token's own login sees (against native RLS
+/// too); `RESET` ends it; a bad token is 22023 with its reason, a
+/// non-admin 42501; the token never reaches the audit log, rowgate's log
+/// or the upstream.
+#[test]
+fn an_admin_views_as_a_token_user() {
+    let mut s = setup("local");
+    let sub = "viewed_tk";
+    let token = hs(&claims(
+        "https://hs.test",
+        sub,
+        json!({"attributes": {"merchant": ["King Inc"]}}),
+    ));
+    let signature = token.rsplit('.').next().unwrap().to_string();
+    let mut admin = s.proxy.connect(&s.db, "token_admin", "admin-pw").unwrap();
+    let everything = one(&mut admin, "SELECT count(*) FROM orders");
+    admin
+        .batch_execute(&format!("SET rowgate.view_as_token = '{token}'"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.proxy.log()));
+    let mut direct = s.login(sub, &token).unwrap();
+    let oracle = s.oracles.get_mut("king").unwrap();
+    let mut compared = 0;
+    for &sql in QUERIES.iter().take(40) {
+        let native = rls::run(oracle, sql);
+        let viewed = rls::run(&mut admin, sql);
+        let own = rls::run(&mut direct, sql);
+        assert_eq!(viewed, own, "{sql}");
+        assert_eq!(viewed, native, "{sql}");
+        compared += 1;
+    }
+    assert_eq!(compared, 40);
+    let viewed_count = one(&mut admin, "SELECT count(*) FROM orders");
+    assert_ne!(viewed_count, everything, "the filters apply");
+    let access = common::text_rows(&mut admin, "SHOW rowgate.access").unwrap();
+    let access: Vec<String> = access.into_iter().flatten().flatten().collect();
+    assert!(
+        access.iter().any(|l| l == &format!("user: {sub}")),
+        "{access:?}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|l| l.starts_with("login: token of issuer hs")),
+        "{access:?}"
+    );
+    admin.batch_execute("RESET rowgate.view_as_token").unwrap();
+    assert_eq!(one(&mut admin, "SELECT count(*) FROM orders"), everything);
+
+    // A token that does not verify: 22023 with its reason; the session
+    // stays the admin's.
+    let expired = hs(&claims(
+        "https://hs.test",
+        sub,
+        json!({"iat": now() - 1000, "exp": now() - 900}),
+    ));
+    let e = admin
+        .batch_execute(&format!("SET rowgate.view_as_token = '{expired}'"))
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "22023");
+    assert!(db.message().contains("token expired"), "{}", db.message());
+    let e = admin
+        .batch_execute("SET rowgate.view_as_token = 'not.a.token'")
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("22023"));
+    assert_eq!(one(&mut admin, "SELECT count(*) FROM orders"), everything);
+    // A declared user is viewed by name, not by token.
+    let declared = hs(&claims("https://hs.test", "king", json!({})));
+    let e = admin
+        .batch_execute(&format!("SET rowgate.view_as_token = '{declared}'"))
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("22023"));
+
+    // Not an admin: refused, in both protocols.
+    let mut member = s.proxy.connect(&s.db, "king", "pw").unwrap();
+    let e = member
+        .batch_execute(&format!("SET rowgate.view_as_token = '{token}'"))
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("42501"));
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("rowgate.view_as_token"), "{message}");
+    let e = member
+        .query(&format!("SET rowgate.view_as_token = '{token}'"), &[])
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("42501"));
+    drop(member);
+    drop(admin);
+
+    // The token is nowhere: not in the audit log (whose records name the
+    // viewed user), not in rowgate's log, not upstream.
+    let audit = s.keys.path("audit.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if text.contains("view_as_end") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        text.contains("\"kind\":\"view_as_start\"")
+            && text.contains(&format!("\"viewed_as\":\"{sub}\"")),
+        "{text}"
+    );
+    assert!(!text.contains(&signature), "the audit log holds the token");
+    assert!(
+        !s.proxy.log().contains(&signature),
+        "rowgate's log holds the token"
+    );
+    let mut su = common::cluster().connect(&s.db);
+    let seen = su
+        .query(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+            &[&signature],
+        )
+        .unwrap();
+    assert_eq!(
+        seen[0].get::<_, i64>(0),
+        0,
+        "a query upstream holds the token"
+    );
 }

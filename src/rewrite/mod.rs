@@ -169,6 +169,10 @@ pub enum Refusal {
     /// data source (SQLSTATE 42501).
     #[error("user \"{0}\" may not use data source \"{1}\"")]
     ViewAsSource(String, String),
+    /// `SET rowgate.view_as_token` with a token that does not verify or
+    /// resolve (SQLSTATE 22023, an invalid parameter value).
+    #[error("invalid value for parameter \"rowgate.view_as_token\": {0}")]
+    ViewAsToken(String),
 }
 
 impl Refusal {
@@ -182,7 +186,7 @@ impl Refusal {
             Refusal::ViewAsUnknown(_) => "42704",
             Refusal::DuplicateStatement(_) => "42P05",
             Refusal::ViewAsInTransaction => "25001",
-            Refusal::ViewAsEncoding => "22023",
+            Refusal::ViewAsEncoding | Refusal::ViewAsToken(_) => "22023",
             Refusal::Unsupported(_) | Refusal::Unparsable(_) => "0A000",
             Refusal::Encoding => "22021",
             _ => Self::SQLSTATE,

@@ -1,7 +1,7 @@
-//! `SET rowgate.view_as = 'user'` and `RESET rowgate.view_as`: an admin
-//! session looks through a user's eyes (the proxy switches the session's
-//! access; see `frontend::session`). This module only recognizes the
-//! statements.
+//! `SET rowgate.view_as = 'user'`, `SET rowgate.view_as_token = '<jwt>'`
+//! and their `RESET`: an admin session looks through a user's eyes (the
+//! proxy switches the session's access; see `frontend::session`). This
+//! module only recognizes the statements.
 
 use sqlparser::ast::{
     ContextModifier, Expr, ObjectName, Reset, ResetStatement, Set, Statement, Value,
@@ -11,6 +11,8 @@ use super::Refusal;
 
 /// The setting's name, as PostgreSQL folds it.
 pub const SETTING: &str = "rowgate.view_as";
+/// The setting that views as a signed token's user.
+pub const TOKEN_SETTING: &str = "rowgate.view_as_token";
 
 /// A statement rowgate answers itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,18 +92,48 @@ pub fn answered(sql: &str) -> Option<Answered> {
 pub enum ViewAs {
     /// Look as this user.
     Set(String),
+    /// Look as the user of this signed token.
+    Token(String),
     /// Back to the session's own access.
     Reset,
 }
 
-fn is_setting(name: &ObjectName) -> bool {
+/// Which view-as setting `name` is, if one.
+fn setting_of(name: &ObjectName) -> Option<&'static str> {
     let parts: Vec<String> = name
         .0
         .iter()
         .filter_map(|p| p.as_ident())
         .map(|i| i.value.to_ascii_lowercase())
         .collect();
-    parts.len() == 2 && parts[0] == "rowgate" && parts[1] == "view_as"
+    match parts.as_slice() {
+        [a, b] if a == "rowgate" && b == "view_as" => Some(SETTING),
+        [a, b] if a == "rowgate" && b == "view_as_token" => Some(TOKEN_SETTING),
+        _ => None,
+    }
+}
+
+fn is_setting(name: &ObjectName) -> bool {
+    setting_of(name).is_some()
+}
+
+/// The text that stands for a statement mentioning `rowgate.view_as_token`
+/// wherever it would be written (the audit log, rowgate's log, upstream):
+/// the token replaced by its hash. Other texts are returned as they are.
+pub fn redacted(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql
+        .as_bytes()
+        .windows(13)
+        .any(|w| w.eq_ignore_ascii_case(b"view_as_token"))
+    {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let named = match view_as(sql) {
+        Some(Ok(ViewAs::Token(t))) => crate::tokens::token_hash(&t),
+        Some(Ok(ViewAs::Reset)) => return std::borrow::Cow::Borrowed(sql),
+        _ => crate::tokens::token_hash(sql),
+    };
+    std::borrow::Cow::Owned(format!("SET {TOKEN_SETTING} = '{named}'"))
 }
 
 /// Whether a text may be a view-as statement (a cheap test before
@@ -148,9 +180,32 @@ pub fn view_as(sql: &str) -> Option<Result<ViewAs, Refusal>> {
         )));
     }
     Some(match &statements[index] {
-        Statement::Set(Set::SingleAssignment { scope, values, .. }) => {
+        Statement::Set(Set::SingleAssignment {
+            scope,
+            values,
+            variable,
+            ..
+        }) => {
+            let setting = setting_of(variable).unwrap_or(SETTING);
             if matches!(scope, Some(ContextModifier::Local)) {
-                return Some(Err(Refusal::unsupported("SET LOCAL rowgate.view_as")));
+                return Some(Err(Refusal::unsupported(format!("SET LOCAL {setting}"))));
+            }
+            if setting == TOKEN_SETTING {
+                return Some(match values.as_slice() {
+                    [Expr::Value(v)] => match &v.value {
+                        Value::SingleQuotedString(s) if s.is_empty() => Ok(ViewAs::Reset),
+                        Value::SingleQuotedString(s) => Ok(ViewAs::Token(s.clone())),
+                        _ => Err(Refusal::unsupported("this value of rowgate.view_as_token")),
+                    },
+                    [Expr::Identifier(i)]
+                        if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
+                    {
+                        Ok(ViewAs::Reset)
+                    }
+                    _ => Err(Refusal::unsupported(
+                        "this value of rowgate.view_as_token (a token is a string constant)",
+                    )),
+                });
             }
             match values.as_slice() {
                 [Expr::Value(v)] => match &v.value {
@@ -201,6 +256,43 @@ mod tests {
         assert_eq!(
             view_as("SET rowgate.view_as TO DEFAULT"),
             Some(Ok(ViewAs::Reset))
+        );
+    }
+
+    #[test]
+    fn a_token_to_view_as_is_recognized_and_never_written_out() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln";
+        assert_eq!(
+            view_as(&format!("SET rowgate.view_as_token = '{jwt}'")),
+            Some(Ok(ViewAs::Token(jwt.into())))
+        );
+        assert_eq!(
+            view_as("RESET ROWGATE.VIEW_AS_TOKEN"),
+            Some(Ok(ViewAs::Reset))
+        );
+        assert!(matches!(
+            view_as("SET rowgate.view_as_token = abc"),
+            Some(Err(Refusal::Unsupported(_)))
+        ));
+        for sql in [
+            format!("SET rowgate.view_as_token = '{jwt}'"),
+            format!("SET LOCAL rowgate.view_as_token = '{jwt}'"),
+            format!("set rowgate.VIEW_AS_TOKEN to '{jwt}'; SELECT 1"),
+        ] {
+            let shown = redacted(&sql);
+            assert!(!shown.contains("c2ln") && !shown.contains("eyJ"), "{shown}");
+            assert!(
+                shown.starts_with("SET rowgate.view_as_token = 'sha256:"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            redacted("SET rowgate.view_as = 'x'"),
+            "SET rowgate.view_as = 'x'"
+        );
+        assert_eq!(
+            redacted("RESET rowgate.view_as_token"),
+            "RESET rowgate.view_as_token"
         );
     }
 

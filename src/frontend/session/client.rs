@@ -246,11 +246,16 @@ impl Session<'_> {
                             .is_some() =>
                 {
                     let parse = messages::parse(frame.body())?;
-                    let sql = parse.query.unwrap_or_default().to_string();
+                    let sql = view_as::redacted(parse.query.unwrap_or_default()).into_owned();
+                    let setting = match self.view_as_request(sql.as_bytes()) {
+                        Some(Ok(view_as::ViewAs::Token(_))) => view_as::TOKEN_SETTING,
+                        _ if sql.contains(view_as::TOKEN_SETTING) => view_as::TOKEN_SETTING,
+                        _ => view_as::SETTING,
+                    };
                     let refusal = if self.login.role == Role::Admin {
-                        Refusal::unsupported("SET rowgate.view_as in the extended query protocol (send it as a simple query)")
+                        Refusal::unsupported(format!("SET {setting} in the extended query protocol (send it as a simple query)"))
                     } else {
-                        Refusal::Setting(view_as::SETTING.into())
+                        Refusal::Setting(setting.into())
                     };
                     self.note(&sql, None, Some(&refusal));
                     let marker = self.refuse(&refusal);
@@ -672,9 +677,10 @@ impl Session<'_> {
         }
         self.policy = current;
         let login = self.policy.reresolve(&self.login).as_ref() == Some(&self.login);
+        // The viewed user (declared, or a token's) resolved again.
         let viewed = match &self.viewing {
             None => true,
-            Some(v) => self.policy.access(v).as_ref() == Some(&self.access),
+            Some(_) => self.policy.reresolve(&self.access).as_ref() == Some(&self.access),
         };
         login && viewed
     }

@@ -53,13 +53,20 @@ impl Session<'_> {
     /// (PostgreSQL keeps the placeholder setting, and answers `SET`);
     /// anything else is refused.
     pub(super) async fn view_as_query(&mut self, body: &[u8], io: &mut Io) -> Result<Bytes, Stop> {
-        let sql = refusal_sql(body);
+        // A token is never written anywhere: the text stands in with its
+        // hash, in the audit log and upstream alike.
+        let sql = view_as::redacted(&refusal_sql(body)).into_owned();
         let request = match self.view_as_request(body) {
             Some(r) => r,
             None => return Ok(query_message(&sql)),
         };
+        let setting = if sql.to_ascii_lowercase().contains("view_as_token") {
+            view_as::TOKEN_SETTING
+        } else {
+            view_as::SETTING
+        };
         let outcome = match request {
-            _ if self.login.role != Role::Admin => Err(Refusal::Setting(view_as::SETTING.into())),
+            _ if self.login.role != Role::Admin => Err(Refusal::Setting(setting.into())),
             Err(refusal) => Err(refusal),
             Ok(ViewAs::Reset) => {
                 if let Some(was) = self.viewing.take() {
@@ -69,7 +76,14 @@ impl Session<'_> {
                 }
                 Ok(())
             }
-            Ok(ViewAs::Set(name)) => self.start_viewing(name, io).await?,
+            Ok(ViewAs::Set(name)) => match self.policy.access(&name) {
+                Some(access) => self.start_viewing(name, access, io).await?,
+                None => Err(Refusal::ViewAsUnknown(name)),
+            },
+            Ok(ViewAs::Token(token)) => match self.token_access(&token).await {
+                Ok(access) => self.start_viewing(access.user.clone(), access, io).await?,
+                Err(refusal) => Err(refusal),
+            },
         };
         Ok(match outcome {
             Ok(()) => {
@@ -89,11 +103,9 @@ impl Session<'_> {
     async fn start_viewing(
         &mut self,
         name: String,
+        access: crate::policy::Access,
         io: &mut Io,
     ) -> Result<Result<(), Refusal>, Stop> {
-        let Some(access) = self.policy.access(&name) else {
-            return Ok(Err(Refusal::ViewAsUnknown(name)));
-        };
         if !access.may_use_source(&self.source.name) {
             return Ok(Err(Refusal::ViewAsSource(name, self.source.name.clone())));
         }
@@ -146,6 +158,31 @@ impl Session<'_> {
         self.viewing = Some(name.clone());
         self.view_event("view_as_start", &name);
         Ok(Ok(()))
+    }
+
+    /// The access of a signed token's user, verified and resolved exactly
+    /// as a token login is (the token's `sub` is the user it is for).
+    async fn token_access(&self, token: &str) -> Result<crate::policy::Access, Refusal> {
+        let invalid = |why: String| Refusal::ViewAsToken(why);
+        let Some(tokens) = &self.shared.tokens else {
+            return Err(invalid("this proxy has no `tokens:` issuers".into()));
+        };
+        let verifier = tokens.load_full();
+        let sub = crate::tokens::unverified_sub(token).unwrap_or_default();
+        if self.policy.users.contains_key(&sub) {
+            return Err(invalid(format!(
+                "`{}` is a declared user (view as them with rowgate.view_as)",
+                crate::tokens::printable(&sub)
+            )));
+        }
+        let verified = verifier
+            .verify_fetching(token, &sub, crate::tokens::now)
+            .await
+            .map_err(|r| invalid(r.reason))?;
+        self.policy
+            .token_identity(&verified.issuer, &verified.token_id, &verified.claims)
+            .and_then(|identity| self.policy.token_access(&identity))
+            .map_err(invalid)
     }
 
     /// Forgets what was derived from the access the session had.
