@@ -90,6 +90,6 @@ for arg in "$@"; do
     *) exit 0 ;;
   esac
 done
-echo "== the same suites in transaction pooling: ROWGATE_TEST_POOL=transaction cargo test $* --test differential --test attacks --test clients --test bi_drivers --test proxy_rls --test leakproof --test fidelity --test data_sources"
+echo "== the same suites in transaction pooling: ROWGATE_TEST_POOL=transaction cargo test $* --test differential --test attacks --test clients --test bi_drivers --test proxy_rls --test leakproof --test fidelity --test data_sources --test writes"
 ROWGATE_TEST_POOL=transaction exec cargo test "$@" --test differential --test attacks \
-  --test clients --test bi_drivers --test proxy_rls --test leakproof --test fidelity --test data_sources
+  --test clients --test bi_drivers --test proxy_rls --test leakproof --test fidelity --test data_sources --test writes

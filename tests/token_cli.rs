@@ -158,7 +158,7 @@ fn access_with_a_token_shows_every_value_with_its_origin() {
 }
 
 /// A declared user's access level: the highest of their own and their
-/// groups', with where it came from; read-write still reads only.
+/// groups', with where it came from; offline, no table is known writable.
 #[test]
 fn access_shows_a_declared_users_level_with_its_origin() {
     let dir = setup(CONFIG, POLICY);
@@ -166,7 +166,7 @@ fn access_shows_a_declared_users_level_with_its_origin() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stdout.contains(
-            "access: read-write (group client_2); writes are not supported yet: statements stay read-only\n"
+            "access: read-write (group client_2); INSERT, UPDATE and DELETE of granted tables, new rows checked against the filters\n"
         ),
         "{}",
         out.stdout

@@ -674,6 +674,7 @@ fn token_users_at_every_level_match_native_rls() {
     ];
     let mut compared = 0;
     let mut refusals = 0;
+    let mut writers = 0;
     let mut differences = Vec::new();
     for (i, (level, oracle_name, extra)) in cases.iter().enumerate() {
         let sub = format!("tk_{i}");
@@ -710,10 +711,30 @@ fn token_users_at_every_level_match_native_rls() {
         let seen: usize = one(&mut through, "SELECT count(*) FROM merchants")
             .parse()
             .unwrap();
+        let seen_orders: usize = one(&mut through, "SELECT count(*) FROM orders")
+            .parse()
+            .unwrap();
         assert!(seen < all, "{level}: {seen} of {all} merchants");
-        // Read-write (embed_king, client_king) still reads only.
-        let e = common::text_rows(&mut through, "DELETE FROM orders").unwrap_err();
-        assert_eq!(common::sqlstate(&e).as_deref(), Some("42501"), "{level}");
+        // The access level decides writes: read-write (embed_king's, not
+        // capped) writes its visible rows; read-only (the integration
+        // embed_sales caps client_king's read-write) is refused.
+        let access = common::text_rows(&mut through, "SHOW rowgate.access").unwrap();
+        let read_write = access
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|l| l.starts_with("access: read-write"));
+        through.batch_execute("BEGIN").unwrap();
+        let deleted = through.execute("DELETE FROM orders", &[]);
+        through.batch_execute("ROLLBACK").unwrap();
+        match deleted {
+            Ok(n) => assert!(read_write && n as usize == seen_orders, "{level}: {n}"),
+            Err(e) => {
+                assert!(!read_write, "{level}: {e}");
+                assert_eq!(common::sqlstate(&e).as_deref(), Some("42501"), "{level}");
+            }
+        }
+        writers += usize::from(read_write);
     }
     assert!(
         differences.is_empty(),
@@ -721,6 +742,7 @@ fn token_users_at_every_level_match_native_rls() {
         differences.len(),
         differences.join("\n")
     );
+    assert_eq!(writers, 1, "one read-write token among the cases");
     let shapes = QUERIES.len() + rls::LIVE_QUERIES.len();
     assert!(shapes >= 90, "only {shapes} query shapes");
     assert_eq!(compared, cases.len() * 2 * shapes);

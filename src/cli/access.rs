@@ -59,7 +59,9 @@ pub fn render(policy: &PolicySet, access: &Access) -> String {
         let from: Vec<String> = from.iter().map(|o| o.to_string()).collect();
         let note = match level {
             AccessLevel::ReadOnly => "",
-            AccessLevel::ReadWrite => "; writes are not supported yet: statements stay read-only",
+            AccessLevel::ReadWrite => {
+                "; INSERT, UPDATE and DELETE of granted tables, new rows checked against the filters"
+            }
         };
         let _ = writeln!(out, "access: {} ({}){note}", level.name(), from.join(", "));
     }

@@ -90,6 +90,17 @@ impl Refusals {
         let fields = wire::error_fields(body);
         let field = |code: u8| fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v);
         let position: Option<usize> = field(b'P').and_then(|p| p.parse().ok());
+        // A read-write member's new row that failed its table's check.
+        if field(b'C').map(String::as_str) == Some("22P02") {
+            if let Some(table) = field(b'M').and_then(|m| crate::rewrite::writes::checked_table(m))
+            {
+                return Some(wire::error_response(
+                    "ERROR",
+                    crate::rewrite::Refusal::SQLSTATE,
+                    &format!("new row violates row-level security policy for table \"{table}\""),
+                ));
+            }
+        }
         let Some(seq) = self.marker_in(body) else {
             let pending = &mut self.pending;
             // A probe whose text ended mid-statement fails at the `;`.

@@ -62,6 +62,13 @@ pub trait Catalog: Send + Sync {
         None
     }
 
+    /// Whether the relation is an ordinary table a read-write member's
+    /// statement may write (no rules, no triggers of its own, no children);
+    /// offline, none is known to be.
+    fn writable(&self, _schema: &str, _name: &str) -> bool {
+        false
+    }
+
     /// Whether the relation has inheritance children or partitions (or is
     /// partitioned); `None` when not known (offline).
     fn has_children(&self, _schema: &str, _name: &str) -> Option<bool> {

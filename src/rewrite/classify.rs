@@ -370,6 +370,11 @@ pub(crate) fn check(
             "COPY other than COPY ... TO STDOUT (COPY FROM, to a file or a program)",
         )),
 
+        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
+            if super::writes::writes(cx) =>
+        {
+            super::writes::rewrite(statement, cx)
+        }
         other => Err(Refusal::statement(kind(other))),
     }
 }

@@ -17,6 +17,7 @@ pub mod system;
 mod tables;
 pub mod types;
 pub mod view_as;
+pub mod writes;
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;

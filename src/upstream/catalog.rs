@@ -44,6 +44,10 @@ pub struct Snapshot {
     public_schemas: HashSet<String>,
     /// Relations with inheritance children or partitions, or partitioned.
     parents: HashSet<(String, String)>,
+    /// Ordinary tables without rules, triggers of their own (the internal
+    /// ones of foreign keys aside), children or partitions: where a
+    /// read-write member's statement writes exactly what it says.
+    writable: HashSet<(String, String)>,
     /// Settings PostgreSQL shows only to superusers and members of
     /// `pg_read_all_settings` (`None` when they could not be told).
     privileged_settings: Option<HashSet<String>>,
@@ -58,6 +62,11 @@ pub struct Snapshot {
 impl Catalog for Snapshot {
     fn database(&self) -> Option<&str> {
         Some(&self.database)
+    }
+
+    fn writable(&self, schema: &str, name: &str) -> bool {
+        self.writable
+            .contains(&(schema.to_string(), name.to_string()))
     }
 
     fn has_children(&self, schema: &str, name: &str) -> Option<bool> {
@@ -171,6 +180,7 @@ impl Snapshot {
             && self.schemas == other.schemas
             && self.public_schemas == other.public_schemas
             && self.parents == other.parents
+            && self.writable == other.writable
     }
 }
 
@@ -420,6 +430,11 @@ async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, toki
     Ok(catalog)
 }
 
+const WRITABLE: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'r' AND NOT c.relhasrules AND NOT c.relhassubclass \
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)";
+
 const PARENTS: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind = 'p' OR c.oid IN (SELECT inhparent FROM pg_catalog.pg_inherits)";
@@ -599,9 +614,16 @@ impl LiveCatalog {
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
+            let writable = client
+                .query(WRITABLE, &[])
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
             Ok::<_, tokio_postgres::Error>((
                 public_schemas,
                 parents,
+                writable,
                 schemas,
                 privileged_settings,
                 relations,
@@ -622,6 +644,7 @@ impl LiveCatalog {
         let (
             public_schemas,
             parents,
+            writable,
             schemas,
             privileged_settings,
             relations,
@@ -650,6 +673,7 @@ impl LiveCatalog {
             schemas,
             public_schemas,
             parents,
+            writable,
             privileged_settings,
             taken: Some(Instant::now()),
             generation: 0,
