@@ -797,8 +797,8 @@ colour: red
     #[rustfmt::skip]
     let expected: &[Diag] = &[
         (f, 2, 26, "default:", "unknown field `default`, expected one of type..."),
-        (f, 4, 37, "members:", "unknown field `members`, expected one of tables, attributes..."),
-        (f, 8, 5, "shoe:", "unknown field `shoe`, expected one of password, role, groups, tables, attributes..."),
+        (f, 4, 37, "members:", "unknown field `members`, expected one of tables, read_only..."),
+        (f, 8, 5, "shoe:", "unknown field `shoe`, expected one of password, role, groups, tables, read_only..."),
         (f, 9, 14, "ghosts", "user `bob`: undefined group `ghosts`"),
         (f, 13, 47, "colour:", "unknown field `colour`, expected one of column, attribute, references..."),
         (f, 14, 5, "owner:", "unknown field `owner`, expected one of filters..."),
@@ -824,7 +824,7 @@ fn check_reports_an_unknown_key_at_top_level_in_a_user_and_in_a_filter() {
             4,
             5,
             "shoe:",
-            "unknown field `shoe`, expected one of password, role, groups, tables, attributes...",
+            "unknown field `shoe`, expected one of password, role, groups, tables, read_only...",
         ),
         (
             "tables:\n  public.t:\n    filters:\n      - { column: x, attribute: username, colour: blue }\n",

@@ -511,3 +511,58 @@ fn writes_reach_no_hidden_row() {
     }
     assert_eq!(all(&mut su), was);
 }
+
+/// `read_only:` keeps a granted table from a read-write member's writes,
+/// and `rowgate access` says so.
+#[test]
+fn a_read_only_table_of_a_read_write_member_is_not_written() {
+    let c = common::cluster();
+    let db = c.create_database("writes_ro");
+    let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap();
+    c.connect(&db).batch_execute(&schema).unwrap();
+    let policy = std::fs::read_to_string(rls::POLICY).unwrap().replace(
+        "  king:\n",
+        "  king:\n    access: read-write\n    read_only: [public.orders]\n",
+    );
+    assert!(policy.contains("read_only: [public.orders]"));
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("policy.yaml"), &policy).unwrap();
+    let proxy = common::Proxy::start(policies.path(), "");
+    let mut king = proxy.connect(&db, "king", "pw").unwrap();
+    for sql in [
+        "UPDATE orders SET amount = 0 WHERE id = 11",
+        "DELETE FROM orders WHERE id = 11",
+        "INSERT INTO orders (id, merchant_id) VALUES (500, 1)",
+    ] {
+        let e = king.batch_execute(sql).unwrap_err();
+        let db_error = e.as_db_error().unwrap();
+        assert_eq!(db_error.code().code(), "42501", "{sql}");
+        assert!(
+            db_error.message().contains("writing public.orders"),
+            "{}",
+            db_error.message()
+        );
+    }
+    assert_eq!(
+        king.execute("UPDATE merchants SET tier = 1 WHERE id = 1", &[])
+            .unwrap(),
+        1
+    );
+    // Order 11 is King Inc's: visible, and not written.
+    let rows = king
+        .query("SELECT amount::text FROM orders WHERE id = 11", &[])
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "77.50");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowgate"))
+        .args(["access", "--user", "king", "-c"])
+        .arg(proxy.dir.path().join("proxy.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("public.orders (group sales, read-only (user)):"),
+        "{text}"
+    );
+    assert!(text.contains("public.merchants (group sales):"), "{text}");
+}

@@ -105,7 +105,16 @@ pub fn render(policy: &PolicySet, access: &Access) -> String {
                 match grant {
                     Grant::Table(rel) => {
                         let filter = filter_text(access, rel);
-                        let _ = writeln!(out, "  {rel} ({origin}): {filter}");
+                        let read_only = match access.level.0 {
+                            AccessLevel::ReadWrite => access
+                                .read_only
+                                .iter()
+                                .find(|(g, _)| g.covers(rel))
+                                .map(|(_, o)| format!(", read-only ({o})"))
+                                .unwrap_or_default(),
+                            AccessLevel::ReadOnly => String::new(),
+                        };
+                        let _ = writeln!(out, "  {rel} ({origin}{read_only}): {filter}");
                     }
                     Grant::Schema(_) => {
                         let _ = writeln!(

@@ -518,6 +518,8 @@ impl Validator {
 
         for (name, entry) in std::mem::take(&mut self.groups) {
             let tables = self.grants(&entry.file, &entry.value.tables);
+            let read_only = self.grants(&entry.file, &entry.value.read_only);
+            grants.insert(("group-ro", name.clone()), read_only);
             let attributes = self.attribute_values(&entry.file, &types, &entry.value.attributes);
             let access = self.access_level(&entry.file, &entry.value.access);
             let g = &entry.value;
@@ -528,6 +530,7 @@ impl Validator {
                 name,
                 Group {
                     tables: Vec::new(),
+                    read_only: Vec::new(),
                     attributes,
                     access,
                     data_sources,
@@ -539,6 +542,8 @@ impl Validator {
         for (name, entry) in std::mem::take(&mut self.integrations) {
             let i = &entry.value;
             let tables = self.grants(&entry.file, &i.tables);
+            let read_only = self.grants(&entry.file, &i.read_only);
+            grants.insert(("integration-ro", name.clone()), read_only);
             let attributes = self.attribute_values(&entry.file, &types, &i.attributes);
             let access = self
                 .access_level(&entry.file, &i.access)
@@ -550,6 +555,7 @@ impl Validator {
                 name,
                 Integration {
                     tables: Vec::new(),
+                    read_only: Vec::new(),
                     attributes,
                     access,
                     data_sources,
@@ -613,6 +619,8 @@ impl Validator {
                 }
             }
             let tables = self.grants(&file, &u.tables);
+            let read_only = self.grants(&file, &u.read_only);
+            grants.insert(("user-ro", name.clone()), read_only);
             let attributes = self.attribute_values(&file, &types, &u.attributes);
             let access = self.access_level(&file, &u.access);
             let (data_sources, default_data_source) =
@@ -623,6 +631,7 @@ impl Validator {
                 role,
                 groups,
                 tables: Vec::new(),
+                read_only: Vec::new(),
                 attributes,
                 access,
                 data_sources,
@@ -677,12 +686,15 @@ impl Validator {
             };
             for (name, g) in p.groups.iter_mut() {
                 g.tables = project(("group", name));
+                g.read_only = project(("group-ro", name));
             }
             for (name, i) in p.integrations.iter_mut() {
                 i.tables = project(("integration", name));
+                i.read_only = project(("integration-ro", name));
             }
             for (name, u) in p.users.iter_mut() {
                 u.tables = project(("user", name));
+                u.read_only = project(("user-ro", name));
             }
             let active: Vec<&Reference> = references
                 .iter()
@@ -922,7 +934,7 @@ mod tests {
             messages(&problems),
             [
                 "p.yaml:2:20: warning: user `bob` has a plain-text password; store a verifier from `rowgate passwd` instead",
-                "p.yaml:2:24: unknown field `shoe`, expected one of password, role, groups, tables, attributes, access, data_sources, default_data_source",
+                "p.yaml:2:24: unknown field `shoe`, expected one of password, role, groups, tables, read_only, attributes, access, data_sources, default_data_source",
                 "p.yaml:2:42: user `bob`: undefined group `ghosts`",
             ]
         );

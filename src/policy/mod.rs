@@ -118,6 +118,8 @@ pub const DEFAULT_DATA_SOURCE: &str = crate::config::DEFAULT_DATA_SOURCE;
 #[derive(Clone, Debug, Default)]
 pub struct Group {
     pub tables: Vec<Grant>,
+    /// Tables its read-write members may read but not write.
+    pub read_only: Vec<Grant>,
     pub attributes: BTreeMap<String, Values>,
     /// The access level it gives its members, if it says.
     pub access: Option<AccessLevel>,
@@ -132,6 +134,7 @@ pub struct Group {
 #[derive(Clone, Debug, Default)]
 pub struct Integration {
     pub tables: Vec<Grant>,
+    pub read_only: Vec<Grant>,
     pub attributes: BTreeMap<String, Values>,
     /// The most its tokens may get (default read-only).
     pub access: AccessLevel,
@@ -164,6 +167,7 @@ pub struct User {
     pub role: Role,
     pub groups: Vec<String>,
     pub tables: Vec<Grant>,
+    pub read_only: Vec<Grant>,
     pub attributes: BTreeMap<String, Values>,
     /// The access level of the user's own, if the entry says.
     pub access: Option<AccessLevel>,

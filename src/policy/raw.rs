@@ -37,8 +37,9 @@ yaml_struct! {
 yaml_struct! {
     /// A group: grants and attribute values its members inherit.
     #[derive(Debug)]
-    pub struct Group: "a mapping with keys tables, attributes, access, data_sources, default_data_source" {
+    pub struct Group: "a mapping with keys tables, read_only, attributes, access, data_sources, default_data_source" {
         "tables" => tables: Vec<Spanned<String>> as List<Text>,
+        "read_only" => read_only: Vec<Spanned<String>> as List<Text>,
         "attributes" => attributes: Map<Values> as Entries<ValuesNode>,
         "access" => access: Spanned<String> as Text,
         "data_sources" => data_sources: Vec<Spanned<String>> as List<Text>,
@@ -49,8 +50,9 @@ yaml_struct! {
 yaml_struct! {
     /// An integration: what the signed tokens naming it start from.
     #[derive(Debug)]
-    pub struct Integration: "a mapping with keys tables, attributes, access, data_sources, default_data_source" {
+    pub struct Integration: "a mapping with keys tables, read_only, attributes, access, data_sources, default_data_source" {
         "tables" => tables: Vec<Spanned<String>> as List<Text>,
+        "read_only" => read_only: Vec<Spanned<String>> as List<Text>,
         "attributes" => attributes: Map<Values> as Entries<ValuesNode>,
         "access" => access: Spanned<String> as Text,
         "data_sources" => data_sources: Vec<Spanned<String>> as List<Text>,
@@ -60,11 +62,12 @@ yaml_struct! {
 
 yaml_struct! {
     /// A user of the proxy.
-    pub struct User: "a mapping with keys password, role, groups, tables, attributes, access, data_sources, default_data_source" {
+    pub struct User: "a mapping with keys password, role, groups, tables, read_only, attributes, access, data_sources, default_data_source" {
         "password" => password: Spanned<String> as Text,
         "role" => role: Spanned<String> as Text,
         "groups" => groups: Vec<Spanned<String>> as List<Text>,
         "tables" => tables: Vec<Spanned<String>> as List<Text>,
+        "read_only" => read_only: Vec<Spanned<String>> as List<Text>,
         "attributes" => attributes: Map<Values> as Entries<ValuesNode>,
         "access" => access: Spanned<String> as Text,
         "data_sources" => data_sources: Vec<Spanned<String>> as List<Text>,

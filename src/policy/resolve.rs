@@ -104,6 +104,8 @@ pub struct Access {
     pub data_sources: Vec<(String, Origin)>,
     /// The source used when a client names none, and what said so.
     pub default_data_source: Option<(String, Origin)>,
+    /// Tables a read-write user may read but not write, with what said so.
+    pub read_only: Vec<(Grant, Origin)>,
 }
 
 impl Access {
@@ -208,6 +210,7 @@ impl Access {
 pub(super) struct Level<'a> {
     pub origin: Origin,
     pub tables: &'a [Grant],
+    pub read_only: &'a [Grant],
     pub attributes: Option<&'a BTreeMap<String, Values>>,
     pub data_sources: &'a [String],
     pub default_data_source: Option<&'a String>,
@@ -234,6 +237,7 @@ pub(super) fn resolve(policy: &PolicySet, name: &str) -> Option<Access> {
         .map(|g| Level {
             origin: Origin::Group(g.clone()),
             tables: &policy.groups[g].tables,
+            read_only: &policy.groups[g].read_only,
             attributes: Some(&policy.groups[g].attributes),
             data_sources: &policy.groups[g].data_sources,
             default_data_source: policy.groups[g].default_data_source.as_ref(),
@@ -263,6 +267,7 @@ pub(super) fn resolve(policy: &PolicySet, name: &str) -> Option<Access> {
             own: Some(Level {
                 origin: Origin::User,
                 tables: &user.tables,
+                read_only: &user.read_only,
                 attributes: Some(&user.attributes),
                 data_sources: &user.data_sources,
                 default_data_source: user.default_data_source.as_ref(),
@@ -281,6 +286,7 @@ pub(super) fn build(policy: &PolicySet, subject: Subject<'_>) -> Access {
     let mut grants: Vec<(Grant, Origin)> = Vec::new();
     let mut data_sources: Vec<(String, Origin)> = Vec::new();
     let mut default_data_source = None;
+    let mut read_only: Vec<(Grant, Origin)> = Vec::new();
     let levels = subject
         .own
         .iter()
@@ -290,6 +296,11 @@ pub(super) fn build(policy: &PolicySet, subject: Subject<'_>) -> Access {
         for g in level.tables {
             if !grants.iter().any(|(have, _)| have == g) {
                 grants.push((g.clone(), level.origin.clone()));
+            }
+        }
+        for g in level.read_only {
+            if !read_only.iter().any(|(have, _)| have == g) {
+                read_only.push((g.clone(), level.origin.clone()));
             }
         }
         for s in level.data_sources {
@@ -331,6 +342,7 @@ pub(super) fn build(policy: &PolicySet, subject: Subject<'_>) -> Access {
         token: subject.token,
         data_sources,
         default_data_source,
+        read_only,
     }
 }
 

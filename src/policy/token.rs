@@ -169,6 +169,7 @@ impl PolicySet {
                 Level {
                     origin: Origin::Group(g.clone()),
                     tables: group.map_or(&[][..], |g| &g.tables),
+                    read_only: group.map_or(&[][..], |g| &g.read_only),
                     attributes: group.map(|g| &g.attributes),
                     data_sources: group.map_or(&[][..], |g| &g.data_sources),
                     default_data_source: group.and_then(|g| g.default_data_source.as_ref()),
@@ -207,6 +208,7 @@ impl PolicySet {
                 own: Some(Level {
                     origin: Origin::Token,
                     tables: &[],
+                    read_only: &[],
                     attributes: Some(&identity.attributes),
                     data_sources: &[],
                     default_data_source: None,
@@ -215,6 +217,7 @@ impl PolicySet {
                 base: Some(Level {
                     origin: Origin::Integration(identity.integration.clone()),
                     tables: &integration.tables,
+                    read_only: &integration.read_only,
                     attributes: Some(&integration.attributes),
                     data_sources: &integration.data_sources,
                     default_data_source: integration.default_data_source.as_ref(),

@@ -94,6 +94,9 @@ fn target(name: &ObjectName, cx: &Context) -> Result<RelName, Refusal> {
     if !cx.access.may_read(&rel) {
         return Err(Refusal::Table(rel.to_string()));
     }
+    if cx.access.read_only.iter().any(|(g, _)| g.covers(&rel)) {
+        return Err(Refusal::statement(format!("writing {rel} (read_only)")));
+    }
     if !cx.catalog.writable(&rel.schema, &rel.name) {
         return Err(unsupported(&format!(
             "writing {rel}, which is not known to be an ordinary table without rules, triggers or children"
