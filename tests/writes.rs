@@ -36,6 +36,19 @@ const WRITES: &[&str] = &[
     "DELETE FROM sales.\"Returns\" r USING orders o WHERE r.order_id = o.id AND o.status = 'paid'",
     "DELETE FROM tickets WHERE id = 1",
     "DELETE FROM hr.salaries",
+    // Conditions on the written table that are not leakproof (a numeric
+    // comparison, LIKE, a call, subqueries) run after the filter.
+    "DELETE FROM orders WHERE amount > 50",
+    "DELETE FROM orders WHERE merchant_id IN (SELECT id FROM merchants WHERE tier = 1)",
+    "DELETE FROM orders WHERE id IN (SELECT order_id FROM sales.\"Returns\")",
+    "DELETE FROM orders WHERE NOT EXISTS (SELECT 1 FROM sales.\"Returns\" r WHERE r.order_id = orders.id)",
+    "UPDATE orders SET amount = 5 WHERE id IN (SELECT order_id FROM sales.\"Returns\" WHERE id < 5)",
+    "UPDATE sales.\"Returns\" SET reason = 'r' WHERE order_id IN (SELECT id FROM orders WHERE merchant_id = 1)",
+    "UPDATE orders SET amount = 1 WHERE note LIKE '%5%'",
+    "DELETE FROM orders WHERE lower(status) = 'paid'",
+    "UPDATE orders SET status = 'y' WHERE amount / 0 > 1 AND id = 1",
+    "DELETE FROM orders WHERE 1 / (amount - 7.5) > 0",
+    "UPDATE orders o SET note = m.name FROM merchants m WHERE m.id = o.merchant_id AND m.name LIKE 'King%' RETURNING o.id, o.note",
     // UPDATE: visible rows only, and the new version must stay visible.
     "UPDATE orders SET amount = amount + 1 WHERE id = 1",
     "UPDATE orders SET amount = 0 WHERE id = 13",
@@ -98,26 +111,39 @@ const WRITES: &[&str] = &[
     "INSERT INTO products (id, name) VALUES (10, 'P')",
     "INSERT INTO tickets (id, assignee) VALUES (10, 'king')",
     "INSERT INTO hr.salaries (merchant_id, amount) VALUES (1, 1)",
+    // INSERT ... SELECT: each row the SELECT gives (reading visible rows
+    // only) is checked.
+    "INSERT INTO orders (id, merchant_id, amount) SELECT id + 1000, merchant_id, amount FROM orders WHERE status = 'paid'",
+    "INSERT INTO orders (id, merchant_id) SELECT id + 2000, 5 FROM orders WHERE id < 20",
+    "INSERT INTO orders (id, merchant_id) SELECT 130, '1'",
+    "INSERT INTO orders (id, merchant_id) SELECT m.id + 3000, m.id FROM merchants m RETURNING id",
+    "INSERT INTO orders (id, merchant_id) SELECT 131, merchant_id FROM orders WHERE id = 13",
+    "INSERT INTO merchants (id, name, country_id, tier) SELECT id + 100, name, country_id, tier FROM merchants RETURNING id, name",
+    // Without a column list: the table's columns in order.
+    "INSERT INTO orders VALUES (140, 1, 5.5, 'paid', '2024-05-01', 'x')",
+    "INSERT INTO orders VALUES (141, 5)",
+    "INSERT INTO countries VALUES (20, 'Vietnam', 'APAC'), (21, 'Thailand', 'APAC')",
+    // ON CONFLICT DO NOTHING: the new row is checked before the conflict,
+    // and a conflict with a hidden row skips as with a visible one.
+    "INSERT INTO orders (id, merchant_id) VALUES (121, 1) ON CONFLICT DO NOTHING",
+    "INSERT INTO orders (id, merchant_id) VALUES (1, 1) ON CONFLICT DO NOTHING",
+    "INSERT INTO orders (id, merchant_id) VALUES (11, 1) ON CONFLICT (id) DO NOTHING RETURNING id",
+    "INSERT INTO orders (id, merchant_id) VALUES (1, 5) ON CONFLICT (id) DO NOTHING",
+    "INSERT INTO orders (id, merchant_id) VALUES (122, 5) ON CONFLICT ON CONSTRAINT orders_pkey DO NOTHING",
 ];
 
 /// Forms native RLS runs that rowgate refuses (`0A000`, or `42501` for a
 /// write inside WITH) until it can prove them the same: each must be
-/// refused, never run differently. Conditions on the written table that
-/// are not leakproof (by the read rewriter's judgement: a `numeric`
-/// comparison, a subquery) would need the filter to run before them.
+/// refused, never run differently.
 const REFUSED: &[&str] = &[
-    "DELETE FROM orders WHERE amount > 50",
-    "DELETE FROM orders WHERE merchant_id IN (SELECT id FROM merchants WHERE tier = 1)",
-    "DELETE FROM orders WHERE id IN (SELECT order_id FROM sales.\"Returns\")",
-    "DELETE FROM orders WHERE NOT EXISTS (SELECT 1 FROM sales.\"Returns\" r WHERE r.order_id = orders.id)",
-    "UPDATE orders SET amount = 5 WHERE id IN (SELECT order_id FROM sales.\"Returns\" WHERE id < 5)",
-    "UPDATE sales.\"Returns\" SET reason = 'r' WHERE order_id IN (SELECT id FROM orders WHERE merchant_id = 1)",
-    "UPDATE orders SET amount = 1 WHERE note LIKE '%5%'",
-    "DELETE FROM orders WHERE lower(status) = 'paid'",
     "UPDATE merchants SET country_id = (SELECT id FROM countries WHERE name = 'Thailand') WHERE id = 1",
     "INSERT INTO merchants (id, name) VALUES (60, 'King Inc')",
-    "INSERT INTO orders (id, merchant_id) SELECT 120, 1",
-    "INSERT INTO orders (id, merchant_id) VALUES (121, 1) ON CONFLICT DO NOTHING",
+    "INSERT INTO orders (id, merchant_id) SELECT * FROM (VALUES (120, 1)) v",
+    "INSERT INTO orders (id, merchant_id) SELECT 123, 1 UNION ALL SELECT 124, 1",
+    "INSERT INTO merchants VALUES (61, 'King Inc')",
+    "INSERT INTO orders (merchant_id, id) SELECT max(merchant_id), 132 FROM orders",
+    "INSERT INTO orders VALUES (142)",
+    "INSERT INTO orders (id, merchant_id) VALUES (121, 1) ON CONFLICT (id) DO UPDATE SET amount = 1",
     "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",
 ];
 

@@ -1,5 +1,5 @@
-//! Writes of read-write members: `INSERT ... VALUES`, `UPDATE` and
-//! `DELETE`, with the semantics of native row-level security under a
+//! Writes of read-write members: `INSERT` (`VALUES`, a plain `SELECT`, `ON
+//! CONFLICT DO NOTHING`), `UPDATE` and `DELETE`, with the semantics of native row-level security under a
 //! `FOR ALL USING (filters) WITH CHECK (filters)` policy on every filtered
 //! table:
 //!
@@ -8,9 +8,10 @@
 //!   reads (its WHERE's subqueries, `FROM`/`USING` items, SET values,
 //!   RETURNING) is rewritten as a read, through a SELECT of the same
 //!   items that the read rewriter rewrites. The filter and the member's
-//!   conditions can only stand side by side when every condition that may
-//!   run at the target's scan is leakproof (the read rewriter would fence
-//!   the target otherwise): a write whose conditions are not is refused.
+//!   conditions stand side by side when every condition that may run at
+//!   the target's scan is leakproof (the read rewriter leaves the target
+//!   unfenced); otherwise each conjunct runs inside `CASE WHEN filter THEN
+//!   conjunct ELSE false END`, so only on visible rows.
 //! - A new row (an INSERT's, an UPDATE's new version) must satisfy the
 //!   table's filter: the check, the filter with the row's new values in
 //!   place of its columns, guards one value of the row, and a row that
@@ -19,8 +20,8 @@
 //!   (see [`CHECK_MARKER`]). It runs only for rows the statement writes,
 //!   so for visible rows only.
 //!
-//! What is not provably the same as native RLS is refused: INSERT ...
-//! SELECT, ON CONFLICT, writes in WITH, COPY FROM, views, tables with
+//! What is not provably the same as native RLS is refused: ON CONFLICT DO
+//! UPDATE, INSERT of a set operation, writes in WITH, COPY FROM, views, tables with
 //! rules, triggers of their own, or children, filtered columns left to
 //! their defaults, and new values of filtered columns that are not plain
 //! constants, parameters or columns.
@@ -111,7 +112,7 @@ fn target(name: &ObjectName, cx: &Context) -> Result<RelName, Refusal> {
 struct Read {
     items: Vec<SelectItem>,
     from: Vec<TableWithJoins>,
-    selection: Option<Expr>,
+    selection: Option<Guard>,
 }
 
 fn read(
@@ -120,6 +121,113 @@ fn read(
     selection: Option<Expr>,
     cx: &Context,
 ) -> Result<Read, Refusal> {
+    let original = (from.clone(), selection.clone());
+    let (projection, from, selection) = read_select(items.clone(), from, selection, cx)?;
+    let count = items.len();
+    let items = if count > 0 { projection } else { Vec::new() };
+    let target_fenced = from.first().is_some_and(|first| fenced(&first.relation));
+    if !target_fenced {
+        return Ok(Read {
+            items,
+            from,
+            selection: selection.map(Guard::Plain),
+        });
+    }
+    // A condition on the target that is not leakproof: the read rewriter
+    // fenced the target and may have moved conjuncts into its fence. The
+    // condition is rewritten again whole, as a projection (which nothing
+    // moves), to run only on visible rows (see [`Guard::AfterFilter`]).
+    let (from_again, Some(condition)) = original else {
+        return Err(unsupported(
+            "a write whose target is fenced without a condition",
+        ));
+    };
+    let (mut again, _, _) = read_select(
+        vec![SelectItem::UnnamedExpr(condition)],
+        from_again,
+        None,
+        cx,
+    )?;
+    let Some(SelectItem::UnnamedExpr(condition)) = again.pop() else {
+        return Err(unsupported("this condition of a write"));
+    };
+    Ok(Read {
+        items,
+        from,
+        selection: Some(Guard::AfterFilter(condition)),
+    })
+}
+
+/// A write's own condition, rewritten: leakproof, it stands beside the
+/// filter; not, it runs only for rows that passed it (`CASE WHEN filter
+/// THEN condition ELSE false END`: PostgreSQL evaluates a CASE's branches
+/// in order, and only the taken one).
+enum Guard {
+    Plain(Expr),
+    AfterFilter(Expr),
+}
+
+/// The WHERE of a write: the filter (with the target's refname) and the
+/// statement's condition, guarded as it must be.
+fn write_where(filter: Option<Expr>, condition: Option<Guard>) -> Option<Expr> {
+    match (filter, condition) {
+        (filter, None) => filter,
+        (None, Some(Guard::Plain(c) | Guard::AfterFilter(c))) => Some(c),
+        (Some(f), Some(Guard::Plain(c))) => and(Some(f), Some(c)),
+        (Some(f), Some(Guard::AfterFilter(c))) => {
+            // Each conjunct guarded on its own: PostgreSQL orders a
+            // statement's quals by cost, as it orders a native RLS query's
+            // quals of one security level, so that a cheap conjunct (`id =
+            // 1`) still spares the rows it rejects a costly one.
+            let mut conjuncts = Vec::new();
+            split_and(c, &mut conjuncts);
+            let mut all = f.clone();
+            for c in conjuncts {
+                let guarded = parse_expr(&format!("CASE WHEN {f} THEN {c} ELSE false END"));
+                all = and(Some(all), Some(guarded)).expect("two conjuncts");
+            }
+            Some(all)
+        }
+    }
+}
+
+/// The conjuncts of `a AND b AND ...` (through parentheses).
+fn split_and(expr: Expr, out: &mut Vec<Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: sqlparser::ast::BinaryOperator::And,
+            right,
+        } => {
+            split_and(*left, out);
+            split_and(*right, out);
+        }
+        Expr::Nested(inner)
+            if matches!(
+                inner.as_ref(),
+                Expr::BinaryOp {
+                    op: sqlparser::ast::BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            split_and(*inner, out)
+        }
+        other => out.push(other),
+    }
+}
+
+/// A SELECT's projection, FROM and WHERE.
+type SelectParts = (Vec<SelectItem>, Vec<TableWithJoins>, Option<Expr>);
+
+/// `SELECT <items> FROM <from> WHERE <selection>` through the read
+/// rewriter; its projection, FROM and WHERE.
+fn read_select(
+    items: Vec<SelectItem>,
+    from: Vec<TableWithJoins>,
+    selection: Option<Expr>,
+    cx: &Context,
+) -> Result<SelectParts, Refusal> {
     let mut statement = match super::parse("SELECT 1")?.pop() {
         Some(s @ Statement::Query(_)) => s,
         _ => return Err(unsupported("this statement")),
@@ -130,8 +238,7 @@ fn read(
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Err(unsupported("this statement"));
     };
-    let count = items.len();
-    if count > 0 {
+    if !items.is_empty() {
         select.projection = items;
     }
     select.from = from;
@@ -149,18 +256,7 @@ fn read(
         selection,
         ..
     } = *select;
-    if let Some(first) = from.first() {
-        if fenced(&first.relation) {
-            return Err(unsupported(
-                "a write with a condition on its table that is not leakproof",
-            ));
-        }
-    }
-    Ok(Read {
-        items: if count > 0 { projection } else { Vec::new() },
-        from,
-        selection,
-    })
+    Ok((projection, from, selection))
 }
 
 /// Whether the read rewriter fenced a table: a derived table PostgreSQL
@@ -384,7 +480,7 @@ fn delete_rows(delete: &mut Delete, cx: &Context) -> Result<(), Refusal> {
         .access
         .filter(&rel)
         .map(|f| substituted(f, &rel, &|c| column_of(&me, c)));
-    delete.selection = and(filter, rewritten.selection);
+    delete.selection = write_where(filter, rewritten.selection);
     let rest: Vec<TableWithJoins> = rewritten.from.into_iter().skip(1).collect();
     debug_assert_eq!(rest.len(), using_count);
     delete.using = (!rest.is_empty()).then_some(rest);
@@ -457,7 +553,7 @@ fn update_rows(update: &mut Update, cx: &Context) -> Result<(), Refusal> {
     if let Some(f) = cx.access.filter(&rel) {
         // USING: only visible rows.
         let using = substituted(f, &rel, &|c| column_of(&me, c));
-        update.selection = and(Some(using), rewritten.selection);
+        update.selection = write_where(Some(using), rewritten.selection);
         // WITH CHECK: the new version, when a SET changes a column the
         // filter reads (else it is the visible row's own value).
         let read_columns = filter_columns(f, &rel);
@@ -489,7 +585,7 @@ fn update_rows(update: &mut Update, cx: &Context) -> Result<(), Refusal> {
             }
         }
     } else {
-        update.selection = rewritten.selection;
+        update.selection = write_where(None, rewritten.selection);
     }
     update.assignments = assignments;
     let rest: Vec<TableWithJoins> = rewritten.from.into_iter().skip(1).collect();
@@ -518,8 +614,21 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
     {
         return Err(unsupported("this form of INSERT"));
     }
-    if insert.on.is_some() {
-        return Err(unsupported("INSERT ... ON CONFLICT"));
+    // ON CONFLICT DO NOTHING: native RLS checks the new row before it
+    // looks for a conflict, as the guarded values here are computed
+    // before the insertion; a row skipped for a conflict, visible or
+    // not, is skipped alike. DO UPDATE is not followed yet.
+    match &insert.on {
+        None => {}
+        Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
+            conflict_target: None | Some(sqlparser::ast::ConflictTarget::Columns(_)),
+            action: sqlparser::ast::OnConflictAction::DoNothing,
+        })) => {}
+        Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
+            conflict_target: Some(sqlparser::ast::ConflictTarget::OnConstraint(_)),
+            action: sqlparser::ast::OnConflictAction::DoNothing,
+        })) => {}
+        Some(_) => return Err(unsupported("INSERT ... ON CONFLICT DO UPDATE")),
     }
     let TableObject::TableName(name) = &insert.table else {
         return Err(unsupported("this INSERT target"));
@@ -539,11 +648,29 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
             _ => Err(unsupported("this INSERT column")),
         })
         .collect::<Result<_, _>>()?;
+    // Without a column list, the values go to the table's columns in order
+    // (a row may give fewer: the rest take their defaults).
+    let listed = !columns.is_empty();
+    let columns: Vec<String> = if listed {
+        columns
+    } else {
+        cx.catalog
+            .columns(&rel.schema, &rel.name)
+            .ok_or_else(|| {
+                unsupported("an INSERT without a column list into a table of unknown columns")
+            })?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    };
     let Some(source) = insert.source.as_mut() else {
         return Err(unsupported("INSERT ... DEFAULT VALUES"));
     };
-    if source.with.is_some() || !matches!(source.body.as_ref(), SetExpr::Values(_)) {
-        return Err(unsupported("INSERT ... SELECT"));
+    if !matches!(
+        source.body.as_ref(),
+        SetExpr::Values(_) | SetExpr::Select(_)
+    ) {
+        return Err(unsupported("INSERT ... of a set operation"));
     }
     // The values, and RETURNING, are read as any statement is.
     let mut statement = Statement::Query(source.clone());
@@ -587,14 +714,36 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
             }
         }
     }
-    let SetExpr::Values(values) = source.body.as_mut() else {
-        return Err(unsupported("INSERT ... SELECT"));
-    };
-    for row in values.rows.iter_mut() {
-        if row.len() != columns.len() {
-            return Err(unsupported(
-                "a VALUES row of another length than the column list",
-            ));
+    // The rows: VALUES rows, or the one projection of a SELECT (whose
+    // items are the new values of every row it gives).
+    let rows: Vec<&mut Vec<Expr>>;
+    let mut projected: Vec<Expr> = Vec::new();
+    let mut select_items = None;
+    match source.body.as_mut() {
+        SetExpr::Values(values) => rows = values.rows.iter_mut().map(|r| &mut **r).collect(),
+        SetExpr::Select(select) => {
+            for item in &select.projection {
+                match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                        projected.push(e.clone())
+                    }
+                    _ => return Err(unsupported("INSERT ... SELECT * (list the values)")),
+                }
+            }
+            select_items = Some(&mut select.projection);
+            rows = vec![&mut projected];
+        }
+        _ => return Err(unsupported("INSERT ... of a set operation")),
+    }
+    for row in rows {
+        if row.len() > columns.len() || (listed && row.len() != columns.len()) {
+            // PostgreSQL's own error for it is what the client should see.
+            continue;
+        }
+        if let Some((c, _)) = positions.iter().find(|(_, i)| *i >= row.len()) {
+            return Err(unsupported(&format!(
+                "an INSERT that leaves the filtered column {c} to its default (give it)"
+            )));
         }
         let mut new_values = Vec::new();
         for (c, i) in &positions {
@@ -613,6 +762,16 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
         if let Some((_, first)) = positions.first() {
             let value = row[*first].clone();
             row[*first] = guarded(value, check, &rel);
+        }
+    }
+    if let Some(items) = select_items {
+        for (item, value) in items.iter_mut().zip(projected) {
+            match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    *e = value
+                }
+                _ => {}
+            }
         }
     }
     Ok(())
