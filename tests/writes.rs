@@ -130,6 +130,17 @@ const WRITES: &[&str] = &[
     "INSERT INTO orders (id, merchant_id) VALUES (11, 1) ON CONFLICT (id) DO NOTHING RETURNING id",
     "INSERT INTO orders (id, merchant_id) VALUES (1, 5) ON CONFLICT (id) DO NOTHING",
     "INSERT INTO orders (id, merchant_id) VALUES (122, 5) ON CONFLICT ON CONSTRAINT orders_pkey DO NOTHING",
+    // ON CONFLICT DO UPDATE: the WHERE on the conflicting row, then that
+    // row must be visible, then the updated row must be.
+    "INSERT INTO orders (id, merchant_id, amount) VALUES (11, 1, 5) ON CONFLICT (id) DO UPDATE SET amount = EXCLUDED.amount RETURNING id, amount",
+    "INSERT INTO orders (id, merchant_id) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET note = 'u'",
+    "INSERT INTO orders (id, merchant_id) VALUES (11, 1) ON CONFLICT (id) DO UPDATE SET merchant_id = 5",
+    "INSERT INTO orders (id, merchant_id) VALUES (11, 1) ON CONFLICT (id) DO UPDATE SET merchant_id = EXCLUDED.merchant_id, note = 'moved'",
+    "INSERT INTO orders (id, merchant_id) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET note = 'w' WHERE orders.amount > 1000",
+    "INSERT INTO orders (id, merchant_id) VALUES (300, 1) ON CONFLICT (id) DO UPDATE SET amount = 1",
+    "INSERT INTO orders (id, merchant_id, placed_at) VALUES (11, 1, '2030-01-01') ON CONFLICT (id) DO UPDATE SET placed_at = '2031-01-01' RETURNING placed_at",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (1, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET tier = 2 RETURNING id, tier",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (5, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET name = 'x'",
 ];
 
 /// Forms native RLS runs that rowgate refuses (`0A000`, or `42501` for a
@@ -143,7 +154,7 @@ const REFUSED: &[&str] = &[
     "INSERT INTO merchants VALUES (61, 'King Inc')",
     "INSERT INTO orders (merchant_id, id) SELECT max(merchant_id), 132 FROM orders",
     "INSERT INTO orders VALUES (142)",
-    "INSERT INTO orders (id, merchant_id) VALUES (121, 1) ON CONFLICT (id) DO UPDATE SET amount = 1",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (1, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET country_id = EXCLUDED.country_id + 0",
     "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",
 ];
 

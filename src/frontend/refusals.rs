@@ -92,12 +92,13 @@ impl Refusals {
         let position: Option<usize> = field(b'P').and_then(|p| p.parse().ok());
         // A read-write member's new row that failed its table's check.
         if field(b'C').map(String::as_str) == Some("22P02") {
-            if let Some(table) = field(b'M').and_then(|m| crate::rewrite::writes::checked_table(m))
+            if let Some(message) =
+                field(b'M').and_then(|m| crate::rewrite::writes::check_message(m))
             {
                 return Some(wire::error_response(
                     "ERROR",
                     crate::rewrite::Refusal::SQLSTATE,
-                    &format!("new row violates row-level security policy for table \"{table}\""),
+                    &message,
                 ));
             }
         }
@@ -202,6 +203,40 @@ mod tests {
             Some("permission denied for table hr.salaries")
         );
         assert!(r.translate(&body).is_none(), "matched twice");
+    }
+
+    #[test]
+    fn a_failed_write_check_becomes_native_rls_message() {
+        let mut r = Refusals::new(7);
+        let quoted = |marker: &str| {
+            error(&[
+                (b'S', "ERROR"),
+                (b'C', "22P02"),
+                (
+                    b'M',
+                    &format!("invalid input syntax for type integer: \"{marker}6f7264657273\""),
+                ),
+            ])
+        };
+        let f = fields_of(&r.translate(&quoted("rowgate_check_")).expect("translated"));
+        assert_eq!(get(&f, b'C'), Some("42501"));
+        assert_eq!(
+            get(&f, b'M'),
+            Some("new row violates row-level security policy for table \"orders\"")
+        );
+        let f = fields_of(&r.translate(&quoted("rowgate_using_")).expect("translated"));
+        assert_eq!(
+            get(&f, b'M'),
+            Some("new row violates row-level security policy (USING expression) for table \"orders\"")
+        );
+        // Another error that happens to quote it is left alone.
+        let body = error(&[(b'C', "23505"), (b'M', "rowgate_check_6f7264657273")]);
+        assert!(r.translate(&body).is_none());
+        let body = error(&[
+            (b'C', "22P02"),
+            (b'M', "invalid input syntax for type integer: \"x\""),
+        ]);
+        assert!(r.translate(&body).is_none());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Writes of read-write members: `INSERT` (`VALUES`, a plain `SELECT`, `ON
-//! CONFLICT DO NOTHING`), `UPDATE` and `DELETE`, with the semantics of native row-level security under a
+//! CONFLICT DO NOTHING` and `DO UPDATE`), `UPDATE` and `DELETE`, with the semantics of native row-level security under a
 //! `FOR ALL USING (filters) WITH CHECK (filters)` policy on every filtered
 //! table:
 //!
@@ -20,8 +20,8 @@
 //!   (see [`CHECK_MARKER`]). It runs only for rows the statement writes,
 //!   so for visible rows only.
 //!
-//! What is not provably the same as native RLS is refused: ON CONFLICT DO
-//! UPDATE, INSERT of a set operation, writes in WITH, COPY FROM, views, tables with
+//! What is not provably the same as native RLS is refused: INSERT of a set
+//! operation, writes in WITH, COPY FROM, views, tables with
 //! rules, triggers of their own, or children, filtered columns left to
 //! their defaults, and new values of filtered columns that are not plain
 //! constants, parameters or columns.
@@ -42,6 +42,9 @@ use crate::policy::{AccessLevel, Role};
 /// The session turns an upstream error that quotes it into native RLS's
 /// `42501 new row violates row-level security policy for table "<t>"`.
 pub const CHECK_MARKER: &str = "rowgate_check_";
+/// As [`CHECK_MARKER`], for an `ON CONFLICT DO UPDATE` whose conflicting
+/// row is hidden: native RLS's `... (USING expression) ...`.
+pub const USING_MARKER: &str = "rowgate_using_";
 
 /// Whether the session's user writes: a member whose effective access is
 /// read-write.
@@ -49,16 +52,26 @@ pub fn writes(cx: &Context) -> bool {
     cx.access.role == Role::Member && cx.access.level.0 == AccessLevel::ReadWrite
 }
 
-/// The table a failed check names, from an upstream error message that
-/// quotes [`CHECK_MARKER`].
-pub fn checked_table(message: &str) -> Option<String> {
-    let at = message.find(CHECK_MARKER)? + CHECK_MARKER.len();
+/// The message native RLS gives for a failed check that an upstream
+/// error message quotes ([`CHECK_MARKER`], [`USING_MARKER`]).
+pub fn check_message(message: &str) -> Option<String> {
+    let (at, using) = match (message.find(CHECK_MARKER), message.find(USING_MARKER)) {
+        (Some(at), _) => (at + CHECK_MARKER.len(), false),
+        (None, Some(at)) => (at + USING_MARKER.len(), true),
+        (None, None) => return None,
+    };
     let hex_digits: String = message[at..]
         .chars()
         .take_while(char::is_ascii_hexdigit)
         .collect();
-    let bytes = hex::decode(hex_digits).ok()?;
-    String::from_utf8(bytes).ok()
+    let table = String::from_utf8(hex::decode(hex_digits).ok()?).ok()?;
+    Some(if using {
+        format!(
+            "new row violates row-level security policy (USING expression) for table \"{table}\""
+        )
+    } else {
+        format!("new row violates row-level security policy for table \"{table}\"")
+    })
 }
 
 /// Rewrites a write statement of a read-write member in place.
@@ -332,7 +345,12 @@ fn filter_columns(filter: &Expr, rel: &RelName) -> Vec<String> {
 /// An error raised when evaluated, never at plan time (`random()` keeps
 /// PostgreSQL from folding it), that names `rel` for the session.
 fn violation(rel: &RelName) -> Expr {
-    let marker = format!("{CHECK_MARKER}{}", hex::encode(rel.name.as_bytes()));
+    raise(CHECK_MARKER, rel)
+}
+
+/// An error that quotes `marker` and the table, raised when evaluated.
+fn raise(marker: &str, rel: &RelName) -> Expr {
+    let marker = format!("{marker}{}", hex::encode(rel.name.as_bytes()));
     let text =
         format!("CAST(CASE WHEN pg_catalog.random() < 2 THEN '{marker}' END AS integer) = 0");
     parse_expr(&text)
@@ -628,7 +646,11 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
             conflict_target: Some(sqlparser::ast::ConflictTarget::OnConstraint(_)),
             action: sqlparser::ast::OnConflictAction::DoNothing,
         })) => {}
-        Some(_) => return Err(unsupported("INSERT ... ON CONFLICT DO UPDATE")),
+        Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
+            conflict_target: Some(_),
+            action: sqlparser::ast::OnConflictAction::DoUpdate(_),
+        })) => {}
+        Some(_) => return Err(unsupported("this ON CONFLICT")),
     }
     let TableObject::TableName(name) = &insert.table else {
         return Err(unsupported("this INSERT target"));
@@ -697,6 +719,13 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
         }];
         let r = read(std::mem::take(returning), from, None, cx)?;
         *returning = r.items;
+    }
+    if let Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
+        action: sqlparser::ast::OnConflictAction::DoUpdate(update),
+        ..
+    })) = insert.on.as_mut()
+    {
+        conflict_update(update, name, &rel, cx)?;
     }
     // WITH CHECK: each row's values of the filtered columns, in the filter.
     let Some(f) = cx.access.filter(&rel) else {
@@ -775,4 +804,127 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// `ON CONFLICT ... DO UPDATE SET ... [WHERE ...]`, as native RLS runs it:
+/// PostgreSQL evaluates the WHERE on the conflicting row, then that row
+/// must be visible (else `42501 new row violates row-level security policy
+/// (USING expression) for table "t"`), then the updated row must pass the
+/// check. Both guards stand in the first SET value, which PostgreSQL
+/// computes after the WHERE passed. The SET values and the WHERE are read
+/// as any statement is (with `excluded` the proposed row).
+fn conflict_update(
+    update: &mut sqlparser::ast::DoUpdate,
+    name: &ObjectName,
+    rel: &RelName,
+    cx: &Context,
+) -> Result<(), Refusal> {
+    let mut columns = Vec::new();
+    for a in &update.assignments {
+        match &a.target {
+            AssignmentTarget::ColumnName(n) if n.0.len() == 1 => match n.0[0].as_ident() {
+                Some(ident) => columns.push(crate::names::fold(ident)),
+                None => return Err(unsupported("this SET target")),
+            },
+            _ => return Err(unsupported("SET of several columns at once")),
+        }
+    }
+    let table = |alias: Option<&str>| TableWithJoins {
+        relation: TableFactor::Table {
+            name: name.clone(),
+            alias: alias.map(|a| sqlparser::ast::TableAlias {
+                explicit: true,
+                name: Ident::new(a),
+                columns: Vec::new(),
+                at: None,
+            }),
+            args: None,
+            with_hints: Vec::new(),
+            version: None,
+            partitions: Vec::new(),
+            with_ordinality: false,
+            json_path: None,
+            sample: None,
+            index_hints: Vec::new(),
+        },
+        joins: Vec::new(),
+    };
+    let mut items: Vec<SelectItem> = update
+        .assignments
+        .iter()
+        .map(|a| SelectItem::UnnamedExpr(a.value.clone()))
+        .collect();
+    let has_where = update.selection.is_some();
+    if let Some(w) = update.selection.take() {
+        items.push(SelectItem::UnnamedExpr(w));
+    }
+    let (projection, _, _) =
+        read_select(items, vec![table(None), table(Some("excluded"))], None, cx)?;
+    let mut values = Vec::new();
+    for item in projection {
+        match item {
+            SelectItem::UnnamedExpr(e) => values.push(e),
+            _ => return Err(unsupported("this ON CONFLICT DO UPDATE")),
+        }
+    }
+    if has_where {
+        update.selection = values.pop();
+    }
+    for (a, v) in update.assignments.iter_mut().zip(values) {
+        a.value = v;
+    }
+    let Some(f) = cx.access.filter(rel) else {
+        return Ok(());
+    };
+    let me = refname(rel, None);
+    let visible = substituted(f, rel, &|c| column_of(&me, c));
+    let read_columns = filter_columns(f, rel);
+    let mut new_values = Vec::new();
+    for (column, a) in columns.iter().zip(update.assignments.iter_mut()) {
+        if read_columns.contains(column) {
+            let v = checkable(&a.value, column_type(rel, column, cx).as_deref())?;
+            a.value = v.clone();
+            new_values.push((column.clone(), v));
+        }
+    }
+    let Some(first) = update.assignments.first_mut() else {
+        return Err(unsupported("ON CONFLICT DO UPDATE without SET"));
+    };
+    // The guarded value keeps its type: an untyped constant takes its
+    // column's, as PostgreSQL gives it when it assigns it.
+    let value =
+        checkable(&first.value, column_type(rel, &columns[0], cx).as_deref()).or_else(|_| {
+            if is_untyped(&first.value) {
+                Err(unsupported(
+                    "an untyped first SET value of a column of unknown type",
+                ))
+            } else {
+                Ok(first.value.clone())
+            }
+        })?;
+    let value = if new_values.is_empty() {
+        value
+    } else {
+        let check = substituted(f, rel, &|c| match new_values.iter().find(|(n, _)| n == c) {
+            Some((_, v)) => v.clone(),
+            None => column_of(&me, c),
+        });
+        guarded(value, check, rel)
+    };
+    first.value = parse_expr(&format!(
+        "CASE WHEN (CASE WHEN {visible} THEN true ELSE {} END) THEN {value} END",
+        raise(USING_MARKER, rel)
+    ));
+    Ok(())
+}
+
+/// An untyped constant or parameter (its type comes from where it goes).
+fn is_untyped(value: &Expr) -> bool {
+    matches!(
+        value,
+        Expr::Value(v) if matches!(
+            v.value,
+            Value::SingleQuotedString(_) | Value::EscapedStringLiteral(_) | Value::Null | Value::Placeholder(_)
+        )
+    )
 }
