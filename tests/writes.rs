@@ -130,6 +130,13 @@ const WRITES: &[&str] = &[
     "INSERT INTO orders (id, merchant_id) VALUES (11, 1) ON CONFLICT (id) DO NOTHING RETURNING id",
     "INSERT INTO orders (id, merchant_id) VALUES (1, 5) ON CONFLICT (id) DO NOTHING",
     "INSERT INTO orders (id, merchant_id) VALUES (122, 5) ON CONFLICT ON CONSTRAINT orders_pkey DO NOTHING",
+    // Writes in WITH, each as a write of its own; the rest reads.
+    "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",
+    "WITH d AS (DELETE FROM orders WHERE id < 30 RETURNING merchant_id) SELECT m.name, count(*) FROM d JOIN merchants m ON m.id = d.merchant_id GROUP BY m.name",
+    "WITH u AS (UPDATE orders SET amount = 0 WHERE status = 'paid' RETURNING id) SELECT count(*) FROM u",
+    "WITH u AS (UPDATE orders SET merchant_id = 5 WHERE id = 11 RETURNING id) SELECT * FROM u",
+    "WITH i AS (INSERT INTO orders (id, merchant_id) VALUES (400, 1) RETURNING id) SELECT id FROM i",
+    "WITH i AS (INSERT INTO orders (id, merchant_id) VALUES (401, 5) RETURNING id) SELECT id FROM i",
     // ON CONFLICT DO UPDATE: the WHERE on the conflicting row, then that
     // row must be visible, then the updated row must be.
     "INSERT INTO orders (id, merchant_id, amount) VALUES (11, 1, 5) ON CONFLICT (id) DO UPDATE SET amount = EXCLUDED.amount RETURNING id, amount",
@@ -155,7 +162,8 @@ const REFUSED: &[&str] = &[
     "INSERT INTO orders (merchant_id, id) SELECT max(merchant_id), 132 FROM orders",
     "INSERT INTO orders VALUES (142)",
     "INSERT INTO merchants (id, name, country_id, tier) VALUES (1, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET country_id = EXCLUDED.country_id + 0",
-    "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",
+    "WITH d AS (DELETE FROM sales.\"Returns\" RETURNING order_id) UPDATE orders SET note = 'returned' WHERE id IN (SELECT order_id FROM d)",
+    "WITH x AS (SELECT 1 AS id) , d AS (DELETE FROM orders WHERE id IN (SELECT id FROM x) RETURNING id) SELECT count(*) FROM d",
 ];
 
 const TABLES: &[&str] = &[

@@ -127,6 +127,27 @@ fn rewrite_with_and_body(
             } else {
                 names[..i].to_vec()
             };
+            // A read-write member's data-modifying WITH (at the top, as
+            // PostgreSQL allows it): the write is rewritten as one, on its
+            // own (it sees no other WITH name).
+            let query = cte.query.as_mut();
+            if let (
+                SetExpr::Insert(write) | SetExpr::Update(write) | SetExpr::Delete(write),
+                true,
+                None,
+                None,
+            ) = (
+                query.body.as_mut(),
+                super::writes::writes(cx),
+                &query.order_by,
+                &query.limit_clause,
+            ) {
+                if query.with.is_some() || !query.locks.is_empty() {
+                    return Err(Refusal::unsupported("this data-modifying WITH"));
+                }
+                super::writes::rewrite(write, cx)?;
+                continue;
+            }
             rewrite_query(&mut cte.query, cx, &scope.child(visible), state)?;
         }
     }

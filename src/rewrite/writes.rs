@@ -21,7 +21,8 @@
 //!   so for visible rows only.
 //!
 //! What is not provably the same as native RLS is refused: INSERT of a set
-//! operation, writes in WITH, COPY FROM, views, tables with
+//! operation, a write under WITH (a write inside one is rewritten on its
+//! own), COPY FROM, views, tables with
 //! rules, triggers of their own, or children, filtered columns left to
 //! their defaults, and new values of filtered columns that are not plain
 //! constants, parameters or columns.
