@@ -398,16 +398,7 @@ fn a_restart_fails_running_statements_clearly_and_the_pool_recovers_unseen() {
     });
 
     let stop = Arc::new(AtomicBool::new(false));
-    let loops: Vec<(String, JoinHandle<Tally>)> = (0..3)
-        .map(|i| {
-            let user = ["king", "bel"][i % 2];
-            let name = format!("restart-{i}");
-            (
-                name.clone(),
-                run_loop(pool.port, DB, user, &name, stop.clone()),
-            )
-        })
-        .collect();
+    let loops = start_loops(pool.port, 3, "restart", &stop);
     std::thread::sleep(Duration::from_millis(500));
 
     let down = Instant::now();
@@ -503,16 +494,7 @@ fn outage(outage: Duration) {
     assert_eq!(first_error(&idle.query("SELECT 1").unwrap()), None);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let loops: Vec<(String, JoinHandle<Tally>)> = (0..2)
-        .map(|i| {
-            let user = ["king", "bel"][i % 2];
-            let name = format!("outage-{i}");
-            (
-                name.clone(),
-                run_loop(pool.port, DB, user, &name, stop.clone()),
-            )
-        })
-        .collect();
+    let loops = start_loops(pool.port, 2, "outage", &stop);
     std::thread::sleep(Duration::from_millis(500));
 
     let down = Instant::now();
@@ -968,4 +950,22 @@ fn a_reload_every_second_under_load_ends_only_changed_sessions_and_rows_follow_t
     );
     assert!(checked >= 20, "{checked} statements checked");
     assert!(ended >= RELOADS as usize - 1, "{ended} sessions ended");
+}
+
+/// `count` clients running statements in a loop through the proxy at
+/// `port` (as king and bel in turn), each named `<prefix>-<i>`, until
+/// `stop`.
+fn start_loops(
+    port: u16,
+    count: usize,
+    prefix: &str,
+    stop: &Arc<AtomicBool>,
+) -> Vec<(String, JoinHandle<Tally>)> {
+    (0..count)
+        .map(|i| {
+            let user = ["king", "bel"][i % 2];
+            let name = format!("{prefix}-{i}");
+            (name.clone(), run_loop(port, DB, user, &name, stop.clone()))
+        })
+        .collect()
 }

@@ -703,21 +703,7 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
     };
     **source = *rewritten;
     if let Some(returning) = insert.returning.as_mut() {
-        let from = vec![TableWithJoins {
-            relation: TableFactor::Table {
-                name: name.clone(),
-                alias: None,
-                args: None,
-                with_hints: Vec::new(),
-                version: None,
-                partitions: Vec::new(),
-                with_ordinality: false,
-                json_path: None,
-                sample: None,
-                index_hints: Vec::new(),
-            },
-            joins: Vec::new(),
-        }];
+        let from = vec![table_ref(name, None)];
         let r = read(std::mem::take(returning), from, None, cx)?;
         *returning = r.items;
     }
@@ -830,26 +816,6 @@ fn conflict_update(
             _ => return Err(unsupported("SET of several columns at once")),
         }
     }
-    let table = |alias: Option<&str>| TableWithJoins {
-        relation: TableFactor::Table {
-            name: name.clone(),
-            alias: alias.map(|a| sqlparser::ast::TableAlias {
-                explicit: true,
-                name: Ident::new(a),
-                columns: Vec::new(),
-                at: None,
-            }),
-            args: None,
-            with_hints: Vec::new(),
-            version: None,
-            partitions: Vec::new(),
-            with_ordinality: false,
-            json_path: None,
-            sample: None,
-            index_hints: Vec::new(),
-        },
-        joins: Vec::new(),
-    };
     let mut items: Vec<SelectItem> = update
         .assignments
         .iter()
@@ -859,8 +825,12 @@ fn conflict_update(
     if let Some(w) = update.selection.take() {
         items.push(SelectItem::UnnamedExpr(w));
     }
-    let (projection, _, _) =
-        read_select(items, vec![table(None), table(Some("excluded"))], None, cx)?;
+    let (projection, _, _) = read_select(
+        items,
+        vec![table_ref(name, None), table_ref(name, Some("excluded"))],
+        None,
+        cx,
+    )?;
     let mut values = Vec::new();
     for item in projection {
         match item {
@@ -928,4 +898,28 @@ fn is_untyped(value: &Expr) -> bool {
             Value::SingleQuotedString(_) | Value::EscapedStringLiteral(_) | Value::Null | Value::Placeholder(_)
         )
     )
+}
+
+/// `name [AS alias]` as a FROM item.
+fn table_ref(name: &ObjectName, alias: Option<&str>) -> TableWithJoins {
+    TableWithJoins {
+        relation: TableFactor::Table {
+            name: name.clone(),
+            alias: alias.map(|a| sqlparser::ast::TableAlias {
+                explicit: true,
+                name: Ident::new(a),
+                columns: Vec::new(),
+                at: None,
+            }),
+            args: None,
+            with_hints: Vec::new(),
+            version: None,
+            partitions: Vec::new(),
+            with_ordinality: false,
+            json_path: None,
+            sample: None,
+            index_hints: Vec::new(),
+        },
+        joins: Vec::new(),
+    }
 }
