@@ -611,3 +611,130 @@ fn a_read_only_table_of_a_read_write_member_is_not_written() {
     );
     assert!(text.contains("public.merchants (group sales):"), "{text}");
 }
+
+/// `COPY t FROM STDIN`: native PostgreSQL refuses COPY FROM under
+/// row-level security ("use INSERT statements instead"); through rowgate a
+/// read-write member's COPY (simple query protocol) checks each row as an
+/// INSERT of it does, so the oracle is the INSERT of the same rows: same
+/// count or same error, and the same contents after.
+#[test]
+fn copy_from_stdin_checks_rows_as_inserts_do() {
+    let mut s = setup();
+    // (columns, COPY options, data, the same rows as VALUES)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "(id, merchant_id)",
+            "WITH (FORMAT csv)",
+            "500,1\n501,1\n",
+            "(500, 1), (501, 1)",
+        ),
+        (
+            "(id, merchant_id)",
+            "WITH (FORMAT csv)",
+            "502,1\n503,5\n",
+            "(502, 1), (503, 5)",
+        ),
+        ("(id, merchant_id)", "WITH (FORMAT csv)", "1,1\n", "(1, 1)"),
+        (
+            "(id, merchant_id)",
+            "WITH (FORMAT csv)",
+            "504,\n",
+            "(504, NULL)",
+        ),
+        (
+            "(id, merchant_id, note)",
+            "",
+            "505\t1\tcopied\n",
+            "(505, 1, 'copied')",
+        ),
+        (
+            "",
+            "",
+            "506\t9\t1.5\tpaid\t2024-06-01 00:00:00\t\\N\n",
+            "(506, 9, 1.5, 'paid', '2024-06-01 00:00:00', NULL)",
+        ),
+    ];
+    let mut differences = Vec::new();
+    let mut refused = 0;
+    for &user in WRITERS {
+        let mut gate = common::raw::Client::connect(s.proxy.port).unwrap();
+        gate.login(user, &s.gate_db, Some("pw"), &[]).unwrap();
+        for (columns, options, data, values) in cases {
+            let insert = format!("INSERT INTO orders {columns} VALUES {values}");
+            let native = s
+                .natives
+                .get_mut(user)
+                .unwrap()
+                .execute(insert.as_str(), &[])
+                .map_err(|e| {
+                    let db = e.as_db_error().unwrap();
+                    (db.code().code().to_string(), db.message().to_string())
+                });
+            let copy = format!("COPY orders {columns} FROM STDIN {options}");
+            let messages = gate.copy_in(&copy, data.as_bytes()).unwrap();
+            let ours = match messages.iter().find(|m| m.tag == b'E') {
+                Some(e) => Err((
+                    e.field(b'C').unwrap_or_default(),
+                    e.field(b'M').unwrap_or_default(),
+                )),
+                None => {
+                    // The client sees one CopyInResponse and the COPY's tag.
+                    assert_eq!(messages.iter().filter(|m| m.tag == b'G').count(), 1);
+                    let tags: Vec<String> = messages
+                        .iter()
+                        .filter(|m| m.tag == b'C')
+                        .map(|m| {
+                            String::from_utf8_lossy(&m.body)
+                                .trim_end_matches('\0')
+                                .to_string()
+                        })
+                        .collect();
+                    match tags.as_slice() {
+                        [tag] => Ok(tag
+                            .strip_prefix("COPY ")
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(u64::MAX)),
+                        _ => Err(("tags".to_string(), format!("{tags:?}"))),
+                    }
+                }
+            };
+            if native.as_ref().is_err_and(|(c, _)| c == "42501") {
+                refused += 1;
+            }
+            if native != ours || contents(&s.native_db) != contents(&s.gate_db) {
+                differences.push(format!(
+                    "{user}: {copy} / {insert}\n  native:  {native:?}\n  rowgate: {ours:?}"
+                ));
+            }
+            restore(&s.native_db);
+            restore(&s.gate_db);
+        }
+        // The session goes on after a COPY, refused or not.
+        let after = gate.query("SELECT 1").unwrap();
+        assert!(after.iter().any(|m| m.tag == b'D'), "the session goes on");
+    }
+    let leftover = common::text_rows(
+        &mut common::cluster().connect(&s.gate_db),
+        "SELECT count(*) FROM pg_class WHERE relname = 'rowgate_copy'",
+    )
+    .unwrap();
+    assert_eq!(leftover, [[Some("0".to_string())]]);
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    assert!(refused >= 3, "only {refused} refused copies");
+}
+
+/// COPY FROM STDIN in the extended protocol (one text, one statement
+/// there) is refused with a clear message; nothing is written.
+#[test]
+fn copy_from_in_the_extended_protocol_is_refused() {
+    let s = setup();
+    let mut king = s.proxy.connect(&s.gate_db, "king", "pw").unwrap();
+    let e = king
+        .copy_in("COPY orders (id, merchant_id) FROM STDIN")
+        .err()
+        .expect("refused");
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("simple query"), "{}", db.message());
+    assert_eq!(contents(&s.gate_db), contents(&s.native_db));
+}

@@ -20,9 +20,12 @@
 //!   (see [`CHECK_MARKER`]). It runs only for rows the statement writes,
 //!   so for visible rows only.
 //!
+//! `COPY t FROM STDIN` goes through a staging table and a checked INSERT
+//! ([`copy_in`]).
+//!
 //! What is not provably the same as native RLS is refused: INSERT of a set
 //! operation, a write under WITH (a write inside one is rewritten on its
-//! own), COPY FROM, views, tables with
+//! own), COPY FROM anything but STDIN, views, tables with
 //! rules, triggers of their own, or children, filtered columns left to
 //! their defaults, and new values of filtered columns that are not plain
 //! constants, parameters or columns.
@@ -922,4 +925,130 @@ fn table_ref(name: &ObjectName, alias: Option<&str>) -> TableWithJoins {
         },
         joins: Vec::new(),
     }
+}
+
+/// The name of the table a read-write member's `COPY ... FROM STDIN` goes
+/// through (in `pg_temp`, created and dropped by the same query).
+pub const COPY_STAGING: &str = "rowgate_copy";
+
+/// `COPY t [(cols)] FROM STDIN [options]` of a read-write member, alone in
+/// its query: the rows go to a temporary table of the same columns, then
+/// into `t` by an INSERT whose first filtered value is guarded as any
+/// INSERT's (so a row that would be hidden fails the whole COPY with native
+/// RLS's message, and nothing of it stays), and the temporary table is
+/// dropped: four statements, of which the session shows the client only
+/// the COPY's (see [`is_copy_in`]). `None` when `statements` is not such
+/// a COPY.
+pub fn copy_in(statements: &[Statement], cx: &Context) -> Result<Option<Vec<Statement>>, Refusal> {
+    use sqlparser::ast::{CopySource, CopyTarget};
+    let [Statement::Copy {
+        source,
+        to: false,
+        target: copy_target,
+        options,
+        legacy_options,
+        values,
+    }] = statements
+    else {
+        return Ok(None);
+    };
+    if !writes(cx) {
+        return Ok(None);
+    }
+    if !matches!(copy_target, CopyTarget::Stdin) || !values.is_empty() {
+        return Err(unsupported("COPY FROM other than STDIN"));
+    }
+    let CopySource::Table {
+        table_name,
+        columns,
+    } = source
+    else {
+        return Err(unsupported("this COPY"));
+    };
+    let rel = target(table_name, cx)?;
+    let all = cx
+        .catalog
+        .columns(&rel.schema, &rel.name)
+        .ok_or_else(|| unsupported("COPY into a table of unknown columns"))?;
+    let names: Vec<String> = if columns.is_empty() {
+        all.iter().map(|(n, _)| n.clone()).collect()
+    } else {
+        columns.iter().map(crate::names::fold).collect()
+    };
+    let list = names
+        .iter()
+        .map(|n| crate::names::ident(n).to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let staged = crate::names::ident(COPY_STAGING);
+    let table = format!(
+        "{}.{}",
+        crate::names::ident(&rel.schema),
+        crate::names::ident(&rel.name)
+    );
+    let mut items: Vec<Expr> = names.iter().map(|n| column_of(&staged, n)).collect();
+    if let Some(f) = cx.access.filter(&rel) {
+        let read_columns = filter_columns(f, &rel);
+        let mut first = None;
+        for c in &read_columns {
+            match names.iter().position(|n| n == c) {
+                Some(i) => first = first.or(Some(i)),
+                None => {
+                    return Err(unsupported(&format!(
+                        "a COPY that leaves the filtered column {c} to its default (list it)"
+                    )))
+                }
+            }
+        }
+        let check = substituted(f, &rel, &|c| column_of(&staged, c));
+        if let Some(i) = first {
+            items[i] = guarded(items[i].clone(), check, &rel);
+        }
+    }
+    let select = items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut copy = statements[0].clone();
+    if let Statement::Copy { source, .. } = &mut copy {
+        *source = CopySource::Table {
+            table_name: ObjectName::from(vec![Ident::new("pg_temp"), staged.clone()]),
+            columns: names.iter().map(|n| crate::names::ident(n)).collect(),
+        };
+    }
+    let _ = (options, legacy_options);
+    // Each piece parsed on its own: a COPY FROM STDIN reads what follows it
+    // in one text as its data.
+    let one = |text: &str| -> Result<Statement, Refusal> {
+        let mut parsed = super::parse(text)?;
+        match (parsed.pop(), parsed.is_empty()) {
+            (Some(s), true) => Ok(s),
+            _ => Err(unsupported("this COPY")),
+        }
+    };
+    // The client's options must read back as they were.
+    if one(&copy.to_string())? != copy {
+        return Err(unsupported("COPY options that cannot be forwarded exactly"));
+    }
+    Ok(Some(vec![
+        one(&format!(
+            "CREATE TEMPORARY TABLE {staged} AS SELECT {list} FROM {table} LIMIT 0"
+        ))?,
+        copy,
+        one(&format!(
+            "INSERT INTO {table} ({list}) SELECT {select} FROM pg_temp.{staged}"
+        ))?,
+        one(&format!("DROP TABLE pg_temp.{staged}"))?,
+    ]))
+}
+
+/// Whether forwarded statements are a [`copy_in`]: the client is shown
+/// the second one's responses only.
+pub fn is_copy_in(statements: &[Statement]) -> bool {
+    matches!(
+        statements,
+        [Statement::CreateTable(create), Statement::Copy { to: false, .. }, Statement::Insert(_), Statement::Drop { .. }]
+            if create.name.to_string() == COPY_STAGING
+    )
 }

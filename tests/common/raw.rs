@@ -215,6 +215,26 @@ impl Client {
         self.until_ready()
     }
 
+    /// A simple-query `COPY ... FROM STDIN` with `data`: the messages up to
+    /// ReadyForQuery (the data is sent when the server asks for it).
+    #[allow(dead_code)]
+    pub fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<Vec<Msg>, String> {
+        let mut buf = BytesMut::new();
+        frontend::query(sql, &mut buf).map_err(|e| e.to_string())?;
+        self.send(&buf)?;
+        self.read_until(b"Z", |client, m| {
+            if m.tag != b'G' {
+                return Ok(());
+            }
+            let mut buf = BytesMut::new();
+            frontend::CopyData::new(data)
+                .map_err(|e| e.to_string())?
+                .write(&mut buf);
+            frontend::copy_done(&mut buf);
+            client.send(&buf)
+        })
+    }
+
     /// Sends Terminate; the connection may already be gone.
     pub fn terminate(&mut self) {
         let mut buf = BytesMut::new();

@@ -151,6 +151,9 @@ pub(super) struct Forward {
     pub pins: Option<&'static str>,
     /// Sets settings back to the session's startup values.
     pub resets: bool,
+    /// A read-write member's COPY FROM STDIN through its staging table: of
+    /// the four statements' results the client sees the COPY's.
+    pub copy_in: bool,
 }
 
 impl Forward {
@@ -165,6 +168,7 @@ impl Forward {
             ends_transaction: false,
             pins: None,
             resets: false,
+            copy_in: false,
         }
     }
 }
@@ -425,6 +429,16 @@ impl Session<'_> {
                 }
                 match self.rewrite_or_refuse(&sql, &[]).await {
                     Ok(f) => {
+                        if f.copy_in {
+                            // The staging table's creation, the INSERT
+                            // from it and its drop are rowgate's own.
+                            use super::pipeline::Action;
+                            use crate::frontend::tags::backend::COMMAND_COMPLETE;
+                            self.pipe.expect(COMMAND_COMPLETE, Action::Drop);
+                            self.pipe.expect(COMMAND_COMPLETE, Action::Pass);
+                            self.pipe.expect(COMMAND_COMPLETE, Action::Drop);
+                            self.pipe.expect(COMMAND_COMPLETE, Action::Drop);
+                        }
                         self.path_event(f.path.as_ref(), f.ends_transaction);
                         // A simple Query is a cycle of its own.
                         if std::mem::take(&mut self.cycle_touches) {
@@ -465,7 +479,18 @@ impl Session<'_> {
                 let q = q.to_string();
                 self.catalog_fresh().await;
                 let declared = messages::param_types(parse.types);
-                self.rewrite_or_refuse(&q, &declared).await
+                match self.rewrite_or_refuse(&q, &declared).await {
+                    // A COPY FROM of a read-write member goes through
+                    // statements of rowgate's own: one text, one Query.
+                    Ok(f) if f.copy_in => {
+                        let refusal = Refusal::unsupported(
+                            "COPY FROM STDIN in the extended query protocol (send it as a simple query)",
+                        );
+                        self.note(&q, None, Some(&refusal));
+                        Err(self.refuse(&refusal))
+                    }
+                    other => other,
+                }
             }
             Err(()) => {
                 self.note("", None, Some(&not_utf8()));
@@ -662,6 +687,7 @@ impl Session<'_> {
             ends_transaction: autoprep::ends_transaction(statements),
             pins: autoprep::pins_connection(statements, sql),
             resets: autoprep::resets_settings(statements),
+            copy_in: rewrite::writes::is_copy_in(statements),
             sql: rewritten.sql,
         })
     }
