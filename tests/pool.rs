@@ -434,3 +434,30 @@ fn automatic_statements_are_shared_per_connection_and_keep_each_users_rows() {
     );
     assert!(!log.contains("session pinned"), "{log}");
 }
+
+#[test]
+fn a_session_takes_up_an_automatic_statement_another_prepared() {
+    let proxy = pooled(1, "5s");
+    let mut first = login(&proxy, "king", "app");
+    let shaped = |proxy: &common::Proxy| {
+        proxy
+            .log()
+            .matches("making an automatic statement of a shape")
+            .count()
+    };
+    for id in 1..=4 {
+        let sql = format!("SELECT name FROM merchants WHERE id = {id}");
+        assert_eq!(error_code(&first.query(&sql).unwrap()), None);
+    }
+    assert_eq!(shaped(&proxy), 1, "{}", proxy.log());
+    // The same statement from another session of the same settings (the
+    // same shared name): the connection has it, and the session uses it
+    // from then on without making it again.
+    let mut second = login(&proxy, "king", "app");
+    for id in 1..=8 {
+        let sql = format!("SELECT name FROM merchants WHERE id = {id}");
+        let got = second.query(&sql).unwrap();
+        assert_eq!(error_code(&got), None, "{got:?}");
+    }
+    assert_eq!(shaped(&proxy), 2, "{}", proxy.log());
+}

@@ -142,6 +142,7 @@ impl Session<'_> {
         if !autoprep::values_fit(&shape.values, &types) {
             return None;
         }
+        debug!(user = %self.user, "making an automatic statement of a shape");
         let forward = self.rewrite(sql, &[]).await.ok();
         let declared = autoprep::param_oids(&types);
         let cx = Context {
@@ -311,6 +312,13 @@ impl Session<'_> {
         let server = io.server_mut()?;
         let text = match server.statements.get(&name) {
             Some(a) if a.usable(cycle) => {
+                // Prepared by another session: this one now knows the
+                // statement, and later runs skip straight to it.
+                if let Some(seen) = self.shapes.get_mut(&shape.key) {
+                    if seen.auto.is_none() {
+                        seen.auto = Some((a.clone(), types.clone()));
+                    }
+                }
                 self.counters.auto_hit.inc();
                 self.pipe
                     .expect(backend::ERROR_RESPONSE, Action::Retry(sql.clone()));
