@@ -110,8 +110,8 @@ impl Io {
         Io {
             client_rd,
             client_wr,
-            up_rd: Box::new(tokio::io::empty()),
-            up_wr: Box::new(tokio::io::sink()),
+            up_rd: Reader::none(),
+            up_wr: Writer::none(),
             client_in,
             up_in: BytesMut::new(),
             to_client: BytesMut::new(),
