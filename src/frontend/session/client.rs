@@ -493,10 +493,9 @@ impl Session<'_> {
                 if unnamed
                     && f.preparable
                     && self.prepare_threshold > 0
-                    && !self.pipe.mixed()
-                    && self.pooled.is_none() =>
+                    && !self.pipe.mixed() =>
             {
-                if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle) {
+                if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle, io) {
                     return Ok(out);
                 }
                 f.sql
