@@ -176,10 +176,12 @@ if $is_root; then
 fi
 
 # Runs a command as the postgres OS user when we are root (initdb, postgres
-# and pgbouncer refuse to run as root).
+# and pgbouncer refuse to run as root). runuser's session starts from PAM's
+# default soft limit on descriptors (often 1024), which would cap PgBouncer's
+# clients: the command gets the hard limit again, as this script has.
 as_pg() {
   if $is_root; then
-    runuser -u postgres -- "$@"
+    runuser -u postgres -- sh -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"' sh "$@"
   else
     "$@"
   fi
