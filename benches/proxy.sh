@@ -336,8 +336,10 @@ printf '%s\n' \
   "local all all trust" | as_pg tee "$pg_data/pg_hba.conf" >/dev/null
 pg_port=""
 # Direct runs hold a backend per client, and session pooling one per client
-# of a proxy (idle ones included).
+# of a proxy (idle ones included); in transaction pooling both proxies keep
+# their pools open meanwhile.
 pg_max_connections=$((CLIENTS + 30))
+[[ $POOL_MODE == transaction ]] && pg_max_connections=$((pg_max_connections + 2 * POOL_SIZE))
 ((pg_max_connections < 100)) && pg_max_connections=100
 # (PgBouncer keeps its idle clients' server connections open while
 # rowgate's are measured.)
