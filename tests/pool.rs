@@ -522,3 +522,21 @@ fn unnamed_statements_parsed_again_are_shared_and_keep_each_users_rows() {
     assert_eq!(error_code(&gone).as_deref(), Some("26000"), "{gone:?}");
     assert!(!proxy.log().contains("session pinned"), "{}", proxy.log());
 }
+
+#[test]
+fn another_sessions_unnamed_statement_is_not_bound() {
+    let proxy = pooled(1, "5s");
+    // The same settings: taking the connection runs nothing that would
+    // drop its unnamed statement.
+    let mut king = login(&proxy, "king", "app");
+    let mut bel = login(&proxy, "bel", "app");
+    let sql = "SELECT DISTINCT name FROM merchants";
+    // Once (the ordinary way) and again (a shared statement).
+    for _ in 0..2 {
+        assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
+        // A session that parsed nothing binds nothing, as natively, on
+        // the connection whose unnamed statement is king's.
+        let none = run_prepared(&mut bel, "");
+        assert_eq!(error_code(&none).as_deref(), Some("26000"), "{none:?}");
+    }
+}

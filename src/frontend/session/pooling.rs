@@ -207,11 +207,18 @@ impl Session<'_> {
 
     /// Before a Bind or Describe of the unnamed statement on a connection
     /// that lacks it: its Parse again, whose ParseComplete the client does
-    /// not see.
+    /// not see. When the session has no unnamed statement, the
+    /// connection's (another session's, with that user's filters) is
+    /// closed first, so that PostgreSQL answers as natively: there is none.
     pub(super) fn restore_unnamed(&mut self, io: &mut Io) {
         let Some(p) = &mut self.pooled else {
             return;
         };
+        if p.unnamed_parse.is_none() {
+            io.send(&close_message(b'S', ""));
+            self.pipe.expect(backend::CLOSE_COMPLETE, Action::Drop);
+            return;
+        }
         if !std::mem::take(&mut p.unnamed_missing) {
             return;
         }
