@@ -106,7 +106,11 @@ pub fn halves(stream: Stream) -> (Reader, Writer, bool) {
         }
         other => {
             let (rd, wr) = tokio::io::split(other);
-            (Reader::Boxed(Box::new(rd)), Writer::Boxed(Box::new(wr)), true)
+            (
+                Reader::Boxed(Box::new(rd)),
+                Writer::Boxed(Box::new(wr)),
+                true,
+            )
         }
     }
 }

@@ -490,10 +490,7 @@ impl Session<'_> {
         let sent_ok = forward.is_ok();
         let text = match forward {
             Ok(f)
-                if unnamed
-                    && f.preparable
-                    && self.prepare_threshold > 0
-                    && !self.pipe.mixed() =>
+                if unnamed && f.preparable && self.prepare_threshold > 0 && !self.pipe.mixed() =>
             {
                 if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle, io) {
                     return Ok(out);

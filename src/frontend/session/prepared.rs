@@ -200,12 +200,11 @@ impl Session<'_> {
             return None;
         }
         if !self.texts.contains_key(sql) && self.texts.len() >= SEEN_ENTRIES {
-            self.texts
-                .retain(|_, by_types| {
-                    by_types
-                        .values()
-                        .any(|s| s.auto.is_some() || s.shared.is_some())
-                });
+            self.texts.retain(|_, by_types| {
+                by_types
+                    .values()
+                    .any(|s| s.auto.is_some() || s.shared.is_some())
+            });
             if self.texts.len() >= SEEN_ENTRIES {
                 return None;
             }
