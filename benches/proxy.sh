@@ -176,10 +176,12 @@ if $is_root; then
 fi
 
 # Runs a command as the postgres OS user when we are root (initdb, postgres
-# and pgbouncer refuse to run as root).
+# and pgbouncer refuse to run as root). runuser's session starts from PAM's
+# default soft limit on descriptors (often 1024), which would cap PgBouncer's
+# clients: the command gets the hard limit again, as this script has.
 as_pg() {
   if $is_root; then
-    runuser -u postgres -- "$@"
+    runuser -u postgres -- sh -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"' sh "$@"
   else
     "$@"
   fi
@@ -334,8 +336,10 @@ printf '%s\n' \
   "local all all trust" | as_pg tee "$pg_data/pg_hba.conf" >/dev/null
 pg_port=""
 # Direct runs hold a backend per client, and session pooling one per client
-# of a proxy (idle ones included).
+# of a proxy (idle ones included); in transaction pooling both proxies keep
+# their pools open meanwhile.
 pg_max_connections=$((CLIENTS + 30))
+[[ $POOL_MODE == transaction ]] && pg_max_connections=$((pg_max_connections + 2 * POOL_SIZE))
 ((pg_max_connections < 100)) && pg_max_connections=100
 # (PgBouncer keeps its idle clients' server connections open while
 # rowgate's are measured.)

@@ -434,3 +434,109 @@ fn automatic_statements_are_shared_per_connection_and_keep_each_users_rows() {
     );
     assert!(!log.contains("session pinned"), "{log}");
 }
+
+#[test]
+fn a_session_takes_up_an_automatic_statement_another_prepared() {
+    let proxy = pooled(1, "5s");
+    let mut first = login(&proxy, "king", "app");
+    let shaped = |proxy: &common::Proxy| {
+        proxy
+            .log()
+            .matches("making an automatic statement of a shape")
+            .count()
+    };
+    for id in 1..=4 {
+        let sql = format!("SELECT name FROM merchants WHERE id = {id}");
+        assert_eq!(error_code(&first.query(&sql).unwrap()), None);
+    }
+    assert_eq!(shaped(&proxy), 1, "{}", proxy.log());
+    // The same statement from another session of the same settings (the
+    // same shared name): the connection has it, and the session uses it
+    // from then on without making it again.
+    let mut second = login(&proxy, "king", "app");
+    for id in 1..=8 {
+        let sql = format!("SELECT name FROM merchants WHERE id = {id}");
+        let got = second.query(&sql).unwrap();
+        assert_eq!(error_code(&got), None, "{got:?}");
+    }
+    assert_eq!(shaped(&proxy), 2, "{}", proxy.log());
+}
+
+/// Parse, Bind and Execute of the unnamed statement, then Sync.
+fn parse_and_run(client: &mut Client, sql: &str) -> Vec<Msg> {
+    let mut buf = BytesMut::new();
+    frontend::parse("", sql, [], &mut buf).unwrap();
+    frontend::bind(
+        "",
+        "",
+        [],
+        [],
+        |_: (), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        &mut buf,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    client.send(&buf).unwrap();
+    client.until_ready().unwrap()
+}
+
+#[test]
+fn unnamed_statements_parsed_again_are_shared_and_keep_each_users_rows() {
+    let proxy = pooled(1, "5s");
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    let sql = "SELECT DISTINCT name FROM merchants";
+    let tags = |m: &[Msg]| m.iter().map(|m| m.tag as char).collect::<String>();
+    for round in 0..4 {
+        // The same text from two users on one connection: each statement
+        // upstream is its user's rewrite, whichever was parsed before.
+        let k = parse_and_run(&mut king, sql);
+        assert_eq!(tags(&k), "12DCZ", "round {round}: {k:?}");
+        assert_eq!(values(&k), ["King Inc"], "round {round}");
+        let b = parse_and_run(&mut bel, sql);
+        assert_eq!(values(&b), ["Bel Air"], "round {round}");
+    }
+    // From the second Parse on, a shared statement stands for the text.
+    let shared = proxy.log().matches("unnamed statement shared").count();
+    assert_eq!(shared, 6, "{}", proxy.log());
+    // The client's unnamed statement follows it to the next cycle, after
+    // another session used the connection.
+    assert_eq!(tags(&prepare(&mut king, "", sql)), "1Z");
+    assert_eq!(values(&parse_and_run(&mut bel, sql)), ["Bel Air"]);
+    assert_eq!(values(&run_prepared(&mut king, "")), ["King Inc"]);
+    // A Query drops the unnamed statement, as natively.
+    assert_eq!(error_code(&king.query("SELECT 1").unwrap()), None);
+    let gone = run_prepared(&mut king, "");
+    assert_eq!(error_code(&gone).as_deref(), Some("26000"), "{gone:?}");
+    assert_eq!(values(&run_prepared(&mut bel, "")), ["Bel Air"]);
+    // So does a Close.
+    let mut buf = BytesMut::new();
+    frontend::close(b'S', "", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    bel.send(&buf).unwrap();
+    assert_eq!(tags(&bel.until_ready().unwrap()), "3Z");
+    let gone = run_prepared(&mut bel, "");
+    assert_eq!(error_code(&gone).as_deref(), Some("26000"), "{gone:?}");
+    assert!(!proxy.log().contains("session pinned"), "{}", proxy.log());
+}
+
+#[test]
+fn another_sessions_unnamed_statement_is_not_bound() {
+    let proxy = pooled(1, "5s");
+    // The same settings: taking the connection runs nothing that would
+    // drop its unnamed statement.
+    let mut king = login(&proxy, "king", "app");
+    let mut bel = login(&proxy, "bel", "app");
+    let sql = "SELECT DISTINCT name FROM merchants";
+    // Once (the ordinary way) and again (a shared statement).
+    for _ in 0..2 {
+        assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
+        // A session that parsed nothing binds nothing, as natively, on
+        // the connection whose unnamed statement is king's.
+        let none = run_prepared(&mut bel, "");
+        assert_eq!(error_code(&none).as_deref(), Some("26000"), "{none:?}");
+    }
+}

@@ -11,11 +11,14 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
@@ -25,8 +28,72 @@ use crate::frontend::autoprep::Auto;
 use crate::tls::Stream;
 use crate::wire;
 
-pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
-pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+/// A connection's read half: plain TCP as it is (no dynamic dispatch,
+/// and it can move to another worker's poller), anything else boxed.
+pub enum Reader {
+    Tcp(OwnedReadHalf),
+    Boxed(Box<dyn AsyncRead + Unpin + Send>),
+}
+
+/// A connection's write half (see [`Reader`]).
+pub enum Writer {
+    Tcp(OwnedWriteHalf),
+    Boxed(Box<dyn AsyncWrite + Unpin + Send>),
+}
+
+impl AsyncRead for Reader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Reader::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            Reader::Boxed(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            Writer::Boxed(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_flush(cx),
+            Writer::Boxed(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            Writer::Boxed(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Reader {
+    /// A reader that is always at its end (no connection attached).
+    pub fn none() -> Reader {
+        Reader::Boxed(Box::new(tokio::io::empty()))
+    }
+}
+
+impl Writer {
+    /// A writer that takes everything (no connection attached).
+    pub fn none() -> Writer {
+        Writer::Boxed(Box::new(tokio::io::sink()))
+    }
+}
 
 /// A stream's two halves, and whether what is written needs a flush to
 /// leave (TLS buffers records; plain TCP writes at once).
@@ -35,13 +102,23 @@ pub fn halves(stream: Stream) -> (Reader, Writer, bool) {
         // Plain TCP splits without a lock; TLS streams share one.
         Stream::Plain(tcp) => {
             let (rd, wr) = tcp.into_split();
-            (Box::new(rd), Box::new(wr), false)
+            (Reader::Tcp(rd), Writer::Tcp(wr), false)
         }
         other => {
             let (rd, wr) = tokio::io::split(other);
-            (Box::new(rd), Box::new(wr), true)
+            (
+                Reader::Boxed(Box::new(rd)),
+                Writer::Boxed(Box::new(wr)),
+                true,
+            )
         }
     }
+}
+
+/// The worker thread a socket's readiness is reported to (each runs a
+/// single-threaded runtime with a poller of its own; see `server.rs`).
+fn this_worker() -> ThreadId {
+    std::thread::current().id()
 }
 
 /// A Terminate message.
@@ -72,6 +149,8 @@ pub struct Server {
     pub statements: HashMap<String, Arc<Auto>>,
     created: Instant,
     idle_since: Instant,
+    /// The worker whose poller its sockets are registered with.
+    home: ThreadId,
 }
 
 /// Why no connection could be had.
@@ -166,15 +245,27 @@ impl Pools {
             _ => return Err(PoolError::Timeout(wait)),
         };
         let lease = Lease { _permit: permit };
+        let here = this_worker();
         let reused = loop {
-            let next = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let next = {
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                // The last one used on this worker, else any (moved here).
+                idle.iter()
+                    .rposition(|s| s.home == here)
+                    .or_else(|| idle.len().checked_sub(1))
+                    .map(|at| idle.remove(at))
+            };
             match next {
                 None => break None,
                 Some(mut s) => {
                     if !self.expired(&s, Instant::now()) && s.alive() {
-                        break Some(s);
+                        match s.move_here(here) {
+                            Ok(()) => break Some(s),
+                            Err(e) => debug!("cannot move a pooled connection: {e}"),
+                        }
+                    } else {
+                        close(s);
                     }
-                    close(s);
                 }
             }
         };
@@ -223,6 +314,7 @@ impl Pools {
             statements: HashMap::new(),
             created: now,
             idle_since: now,
+            home: this_worker(),
         })
     }
 
@@ -379,6 +471,33 @@ impl Server {
                 _ => {}
             }
         }
+    }
+
+    /// Registers the connection's sockets with the poller of worker
+    /// `here` (the one taking it), so that its readiness wakes that worker
+    /// directly instead of another thread that then wakes it. A TLS
+    /// connection stays where it is (it works from any worker).
+    fn move_here(&mut self, here: ThreadId) -> std::io::Result<()> {
+        if self.home == here {
+            return Ok(());
+        }
+        let rd = std::mem::replace(&mut self.rd, Reader::none());
+        let wr = std::mem::replace(&mut self.wr, Writer::none());
+        match (rd, wr) {
+            (Reader::Tcp(rd), Writer::Tcp(wr)) => {
+                let tcp = rd.reunite(wr).map_err(std::io::Error::other)?;
+                let tcp = TcpStream::from_std(tcp.into_std()?)?;
+                let (rd, wr) = tcp.into_split();
+                self.rd = Reader::Tcp(rd);
+                self.wr = Writer::Tcp(wr);
+                self.home = here;
+            }
+            (rd, wr) => {
+                self.rd = rd;
+                self.wr = wr;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the connection still looks usable: nothing arrived on it

@@ -515,13 +515,9 @@ impl Session<'_> {
         let sent_ok = forward.is_ok();
         let text = match forward {
             Ok(f)
-                if unnamed
-                    && f.preparable
-                    && self.prepare_threshold > 0
-                    && !self.pipe.mixed()
-                    && self.pooled.is_none() =>
+                if unnamed && f.preparable && self.prepare_threshold > 0 && !self.pipe.mixed() =>
             {
-                if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle) {
+                if let Some(out) = self.auto_parse(&f.sql, parse.types, cycle, io) {
                     return Ok(out);
                 }
                 f.sql

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::client::Session;
 use super::outgoing::{close_message, parse_message, NO_STATEMENT};
@@ -44,7 +44,9 @@ pub(super) struct Pooled {
     /// which are not the session's.
     pub reapply: bool,
     /// The client's named prepared statements: each exists upstream under
-    /// a shared name, on whichever connection serves the session.
+    /// a shared name, on whichever connection serves the session. The
+    /// unnamed one (`""`) is here while a shared statement stands for it
+    /// (see `prepared.rs`, `auto_parse`).
     pub statements: HashMap<String, Named>,
     /// A `DEALLOCATE ALL` or `DISCARD ALL` ran on the attached connection:
     /// what it had prepared is gone.
@@ -174,6 +176,7 @@ impl Session<'_> {
         if let Some(p) = &mut self.pooled {
             p.unnamed_parse = sent;
             p.unnamed_missing = false;
+            p.statements.remove("");
         }
     }
 
@@ -182,16 +185,40 @@ impl Session<'_> {
         if let Some(p) = &mut self.pooled {
             p.unnamed_parse = None;
             p.unnamed_missing = false;
+            p.statements.remove("");
         }
+    }
+
+    /// An unnamed Parse of a statement the session parsed before: its
+    /// shared statement `named` stands for the client's unnamed one from
+    /// now on (Bind and Describe name it), prepared on the attached
+    /// connection unless it has it. So PostgreSQL plans it once per
+    /// connection, not at every Parse.
+    pub(super) fn pooled_unnamed(&mut self, named: Named, io: &mut Io) -> Bytes {
+        debug!(user = %self.user, statement = %named.shared, "unnamed statement shared");
+        self.unnamed = None;
+        if let Some(p) = &mut self.pooled {
+            p.unnamed_parse = None;
+            p.unnamed_missing = false;
+            p.statements.insert(String::new(), named.clone());
+        }
+        self.ensure_prepared(&named, true, io)
     }
 
     /// Before a Bind or Describe of the unnamed statement on a connection
     /// that lacks it: its Parse again, whose ParseComplete the client does
-    /// not see.
+    /// not see. When the session has no unnamed statement, the
+    /// connection's (another session's, with that user's filters) is
+    /// closed first, so that PostgreSQL answers as natively: there is none.
     pub(super) fn restore_unnamed(&mut self, io: &mut Io) {
         let Some(p) = &mut self.pooled else {
             return;
         };
+        if p.unnamed_parse.is_none() {
+            io.send(&close_message(b'S', ""));
+            self.pipe.expect(backend::CLOSE_COMPLETE, Action::Drop);
+            return;
+        }
         if !std::mem::take(&mut p.unnamed_missing) {
             return;
         }
@@ -247,7 +274,7 @@ impl Session<'_> {
     /// `answers` (its own Parse) and not otherwise (a Bind or Describe
     /// that needs it). With `answers` and the statement there, a Close of
     /// nothing stands in for the Parse.
-    fn ensure_prepared(&mut self, named: &Named, answers: bool, io: &mut Io) -> Bytes {
+    pub(super) fn ensure_prepared(&mut self, named: &Named, answers: bool, io: &mut Io) -> Bytes {
         let cycle = self.pipe.cycle();
         let dropped = self
             .pooled
@@ -337,6 +364,12 @@ impl Session<'_> {
             (b'S', name) if !name.is_empty() && p.statements.remove(name).is_some() => {
                 Ok(Some(close_message(b'S', NO_STATEMENT)))
             }
+            (b'S', "") => {
+                // Closed upstream too (a Close of the connection's own
+                // unnamed statement is harmless).
+                p.statements.remove("");
+                Ok(None)
+            }
             _ => Ok(None),
         }
     }
@@ -345,7 +378,8 @@ impl Session<'_> {
     /// gone, and what the connection had prepared.
     pub(super) fn pooled_deallocated(&mut self) {
         if let Some(p) = &mut self.pooled {
-            p.statements.clear();
+            // The unnamed statement is not a prepared statement's to drop.
+            p.statements.retain(|name, _| name.is_empty());
             p.connection_deallocated = true;
         }
     }
@@ -361,6 +395,15 @@ impl Session<'_> {
 }
 
 impl Pooled {
+    /// The shared name of an unnamed statement parsed again (see
+    /// [`shared_name`]), in the pools' current epoch (a stale statement
+    /// takes a new name).
+    pub fn unnamed_name(&self, text: &str, types: &[u8]) -> String {
+        let mut settings = self.wanted.clone();
+        settings.push(("epoch".into(), self.pools.epoch().to_string()));
+        shared_name(text, types, &settings)
+    }
+
     /// The shared name of an automatic statement (see [`shared_name`]),
     /// in the pools' current epoch.
     pub fn auto_name(&self, template: &str, types: &[&str]) -> String {

@@ -10,6 +10,7 @@ use tracing::debug;
 use super::client::Session;
 use super::outgoing::{auto_name, close_message, execute, parse_message, query_message};
 use super::pipeline::Action;
+use super::pooling::Named;
 use super::relay::Io;
 use crate::frontend::autoprep::{self, Auto};
 use crate::frontend::messages;
@@ -42,6 +43,9 @@ pub(super) struct Seen {
     /// The statement prepared (simple query, transaction pooling: made to
     /// exist on each connection that serves the session).
     pub template: Option<Arc<str>>,
+    /// An unnamed statement's shared statement (extended query,
+    /// transaction pooling).
+    pub shared: Option<Named>,
 }
 
 impl Seen {
@@ -142,6 +146,7 @@ impl Session<'_> {
         if !autoprep::values_fit(&shape.values, &types) {
             return None;
         }
+        debug!(user = %self.user, "making an automatic statement of a shape");
         let forward = self.rewrite(sql, &[]).await.ok();
         let declared = autoprep::param_oids(&types);
         let cx = Context {
@@ -184,13 +189,22 @@ impl Session<'_> {
     /// What goes upstream for a rewritten unnamed Parse that was seen
     /// before: a Close standing in for it, or its preparing under a name of
     /// rowgate's. `None` to send it as it is.
-    pub(super) fn auto_parse(&mut self, sql: &str, types: &[u8], cycle: u64) -> Option<Bytes> {
+    pub(super) fn auto_parse(
+        &mut self,
+        sql: &str,
+        types: &[u8],
+        cycle: u64,
+        io: &mut Io,
+    ) -> Option<Bytes> {
         if sql.len() > MAX_AUTO_LEN {
             return None;
         }
         if !self.texts.contains_key(sql) && self.texts.len() >= SEEN_ENTRIES {
-            self.texts
-                .retain(|_, by_types| by_types.values().any(|s| s.auto.is_some()));
+            self.texts.retain(|_, by_types| {
+                by_types
+                    .values()
+                    .any(|s| s.auto.is_some() || s.shared.is_some())
+            });
             if self.texts.len() >= SEEN_ENTRIES {
                 return None;
             }
@@ -203,6 +217,20 @@ impl Session<'_> {
             Some(s) => s,
             None => by_types.entry(types.to_vec()).or_default(),
         };
+        if let Some(p) = &mut self.pooled {
+            if seen.shared.is_none() {
+                if !seen.run(self.prepare_threshold) {
+                    return None;
+                }
+                let shared = p.unnamed_name(sql, types);
+                seen.shared = Some(Named {
+                    parse: parse_message(&shared, sql, types),
+                    shared,
+                });
+            }
+            let named = seen.shared.clone()?;
+            return Some(self.pooled_unnamed(named, io));
+        }
         if let Some((auto, _)) = seen.usable(cycle) {
             self.unnamed = Some(auto.clone());
             let mut out = self.close_retired();
@@ -311,6 +339,13 @@ impl Session<'_> {
         let server = io.server_mut()?;
         let text = match server.statements.get(&name) {
             Some(a) if a.usable(cycle) => {
+                // Prepared by another session: this one now knows the
+                // statement, and later runs skip straight to it.
+                if let Some(seen) = self.shapes.get_mut(&shape.key) {
+                    if seen.auto.is_none() {
+                        seen.auto = Some((a.clone(), types.clone()));
+                    }
+                }
                 self.counters.auto_hit.inc();
                 self.pipe
                     .expect(backend::ERROR_RESPONSE, Action::Retry(sql.clone()));

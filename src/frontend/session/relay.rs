@@ -110,8 +110,8 @@ impl Io {
         Io {
             client_rd,
             client_wr,
-            up_rd: Box::new(tokio::io::empty()),
-            up_wr: Box::new(tokio::io::sink()),
+            up_rd: Reader::none(),
+            up_wr: Writer::none(),
             client_in,
             up_in: BytesMut::new(),
             to_client: BytesMut::new(),
@@ -151,14 +151,15 @@ impl Io {
     }
 
     /// Lets go of the buffers' memory while they are empty (a session
-    /// idle between transactions).
+    /// idle between transactions). The outgoing ones go whatever their
+    /// capacity: one may be a view of a buffer read from upstream, which
+    /// it keeps whole.
     pub fn shrink(&mut self) {
-        for buf in [
-            &mut self.client_in,
-            &mut self.to_client,
-            &mut self.to_upstream,
-        ] {
-            if buf.is_empty() && buf.capacity() > IDLE_READ {
+        if self.client_in.is_empty() && self.client_in.capacity() > IDLE_READ {
+            self.client_in = BytesMut::new();
+        }
+        for buf in [&mut self.to_client, &mut self.to_upstream] {
+            if buf.is_empty() {
                 *buf = BytesMut::new();
             }
         }
@@ -216,7 +217,9 @@ impl Io {
             self.attached && (!self.to_upstream.is_empty() || self.upstream_unflushed);
         let grace = self.draining && idle && self.passthrough == 0;
         reserve(&mut self.client_in);
-        reserve(&mut self.up_in);
+        if self.attached {
+            reserve(&mut self.up_in);
+        }
         tokio::select! {
             read = self.client_rd.read_buf(&mut self.client_in), if read_client => match read {
                 Ok(0) => Event::ClientEnd(WireError::Closed),
@@ -343,6 +346,9 @@ impl Session<'_> {
             self.run_again(sql, io).await;
         }
         self.detach_if_done(io);
+        if !io.attached() {
+            io.shrink();
+        }
         self.forward(io).await
     }
 
