@@ -430,14 +430,7 @@ impl Session<'_> {
                 match self.rewrite_or_refuse(&sql, &[]).await {
                     Ok(f) => {
                         if f.copy_in {
-                            // The staging table's creation, the INSERT
-                            // from it and its drop are rowgate's own.
-                            use super::pipeline::Action;
-                            use crate::frontend::tags::backend::COMMAND_COMPLETE;
-                            self.pipe.expect(COMMAND_COMPLETE, Action::Drop);
-                            self.pipe.expect(COMMAND_COMPLETE, Action::Pass);
-                            self.pipe.expect(COMMAND_COMPLETE, Action::Drop);
-                            self.pipe.expect(COMMAND_COMPLETE, Action::Drop);
+                            self.pipe.expect_copy_in();
                         }
                         self.path_event(f.path.as_ref(), f.ends_transaction);
                         // A simple Query is a cycle of its own.

@@ -188,6 +188,18 @@ impl Pipeline {
         });
     }
 
+    /// A read-write member's `COPY ... FROM STDIN` goes through rowgate's
+    /// staging table (see `rewrite::writes::copy_in`): of the
+    /// CommandCompletes of its four statements (the staging table's
+    /// creation, the COPY, the checked INSERT, the drop) the client sees the
+    /// COPY's only. After an error the rest are skipped with the cycle.
+    pub fn expect_copy_in(&mut self) {
+        self.expect(backend::COMMAND_COMPLETE, Action::Drop);
+        self.expect(backend::COMMAND_COMPLETE, Action::Pass);
+        self.expect(backend::COMMAND_COMPLETE, Action::Drop);
+        self.expect(backend::COMMAND_COMPLETE, Action::Drop);
+    }
+
     /// Extended-protocol messages were sent since the last Sync.
     pub fn unsynced(&self) -> bool {
         self.unsynced
@@ -608,6 +620,63 @@ mod tests {
         assert_eq!(p.status(), status::IN_TRANSACTION);
         assert!(!p.own_pending() && p.idle());
         assert_eq!(p.take_answer(), None, "once");
+    }
+
+    /// A COPY FROM through the staging table: the client sees the
+    /// CopyInResponse and the COPY's tag only; when the checked INSERT
+    /// fails, its error becomes native RLS's and the drop's expectation
+    /// ends with the cycle.
+    #[test]
+    fn a_staged_copy_shows_the_client_the_copy_only() {
+        let mut p = Pipeline::new(NONCE);
+        for fails in [false, true] {
+            p.on_client(frontend::QUERY);
+            p.expect_copy_in();
+            p.end_cycle();
+            assert_eq!(
+                p.on_server(backend::COMMAND_COMPLETE, b"SELECT 0\0"),
+                Reply::Drop
+            );
+            assert_eq!(
+                p.on_server(backend::COPY_IN_RESPONSE, &[0, 0, 0]),
+                Reply::Relay
+            );
+            p.on_client(frontend::COPY_DATA);
+            p.on_client(frontend::COPY_DONE);
+            assert_eq!(
+                p.on_server(backend::COMMAND_COMPLETE, b"COPY 2\0"),
+                Reply::Relay
+            );
+            if fails {
+                let check = error(
+                    "22P02",
+                    "invalid input syntax for type integer: \"rowgate_check_6f7264657273\"",
+                );
+                let reply = p.on_server(backend::ERROR_RESPONSE, &check);
+                assert_eq!(code_of(&reply).as_deref(), Some("42501"));
+            } else {
+                assert_eq!(
+                    p.on_server(backend::COMMAND_COMPLETE, b"INSERT 0 2\0"),
+                    Reply::Drop
+                );
+                assert_eq!(
+                    p.on_server(backend::COMMAND_COMPLETE, b"DROP TABLE\0"),
+                    Reply::Drop
+                );
+            }
+            assert_eq!(
+                p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+                Reply::Relay
+            );
+            assert!(p.idle());
+        }
+        // The next cycle's tags are the client's own.
+        p.on_client(frontend::QUERY);
+        p.end_cycle();
+        assert_eq!(
+            p.on_server(backend::COMMAND_COMPLETE, b"DROP TABLE\0"),
+            Reply::Relay
+        );
     }
 
     fn stale() -> Vec<u8> {
