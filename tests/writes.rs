@@ -161,6 +161,8 @@ const REFUSED: &[&str] = &[
     "INSERT INTO merchants VALUES (61, 'King Inc')",
     "INSERT INTO orders (merchant_id, id) SELECT max(merchant_id), 132 FROM orders",
     "INSERT INTO orders VALUES (142)",
+    "INSERT INTO orders (id, merchant_id) VALUES (143, DEFAULT)",
+    "UPDATE orders SET merchant_id = DEFAULT WHERE id = 11",
     "INSERT INTO merchants (id, name, country_id, tier) VALUES (1, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET country_id = EXCLUDED.country_id + 0",
     "WITH d AS (DELETE FROM sales.\"Returns\" RETURNING order_id) UPDATE orders SET note = 'returned' WHERE id IN (SELECT order_id FROM d)",
     "WITH x AS (SELECT 1 AS id) , d AS (DELETE FROM orders WHERE id IN (SELECT id FROM x) RETURNING id) SELECT count(*) FROM d",

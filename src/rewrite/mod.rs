@@ -735,6 +735,39 @@ pub fn exprs_outside_subqueries<T: sqlparser::ast::Visit>(
     node.visit(&mut Outside { depth: 0, f }).is_break()
 }
 
+/// Calls `f` on every expression of `node` outside nested queries, after
+/// its own subexpressions (so `f` may replace it); the mutable twin of
+/// [`exprs_outside_subqueries`].
+pub(crate) fn map_exprs_outside_subqueries<T: sqlparser::ast::VisitMut>(
+    node: &mut T,
+    f: impl FnMut(&mut sqlparser::ast::Expr),
+) {
+    use sqlparser::ast::{Expr, Query, VisitorMut};
+    use std::ops::ControlFlow;
+    struct Outside<F> {
+        depth: usize,
+        f: F,
+    }
+    impl<F: FnMut(&mut Expr)> VisitorMut for Outside<F> {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if self.depth == 0 {
+                (self.f)(e);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = node.visit(&mut Outside { depth: 0, f });
+}
+
 /// The text of a list of statements, as forwarded upstream.
 pub fn print(statements: &[Statement]) -> String {
     let mut out = String::new();

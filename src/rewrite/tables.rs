@@ -720,44 +720,6 @@ fn keep_row_types(select: &mut Select, reads: &[(String, RelName, Option<bool>)]
             None => return,
         }
     }
-    struct Rows<'a> {
-        depth: usize,
-        targets: Vec<(String, &'a RelName)>,
-    }
-    impl VisitorMut for Rows<'_> {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-            self.depth += 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-            if self.depth != 0 {
-                return ControlFlow::Continue(());
-            }
-            if let Expr::Identifier(i) = expr {
-                let name = fold(i);
-                if let Some((_, rel)) = self.targets.iter().find(|(a, _)| *a == name) {
-                    *expr = Expr::Cast {
-                        kind: sqlparser::ast::CastKind::DoubleColon,
-                        expr: Box::new(expr.clone()),
-                        data_type: DataType::Custom(
-                            ObjectName::from(vec![
-                                crate::names::ident(&rel.schema),
-                                crate::names::ident(&rel.name),
-                            ]),
-                            vec![],
-                        ),
-                        format: None,
-                    };
-                }
-            }
-            ControlFlow::Continue(())
-        }
-    }
     let targets: Vec<(String, &RelName)> = replaced
         .iter()
         .filter(|(alias, _, _)| !columns.contains(alias))
@@ -766,15 +728,33 @@ fn keep_row_types(select: &mut Select, reads: &[(String, RelName, Option<bool>)]
     if targets.is_empty() {
         return;
     }
-    let mut rows = Rows { depth: 0, targets };
+    let as_row = |expr: &mut Expr| {
+        if let Expr::Identifier(i) = expr {
+            let name = fold(i);
+            if let Some((_, rel)) = targets.iter().find(|(a, _)| *a == name) {
+                *expr = Expr::Cast {
+                    kind: sqlparser::ast::CastKind::DoubleColon,
+                    expr: Box::new(expr.clone()),
+                    data_type: DataType::Custom(
+                        ObjectName::from(vec![
+                            crate::names::ident(&rel.schema),
+                            crate::names::ident(&rel.name),
+                        ]),
+                        vec![],
+                    ),
+                    format: None,
+                };
+            }
+        }
+    };
     for item in select.projection.iter_mut() {
-        let _ = item.visit(&mut rows);
+        super::map_exprs_outside_subqueries(item, as_row);
     }
     if let Some(selection) = select.selection.as_mut() {
-        let _ = selection.visit(&mut rows);
+        super::map_exprs_outside_subqueries(selection, as_row);
     }
     if let Some(having) = select.having.as_mut() {
-        let _ = having.visit(&mut rows);
+        super::map_exprs_outside_subqueries(having, as_row);
     }
 }
 

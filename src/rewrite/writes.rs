@@ -30,12 +30,10 @@
 //! their defaults, and new values of filtered columns that are not plain
 //! constants, parameters or columns.
 
-use std::ops::ControlFlow;
-
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Delete, Expr, FromTable, Ident, Insert, ObjectName, Query,
-    Select, SelectItem, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update,
-    UpdateTableFromKind, Value, VisitMut, VisitorMut,
+    Assignment, AssignmentTarget, Delete, Expr, FromTable, Ident, Insert, ObjectName, Select,
+    SelectItem, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update,
+    UpdateTableFromKind, Value,
 };
 
 use super::{Context, Refusal};
@@ -296,39 +294,15 @@ fn refname(rel: &RelName, alias: Option<&Ident>) -> Ident {
 /// filter's subqueries) read from `value` instead: the target's refname,
 /// or the new values of a row.
 fn substituted(filter: &Expr, rel: &RelName, value: &dyn Fn(&str) -> Expr) -> Expr {
-    struct Columns<'a> {
-        rel: &'a str,
-        value: &'a dyn Fn(&str) -> Expr,
-        depth: usize,
-    }
-    impl VisitorMut for Columns<'_> {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-            self.depth += 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-            if self.depth == 0 {
-                if let Expr::CompoundIdentifier(parts) = expr {
-                    if let [table, column] = parts.as_slice() {
-                        if table.value == self.rel {
-                            *expr = Expr::Nested(Box::new((self.value)(&column.value)));
-                        }
-                    }
+    let mut out = filter.clone();
+    super::map_exprs_outside_subqueries(&mut out, |expr| {
+        if let Expr::CompoundIdentifier(parts) = expr {
+            if let [table, column] = parts.as_slice() {
+                if table.value == rel.name {
+                    *expr = Expr::Nested(Box::new(value(&column.value)));
                 }
             }
-            ControlFlow::Continue(())
         }
-    }
-    let mut out = filter.clone();
-    let _ = out.visit(&mut Columns {
-        rel: &rel.name,
-        value,
-        depth: 0,
     });
     out
 }
@@ -385,13 +359,15 @@ fn guarded(value: Expr, check: Expr, rel: &RelName) -> Expr {
 /// PostgreSQL makes of it when it assigns it. Anything else (a call, which
 /// might not give the same value twice; a subquery) is refused.
 fn checkable(value: &Expr, column_type: Option<&str>) -> Result<Expr, Refusal> {
-    let untyped = matches!(
-        value,
-        Expr::Value(v) if matches!(
-            v.value,
-            Value::SingleQuotedString(_) | Value::EscapedStringLiteral(_) | Value::Null | Value::Placeholder(_)
-        )
-    );
+    let untyped = is_untyped(value);
+    // `DEFAULT` reads as a bare identifier; the value it stands for is the
+    // column's default, which the check cannot see.
+    if matches!(value, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+    {
+        return Err(unsupported(
+            "DEFAULT as the new value of a filtered column (give the value)",
+        ));
+    }
     let plain = match value {
         Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
         Expr::UnaryOp { expr, .. } => matches!(expr.as_ref(), Expr::Value(_)),
@@ -945,9 +921,8 @@ pub fn copy_in(statements: &[Statement], cx: &Context) -> Result<Option<Vec<Stat
         source,
         to: false,
         target: copy_target,
-        options,
-        legacy_options,
         values,
+        ..
     }] = statements
     else {
         return Ok(None);
@@ -1017,7 +992,6 @@ pub fn copy_in(statements: &[Statement], cx: &Context) -> Result<Option<Vec<Stat
             columns: names.iter().map(|n| crate::names::ident(n)).collect(),
         };
     }
-    let _ = (options, legacy_options);
     // Each piece parsed on its own: a COPY FROM STDIN reads what follows it
     // in one text as its data.
     let one = |text: &str| -> Result<Statement, Refusal> {
