@@ -148,22 +148,80 @@ const WRITES: &[&str] = &[
     "INSERT INTO orders (id, merchant_id, placed_at) VALUES (11, 1, '2030-01-01') ON CONFLICT (id) DO UPDATE SET placed_at = '2031-01-01' RETURNING placed_at",
     "INSERT INTO merchants (id, name, country_id, tier) VALUES (1, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET tier = 2 RETURNING id, tier",
     "INSERT INTO merchants (id, name, country_id, tier) VALUES (5, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET name = 'x'",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (1, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET country_id = EXCLUDED.country_id + 0",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (1, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET tier = DEFAULT RETURNING tier",
+    // A SET value that fails on the conflicting row: PostgreSQL checks
+    // that the row is visible before it computes any value, in the
+    // table's column order (amount before note).
+    "INSERT INTO orders (id, merchant_id) VALUES (13, 1) ON CONFLICT (id) DO UPDATE SET note = 'x', amount = 1 / (orders.amount - orders.amount)",
+    "INSERT INTO orders (id, merchant_id) VALUES (13, 1) ON CONFLICT (id) DO UPDATE SET note = orders.status || 'x'",
+    "INSERT INTO orders (id, merchant_id) VALUES (11, 1) ON CONFLICT (id) DO UPDATE SET note = 'x', amount = 1 / (orders.amount - orders.amount)",
+    // The check reads a new value as the column holds it: 1.6 into an
+    // integer column is 2, 42 into a text column is '42'.
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (62, 'King Inc', 1, 1.6)",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (63, 'King Inc', 1, 2.6)",
+    "UPDATE merchants SET tier = 2.4 WHERE id = 1",
+    "UPDATE merchants SET name = 42 WHERE id = 1",
+    "UPDATE orders SET merchant_id = 1.2 WHERE id = 2 RETURNING merchant_id",
+    // New values of filtered columns that are calls, subqueries or
+    // expressions: computed once, then checked.
+    "UPDATE merchants SET country_id = (SELECT id FROM countries WHERE name = 'Thailand') WHERE id = 1",
+    "UPDATE merchants SET country_id = (SELECT min(id) FROM countries) WHERE id = 1 RETURNING country_id",
+    "UPDATE orders SET merchant_id = merchant_id + 1 WHERE id < 8 RETURNING id, merchant_id",
+    "UPDATE orders SET merchant_id = abs(-5) WHERE id = 1",
+    "UPDATE orders SET merchant_id = (SELECT max(id) FROM merchants WHERE id < 4) WHERE id = 1",
+    "INSERT INTO orders (id, merchant_id) VALUES (150, (SELECT min(id) FROM merchants))",
+    "INSERT INTO orders (id, merchant_id) VALUES (151, abs(-1)), (152, abs(-5)) RETURNING merchant_id",
+    "INSERT INTO orders (id, merchant_id) VALUES (153, (SELECT id FROM merchants WHERE name = 'Bel Air' LIMIT 1))",
+    "INSERT INTO orders (id, merchant_id) VALUES (154, 1 + 0), (155, NULLIF(1, 1))",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (64, upper('king') || ' Inc', 1, 1)",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (65, initcap('king inc'), 1, 1)",
+    // Columns left to their defaults (merchant_id's is abs(-1), tier's 2,
+    // country_id has none).
+    "INSERT INTO merchants (id, name) VALUES (60, 'King Inc')",
+    "INSERT INTO merchants VALUES (61, 'King Inc')",
+    "INSERT INTO merchants (id, name, country_id) VALUES (66, 'King Inc', 1) RETURNING tier",
+    "INSERT INTO orders VALUES (142)",
+    "INSERT INTO orders (id) VALUES (144), (145) RETURNING merchant_id",
+    "INSERT INTO orders (id, merchant_id) VALUES (143, DEFAULT)",
+    "INSERT INTO orders (id, merchant_id, amount) VALUES (146, DEFAULT, 1), (147, 5, DEFAULT)",
+    "UPDATE orders SET merchant_id = DEFAULT WHERE id = 11",
+    "UPDATE merchants SET tier = DEFAULT WHERE id = 1 RETURNING tier",
+    "UPDATE merchants SET tier = DEFAULT, country_id = DEFAULT WHERE id = 1",
+    "INSERT INTO orders (id) SELECT id + 800 FROM orders WHERE id < 4 RETURNING id, merchant_id",
+    // INSERT of a query: its rows, however it gives them, are checked.
+    "INSERT INTO orders (id, merchant_id) SELECT 123, 1 UNION ALL SELECT 124, 1",
+    "INSERT INTO orders (id, merchant_id) SELECT 125, 1 UNION ALL SELECT 126, 5",
+    "INSERT INTO orders (id, merchant_id) SELECT id + 500, merchant_id FROM orders WHERE id < 10 EXCEPT SELECT id + 500, 3 FROM orders",
+    "INSERT INTO orders (merchant_id, id) SELECT max(merchant_id), 132 FROM orders",
+    "INSERT INTO orders (merchant_id, id) SELECT merchant_id, min(id) + 900 FROM orders GROUP BY merchant_id",
+    "INSERT INTO orders (id, merchant_id, amount) SELECT 160 + row_number() OVER (ORDER BY id), id, 1 FROM merchants",
+    "INSERT INTO orders (id, merchant_id) SELECT DISTINCT merchant_id + 700, merchant_id FROM orders WHERE merchant_id < 100 ORDER BY 1 LIMIT 3",
+    "INSERT INTO orders (id, merchant_id) SELECT g, 1 FROM generate_series(170, 172) g",
+    "INSERT INTO orders (id, merchant_id) SELECT 173, coalesce(NULL, 9)",
+    "INSERT INTO orders (id, merchant_id, note) SELECT 174, '1', 'untyped'",
+    "INSERT INTO orders (id, merchant_id) VALUES (175, 1), (176, 5) ON CONFLICT DO NOTHING",
+    // SQL PREPARE of a write, then EXECUTE (the parameters of the types
+    // PREPARE gives them).
+    "PREPARE w1(int, int) AS UPDATE orders SET merchant_id = $1 WHERE id = $2; EXECUTE w1(2, 1)",
+    "PREPARE w2(int, int) AS UPDATE orders SET merchant_id = $1 WHERE id = $2; EXECUTE w2(5, 1)",
+    "PREPARE w3(int) AS DELETE FROM orders WHERE id < $1 RETURNING id; EXECUTE w3(10)",
+    "PREPARE w4(int, int) AS INSERT INTO orders (id, merchant_id) VALUES ($1, $2) RETURNING *; EXECUTE w4(180, 1)",
+    "PREPARE w5(int, int) AS INSERT INTO orders (id, merchant_id) VALUES ($1, $2); EXECUTE w5(181, 5)",
+    "PREPARE w6(int, numeric) AS INSERT INTO merchants (id, name, country_id, tier) VALUES ($1, 'King Inc', 1, $2); EXECUTE w6(68, 1.6)",
+    "PREPARE w7(text, int) AS UPDATE merchants SET name = $1 WHERE id = $2; EXECUTE w7('Bel Air', 1)",
+    "PREPARE w8(int) AS INSERT INTO orders (id) VALUES ($1); EXECUTE w8(182)",
+    "INSERT INTO orders (id, merchant_id) (SELECT 177, 1 UNION SELECT 1, 1) ON CONFLICT (id) DO NOTHING RETURNING id",
 ];
 
 /// Forms native RLS runs that rowgate refuses (`0A000`, or `42501` for a
 /// write inside WITH) until it can prove them the same: each must be
 /// refused, never run differently.
 const REFUSED: &[&str] = &[
-    "UPDATE merchants SET country_id = (SELECT id FROM countries WHERE name = 'Thailand') WHERE id = 1",
-    "INSERT INTO merchants (id, name) VALUES (60, 'King Inc')",
     "INSERT INTO orders (id, merchant_id) SELECT * FROM (VALUES (120, 1)) v",
-    "INSERT INTO orders (id, merchant_id) SELECT 123, 1 UNION ALL SELECT 124, 1",
-    "INSERT INTO merchants VALUES (61, 'King Inc')",
-    "INSERT INTO orders (merchant_id, id) SELECT max(merchant_id), 132 FROM orders",
-    "INSERT INTO orders VALUES (142)",
-    "INSERT INTO orders (id, merchant_id) VALUES (143, DEFAULT)",
-    "UPDATE orders SET merchant_id = DEFAULT WHERE id = 11",
-    "INSERT INTO merchants (id, name, country_id, tier) VALUES (1, 'King Inc', 1, 1) ON CONFLICT (id) DO UPDATE SET country_id = EXCLUDED.country_id + 0",
+    "INSERT INTO merchants (id, name, country_id, tier) VALUES (67, initcap('king inc'), abs(-1), abs(-1))",
+    "INSERT INTO orders (id, merchant_id) VALUES (178, generate_series(1, 2))",
+    "UPDATE orders SET merchant_id = count(*) OVER () WHERE id = 1",
     "WITH d AS (DELETE FROM sales.\"Returns\" RETURNING order_id) UPDATE orders SET note = 'returned' WHERE id IN (SELECT order_id FROM d)",
     "WITH x AS (SELECT 1 AS id) , d AS (DELETE FROM orders WHERE id IN (SELECT id FROM x) RETURNING id) SELECT count(*) FROM d",
 ];
@@ -263,7 +321,10 @@ fn setup() -> Setup {
     let c = common::cluster();
     let native_db = c.create_database("writes_native");
     let gate_db = c.create_database("writes_gate");
-    let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap();
+    // Defaults of filtered columns: one computed, one constant.
+    let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap()
+        + "ALTER TABLE orders ALTER COLUMN merchant_id SET DEFAULT abs(-1);\n\
+           ALTER TABLE merchants ALTER COLUMN tier SET DEFAULT 2;\n";
     c.connect(&gate_db).batch_execute(&schema).unwrap();
     let mut admin = c.connect(&native_db);
     admin.batch_execute(&schema).unwrap();
@@ -431,6 +492,18 @@ fn parameterized_writes_match_native_rls() {
         ("UPDATE merchants SET name = $1 WHERE id = $2", || {
             vec![Box::new("Other".to_string()), Box::new(1i32)]
         }),
+        // Computed new values of the filtered column, and its default.
+        (
+            "UPDATE orders SET merchant_id = $1::int + 0 WHERE id = $2",
+            || vec![Box::new(5i32), Box::new(1i32)],
+        ),
+        (
+            "INSERT INTO orders (id, merchant_id) SELECT $1::int, m.id FROM merchants m WHERE m.id = $2",
+            || vec![Box::new(202i32), Box::new(1i32)],
+        ),
+        ("INSERT INTO orders (id, note) VALUES ($1, $2)", || {
+            vec![Box::new(203i32), Box::new("d".to_string())]
+        }),
         ("DELETE FROM orders WHERE id = $1", || vec![Box::new(3i32)]),
         ("DELETE FROM orders WHERE status = $1 AND id < $2", || {
             vec![Box::new("paid".to_string()), Box::new(40i32)]
@@ -520,6 +593,10 @@ fn writes_reach_no_hidden_row() {
         "WITH x AS (UPDATE merchants SET name = 'y' RETURNING *) SELECT * FROM x",
         "WITH x AS (DELETE FROM merchants RETURNING name) SELECT * FROM x",
         "COPY merchants FROM STDIN",
+        // A SET value that would fail on the hidden conflicting row (and
+        // quote its name) before the visibility check.
+        "INSERT INTO merchants (id, name, country_id, tier) VALUES (5, 'x', 1, 1) ON CONFLICT (id) DO UPDATE SET created = '2020-01-01', country_id = CAST(merchants.name AS integer)",
+        "INSERT INTO merchants (id, name, country_id, tier) VALUES (5, 'x', 1, 1) ON CONFLICT (id) DO UPDATE SET tier = 1, name = 'x' || CAST(merchants.name AS integer)",
         "UPDATE merchants SET name = 'y' WHERE id = 5; UPDATE merchants SET name = 'y' WHERE id = 8",
         "TRUNCATE merchants",
         "DELETE FROM ONLY merchants WHERE id = 5",
@@ -648,6 +725,13 @@ fn copy_from_stdin_checks_rows_as_inserts_do() {
             "",
             "505\t1\tcopied\n",
             "(505, 1, 'copied')",
+        ),
+        // The filtered column left to its default (abs(-1)).
+        (
+            "(id, amount)",
+            "WITH (FORMAT csv)",
+            "507,2.5\n508,3\n",
+            "(507, 2.5), (508, 3)",
         ),
         (
             "",

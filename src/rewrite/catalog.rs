@@ -110,6 +110,26 @@ pub trait Catalog: Send + Sync {
     fn distinct_estimate(&self, _schema: &str, _name: &str, _column: &str) -> Option<f64> {
         None
     }
+
+    /// The default of an ordinary table's column, when known (offline it
+    /// is not).
+    fn column_default(&self, _schema: &str, _name: &str, _column: &str) -> Option<ColumnDefault> {
+        None
+    }
+}
+
+/// What PostgreSQL gives a column that an INSERT leaves out (or sets to
+/// `DEFAULT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColumnDefault {
+    /// No default: NULL.
+    Null,
+    /// Its default expression, as `pg_get_expr` prints it with only
+    /// `pg_catalog` on the search path (every other name qualified).
+    Expr(String),
+    /// An identity or generated column: not an expression a statement can
+    /// give.
+    Generated,
 }
 
 /// Resolves a folded, unqualified relation name as PostgreSQL does: the

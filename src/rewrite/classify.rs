@@ -245,8 +245,18 @@ pub(crate) fn check(
         {
             Err(Refusal::unsupported("a cursor that changes search_path"))
         }
-        Statement::Prepare { statement, .. } => match statement.as_mut() {
+        Statement::Prepare {
+            statement,
+            data_types,
+            ..
+        } => match statement.as_mut() {
             inner @ Statement::Query(_) => check(inner, cx, state),
+            inner @ (Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_))
+                if super::writes::writes(cx) =>
+            {
+                super::writes::declare_parameters(inner, data_types)?;
+                super::writes::rewrite(inner, cx)
+            }
             other => Err(Refusal::statement(format!("PREPARE of {}", kind(other)))),
         },
         Statement::Execute {

@@ -23,7 +23,7 @@ use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-pub use catalog::{Catalog, OfflineCatalog};
+pub use catalog::{Catalog, ColumnDefault, OfflineCatalog};
 pub use classify::{is_utf8, parse_path_text, path_for_member, path_text, SETTABLE, SHOW_DENIED};
 
 use crate::policy::{Access, Role};

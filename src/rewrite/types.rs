@@ -90,6 +90,8 @@ pub struct Function {
     /// does not model these, so a name with any such overload resolves to
     /// nothing.
     pub irregular: bool,
+    /// Returns a set.
+    pub set_returning: bool,
 }
 
 /// The type system of one database.

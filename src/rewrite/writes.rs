@@ -14,21 +14,25 @@
 //!   conjunct ELSE false END`, so only on visible rows.
 //! - A new row (an INSERT's, an UPDATE's new version) must satisfy the
 //!   table's filter: the check, the filter with the row's new values in
-//!   place of its columns, guards one value of the row, and a row that
-//!   fails it raises an error that the session turns into native RLS's
-//!   `42501 new row violates row-level security policy for table "t"`
-//!   (see [`CHECK_MARKER`]). It runs only for rows the statement writes,
-//!   so for visible rows only.
+//!   place of its columns (each cast to its column's type, as the column
+//!   will hold it), guards one value of the row, and a row that fails it
+//!   raises an error that the session turns into native RLS's `42501 new
+//!   row violates row-level security policy for table "t"` (see
+//!   [`CHECK_MARKER`]). It runs only for rows the statement writes, so for
+//!   visible rows only. A computed new value (a call, a subquery,
+//!   `DEFAULT`) is computed once in a subquery of its own that the check
+//!   reads; a filtered column an INSERT leaves out gets its default from
+//!   the catalog, given explicitly; an `INSERT ... <query>` reads the
+//!   query's rows as a derived table, as PostgreSQL does.
 //!
 //! `COPY t FROM STDIN` goes through a staging table and a checked INSERT
 //! ([`copy_in`]).
 //!
-//! What is not provably the same as native RLS is refused: INSERT of a set
-//! operation, a write under WITH (a write inside one is rewritten on its
-//! own), COPY FROM anything but STDIN, views, tables with
-//! rules, triggers of their own, or children, filtered columns left to
-//! their defaults, and new values of filtered columns that are not plain
-//! constants, parameters or columns.
+//! What is not provably the same as native RLS is refused: INSERT of
+//! `SELECT *`, a write under WITH (a write inside one is rewritten on its
+//! own), COPY FROM anything but STDIN, views, tables with rules, triggers
+//! of their own, or children, computed new values of two filtered columns
+//! of one row, and identity or generated filtered columns left out.
 
 use sqlparser::ast::{
     Assignment, AssignmentTarget, Delete, Expr, FromTable, Ident, Insert, ObjectName, Select,
@@ -36,7 +40,7 @@ use sqlparser::ast::{
     UpdateTableFromKind, Value,
 };
 
-use super::{Context, Refusal};
+use super::{ColumnDefault, Context, Refusal};
 use crate::names::RelName;
 use crate::policy::{AccessLevel, Role};
 
@@ -84,6 +88,39 @@ pub(crate) fn rewrite(statement: &mut Statement, cx: &Context) -> Result<(), Ref
         Statement::Delete(delete) => delete_rows(delete, cx),
         _ => Err(Refusal::statement("this statement")),
     }
+}
+
+/// The parameters of a `PREPARE name(types) AS <write>` as the statement
+/// reads them: each `$n` that PREPARE gives a type is that type (a
+/// `CAST`, which PostgreSQL makes of a typed parameter anyway), so that
+/// the write's check does not take it for an untyped one.
+pub(crate) fn declare_parameters(
+    statement: &mut Statement,
+    types: &[sqlparser::ast::DataType],
+) -> Result<(), Refusal> {
+    let mut failed = false;
+    let _ = sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let Expr::Value(v) = e {
+            if let Value::Placeholder(p) = &v.value {
+                let declared = p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| n.checked_sub(1))
+                    .and_then(|i| types.get(i));
+                if let Some(ty) = declared {
+                    match parse_expr(&format!("CAST({p} AS {ty})")) {
+                        Ok(cast) => *e = cast,
+                        Err(_) => failed = true,
+                    }
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    if failed {
+        return Err(unsupported("this parameter type"));
+    }
+    Ok(())
 }
 
 fn unsupported(what: &str) -> Refusal {
@@ -184,8 +221,8 @@ enum Guard {
 
 /// The WHERE of a write: the filter (with the target's refname) and the
 /// statement's condition, guarded as it must be.
-fn write_where(filter: Option<Expr>, condition: Option<Guard>) -> Option<Expr> {
-    match (filter, condition) {
+fn write_where(filter: Option<Expr>, condition: Option<Guard>) -> Result<Option<Expr>, Refusal> {
+    Ok(match (filter, condition) {
         (filter, None) => filter,
         (None, Some(Guard::Plain(c) | Guard::AfterFilter(c))) => Some(c),
         (Some(f), Some(Guard::Plain(c))) => and(Some(f), Some(c)),
@@ -198,12 +235,12 @@ fn write_where(filter: Option<Expr>, condition: Option<Guard>) -> Option<Expr> {
             split_and(c, &mut conjuncts);
             let mut all = f.clone();
             for c in conjuncts {
-                let guarded = parse_expr(&format!("CASE WHEN {f} THEN {c} ELSE false END"));
+                let guarded = parse_expr(&format!("CASE WHEN {f} THEN {c} ELSE false END"))?;
                 all = and(Some(all), Some(guarded)).expect("two conjuncts");
             }
             Some(all)
         }
-    }
+    })
 }
 
 /// The conjuncts of `a AND b AND ...` (through parentheses).
@@ -322,76 +359,243 @@ fn filter_columns(filter: &Expr, rel: &RelName) -> Vec<String> {
 
 /// An error raised when evaluated, never at plan time (`random()` keeps
 /// PostgreSQL from folding it), that names `rel` for the session.
-fn violation(rel: &RelName) -> Expr {
+fn violation(rel: &RelName) -> Result<Expr, Refusal> {
     raise(CHECK_MARKER, rel)
 }
 
 /// An error that quotes `marker` and the table, raised when evaluated.
-fn raise(marker: &str, rel: &RelName) -> Expr {
+fn raise(marker: &str, rel: &RelName) -> Result<Expr, Refusal> {
     let marker = format!("{marker}{}", hex::encode(rel.name.as_bytes()));
-    let text =
-        format!("CAST(CASE WHEN pg_catalog.random() < 2 THEN '{marker}' END AS integer) = 0");
-    parse_expr(&text)
+    parse_expr(&format!(
+        "CAST(CASE WHEN pg_catalog.random() < 2 THEN '{marker}' END AS integer) = 0"
+    ))
 }
 
-fn parse_expr(text: &str) -> Expr {
+/// An expression of rowgate's, maybe with the client's expressions in it
+/// (printed and parsed again: one that does not read back is refused).
+fn parse_expr(text: &str) -> Result<Expr, Refusal> {
     use sqlparser::dialect::PostgreSqlDialect;
     use sqlparser::parser::Parser;
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(text)
         .and_then(|mut p| p.parse_expr())
-        .expect("rowgate's own expression parses")
+        .map_err(|_| unsupported("this expression in a write"))
 }
 
 /// `value`, returned only when `check` holds: `CASE WHEN (CASE WHEN check
 /// THEN true ELSE <violation> END) THEN value END`. A null check fails, as
 /// native RLS's.
-fn guarded(value: Expr, check: Expr, rel: &RelName) -> Expr {
+fn guarded(value: &Expr, check: &Expr, rel: &RelName) -> Result<Expr, Refusal> {
     parse_expr(&format!(
         "CASE WHEN (CASE WHEN {check} THEN true ELSE {} END) THEN {value} END",
-        violation(rel)
+        violation(rel)?
     ))
 }
 
-/// A new value of a filtered column as the check reads it (and the row
-/// gets it): constants, parameters and columns as they are; an untyped
-/// constant or parameter cast to the column's type, which is what
-/// PostgreSQL makes of it when it assigns it. Anything else (a call, which
-/// might not give the same value twice; a subquery) is refused.
-fn checkable(value: &Expr, column_type: Option<&str>) -> Result<Expr, Refusal> {
-    let untyped = is_untyped(value);
-    // `DEFAULT` reads as a bare identifier; the value it stands for is the
-    // column's default, which the check cannot see.
-    if matches!(value, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
-    {
-        return Err(unsupported(
-            "DEFAULT as the new value of a filtered column (give the value)",
-        ));
+/// What the subquery of a value computed once calls it (see
+/// [`NewValue::once`]): `rowgate_new.v`.
+const ONCE: &str = "rowgate_new";
+
+/// A new value of a column the filter reads.
+#[derive(Clone, Debug)]
+struct NewValue {
+    /// What the row gets.
+    value: Expr,
+    /// What the check reads for the column: the value as the column holds
+    /// it (cast to the column's type).
+    check: Expr,
+    /// A value other than a constant, a parameter or a column (a call, a
+    /// subquery, a column's default): computed once, in a subquery of its
+    /// own (`rowgate_new.v`), before the check that reads it.
+    once: bool,
+}
+
+/// The new value a statement gives a filtered column, as the row gets it
+/// and as the check reads it. An untyped constant or parameter is cast to
+/// the column's type (what PostgreSQL makes of it when it assigns it), and
+/// the check reads every value cast so (`1.6` into an integer column is 2
+/// to native RLS's check). `DEFAULT` is the column's default from the
+/// catalog, read as any expression of the member's. A value computed
+/// once may not hold an aggregate, a window function or a set-returning
+/// call outside its subqueries (PostgreSQL refuses them in VALUES and
+/// SET, where they would otherwise run in the value's own subquery).
+fn new_value(value: &Expr, rel: &RelName, column: &str, cx: &Context) -> Result<NewValue, Refusal> {
+    let ty = column_type(rel, column, cx);
+    if let Expr::Nested(inner) = value {
+        return new_value(inner, rel, column, cx);
+    }
+    if is_default(value) {
+        return default_value(rel, column, ty.as_deref(), cx);
     }
     let plain = match value {
         Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
         Expr::UnaryOp { expr, .. } => matches!(expr.as_ref(), Expr::Value(_)),
         Expr::Cast { expr, .. } => matches!(expr.as_ref(), Expr::Value(_)),
-        Expr::Nested(inner) => return checkable(inner, column_type),
         _ => false,
     };
-    if !plain {
+    let Some(ty) = ty else {
+        if plain && !is_untyped(value) {
+            return Ok(NewValue {
+                value: value.clone(),
+                check: value.clone(),
+                once: false,
+            });
+        }
         return Err(unsupported(
-            "a new value of a filtered column other than a constant, a parameter or a column",
-        ));
-    }
-    if !untyped {
-        return Ok(value.clone());
-    }
-    let Some(ty) = column_type else {
-        return Err(unsupported(
-            "a filtered column of a type rowgate does not know",
+            "this new value of a filtered column of a type rowgate does not know",
         ));
     };
-    Ok(parse_expr(&format!(
+    if !plain {
+        one_level(value, cx)?;
+        let read = cast_to(&column_of(&Ident::new(ONCE), "v"), &ty)?;
+        return Ok(NewValue {
+            value: value.clone(),
+            check: read,
+            once: true,
+        });
+    }
+    let cast = cast_to(value, &ty)?;
+    Ok(NewValue {
+        value: if is_untyped(value) {
+            cast.clone()
+        } else {
+            value.clone()
+        },
+        check: cast,
+        once: false,
+    })
+}
+
+/// `DEFAULT` as a value (it reads as a bare identifier).
+fn is_default(value: &Expr) -> bool {
+    matches!(value, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+/// The default of a filtered column as a new value: NULL when it has none;
+/// its expression from the catalog, rewritten as a read of the member's
+/// (so a call the member may not make is refused), computed once.
+fn default_value(
+    rel: &RelName,
+    column: &str,
+    ty: Option<&str>,
+    cx: &Context,
+) -> Result<NewValue, Refusal> {
+    let Some(ty) = ty else {
+        return Err(unsupported(
+            "the default of a filtered column of a type rowgate does not know",
+        ));
+    };
+    match cx.catalog.column_default(&rel.schema, &rel.name, column) {
+        None => Err(unsupported(&format!(
+            "the default of the filtered column {column}, which rowgate does not know (give the value)"
+        ))),
+        Some(ColumnDefault::Generated) => Err(unsupported(&format!(
+            "the filtered column {column}, an identity or generated column"
+        ))),
+        Some(ColumnDefault::Null) => {
+            let null = cast_to(&Expr::Value(Value::Null.into()), ty)?;
+            Ok(NewValue {
+                value: null.clone(),
+                check: null,
+                once: false,
+            })
+        }
+        Some(ColumnDefault::Expr(text)) => {
+            let expr = parse_expr(&text)?;
+            let (mut items, _, _) =
+                read_select(vec![SelectItem::UnnamedExpr(expr)], Vec::new(), None, cx)?;
+            let Some(SelectItem::UnnamedExpr(expr)) = items.pop() else {
+                return Err(unsupported("this default of a filtered column"));
+            };
+            one_level(&expr, cx)?;
+            Ok(NewValue {
+                value: expr,
+                check: cast_to(&column_of(&Ident::new(ONCE), "v"), ty)?,
+                once: true,
+            })
+        }
+    }
+}
+
+/// `CAST(value AS pg_catalog.ty)`.
+fn cast_to(value: &Expr, ty: &str) -> Result<Expr, Refusal> {
+    parse_expr(&format!(
         "CAST({value} AS pg_catalog.{})",
         crate::names::ident(ty)
-    )))
+    ))
+}
+
+/// Refuses a value that holds, outside its subqueries, an aggregate, a
+/// window function or a call of a name with a set-returning overload.
+fn one_level(value: &Expr, cx: &Context) -> Result<(), Refusal> {
+    let Some(types) = cx.catalog.types() else {
+        return Err(unsupported(
+            "a computed new value of a filtered column without the catalog",
+        ));
+    };
+    let mut refused = false;
+    let mut value = value.clone();
+    super::map_exprs_outside_subqueries(&mut value, |e| {
+        if let Expr::Function(call) = e {
+            let name = call
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(crate::names::fold)
+                .unwrap_or_default();
+            let kinds = types.functions.get(&name).into_iter().flatten();
+            refused |= call.over.is_some()
+                || call.filter.is_some()
+                || !call.within_group.is_empty()
+                || kinds.into_iter().any(|f| f.aggregate || f.set_returning);
+        }
+    });
+    if refused {
+        return Err(unsupported(
+            "an aggregate, window or set-returning call in the new value of a filtered column",
+        ));
+    }
+    Ok(())
+}
+
+/// The new values of one row's filtered columns, the one that carries the
+/// check guarded: a value computed once (at most one per row) in its own
+/// subquery, the check after it; else the first, behind the check.
+/// `other` is what the check reads for a filtered column the row does not
+/// give (an UPDATE's old value).
+fn guard_row(
+    f: &Expr,
+    rel: &RelName,
+    values: &[(String, NewValue)],
+    other: &dyn Fn(&str) -> Expr,
+) -> Result<Vec<Expr>, Refusal> {
+    let mut out: Vec<Expr> = values.iter().map(|(_, v)| v.value.clone()).collect();
+    if values.is_empty() {
+        return Ok(out);
+    }
+    let once: Vec<usize> = (0..values.len()).filter(|&i| values[i].1.once).collect();
+    if once.len() > 1 {
+        return Err(unsupported(
+            "computed new values of more than one filtered column in one row",
+        ));
+    }
+    let check = substituted(f, rel, &|c| match values.iter().find(|(n, _)| n == c) {
+        Some((_, v)) => v.check.clone(),
+        None => other(c),
+    });
+    match once.first() {
+        Some(&i) => {
+            out[i] = parse_expr(&format!(
+                "(SELECT CASE WHEN (CASE WHEN {check} THEN true ELSE {} END) THEN {ONCE}.v END \
+                 FROM (SELECT {} AS v OFFSET 0) AS {ONCE})",
+                violation(rel)?,
+                values[i].1.value
+            ))?
+        }
+        None => out[0] = guarded(&values[0].1.value, &check, rel)?,
+    }
+    Ok(out)
 }
 
 /// The name of a column's type in `pg_catalog`, when it is one of
@@ -478,7 +682,7 @@ fn delete_rows(delete: &mut Delete, cx: &Context) -> Result<(), Refusal> {
         .access
         .filter(&rel)
         .map(|f| substituted(f, &rel, &|c| column_of(&me, c)));
-    delete.selection = write_where(filter, rewritten.selection);
+    delete.selection = write_where(filter, rewritten.selection)?;
     let rest: Vec<TableWithJoins> = rewritten.from.into_iter().skip(1).collect();
     debug_assert_eq!(rest.len(), using_count);
     delete.using = (!rest.is_empty()).then_some(rest);
@@ -551,39 +755,24 @@ fn update_rows(update: &mut Update, cx: &Context) -> Result<(), Refusal> {
     if let Some(f) = cx.access.filter(&rel) {
         // USING: only visible rows.
         let using = substituted(f, &rel, &|c| column_of(&me, c));
-        update.selection = write_where(Some(using), rewritten.selection);
+        update.selection = write_where(Some(using), rewritten.selection)?;
         // WITH CHECK: the new version, when a SET changes a column the
         // filter reads (else it is the visible row's own value).
         let read_columns = filter_columns(f, &rel);
         let mut new_values = Vec::new();
-        for (column, a) in columns.iter().zip(&assignments) {
+        let mut at = Vec::new();
+        for (i, (column, a)) in columns.iter().zip(&assignments).enumerate() {
             if read_columns.contains(column) {
-                let ty = column_type(&rel, column, cx);
-                new_values.push((column.clone(), checkable(&a.value, ty.as_deref())?));
+                new_values.push((column.clone(), new_value(&a.value, &rel, column, cx)?));
+                at.push(i);
             }
         }
-        if let Some((first, _)) = new_values.first().cloned() {
-            let check = substituted(
-                f,
-                &rel,
-                &|c| match new_values.iter().find(|(n, _)| n == c) {
-                    Some((_, v)) => v.clone(),
-                    None => column_of(&me, c),
-                },
-            );
-            let at = columns
-                .iter()
-                .position(|c| *c == first)
-                .expect("a filtered column that is set");
-            let value = new_values[0].1.clone();
-            assignments[at].value = guarded(value, check, &rel);
-            for (column, v) in &new_values[1..] {
-                let i = columns.iter().position(|c| c == column).expect("set");
-                assignments[i].value = v.clone();
-            }
+        let guarded = guard_row(f, &rel, &new_values, &|c| column_of(&me, c))?;
+        for (i, value) in at.into_iter().zip(guarded) {
+            assignments[i].value = value;
         }
     } else {
-        update.selection = write_where(None, rewritten.selection);
+        update.selection = write_where(None, rewritten.selection)?;
     }
     update.assignments = assignments;
     let rest: Vec<TableWithJoins> = rewritten.from.into_iter().skip(1).collect();
@@ -639,7 +828,7 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
     if insert.table_alias.is_some() {
         return Err(unsupported("INSERT INTO ... AS alias"));
     }
-    let columns: Vec<String> = insert
+    let mut columns: Vec<String> = insert
         .columns
         .iter()
         .map(|c| match c.0.as_slice() {
@@ -653,27 +842,9 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
     // Without a column list, the values go to the table's columns in order
     // (a row may give fewer: the rest take their defaults).
     let listed = !columns.is_empty();
-    let columns: Vec<String> = if listed {
-        columns
-    } else {
-        cx.catalog
-            .columns(&rel.schema, &rel.name)
-            .ok_or_else(|| {
-                unsupported("an INSERT without a column list into a table of unknown columns")
-            })?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect()
-    };
     let Some(source) = insert.source.as_mut() else {
         return Err(unsupported("INSERT ... DEFAULT VALUES"));
     };
-    if !matches!(
-        source.body.as_ref(),
-        SetExpr::Values(_) | SetExpr::Select(_)
-    ) {
-        return Err(unsupported("INSERT ... of a set operation"));
-    }
     // The values, and RETURNING, are read as any statement is.
     let mut statement = Statement::Query(source.clone());
     super::rewrite_statement(&mut statement, cx)?;
@@ -698,78 +869,177 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
         return Ok(());
     };
     let read_columns = filter_columns(f, &rel);
-    let mut positions = Vec::new();
-    for c in &read_columns {
-        match columns.iter().position(|have| have == c) {
-            Some(i) => positions.push((c.clone(), i)),
-            None => {
-                return Err(unsupported(&format!(
-                    "an INSERT that leaves the filtered column {c} to its default (list it)"
-                )))
-            }
-        }
+    // How many values each row gives: a VALUES row's; the columns of a
+    // query (its leftmost SELECT's items).
+    let width = match source.body.as_ref() {
+        SetExpr::Values(values) => values.rows.first().map_or(0, |r| r.len()),
+        body => leftmost_width(body)
+            .ok_or_else(|| unsupported("INSERT ... SELECT * (list the values)"))?,
+    };
+    if listed && width != columns.len() {
+        // PostgreSQL's own error for it is what the client should see.
+        return Ok(());
     }
-    // The rows: VALUES rows, or the one projection of a SELECT (whose
-    // items are the new values of every row it gives).
-    let rows: Vec<&mut Vec<Expr>>;
-    let mut projected: Vec<Expr> = Vec::new();
-    let mut select_items = None;
+    if !listed {
+        // The values go to the table's first columns, in order: the list
+        // made explicit.
+        let all = cx.catalog.columns(&rel.schema, &rel.name).ok_or_else(|| {
+            unsupported("an INSERT without a column list into a table of unknown columns")
+        })?;
+        if width > all.len() {
+            return Ok(());
+        }
+        columns = all.into_iter().take(width).map(|(name, _)| name).collect();
+        insert.columns = columns
+            .iter()
+            .map(|c| ObjectName::from(vec![crate::names::ident(c)]))
+            .collect();
+    }
+    // A filtered column the INSERT leaves out gets its default, given
+    // here so that the check reads it.
+    let missing: Vec<String> = read_columns
+        .iter()
+        .filter(|c| !columns.contains(c))
+        .cloned()
+        .collect();
+    for c in &missing {
+        insert
+            .columns
+            .push(ObjectName::from(vec![crate::names::ident(c)]));
+    }
     match source.body.as_mut() {
-        SetExpr::Values(values) => rows = values.rows.iter_mut().map(|r| &mut **r).collect(),
-        SetExpr::Select(select) => {
-            for item in &select.projection {
-                match item {
-                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                        projected.push(e.clone())
-                    }
-                    _ => return Err(unsupported("INSERT ... SELECT * (list the values)")),
+        SetExpr::Values(values) => {
+            let all: Vec<String> = columns.iter().chain(&missing).cloned().collect();
+            for row in values.rows.iter_mut() {
+                if row.len() != width {
+                    // PostgreSQL's own error (VALUES lists of different
+                    // lengths).
+                    continue;
+                }
+                row.extend(missing.iter().map(|_| default_keyword()));
+                let mut new_values = Vec::new();
+                let mut at = Vec::new();
+                for c in &read_columns {
+                    let i = all.iter().position(|have| have == c).expect("listed");
+                    new_values.push((c.clone(), new_value(&row[i], &rel, c, cx)?));
+                    at.push(i);
+                }
+                let null = Expr::Value(Value::Null.into());
+                let guarded = guard_row(f, &rel, &new_values, &|_| null.clone())?;
+                for (i, value) in at.into_iter().zip(guarded) {
+                    row[i] = value;
                 }
             }
-            select_items = Some(&mut select.projection);
-            rows = vec![&mut projected];
         }
-        _ => return Err(unsupported("INSERT ... of a set operation")),
-    }
-    for row in rows {
-        if row.len() > columns.len() || (listed && row.len() != columns.len()) {
-            // PostgreSQL's own error for it is what the client should see.
-            continue;
-        }
-        if let Some((c, _)) = positions.iter().find(|(_, i)| *i >= row.len()) {
-            return Err(unsupported(&format!(
-                "an INSERT that leaves the filtered column {c} to its default (give it)"
-            )));
-        }
-        let mut new_values = Vec::new();
-        for (c, i) in &positions {
-            let ty = column_type(&rel, c, cx);
-            let v = checkable(&row[*i], ty.as_deref())?;
-            row[*i] = v.clone();
-            new_values.push((c.clone(), v));
-        }
-        let check = substituted(f, &rel, &|c| {
-            new_values
-                .iter()
-                .find(|(n, _)| n == c)
-                .map(|(_, v)| v.clone())
-                .unwrap_or(Expr::Value(Value::Null.into()))
-        });
-        if let Some((_, first)) = positions.first() {
-            let value = row[*first].clone();
-            row[*first] = guarded(value, check, &rel);
-        }
-    }
-    if let Some(items) = select_items {
-        for (item, value) in items.iter_mut().zip(projected) {
-            match item {
-                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                    *e = value
-                }
-                _ => {}
-            }
-        }
+        _ => **source = checked_query(source, &columns, &missing, &read_columns, f, &rel, cx)?,
     }
     Ok(())
+}
+
+/// `DEFAULT`, as a value.
+fn default_keyword() -> Expr {
+    Expr::Identifier(Ident::new("DEFAULT"))
+}
+
+/// The number of columns a query gives, when its leftmost SELECT lists
+/// them without `*`.
+fn leftmost_width(body: &SetExpr) -> Option<usize> {
+    match body {
+        SetExpr::Select(select) => select
+            .projection
+            .iter()
+            .all(|i| {
+                matches!(
+                    i,
+                    SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
+                )
+            })
+            .then_some(select.projection.len()),
+        SetExpr::SetOperation { left, .. } => leftmost_width(left),
+        SetExpr::Query(query) => leftmost_width(&query.body),
+        SetExpr::Values(values) => values.rows.first().map(|r| r.len()),
+        _ => None,
+    }
+}
+
+/// What the derived table of an `INSERT ... SELECT`'s rows is called.
+const ROW: &str = "rowgate_row";
+
+/// The query of an `INSERT ... <query>` with every row it gives checked:
+/// `SELECT rowgate_row.c1, ..., <default>... FROM (<query>) AS
+/// rowgate_row(c1, ...)`, the first filtered value (or the one computed
+/// once) guarded. PostgreSQL reads an INSERT's query as a subquery of its
+/// own as well; an untyped constant or parameter among a plain SELECT's
+/// items is cast to its column's type first, as PostgreSQL assigns it (a
+/// set operation gives its columns types of its own, as natively).
+fn checked_query(
+    source: &sqlparser::ast::Query,
+    columns: &[String],
+    missing: &[String],
+    read_columns: &[String],
+    f: &Expr,
+    rel: &RelName,
+    cx: &Context,
+) -> Result<sqlparser::ast::Query, Refusal> {
+    let mut inner = source.clone();
+    if let SetExpr::Select(select) = inner.body.as_mut() {
+        for (item, column) in select.projection.iter_mut().zip(columns) {
+            if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                if is_untyped(e) {
+                    let Some(ty) = column_type(rel, column, cx) else {
+                        return Err(unsupported(
+                            "an untyped value of a column of a type rowgate does not know",
+                        ));
+                    };
+                    *e = cast_to(e, &ty)?;
+                }
+            }
+        }
+    }
+    let row = Ident::new(ROW);
+    let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+    let mut items: Vec<Expr> = names.iter().map(|n| column_of(&row, n)).collect();
+    items.extend(missing.iter().map(|_| default_keyword()));
+    let all: Vec<&String> = columns.iter().chain(missing).collect();
+    let mut new_values = Vec::new();
+    let mut at = Vec::new();
+    for c in read_columns {
+        let i = all.iter().position(|have| *have == c).expect("listed");
+        let value = if i < columns.len() {
+            let value = items[i].clone();
+            let check = match column_type(rel, c, cx) {
+                Some(ty) => cast_to(&value, &ty)?,
+                None => value.clone(),
+            };
+            NewValue {
+                value,
+                check,
+                once: false,
+            }
+        } else {
+            new_value(&items[i], rel, c, cx)?
+        };
+        new_values.push((c.clone(), value));
+        at.push(i);
+    }
+    let null = Expr::Value(Value::Null.into());
+    let guarded = guard_row(f, rel, &new_values, &|_| null.clone())?;
+    for (i, value) in at.into_iter().zip(guarded) {
+        items[i] = value;
+    }
+    let text = format!(
+        "SELECT {} FROM ({inner}) AS {ROW}({})",
+        items
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        names.join(", ")
+    );
+    match super::parse(&text)?.pop() {
+        Some(Statement::Query(query)) => Ok(*query),
+        _ => Err(unsupported("this INSERT ... SELECT")),
+    }
 }
 
 /// `ON CONFLICT ... DO UPDATE SET ... [WHERE ...]`, as native RLS runs it:
@@ -830,42 +1100,74 @@ fn conflict_update(
     let visible = substituted(f, rel, &|c| column_of(&me, c));
     let read_columns = filter_columns(f, rel);
     let mut new_values = Vec::new();
-    for (column, a) in columns.iter().zip(update.assignments.iter_mut()) {
+    let mut at = Vec::new();
+    for (i, (column, a)) in columns.iter().zip(&update.assignments).enumerate() {
         if read_columns.contains(column) {
-            let v = checkable(&a.value, column_type(rel, column, cx).as_deref())?;
-            a.value = v.clone();
-            new_values.push((column.clone(), v));
+            new_values.push((column.clone(), new_value(&a.value, rel, column, cx)?));
+            at.push(i);
         }
     }
-    let Some(first) = update.assignments.first_mut() else {
-        return Err(unsupported("ON CONFLICT DO UPDATE without SET"));
+    let checked = guard_row(f, rel, &new_values, &|c| column_of(&me, c))?;
+    for (i, value) in at.into_iter().zip(checked) {
+        update.assignments[i].value = value;
+    }
+    // USING: PostgreSQL checks that the conflicting row is visible before
+    // it computes any SET value (in the table's column order, not the
+    // statement's). Every value that may read the row runs only after the
+    // check; a constant or a parameter cannot, and when every value is one
+    // the first that is not DEFAULT carries the check.
+    let using = |value: &Expr| -> Result<Expr, Refusal> {
+        parse_expr(&format!(
+            "CASE WHEN (CASE WHEN {visible} THEN true ELSE {} END) THEN {value} END",
+            raise(USING_MARKER, rel)?
+        ))
     };
-    // The guarded value keeps its type: an untyped constant takes its
-    // column's, as PostgreSQL gives it when it assigns it.
-    let value =
-        checkable(&first.value, column_type(rel, &columns[0], cx).as_deref()).or_else(|_| {
-            if is_untyped(&first.value) {
-                Err(unsupported(
-                    "an untyped first SET value of a column of unknown type",
-                ))
-            } else {
-                Ok(first.value.clone())
-            }
-        })?;
-    let value = if new_values.is_empty() {
-        value
-    } else {
-        let check = substituted(f, rel, &|c| match new_values.iter().find(|(n, _)| n == c) {
-            Some((_, v)) => v.clone(),
-            None => column_of(&me, c),
-        });
-        guarded(value, check, rel)
-    };
-    first.value = parse_expr(&format!(
-        "CASE WHEN (CASE WHEN {visible} THEN true ELSE {} END) THEN {value} END",
-        raise(USING_MARKER, rel)
-    ));
+    let mut carried = false;
+    for a in update.assignments.iter_mut() {
+        if !row_independent(&a.value) {
+            a.value = using(&a.value)?;
+            carried = true;
+        }
+    }
+    if !carried {
+        let (a, column) = update
+            .assignments
+            .iter_mut()
+            .zip(&columns)
+            .next()
+            .ok_or_else(|| unsupported("ON CONFLICT DO UPDATE without SET"))?;
+        // The guarded value keeps its type: an untyped constant takes its
+        // column's, as PostgreSQL gives it when it assigns it; DEFAULT is
+        // the column's default.
+        let value = if is_default(&a.value) {
+            let ty = column_type(rel, column, cx);
+            default_value(rel, column, ty.as_deref(), cx)?.value
+        } else if is_untyped(&a.value) {
+            let Some(ty) = column_type(rel, column, cx) else {
+                return Err(unsupported(
+                    "an untyped SET value of a column of a type rowgate does not know",
+                ));
+            };
+            cast_to(&a.value, &ty)?
+        } else {
+            a.value.clone()
+        };
+        a.value = using(&value)?;
+    }
     Ok(())
+}
+
+/// A value that reads no row and cannot fail for one: a constant, a
+/// parameter, `DEFAULT` (PostgreSQL folds a cast constant when it plans).
+fn row_independent(value: &Expr) -> bool {
+    match value {
+        Expr::Nested(inner) => row_independent(inner),
+        Expr::Value(_) => true,
+        Expr::UnaryOp { expr, .. } | Expr::Cast { expr, .. } => {
+            matches!(expr.as_ref(), Expr::Value(_))
+        }
+        other => is_default(other),
+    }
 }
 
 /// An untyped constant or parameter (its type comes from where it goes).
@@ -961,28 +1263,29 @@ pub fn copy_in(statements: &[Statement], cx: &Context) -> Result<Option<Vec<Stat
         crate::names::ident(&rel.schema),
         crate::names::ident(&rel.name)
     );
-    let mut items: Vec<Expr> = names.iter().map(|n| column_of(&staged, n)).collect();
-    if let Some(f) = cx.access.filter(&rel) {
-        let read_columns = filter_columns(f, &rel);
-        let mut first = None;
-        for c in &read_columns {
-            match names.iter().position(|n| n == c) {
-                Some(i) => first = first.or(Some(i)),
-                None => {
-                    return Err(unsupported(&format!(
-                        "a COPY that leaves the filtered column {c} to its default (list it)"
-                    )))
-                }
-            }
+    // The rows go in as an INSERT ... SELECT of the staged rows would:
+    // each checked, a filtered column left out given its default.
+    let staged_rows = format!("SELECT {list} FROM pg_temp.{staged}");
+    let mut inserted = names.clone();
+    let query = match cx.access.filter(&rel) {
+        None => staged_rows,
+        Some(f) => {
+            let read_columns = filter_columns(f, &rel);
+            let missing: Vec<String> = read_columns
+                .iter()
+                .filter(|c| !names.contains(c))
+                .cloned()
+                .collect();
+            inserted.extend(missing.iter().cloned());
+            let Some(Statement::Query(inner)) = super::parse(&staged_rows)?.pop() else {
+                return Err(unsupported("this COPY"));
+            };
+            checked_query(&inner, &names, &missing, &read_columns, f, &rel, cx)?.to_string()
         }
-        let check = substituted(f, &rel, &|c| column_of(&staged, c));
-        if let Some(i) = first {
-            items[i] = guarded(items[i].clone(), check, &rel);
-        }
-    }
-    let select = items
+    };
+    let inserted = inserted
         .iter()
-        .map(ToString::to_string)
+        .map(|n| crate::names::ident(n).to_string())
         .collect::<Vec<_>>()
         .join(", ");
     let mut copy = statements[0].clone();
@@ -1010,9 +1313,7 @@ pub fn copy_in(statements: &[Statement], cx: &Context) -> Result<Option<Vec<Stat
             "CREATE TEMPORARY TABLE {staged} AS SELECT {list} FROM {table} LIMIT 0"
         ))?,
         copy,
-        one(&format!(
-            "INSERT INTO {table} ({list}) SELECT {select} FROM pg_temp.{staged}"
-        ))?,
+        one(&format!("INSERT INTO {table} ({inserted}) {query}"))?,
         one(&format!("DROP TABLE pg_temp.{staged}"))?,
     ]))
 }

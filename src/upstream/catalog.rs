@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{Upstream, UpstreamTls};
 use crate::rewrite::types::{Cast, Function, Oid, Operator, TypeCatalog, TypeInfo};
-use crate::rewrite::Catalog;
+use crate::rewrite::{Catalog, ColumnDefault};
 use tokio_postgres::config::SslMode;
 
 /// Relations of one database at one moment.
@@ -48,6 +48,9 @@ pub struct Snapshot {
     /// ones of foreign keys aside), children or partitions: where a
     /// read-write member's statement writes exactly what it says.
     writable: HashSet<(String, String)>,
+    /// Defaults of ordinary tables' columns that have one or are identity
+    /// or generated columns, by schema, table and column.
+    defaults: HashMap<(String, String, String), ColumnDefault>,
     /// Settings PostgreSQL shows only to superusers and members of
     /// `pg_read_all_settings` (`None` when they could not be told).
     privileged_settings: Option<HashSet<String>>,
@@ -150,6 +153,19 @@ impl Catalog for Snapshot {
     fn types(&self) -> Option<&TypeCatalog> {
         Some(&self.types)
     }
+
+    fn column_default(&self, schema: &str, name: &str, column: &str) -> Option<ColumnDefault> {
+        if !self.contains(schema, name) {
+            return None;
+        }
+        let key = (schema.to_string(), name.to_string(), column.to_string());
+        Some(
+            self.defaults
+                .get(&key)
+                .cloned()
+                .unwrap_or(ColumnDefault::Null),
+        )
+    }
 }
 
 fn in_schema(map: &HashMap<String, HashSet<String>>, schema: &str, name: &str) -> bool {
@@ -181,6 +197,7 @@ impl Snapshot {
             && self.public_schemas == other.public_schemas
             && self.parents == other.parents
             && self.writable == other.writable
+            && self.defaults == other.defaults
     }
 }
 
@@ -363,7 +380,8 @@ const CASTS: &str = "SELECT c.castsource, c.casttarget, c.castcontext::text, c.c
 
 const FUNCTIONS: &str =
     "SELECT p.proname::text, p.proargtypes::oid[], p.prorettype, p.proleakproof, \
-     p.prokind::text, p.provariadic <> 0 OR p.pronargdefaults > 0 OR p.proretset, n.nspname::text \
+     p.prokind::text, p.provariadic <> 0 OR p.pronargdefaults > 0 OR p.proretset, n.nspname::text, \
+     p.proretset \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
 
 /// Reads the type system of the connected database.
@@ -425,6 +443,7 @@ async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, toki
                 result: row.get(2),
                 leakproof: row.get(3),
                 irregular: row.get(5),
+                set_returning: row.get(7),
             });
     }
     Ok(catalog)
@@ -434,6 +453,18 @@ const WRITABLE: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind = 'r' AND NOT c.relhasrules AND NOT c.relhassubclass \
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)";
+
+/// Columns of ordinary tables with a default, or identity or generated;
+/// the expression printed with only `pg_catalog` on the search path (see
+/// [`load`](LiveCatalog::load)).
+const DEFAULTS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, \
+     CASE WHEN a.attidentity = '' AND a.attgenerated = '' \
+     THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END \
+     FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+     WHERE c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped \
+     AND (d.adbin IS NOT NULL OR a.attidentity <> '' OR a.attgenerated <> '')";
 
 const PARENTS: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -620,7 +651,23 @@ impl LiveCatalog {
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
+            // Last: the connection's search path is `pg_catalog` alone from
+            // here, so every other name in a default comes qualified.
+            client
+                .batch_execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
+                .await?;
+            let defaults = client
+                .query(DEFAULTS, &[])
+                .await?
+                .into_iter()
+                .map(|r| {
+                    let expr: Option<String> = r.get(3);
+                    let default = expr.map_or(ColumnDefault::Generated, ColumnDefault::Expr);
+                    ((r.get(0), r.get(1), r.get(2)), default)
+                })
+                .collect();
             Ok::<_, tokio_postgres::Error>((
+                defaults,
                 public_schemas,
                 parents,
                 writable,
@@ -642,6 +689,7 @@ impl LiveCatalog {
         drop(client);
         let _ = task.await;
         let (
+            defaults,
             public_schemas,
             parents,
             writable,
@@ -674,6 +722,7 @@ impl LiveCatalog {
             public_schemas,
             parents,
             writable,
+            defaults,
             privileged_settings,
             taken: Some(Instant::now()),
             generation: 0,
