@@ -201,6 +201,18 @@ const WRITES: &[&str] = &[
     "INSERT INTO orders (id, merchant_id) SELECT 173, coalesce(NULL, 9)",
     "INSERT INTO orders (id, merchant_id, note) SELECT 174, '1', 'untyped'",
     "INSERT INTO orders (id, merchant_id) VALUES (175, 1), (176, 5) ON CONFLICT DO NOTHING",
+    // Write statements under a WITH: every read of the write sees its
+    // names.
+    "WITH m AS (SELECT id FROM merchants WHERE tier = 1) UPDATE orders SET note = 'tier1' WHERE merchant_id IN (SELECT id FROM m) RETURNING id",
+    "WITH m AS (SELECT id FROM merchants) DELETE FROM orders WHERE merchant_id NOT IN (SELECT id FROM m WHERE id IS NOT NULL) RETURNING id",
+    "WITH n AS (SELECT max(id) + 1 AS id FROM orders) INSERT INTO orders (id, merchant_id) SELECT id, 1 FROM n RETURNING id",
+    "WITH n AS (SELECT 5 AS m) INSERT INTO orders (id, merchant_id) SELECT 190, m FROM n",
+    "WITH v AS (SELECT 1 AS k) INSERT INTO orders (id, merchant_id) VALUES (191, (SELECT k FROM v))",
+    "WITH v AS (SELECT id FROM merchants WHERE name = 'Bel Air') UPDATE orders o SET merchant_id = v.id FROM v WHERE o.id = 1",
+    "WITH h AS (SELECT id FROM orders WHERE merchant_id IS NULL) DELETE FROM orders WHERE id IN (SELECT id FROM h) RETURNING id",
+    "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) UPDATE orders SET amount = 0 WHERE id IN (SELECT n FROM r) RETURNING id",
+    "WITH c AS MATERIALIZED (SELECT id FROM countries) UPDATE merchants SET country_id = (SELECT min(id) FROM c) WHERE id = 1",
+    "WITH s AS (SELECT 1 AS id) INSERT INTO orders (id, merchant_id) VALUES (192, 1) ON CONFLICT (id) DO UPDATE SET note = (SELECT 'from ' || id FROM s)",
     // SQL PREPARE of a write, then EXECUTE (the parameters of the types
     // PREPARE gives them).
     "PREPARE w1(int, int) AS UPDATE orders SET merchant_id = $1 WHERE id = $2; EXECUTE w1(2, 1)",
@@ -222,6 +234,7 @@ const REFUSED: &[&str] = &[
     "INSERT INTO merchants (id, name, country_id, tier) VALUES (67, initcap('king inc'), abs(-1), abs(-1))",
     "INSERT INTO orders (id, merchant_id) VALUES (178, generate_series(1, 2))",
     "UPDATE orders SET merchant_id = count(*) OVER () WHERE id = 1",
+    "WITH orders AS (SELECT 1 AS id) DELETE FROM orders",
     "WITH d AS (DELETE FROM sales.\"Returns\" RETURNING order_id) UPDATE orders SET note = 'returned' WHERE id IN (SELECT order_id FROM d)",
     "WITH x AS (SELECT 1 AS id) , d AS (DELETE FROM orders WHERE id IN (SELECT id FROM x) RETURNING id) SELECT count(*) FROM d",
 ];
@@ -593,6 +606,11 @@ fn writes_reach_no_hidden_row() {
         "WITH x AS (UPDATE merchants SET name = 'y' RETURNING *) SELECT * FROM x",
         "WITH x AS (DELETE FROM merchants RETURNING name) SELECT * FROM x",
         "COPY merchants FROM STDIN",
+        // Under a WITH, whose queries read visible rows only.
+        "WITH h AS (SELECT name FROM merchants) UPDATE orders SET note = (SELECT string_agg(name, ',') FROM h) WHERE id = 1 RETURNING note",
+        "WITH h AS (SELECT * FROM merchants WHERE id = 5) UPDATE merchants SET name = 'x' FROM h WHERE merchants.id = h.id RETURNING h.name",
+        "WITH h AS (SELECT id, name FROM merchants) INSERT INTO orders (id, merchant_id, note) SELECT 700 + id, 1, name FROM h RETURNING note",
+        "WITH h AS (SELECT id FROM merchants WHERE id = 5) DELETE FROM merchants WHERE id IN (SELECT id FROM h)",
         // A SET value that would fail on the hidden conflicting row (and
         // quote its name) before the visibility check.
         "INSERT INTO merchants (id, name, country_id, tier) VALUES (5, 'x', 1, 1) ON CONFLICT (id) DO UPDATE SET created = '2020-01-01', country_id = CAST(merchants.name AS integer)",

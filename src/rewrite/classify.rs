@@ -4,8 +4,8 @@
 //! EXPLAIN without ANALYZE) are allowed; everything else is refused.
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, Declare, Expr, ObjectName, Reset, ResetStatement, Set, Statement,
-    UnaryOperator, Value,
+    CopySource, CopyTarget, Declare, Expr, ObjectName, Reset, ResetStatement, Set, SetExpr,
+    Statement, UnaryOperator, Value,
 };
 
 use super::tables::{self, Scope, State};
@@ -169,6 +169,17 @@ pub(crate) fn check(
     state: &mut State,
 ) -> Result<(), Refusal> {
     match statement {
+        // A read-write member's write statement under a WITH.
+        Statement::Query(query)
+            if super::writes::writes(cx)
+                && matches!(
+                    query.body.as_ref(),
+                    SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)
+                )
+                && query.with.is_some() =>
+        {
+            super::writes::rewrite_under_with(query, cx)
+        }
         Statement::Query(query) => tables::rewrite_query(query, cx, &Scope::ROOT, state),
 
         Statement::StartTransaction {

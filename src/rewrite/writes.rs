@@ -29,8 +29,9 @@
 //! ([`copy_in`]).
 //!
 //! What is not provably the same as native RLS is refused: INSERT of
-//! `SELECT *`, a write under WITH (a write inside one is rewritten on its
-//! own), COPY FROM anything but STDIN, views, tables with rules, triggers
+//! `SELECT *`, a write under a WITH that writes (a write inside a WITH
+//! is rewritten on its own; a write under a WITH of queries reads with
+//! it, see [`rewrite_under_with`]), COPY FROM anything but STDIN, views, tables with rules, triggers
 //! of their own, or children, computed new values of two filtered columns
 //! of one row, and identity or generated filtered columns left out.
 
@@ -82,12 +83,117 @@ pub fn check_message(message: &str) -> Option<String> {
 
 /// Rewrites a write statement of a read-write member in place.
 pub(crate) fn rewrite(statement: &mut Statement, cx: &Context) -> Result<(), Refusal> {
+    rewrite_in(statement, cx, &Outer::none())
+}
+
+fn rewrite_in(statement: &mut Statement, cx: &Context, outer: &Outer) -> Result<(), Refusal> {
     match statement {
-        Statement::Insert(insert) => insert_values(insert, cx),
-        Statement::Update(update) => update_rows(update, cx),
-        Statement::Delete(delete) => delete_rows(delete, cx),
+        Statement::Insert(insert) => insert_values(insert, cx, outer),
+        Statement::Update(update) => update_rows(update, cx, outer),
+        Statement::Delete(delete) => delete_rows(delete, cx, outer),
         _ => Err(Refusal::statement("this statement")),
     }
+}
+
+/// The WITH a write statement stands under (`WITH x AS (SELECT ...)
+/// UPDATE ...`): every read of the write (its query, WHERE, FROM,
+/// RETURNING) is rewritten with it, so its names mean what they mean to
+/// PostgreSQL; the first rewrite of it is kept, and stands at the head of
+/// the statement again.
+struct Outer<'a> {
+    with: Option<&'a sqlparser::ast::With>,
+    rewritten: std::cell::RefCell<Option<sqlparser::ast::With>>,
+}
+
+impl Outer<'_> {
+    fn none() -> Outer<'static> {
+        Outer {
+            with: None,
+            rewritten: std::cell::RefCell::new(None),
+        }
+    }
+
+    fn keep(&self, rewritten: Option<sqlparser::ast::With>) {
+        let mut kept = self.rewritten.borrow_mut();
+        if kept.is_none() {
+            *kept = rewritten;
+        }
+    }
+}
+
+/// `WITH <queries> INSERT/UPDATE/DELETE ...` of a read-write member: the
+/// write rewritten as one, its reads with the WITH (see [`Outer`]). A WITH
+/// that itself writes, or one of whose names is the written table's, is
+/// refused.
+pub(crate) fn rewrite_under_with(
+    query: &mut sqlparser::ast::Query,
+    cx: &Context,
+) -> Result<(), Refusal> {
+    if query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+        || !query.locks.is_empty()
+    {
+        return Err(unsupported("this write under WITH"));
+    }
+    let Some(with) = query.with.take() else {
+        return Err(unsupported("this write"));
+    };
+    for cte in &with.cte_tables {
+        if !matches!(
+            cte.query.body.as_ref(),
+            SetExpr::Select(_)
+                | SetExpr::Query(_)
+                | SetExpr::SetOperation { .. }
+                | SetExpr::Values(_)
+        ) {
+            return Err(unsupported("a write statement under a WITH that writes"));
+        }
+    }
+    let statement = match query.body.as_mut() {
+        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => s,
+        _ => return Err(unsupported("this write under WITH")),
+    };
+    let written = match &*statement {
+        Statement::Insert(Insert {
+            table: TableObject::TableName(name),
+            ..
+        }) => Some(name.clone()),
+        Statement::Update(update) => match &update.table.relation {
+            TableFactor::Table { name, .. } => Some(name.clone()),
+            _ => None,
+        },
+        Statement::Delete(Delete {
+            from: FromTable::WithFromKeyword(tables),
+            ..
+        }) => match tables.first().map(|t| &t.relation) {
+            Some(TableFactor::Table { name, .. }) => Some(name.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(ObjectName(parts)) = &written {
+        if let [part] = parts.as_slice() {
+            let name = part.as_ident().map(crate::names::fold);
+            if with
+                .cte_tables
+                .iter()
+                .any(|c| Some(crate::names::fold(&c.alias.name)) == name)
+            {
+                return Err(unsupported("a write of a table a WITH name hides"));
+            }
+        }
+    }
+    let outer = Outer {
+        with: Some(&with),
+        rewritten: std::cell::RefCell::new(None),
+    };
+    rewrite_in(statement, cx, &outer)?;
+    // Every write reads through the WITH at least once (its query, its
+    // WHERE), which gives the rewritten WITH.
+    let rewritten = outer.rewritten.into_inner();
+    query.with = Some(rewritten.ok_or_else(|| unsupported("this write under WITH"))?);
+    Ok(())
 }
 
 /// The parameters of a `PREPARE name(types) AS <write>` as the statement
@@ -172,9 +278,10 @@ fn read(
     from: Vec<TableWithJoins>,
     selection: Option<Expr>,
     cx: &Context,
+    outer: &Outer,
 ) -> Result<Read, Refusal> {
     let original = (from.clone(), selection.clone());
-    let (projection, from, selection) = read_select(items.clone(), from, selection, cx)?;
+    let (projection, from, selection) = read_select(items.clone(), from, selection, cx, outer)?;
     let count = items.len();
     let items = if count > 0 { projection } else { Vec::new() };
     let target_fenced = from.first().is_some_and(|first| fenced(&first.relation));
@@ -199,6 +306,7 @@ fn read(
         from_again,
         None,
         cx,
+        outer,
     )?;
     let Some(SelectItem::UnnamedExpr(condition)) = again.pop() else {
         return Err(unsupported("this condition of a write"));
@@ -279,6 +387,7 @@ fn read_select(
     from: Vec<TableWithJoins>,
     selection: Option<Expr>,
     cx: &Context,
+    outer: &Outer,
 ) -> Result<SelectParts, Refusal> {
     let mut statement = match super::parse("SELECT 1")?.pop() {
         Some(s @ Statement::Query(_)) => s,
@@ -295,10 +404,12 @@ fn read_select(
     }
     select.from = from;
     select.selection = selection;
+    query.with = outer.with.cloned();
     super::rewrite_statement(&mut statement, cx)?;
-    let Statement::Query(query) = statement else {
+    let Statement::Query(mut query) = statement else {
         return Err(unsupported("this statement"));
     };
+    outer.keep(query.with.take());
     let SetExpr::Select(select) = *query.body else {
         return Err(unsupported("this statement"));
     };
@@ -503,7 +614,7 @@ fn default_value(
         Some(ColumnDefault::Expr(text)) => {
             let expr = parse_expr(&text)?;
             let (mut items, _, _) =
-                read_select(vec![SelectItem::UnnamedExpr(expr)], Vec::new(), None, cx)?;
+                read_select(vec![SelectItem::UnnamedExpr(expr)], Vec::new(), None, cx, &Outer::none())?;
             let Some(SelectItem::UnnamedExpr(expr)) = items.pop() else {
                 return Err(unsupported("this default of a filtered column"));
             };
@@ -650,7 +761,7 @@ fn returning_items(returning: &mut Option<Vec<SelectItem>>) -> Vec<SelectItem> {
     returning.take().unwrap_or_default()
 }
 
-fn delete_rows(delete: &mut Delete, cx: &Context) -> Result<(), Refusal> {
+fn delete_rows(delete: &mut Delete, cx: &Context, outer: &Outer) -> Result<(), Refusal> {
     if !delete.tables.is_empty()
         || !delete.order_by.is_empty()
         || delete.limit.is_some()
@@ -677,7 +788,7 @@ fn delete_rows(delete: &mut Delete, cx: &Context) -> Result<(), Refusal> {
     let had_returning = !returning.is_empty();
     let mut from = vec![table.clone()];
     from.extend(using);
-    let rewritten = read(returning, from, delete.selection.take(), cx)?;
+    let rewritten = read(returning, from, delete.selection.take(), cx, outer)?;
     let filter = cx
         .access
         .filter(&rel)
@@ -697,7 +808,7 @@ fn column_of(refname: &Ident, column: &str) -> Expr {
     Expr::CompoundIdentifier(vec![refname.clone(), crate::names::ident(column)])
 }
 
-fn update_rows(update: &mut Update, cx: &Context) -> Result<(), Refusal> {
+fn update_rows(update: &mut Update, cx: &Context, outer: &Outer) -> Result<(), Refusal> {
     if !update.order_by.is_empty()
         || update.limit.is_some()
         || update.output.is_some()
@@ -737,7 +848,7 @@ fn update_rows(update: &mut Update, cx: &Context) -> Result<(), Refusal> {
     items.extend(returning);
     let mut all_from = vec![update.table.clone()];
     all_from.extend(from);
-    let rewritten = read(items, all_from, update.selection.take(), cx)?;
+    let rewritten = read(items, all_from, update.selection.take(), cx, outer)?;
     let mut values = rewritten.items.into_iter();
     let mut assignments: Vec<Assignment> = Vec::new();
     for (a, value) in update.assignments.iter().zip(values.by_ref()) {
@@ -783,7 +894,7 @@ fn update_rows(update: &mut Update, cx: &Context) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
+fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(), Refusal> {
     if insert.or.is_some()
         || insert.ignore
         || !insert.into
@@ -846,15 +957,29 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
         return Err(unsupported("INSERT ... DEFAULT VALUES"));
     };
     // The values, and RETURNING, are read as any statement is.
-    let mut statement = Statement::Query(source.clone());
+    // (With the WITH the statement stands under, which stays the
+    // statement's: PostgreSQL reads `INSERT ... WITH ... VALUES` otherwise.)
+    if outer.with.is_some() && source.with.is_some() {
+        return Err(unsupported(
+            "an INSERT's query with a WITH of its own under a WITH",
+        ));
+    }
+    let mut query = source.clone();
+    if outer.with.is_some() {
+        query.with = outer.with.cloned();
+    }
+    let mut statement = Statement::Query(query);
     super::rewrite_statement(&mut statement, cx)?;
-    let Statement::Query(rewritten) = statement else {
+    let Statement::Query(mut rewritten) = statement else {
         return Err(unsupported("INSERT ... VALUES"));
     };
+    if outer.with.is_some() {
+        outer.keep(rewritten.with.take());
+    }
     **source = *rewritten;
     if let Some(returning) = insert.returning.as_mut() {
         let from = vec![table_ref(name, None)];
-        let r = read(std::mem::take(returning), from, None, cx)?;
+        let r = read(std::mem::take(returning), from, None, cx, outer)?;
         *returning = r.items;
     }
     if let Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
@@ -862,7 +987,7 @@ fn insert_values(insert: &mut Insert, cx: &Context) -> Result<(), Refusal> {
         ..
     })) = insert.on.as_mut()
     {
-        conflict_update(update, name, &rel, cx)?;
+        conflict_update(update, name, &rel, cx, outer)?;
     }
     // WITH CHECK: each row's values of the filtered columns, in the filter.
     let Some(f) = cx.access.filter(&rel) else {
@@ -1054,6 +1179,7 @@ fn conflict_update(
     name: &ObjectName,
     rel: &RelName,
     cx: &Context,
+    outer: &Outer,
 ) -> Result<(), Refusal> {
     let mut columns = Vec::new();
     for a in &update.assignments {
@@ -1079,6 +1205,7 @@ fn conflict_update(
         vec![table_ref(name, None), table_ref(name, Some("excluded"))],
         None,
         cx,
+        outer,
     )?;
     let mut values = Vec::new();
     for item in projection {
