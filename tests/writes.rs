@@ -201,6 +201,26 @@ const WRITES: &[&str] = &[
     "INSERT INTO orders (id, merchant_id) SELECT 173, coalesce(NULL, 9)",
     "INSERT INTO orders (id, merchant_id, note) SELECT 174, '1', 'untyped'",
     "INSERT INTO orders (id, merchant_id) VALUES (175, 1), (176, 5) ON CONFLICT DO NOTHING",
+    // A partitioned table and an inheritance parent: the parent's rule
+    // covers every partition's and child's rows.
+    "UPDATE sales.events SET what = 'x' RETURNING id, what",
+    "UPDATE sales.events SET at = '2025-03-01' WHERE id = 1 RETURNING id, at",
+    "UPDATE sales.events SET merchant_id = 5 WHERE id = 1",
+    "UPDATE sales.events SET at = '2025-03-01' WHERE id = 3 RETURNING id, at, what",
+    "INSERT INTO sales.events (id, merchant_id, at) VALUES (3, 1, '2024-07-31') ON CONFLICT (id, at) DO UPDATE SET what = 'conflict' RETURNING what",
+    "INSERT INTO sales.events (id, merchant_id, at) VALUES (3, 1, '2024-07-31') ON CONFLICT (id, at) DO UPDATE SET merchant_id = 5",
+    "DELETE FROM sales.events WHERE at < '2025-01-01' RETURNING id",
+    "INSERT INTO sales.events VALUES (100, 1, '2024-02-02', 'new'), (101, 2, '2025-02-02', 'new')",
+    "INSERT INTO sales.events VALUES (102, 5, '2024-02-02', 'hidden')",
+    "INSERT INTO sales.events VALUES (103, 1, '2030-01-01', 'no partition')",
+    "INSERT INTO sales.events (id, merchant_id, at) VALUES (1, 1, '2024-06-21') ON CONFLICT (id, at) DO UPDATE SET what = 'conflict' RETURNING what",
+    "INSERT INTO sales.events (id, merchant_id, at) VALUES (4, 1, '2024-08-20') ON CONFLICT (id, at) DO UPDATE SET what = 'conflict'",
+    "UPDATE sales.notes SET body = 'x' RETURNING id",
+    "DELETE FROM sales.notes WHERE id IN (4, 5) RETURNING id",
+    "INSERT INTO sales.notes VALUES (10, 5, 'hidden')",
+    "UPDATE sales.notes SET merchant_id = 5 WHERE id = 4",
+    "UPDATE sales.notes_archive SET body = 'y' RETURNING id",
+    "INSERT INTO sales.notes_archive VALUES (11, 1, 'a', '2021-01-01'), (12, 2, 'b', NULL)",
     // Write statements under a WITH: every read of the write sees its
     // names.
     "WITH m AS (SELECT id FROM merchants WHERE tier = 1) UPDATE orders SET note = 'tier1' WHERE merchant_id IN (SELECT id FROM m) RETURNING id",
@@ -235,6 +255,7 @@ const REFUSED: &[&str] = &[
     "INSERT INTO orders (id, merchant_id) VALUES (178, generate_series(1, 2))",
     "UPDATE orders SET merchant_id = count(*) OVER () WHERE id = 1",
     "WITH orders AS (SELECT 1 AS id) DELETE FROM orders",
+    "DELETE FROM ONLY sales.notes",
     "WITH d AS (DELETE FROM sales.\"Returns\" RETURNING order_id) UPDATE orders SET note = 'returned' WHERE id IN (SELECT order_id FROM d)",
     "WITH x AS (SELECT 1 AS id) , d AS (DELETE FROM orders WHERE id IN (SELECT id FROM x) RETURNING id) SELECT count(*) FROM d",
 ];
@@ -247,7 +268,27 @@ const TABLES: &[&str] = &[
     "tickets",
     "sales.\"Returns\"",
     "hr.salaries",
+    "sales.events",
+    "ONLY sales.notes",
+    "sales.notes_archive",
 ];
+
+/// Tables with partitions and inheritance children, and their rules: the
+/// parent's rule applies to every row read or written through it, as
+/// native RLS applies the parent's policies.
+const FAMILIES: &str = "\
+    CREATE TABLE sales.events (id int, merchant_id int, at date, what text, PRIMARY KEY (id, at)) \
+      PARTITION BY RANGE (at);\n\
+    CREATE TABLE sales.events_2024 PARTITION OF sales.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');\n\
+    CREATE TABLE sales.events_2025 PARTITION OF sales.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');\n\
+    INSERT INTO sales.events SELECT i, CASE WHEN i % 4 = 0 THEN 5 ELSE (i % 3) + 1 END, \
+      date '2024-06-01' + i * 20, 'e' || i FROM generate_series(1, 20) i;\n\
+    CREATE TABLE sales.notes (id int PRIMARY KEY, merchant_id int, body text);\n\
+    CREATE TABLE sales.notes_archive (archived date) INHERITS (sales.notes);\n\
+    INSERT INTO sales.notes VALUES (1, 1, 'n1'), (2, 5, 'n2'), (3, 2, 'n3');\n\
+    INSERT INTO sales.notes_archive VALUES (4, 1, 'a4', '2020-01-01'), (5, 5, 'a5', '2020-01-01');\n";
+const FAMILY_TABLES: &[&str] = &["sales.events", "sales.notes", "sales.notes_archive"];
+const FAMILY_RULE: &str = "merchant_id IN (SELECT id FROM merchants)";
 
 /// The outcome of a statement: the rows it returned (sorted) and the
 /// count of its command tag, or its error's SQLSTATE and message.
@@ -317,6 +358,7 @@ fn restore(db: &str) {
     let mut su = common::cluster().connect(db);
     let mut sql = format!("TRUNCATE {};", TABLES.join(", "));
     for (i, t) in TABLES.iter().enumerate() {
+        let t = t.trim_start_matches("ONLY ");
         sql += &format!("INSERT INTO {t} SELECT * FROM baseline.t{i};");
     }
     su.batch_execute(&sql).unwrap();
@@ -337,7 +379,8 @@ fn setup() -> Setup {
     // Defaults of filtered columns: one computed, one constant.
     let schema = std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap()
         + "ALTER TABLE orders ALTER COLUMN merchant_id SET DEFAULT abs(-1);\n\
-           ALTER TABLE merchants ALTER COLUMN tier SET DEFAULT 2;\n";
+           ALTER TABLE merchants ALTER COLUMN tier SET DEFAULT 2;\n"
+        + FAMILIES;
     c.connect(&gate_db).batch_execute(&schema).unwrap();
     let mut admin = c.connect(&native_db);
     admin.batch_execute(&schema).unwrap();
@@ -349,7 +392,8 @@ fn setup() -> Setup {
         let role = format!("{native_db}_{user}");
         let mut sql =
             format!("CREATE ROLE {role} LOGIN;\nGRANT USAGE ON SCHEMA sales, hr TO {role};\n");
-        for (table, rule) in rules.expect("a member's rules") {
+        let family = FAMILY_TABLES.iter().map(|t| (*t, FAMILY_RULE));
+        for (table, rule) in rules.expect("a member's rules").into_iter().chain(family) {
             sql += &format!(
                 "GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {role};\n\
                  CREATE POLICY {role} ON {table} FOR ALL TO {role} USING ({rule}) WITH CHECK ({rule});\n"
@@ -369,7 +413,12 @@ fn setup() -> Setup {
     snapshot(&native_db);
     snapshot(&gate_db);
     // rowgate: the differential policy with the writers read-write.
-    let policy = std::fs::read_to_string(rls::POLICY).unwrap();
+    let mut policy = std::fs::read_to_string(rls::POLICY).unwrap();
+    for t in FAMILY_TABLES {
+        policy += &format!(
+            "  {t}:\n    filters:\n      - {{ column: merchant_id, references: public.merchants(id) }}\n"
+        );
+    }
     let mut writable = String::new();
     for line in policy.lines() {
         writable += line;

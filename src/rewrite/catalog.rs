@@ -62,9 +62,10 @@ pub trait Catalog: Send + Sync {
         None
     }
 
-    /// Whether the relation is an ordinary table a read-write member's
-    /// statement may write (no rules, no triggers of its own, no children);
-    /// offline, none is known to be.
+    /// Whether the relation is an ordinary or partitioned table a
+    /// read-write member's statement may write (no rules, no triggers of
+    /// its own, nor of any partition or child); offline, none is known to
+    /// be.
     fn writable(&self, _schema: &str, _name: &str) -> bool {
         false
     }

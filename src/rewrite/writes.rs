@@ -32,7 +32,7 @@
 //! `SELECT *`, a write under a WITH that writes (a write inside a WITH
 //! is rewritten on its own; a write under a WITH of queries reads with
 //! it, see [`rewrite_under_with`]), COPY FROM anything but STDIN, views, tables with rules, triggers
-//! of their own, or children, computed new values of two filtered columns
+//! of their own or of their descendants, computed new values of two filtered columns
 //! of one row, and identity or generated filtered columns left out.
 
 use sqlparser::ast::{
@@ -234,9 +234,12 @@ fn unsupported(what: &str) -> Refusal {
 }
 
 /// The relation a write names, resolved as PostgreSQL would, and checked
-/// writable: granted, and an ordinary table of the catalog without rules,
-/// triggers of its own or children (a granted table without a rule under
-/// `tables:` is all visible, so all writable, as for reads).
+/// writable: granted, and an ordinary or partitioned table of the catalog
+/// without rules or triggers of its own, nor descendants with any (a
+/// granted table without a rule under `tables:` is all visible, so all
+/// writable, as for reads). Through a parent, PostgreSQL applies the
+/// parent's policies to its descendants' rows, as the parent's filter
+/// does here.
 fn target(name: &ObjectName, cx: &Context) -> Result<RelName, Refusal> {
     let parts: Vec<String> = name
         .0
@@ -258,7 +261,7 @@ fn target(name: &ObjectName, cx: &Context) -> Result<RelName, Refusal> {
     }
     if !cx.catalog.writable(&rel.schema, &rel.name) {
         return Err(unsupported(&format!(
-            "writing {rel}, which is not known to be an ordinary table without rules, triggers or children"
+            "writing {rel}, which is not known to be a table without rules or triggers (its own or its partitions' and children's)"
         )));
     }
     Ok(rel)

@@ -44,9 +44,10 @@ pub struct Snapshot {
     public_schemas: HashSet<String>,
     /// Relations with inheritance children or partitions, or partitioned.
     parents: HashSet<(String, String)>,
-    /// Ordinary tables without rules, triggers of their own (the internal
-    /// ones of foreign keys aside), children or partitions: where a
-    /// read-write member's statement writes exactly what it says.
+    /// Ordinary and partitioned tables without rules or triggers of their
+    /// own (the internal ones of foreign keys aside), nor descendants with
+    /// any: where a read-write member's statement writes exactly what it
+    /// says (see [`WRITABLE`]).
     writable: HashSet<(String, String)>,
     /// Defaults of ordinary tables' columns that have one or are identity
     /// or generated columns, by schema, table and column.
@@ -449,10 +450,18 @@ async fn load_types(client: &tokio_postgres::Client) -> Result<TypeCatalog, toki
     Ok(catalog)
 }
 
+/// Ordinary and partitioned tables of which neither the table nor any
+/// descendant (inheritance child or partition, at any depth) has rules or
+/// triggers of its own, and whose descendants are all tables too.
 const WRITABLE: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relkind = 'r' AND NOT c.relhasrules AND NOT c.relhassubclass \
-     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)";
+     WHERE c.relkind IN ('r', 'p') AND NOT EXISTS ( \
+       WITH RECURSIVE tree(oid) AS (SELECT c.oid UNION \
+         SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.oid) \
+       SELECT 1 FROM tree t JOIN pg_catalog.pg_class d ON d.oid = t.oid \
+       WHERE d.relkind NOT IN ('r', 'p') OR d.relhasrules \
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g \
+         WHERE g.tgrelid = d.oid AND NOT g.tgisinternal))";
 
 /// Columns of ordinary tables with a default, or identity or generated;
 /// the expression printed with only `pg_catalog` on the search path (see
