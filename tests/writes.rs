@@ -201,6 +201,14 @@ const WRITES: &[&str] = &[
     "INSERT INTO orders (id, merchant_id) SELECT 173, coalesce(NULL, 9)",
     "INSERT INTO orders (id, merchant_id, note) SELECT 174, '1', 'untyped'",
     "INSERT INTO orders (id, merchant_id) VALUES (175, 1), (176, 5) ON CONFLICT DO NOTHING",
+    // INSERT ... SELECT * of one table: as many columns as it has.
+    "INSERT INTO orders SELECT * FROM sales.staged WHERE merchant_id = 1 RETURNING id",
+    "INSERT INTO orders SELECT * FROM sales.staged",
+    "INSERT INTO orders SELECT s.* FROM sales.staged s WHERE s.id = 200 RETURNING note",
+    "INSERT INTO orders (id, merchant_id, amount, status, placed_at, note) SELECT * FROM sales.staged WHERE id = 202",
+    "INSERT INTO orders (id, merchant_id) SELECT * FROM sales.staged",
+    "INSERT INTO orders SELECT *, 1 FROM sales.staged",
+    "INSERT INTO orders SELECT * FROM orders WHERE id < 5",
     // A partitioned table and an inheritance parent: the parent's rule
     // covers every partition's and child's rows.
     "UPDATE sales.events SET what = 'x' RETURNING id, what",
@@ -286,7 +294,10 @@ const FAMILIES: &str = "\
     CREATE TABLE sales.notes (id int PRIMARY KEY, merchant_id int, body text);\n\
     CREATE TABLE sales.notes_archive (archived date) INHERITS (sales.notes);\n\
     INSERT INTO sales.notes VALUES (1, 1, 'n1'), (2, 5, 'n2'), (3, 2, 'n3');\n\
-    INSERT INTO sales.notes_archive VALUES (4, 1, 'a4', '2020-01-01'), (5, 5, 'a5', '2020-01-01');\n";
+    INSERT INTO sales.notes_archive VALUES (4, 1, 'a4', '2020-01-01'), (5, 5, 'a5', '2020-01-01');\n\
+    CREATE TABLE sales.staged (LIKE orders);\n\
+    INSERT INTO sales.staged VALUES (200, 1, 1, 'paid', '2024-01-01', 's1'), (201, 5, 2, 'open', NULL, 's2'), \
+      (202, 2, 3, NULL, NULL, 's3');\n";
 const FAMILY_TABLES: &[&str] = &["sales.events", "sales.notes", "sales.notes_archive"];
 const FAMILY_RULE: &str = "merchant_id IN (SELECT id FROM merchants)";
 
@@ -392,6 +403,8 @@ fn setup() -> Setup {
         let role = format!("{native_db}_{user}");
         let mut sql =
             format!("CREATE ROLE {role} LOGIN;\nGRANT USAGE ON SCHEMA sales, hr TO {role};\n");
+        // Staged rows, all visible (no rule), for INSERT ... SELECT *.
+        sql += &format!("GRANT SELECT ON sales.staged TO {role};\n");
         let family = FAMILY_TABLES.iter().map(|t| (*t, FAMILY_RULE));
         for (table, rule) in rules.expect("a member's rules").into_iter().chain(family) {
             sql += &format!(

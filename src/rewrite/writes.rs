@@ -29,7 +29,7 @@
 //! ([`copy_in`]).
 //!
 //! What is not provably the same as native RLS is refused: INSERT of
-//! `SELECT *`, a write under a WITH that writes (a write inside a WITH
+//! `SELECT *` of other than one table, a write under a WITH that writes (a write inside a WITH
 //! is rewritten on its own; a write under a WITH of queries reads with
 //! it, see [`rewrite_under_with`]), COPY FROM anything but STDIN, views, tables with rules, triggers
 //! of their own or of their descendants, computed new values of two filtered columns
@@ -959,6 +959,10 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
     let Some(source) = insert.source.as_mut() else {
         return Err(unsupported("INSERT ... DEFAULT VALUES"));
     };
+    // How many columns the query gives, told before it is rewritten: `*`
+    // of its one table counts that table's columns.
+    let withs: Vec<&sqlparser::ast::With> = outer.with.into_iter().chain(&source.with).collect();
+    let width_hint = leftmost_width(&source.body, cx, &withs);
     // The values, and RETURNING, are read as any statement is.
     // (With the WITH the statement stands under, which stays the
     // statement's: PostgreSQL reads `INSERT ... WITH ... VALUES` otherwise.)
@@ -1001,8 +1005,9 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
     // query (its leftmost SELECT's items).
     let width = match source.body.as_ref() {
         SetExpr::Values(values) => values.rows.first().map_or(0, |r| r.len()),
-        body => leftmost_width(body)
-            .ok_or_else(|| unsupported("INSERT ... SELECT * (list the values)"))?,
+        _ => width_hint.ok_or_else(|| {
+            unsupported("INSERT ... SELECT * of other than one table (list the values)")
+        })?,
     };
     if listed && width != columns.len() {
         // PostgreSQL's own error for it is what the client should see.
@@ -1069,25 +1074,102 @@ fn default_keyword() -> Expr {
     Expr::Identifier(Ident::new("DEFAULT"))
 }
 
-/// The number of columns a query gives, when its leftmost SELECT lists
-/// them without `*`.
-fn leftmost_width(body: &SetExpr) -> Option<usize> {
+/// The number of columns a query gives, when its leftmost SELECT tells
+/// it: its items, `*` and `t.*` counting the columns of its one FROM item
+/// when that is a table of the catalog (not a WITH name).
+fn leftmost_width(body: &SetExpr, cx: &Context, withs: &[&sqlparser::ast::With]) -> Option<usize> {
     match body {
-        SetExpr::Select(select) => select
-            .projection
-            .iter()
-            .all(|i| {
-                matches!(
-                    i,
-                    SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
-                )
-            })
-            .then_some(select.projection.len()),
-        SetExpr::SetOperation { left, .. } => leftmost_width(left),
-        SetExpr::Query(query) => leftmost_width(&query.body),
+        SetExpr::Select(select) => {
+            let mut width = 0;
+            for item in &select.projection {
+                width += match item {
+                    SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. } => 1,
+                    SelectItem::Wildcard(options) if plain_wildcard(options) => {
+                        single_table_width(select, None, cx, withs)?
+                    }
+                    SelectItem::QualifiedWildcard(
+                        sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name),
+                        options,
+                    ) if plain_wildcard(options) => {
+                        single_table_width(select, Some(name), cx, withs)?
+                    }
+                    _ => return None,
+                };
+            }
+            Some(width)
+        }
+        SetExpr::SetOperation { left, .. } => leftmost_width(left, cx, withs),
+        SetExpr::Query(query) if query.with.is_none() => leftmost_width(&query.body, cx, withs),
         SetExpr::Values(values) => values.rows.first().map(|r| r.len()),
         _ => None,
     }
+}
+
+/// `*` without EXCLUDE, EXCEPT, REPLACE or RENAME.
+fn plain_wildcard(options: &sqlparser::ast::WildcardAdditionalOptions) -> bool {
+    options.opt_ilike.is_none()
+        && options.opt_exclude.is_none()
+        && options.opt_except.is_none()
+        && options.opt_replace.is_none()
+        && options.opt_rename.is_none()
+}
+
+/// The number of columns of a SELECT's one FROM item, a table of the
+/// catalog (`qualifier`, when given, its refname).
+fn single_table_width(
+    select: &Select,
+    qualifier: Option<&ObjectName>,
+    cx: &Context,
+    withs: &[&sqlparser::ast::With],
+) -> Option<usize> {
+    let [TableWithJoins { relation, joins }] = select.from.as_slice() else {
+        return None;
+    };
+    if !joins.is_empty() {
+        return None;
+    }
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = relation
+    else {
+        return None;
+    };
+    let folded = |name: &ObjectName| -> Option<Vec<String>> {
+        name.0
+            .iter()
+            .map(|p| p.as_ident().map(crate::names::fold))
+            .collect()
+    };
+    let rel = match folded(name)?.as_slice() {
+        [single] => {
+            let hidden = withs.iter().any(|w| {
+                w.cte_tables
+                    .iter()
+                    .any(|c| crate::names::fold(&c.alias.name) == *single)
+            });
+            if hidden {
+                return None;
+            }
+            super::catalog::resolve(cx.catalog, cx.search_path, single)?
+        }
+        [schema, table] => RelName::new(schema.clone(), table.clone()),
+        _ => return None,
+    };
+    if alias.as_ref().is_some_and(|a| !a.columns.is_empty()) {
+        return None;
+    }
+    if let Some(q) = qualifier {
+        let refname = alias
+            .as_ref()
+            .map_or_else(|| rel.name.clone(), |a| crate::names::fold(&a.name));
+        if folded(q)? != [refname] {
+            return None;
+        }
+    }
+    cx.catalog.columns(&rel.schema, &rel.name).map(|c| c.len())
 }
 
 /// What the derived table of an `INSERT ... SELECT`'s rows is called.
@@ -1111,7 +1193,28 @@ fn checked_query(
 ) -> Result<sqlparser::ast::Query, Refusal> {
     let mut inner = source.clone();
     if let SetExpr::Select(select) = inner.body.as_mut() {
-        for (item, column) in select.projection.iter_mut().zip(columns) {
+        let plain = |i: &SelectItem| {
+            matches!(
+                i,
+                SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
+            )
+        };
+        // Items beside a `*` do not stand at their columns' places.
+        let starred = !select.projection.iter().all(plain);
+        let untyped = select.projection.iter().any(|i| {
+            matches!(i, SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } if is_untyped(e))
+        });
+        if starred && untyped {
+            return Err(unsupported(
+                "an untyped value beside * in INSERT ... SELECT",
+            ));
+        }
+        for (item, column) in select
+            .projection
+            .iter_mut()
+            .zip(columns)
+            .filter(|_| !starred)
+        {
             if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
                 if is_untyped(e) {
                     let Some(ty) = column_type(rel, column, cx) else {
