@@ -540,3 +540,29 @@ fn another_sessions_unnamed_statement_is_not_bound() {
         assert_eq!(error_code(&none).as_deref(), Some("26000"), "{none:?}");
     }
 }
+
+#[test]
+fn a_refused_unnamed_parse_leaves_no_unnamed_statement_to_restore() {
+    let proxy = pooled(1, "5s");
+    let sql = "SELECT DISTINCT name FROM merchants";
+    let refused = "SET rowgate.view_as = 'bel'";
+    // Parsed once: its Parse is what rowgate would send again on the next
+    // connection. Parsed again: a shared statement stands for it.
+    for parses in [1, 2] {
+        let mut king = login(&proxy, "king", "k");
+        for _ in 0..parses {
+            assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
+        }
+        let out = prepare(&mut king, "", refused);
+        assert_eq!(error_code(&out).as_deref(), Some("42501"), "{out:?}");
+        // PostgreSQL dropped the unnamed statement before it parsed the
+        // failing one: nothing is left to bind.
+        let gone = run_prepared(&mut king, "");
+        assert_eq!(
+            error_code(&gone).as_deref(),
+            Some("26000"),
+            "after {parses} parses: {gone:?}"
+        );
+        assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
+    }
+}

@@ -945,3 +945,56 @@ fn text_rowgate_cannot_parse_gets_postgresql_s_own_syntax_error_or_0a000() {
     assert_eq!(first_value(&out).as_deref(), Some("3"));
     still_serving();
 }
+
+/// A Parse of the unnamed statement that fails drops the unnamed statement
+/// before it, as PostgreSQL drops it before it parses the new one: a
+/// refused `SET rowgate.view_as` in the extended protocol (42501 for a
+/// member, 0A000 for an admin, viewing as a user or not) leaves no
+/// statement for a Bind of the unnamed one to run, even when rowgate's
+/// automatic statement stood for the one before.
+#[test]
+fn a_refused_unnamed_parse_leaves_no_unnamed_statement() {
+    let sql = "SELECT count(*) FROM merchants WHERE id > $1";
+    for (user, password, viewing, code) in [
+        ("member", "member-pw", false, "42501"),
+        ("admin", "admin-pw", true, "0A000"),
+    ] {
+        let (mut raw, _) = login(proxy().port, user, password, fixture_db());
+        if viewing {
+            let out = raw.query("SET rowgate.view_as = 'member'").unwrap();
+            assert_eq!(tags(&out), "CZ", "{:?}", errors(&out));
+        }
+        let mut buf = BytesMut::new();
+        // Once the ordinary way, then as rowgate's statement.
+        for _ in 0..2 {
+            buf.clear();
+            parse_bind_execute(&mut buf, sql, 0, false);
+            frontend::sync(&mut buf);
+            raw.send(&buf).unwrap();
+            let out = raw.until_ready().unwrap();
+            assert_eq!(tags(&out), "12DCZ", "{user}: {:?}", errors(&out));
+            assert_eq!(first_value(&out).as_deref(), Some("3"), "{user}");
+        }
+        buf.clear();
+        frontend::parse("", "SET rowgate.view_as = 'analyst'", [], &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), "EZ", "{user}");
+        assert_eq!(errors(&out)[0].0, code, "{user}: {:?}", errors(&out));
+        buf.clear();
+        bind_execute(&mut buf, 0);
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), "EZ", "{user}: {:?}", first_values(&out));
+        assert_eq!(errors(&out)[0].0, "26000", "{user}: {:?}", errors(&out));
+        // The session goes on.
+        buf.clear();
+        parse_bind_execute(&mut buf, sql, 7, false);
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(first_value(&out).as_deref(), Some("1"), "{user}");
+    }
+}

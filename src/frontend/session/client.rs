@@ -263,6 +263,12 @@ impl Session<'_> {
                     };
                     self.note(&sql, None, Some(&refusal));
                     let marker = self.refuse(&refusal);
+                    if parse.name.is_empty() {
+                        // PostgreSQL drops the unnamed statement before it
+                        // parses the new one, which fails: none is left.
+                        self.unnamed = None;
+                        self.unnamed_parsed(None);
+                    }
                     io.send(&parse_message(parse.name, &marker, parse.types));
                     self.audit_parsed(frame.body())?;
                 }

@@ -16,7 +16,8 @@
 //!   says what the client is handed instead.
 //! - **Own queries.** Cycles that are rowgate's alone (reading the search
 //!   path back): their messages are consumed, and the first value is the
-//!   answer.
+//!   answer; a notification among them is the client's (it comes whenever
+//!   the backend is idle).
 //! - **Refusals.** The markers sent in place of refused statements, whose
 //!   errors are swapped for the refusals.
 //! - **Retries.** An automatic statement that failed as stale, outside a
@@ -286,6 +287,11 @@ impl Pipeline {
     /// A whole message from upstream (one [`Pipeline::inspect`] asked for).
     pub fn on_server(&mut self, tag: u8, body: &[u8]) -> Reply {
         if self.own.owns(self.done) {
+            // A notification for the client's LISTEN comes whenever the
+            // backend is idle, also just before it reads an own query.
+            if tag == backend::NOTIFICATION_RESPONSE {
+                return Reply::Relay;
+            }
             if let Some(answer) = self.own.take(self.done, tag, body) {
                 self.done += 1;
                 self.status = answer.status;
@@ -783,5 +789,743 @@ mod tests {
             p.inspect(backend::READY_FOR_QUERY, 5, false),
             Inspect::Whole
         );
+    }
+
+    /// Sends a client message of each tag, as the session does: Query,
+    /// Sync and FunctionCall end a cycle, a Parse expects its
+    /// ParseComplete as it is.
+    fn send(p: &mut Pipeline, tags: &[u8]) {
+        for &tag in tags {
+            p.on_client(tag);
+            match tag {
+                frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => p.end_cycle(),
+                frontend::PARSE => p.expect(backend::PARSE_COMPLETE, Action::Pass),
+                _ => {}
+            }
+        }
+    }
+
+    /// Each `(tag, body)` from upstream as the relay hands it on: read
+    /// whole only when `inspect` says so, else streamed (relayed as it is).
+    fn receive(p: &mut Pipeline, msgs: &[(u8, &[u8])]) -> Vec<Reply> {
+        msgs.iter()
+            .map(|&(tag, body)| match p.inspect(tag, body.len() + 4, false) {
+                Inspect::Whole => p.on_server(tag, body),
+                Inspect::Stream => Reply::Relay,
+            })
+            .collect()
+    }
+
+    fn relayed(n: usize) -> Vec<Reply> {
+        (0..n).map(|_| Reply::Relay).collect()
+    }
+
+    fn parse_complete() -> Reply {
+        Reply::Replace(Bytes::from_static(PARSE_COMPLETE))
+    }
+
+    fn marker_error(marker: &str) -> Vec<u8> {
+        error("42601", &format!("syntax error at or near \"{marker}\""))
+    }
+
+    /// A simple Query of several statements: one cycle, every result
+    /// relayed as it is, one ReadyForQuery.
+    #[test]
+    fn a_simple_query_of_several_statements_is_one_cycle() {
+        let mut p = Pipeline::new(NONCE);
+        assert!(p.on_client(frontend::QUERY), "between cycles");
+        p.end_cycle();
+        assert!(!p.idle() && !p.unsynced());
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::ROW_DESCRIPTION, b"x"),
+                (backend::DATA_ROW, b"x"),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (backend::COMMAND_COMPLETE, b"CREATE TABLE\0"),
+                (backend::ROW_DESCRIPTION, b"x"),
+                (backend::COMMAND_COMPLETE, b"SELECT 0\0"),
+            ],
+        );
+        assert_eq!(replies, relayed(6));
+        assert!(!p.idle(), "not before its ReadyForQuery");
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(p.idle());
+        assert_eq!((p.cycle(), p.receiving()), (1, 1));
+    }
+
+    /// An empty Query is answered by EmptyQueryResponse, relayed (and read
+    /// whole only for the audit log).
+    #[test]
+    fn an_empty_query_is_relayed() {
+        let mut p = Pipeline::new(NONCE);
+        send(&mut p, &[frontend::QUERY]);
+        assert_eq!(p.inspect(backend::EMPTY_QUERY, 4, false), Inspect::Stream);
+        assert_eq!(p.inspect(backend::EMPTY_QUERY, 4, true), Inspect::Whole);
+        assert_eq!(p.on_server(backend::EMPTY_QUERY, &[]), Reply::Relay);
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(p.idle());
+    }
+
+    /// Parse, Bind, Describe (of the statement and of the portal),
+    /// Execute, Sync: one cycle, every response the client's own.
+    #[test]
+    fn parse_bind_describe_execute_sync_is_relayed_as_it_is() {
+        let mut p = Pipeline::new(NONCE);
+        assert!(p.on_client(frontend::PARSE), "between cycles");
+        p.expect(backend::PARSE_COMPLETE, Action::Pass);
+        for tag in [
+            frontend::DESCRIBE,
+            frontend::BIND,
+            frontend::DESCRIBE,
+            frontend::EXECUTE,
+        ] {
+            assert!(!p.on_client(tag), "inside the cycle");
+        }
+        assert!(p.unsynced() && p.idle(), "nothing ended yet");
+        assert!(!p.on_client(frontend::SYNC));
+        p.end_cycle();
+        assert!(!p.unsynced() && !p.idle());
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::PARAMETER_DESCRIPTION, b"\0\0"),
+                (backend::ROW_DESCRIPTION, b"x"),
+                (backend::BIND_COMPLETE, b""),
+                (backend::ROW_DESCRIPTION, b"x"),
+                (backend::DATA_ROW, b"x"),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, relayed(8));
+        assert!(p.idle());
+        // The expectation was used: nothing is read whole any more.
+        assert_eq!(
+            p.inspect(backend::PARSE_COMPLETE, 4, false),
+            Inspect::Stream
+        );
+    }
+
+    /// Execute with a row limit: PortalSuspended, then the rest of the
+    /// rows at the next Execute; relayed, also when the audit log reads
+    /// them whole.
+    #[test]
+    fn a_portal_suspended_at_its_row_limit_is_relayed() {
+        let mut p = Pipeline::new(NONCE);
+        send(
+            &mut p,
+            &[
+                frontend::PARSE,
+                frontend::BIND,
+                frontend::EXECUTE,
+                frontend::EXECUTE,
+                frontend::SYNC,
+            ],
+        );
+        assert_eq!(
+            p.inspect(backend::PORTAL_SUSPENDED, 4, false),
+            Inspect::Stream
+        );
+        assert_eq!(
+            p.inspect(backend::PORTAL_SUSPENDED, 4, true),
+            Inspect::Whole
+        );
+        let msgs: [(u8, &[u8]); 8] = [
+            (backend::PARSE_COMPLETE, b""),
+            (backend::BIND_COMPLETE, b""),
+            (backend::DATA_ROW, b"x"),
+            (backend::DATA_ROW, b"x"),
+            (backend::PORTAL_SUSPENDED, b""),
+            (backend::DATA_ROW, b"x"),
+            (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+            (backend::READY_FOR_QUERY, b"T"),
+        ];
+        for (tag, body) in msgs {
+            assert_eq!(p.on_server(tag, body), Reply::Relay, "{}", tag as char);
+        }
+        assert!(p.idle());
+        assert_eq!(p.status(), status::IN_TRANSACTION);
+    }
+
+    /// Several extended cycles sent before any response, the second with
+    /// a refused Parse in its middle: its refusal comes at its place, what
+    /// it still expected is skipped with it (a statement it was to create
+    /// does not exist), and the third cycle's expectations are the third's.
+    #[test]
+    fn a_refused_parse_in_a_pipeline_skips_its_cycle_only() {
+        let mut p = Pipeline::new(NONCE);
+        send(
+            &mut p,
+            &[
+                frontend::PARSE,
+                frontend::BIND,
+                frontend::EXECUTE,
+                frontend::SYNC,
+            ],
+        );
+        // Cycle 1: a good statement, a refused one, then one rowgate
+        // prepares under its own name.
+        send(
+            &mut p,
+            &[frontend::PARSE, frontend::BIND, frontend::EXECUTE],
+        );
+        p.on_client(frontend::PARSE);
+        let marker = p.refuse(&Refusal::Table("hr.salaries".into()), None);
+        p.expect(backend::PARSE_COMPLETE, Action::Pass);
+        p.on_client(frontend::PARSE);
+        let skipped = Auto::new("rowgate_auto_1".into(), p.cycle());
+        p.expect(backend::PARSE_COMPLETE, Action::Created(skipped.clone()));
+        send(&mut p, &[frontend::BIND, frontend::EXECUTE, frontend::SYNC]);
+        // Cycle 2: a Close standing for a Parse.
+        p.on_client(frontend::PARSE);
+        p.expect(backend::CLOSE_COMPLETE, Action::AsParseComplete);
+        send(&mut p, &[frontend::BIND, frontend::EXECUTE, frontend::SYNC]);
+        assert_eq!(p.cycle(), 3);
+
+        let cycle0 = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::DATA_ROW, b"x"),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(cycle0, relayed(5));
+        let cycle1 = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::COMMAND_COMPLETE, b"SELECT 0\0"),
+            ],
+        );
+        assert_eq!(cycle1, relayed(3));
+        let refusal = p.on_server(backend::ERROR_RESPONSE, &marker_error(&marker));
+        assert_eq!(code_of(&refusal).as_deref(), Some("42501"));
+        assert!(!skipped.failed(), "not before the cycle ends");
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(skipped.failed() && !skipped.usable(2));
+        let cycle2 = receive(
+            &mut p,
+            &[
+                (backend::CLOSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::COMMAND_COMPLETE, b"SELECT 0\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(
+            cycle2,
+            vec![parse_complete(), Reply::Relay, Reply::Relay, Reply::Relay]
+        );
+        assert!(p.idle());
+    }
+
+    /// An upstream error in the middle of an extended cycle (not a
+    /// refusal): relayed as it is, and the rest of the cycle is skipped
+    /// up to its Sync, including rowgate's own Close.
+    #[test]
+    fn an_error_skips_to_sync_with_rowgates_expectations() {
+        let mut p = Pipeline::new(NONCE);
+        send(
+            &mut p,
+            &[frontend::PARSE, frontend::BIND, frontend::EXECUTE],
+        );
+        p.expect(backend::CLOSE_COMPLETE, Action::Drop);
+        p.on_client(frontend::PARSE);
+        p.expect(backend::CLOSE_COMPLETE, Action::AsParseComplete);
+        send(&mut p, &[frontend::BIND, frontend::EXECUTE, frontend::SYNC]);
+        // The next cycle is the client's Close alone.
+        p.on_client(frontend::CLOSE);
+        p.expect(backend::CLOSE_COMPLETE, Action::Pass);
+        send(&mut p, &[frontend::SYNC]);
+        let division = error("22012", "division by zero");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::ERROR_RESPONSE, &division),
+                (backend::READY_FOR_QUERY, b"I"),
+                // The client's Close: its own CloseComplete, not a
+                // ParseComplete nor dropped.
+                (backend::CLOSE_COMPLETE, b""),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, relayed(6));
+        assert!(p.idle());
+        assert!(!p.take_stale(), "not a stale statement's error");
+    }
+
+    /// Flush without Sync: the responses so far come within the cycle,
+    /// rowgate's expectations are met in it, and the stream is not
+    /// between cycles (a pooled connection is kept) until the Sync.
+    #[test]
+    fn flush_without_sync_answers_inside_the_cycle() {
+        let mut p = Pipeline::new(NONCE);
+        p.on_client(frontend::PARSE);
+        p.expect(backend::CLOSE_COMPLETE, Action::AsParseComplete);
+        for tag in [frontend::BIND, frontend::DESCRIBE, frontend::EXECUTE] {
+            p.on_client(tag);
+        }
+        assert!(!p.on_client(frontend::FLUSH));
+        assert_eq!(p.cycle(), 0, "a Flush ends no cycle");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::CLOSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::ROW_DESCRIPTION, b"x"),
+                (backend::DATA_ROW, b"x"),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+            ],
+        );
+        assert_eq!(replies[0], parse_complete());
+        assert_eq!(replies[1..], relayed(4));
+        assert!(p.idle() && p.unsynced(), "answered, but not synced");
+        assert!(!p.on_client(frontend::SYNC));
+        p.end_cycle();
+        assert!(!p.idle());
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(p.idle() && !p.unsynced());
+    }
+
+    /// The client's Close, rowgate's Close of a retired statement and a
+    /// Close standing for a Parse, in one cycle: each CloseComplete is
+    /// told apart by its order.
+    #[test]
+    fn closes_of_the_client_and_of_rowgate_are_told_apart_by_order() {
+        let mut p = Pipeline::new(NONCE);
+        p.on_client(frontend::CLOSE);
+        p.expect(backend::CLOSE_COMPLETE, Action::Pass);
+        p.on_client(frontend::PARSE);
+        p.expect(backend::CLOSE_COMPLETE, Action::Drop);
+        p.expect(backend::CLOSE_COMPLETE, Action::AsParseComplete);
+        send(&mut p, &[frontend::BIND, frontend::EXECUTE, frontend::SYNC]);
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::CLOSE_COMPLETE, b""),
+                (backend::CLOSE_COMPLETE, b""),
+                (backend::CLOSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::COMMAND_COMPLETE, b"SELECT 0\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        let mut want = vec![Reply::Relay, Reply::Drop, parse_complete()];
+        want.extend(relayed(3));
+        assert_eq!(replies, want);
+    }
+
+    /// A statement rowgate prepares under its own name in place of an
+    /// unnamed Parse: its ParseComplete is the client's; if its Parse
+    /// fails, the error is the client's and the statement does not exist.
+    #[test]
+    fn a_created_statement_exists_only_when_its_parse_completed() {
+        let mut p = Pipeline::new(NONCE);
+        for fails in [false, true] {
+            let auto = Auto::new(format!("rowgate_auto_{fails}"), p.cycle());
+            p.on_client(frontend::PARSE);
+            p.expect(backend::PARSE_COMPLETE, Action::Created(auto.clone()));
+            send(&mut p, &[frontend::BIND, frontend::EXECUTE, frontend::SYNC]);
+            if fails {
+                let e = error("42703", "column \"nope\" does not exist");
+                assert_eq!(p.on_server(backend::ERROR_RESPONSE, &e), Reply::Relay);
+            } else {
+                assert_eq!(p.on_server(backend::PARSE_COMPLETE, &[]), Reply::Relay);
+                assert!(auto.ready());
+            }
+            assert_eq!(
+                p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+                Reply::Relay
+            );
+            assert_eq!(auto.ready(), !fails);
+            assert_eq!(auto.failed(), fails);
+        }
+    }
+
+    /// Transaction pooling, a Bind of the unnamed statement on a
+    /// connection without it: the session's Parse goes again first and
+    /// its ParseComplete is dropped; when the session has none, the
+    /// connection's own is closed first, unseen, and the Bind's 26000 is
+    /// the client's.
+    #[test]
+    fn the_unnamed_statement_restored_or_closed_is_unseen() {
+        let mut p = Pipeline::new(NONCE);
+        p.on_client(frontend::BIND);
+        p.expect(backend::PARSE_COMPLETE, Action::Drop);
+        send(&mut p, &[frontend::EXECUTE, frontend::SYNC]);
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::DATA_ROW, b"x"),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        let mut want = vec![Reply::Drop];
+        want.extend(relayed(4));
+        assert_eq!(replies, want);
+
+        p.on_client(frontend::BIND);
+        p.expect(backend::CLOSE_COMPLETE, Action::Drop);
+        send(&mut p, &[frontend::EXECUTE, frontend::SYNC]);
+        let missing = error("26000", "unnamed prepared statement does not exist");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::CLOSE_COMPLETE, b""),
+                (backend::ERROR_RESPONSE, &missing),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, vec![Reply::Drop, Reply::Relay, Reply::Relay]);
+        assert!(p.take_stale(), "26000: rowgate's statements may be gone");
+        assert!(p.idle());
+    }
+
+    /// A retry expectation unused (the statement ran, or failed for
+    /// another reason) ends with its cycle: a stale error of the next
+    /// cycle is the client's.
+    #[test]
+    fn a_retry_is_only_for_its_own_cycle() {
+        let mut p = Pipeline::new(NONCE);
+        for outcome in ["ran", "failed"] {
+            p.on_client(frontend::QUERY);
+            p.expect(
+                backend::ERROR_RESPONSE,
+                Action::Retry(Arc::from("SELECT 1")),
+            );
+            p.end_cycle();
+            if outcome == "ran" {
+                assert_eq!(
+                    p.on_server(backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+                    Reply::Relay
+                );
+            } else {
+                let e = error("57014", "canceling statement due to user request");
+                assert_eq!(p.on_server(backend::ERROR_RESPONSE, &e), Reply::Relay);
+                assert!(!p.take_stale());
+            }
+            assert_eq!(
+                p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+                Reply::Relay
+            );
+            send(&mut p, &[frontend::QUERY]);
+            assert_eq!(
+                p.on_server(backend::ERROR_RESPONSE, &stale()),
+                Reply::Relay,
+                "{outcome}"
+            );
+            assert!(p.take_stale());
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+        }
+        assert!(p.idle());
+    }
+
+    /// A stale automatic statement does not run again while the client's
+    /// extended messages wait for their Sync (they would run first), nor
+    /// while an own query is under way.
+    #[test]
+    fn a_stale_statement_fails_when_something_waits_behind_it() {
+        let mut p = Pipeline::new(NONCE);
+        p.on_client(frontend::QUERY);
+        p.expect(
+            backend::ERROR_RESPONSE,
+            Action::Retry(Arc::from("SELECT 1")),
+        );
+        p.end_cycle();
+        p.on_client(frontend::PARSE);
+        assert_eq!(p.on_server(backend::ERROR_RESPONSE, &stale()), Reply::Relay);
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        send(&mut p, &[frontend::SYNC]);
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+
+        p.on_client(frontend::QUERY);
+        p.expect(
+            backend::ERROR_RESPONSE,
+            Action::Retry(Arc::from("SELECT 2")),
+        );
+        p.end_cycle();
+        p.own_query();
+        assert_eq!(p.on_server(backend::ERROR_RESPONSE, &stale()), Reply::Relay);
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay,
+            "not deferred"
+        );
+        assert!(p.own_pending());
+    }
+
+    /// Two cycles in flight, the first failing stale with the client's own
+    /// statement: its error is relayed, and the second cycle's automatic
+    /// statement, stale too with nothing after it, runs again.
+    #[test]
+    fn a_stale_error_of_the_clients_own_leaves_the_next_retry_alone() {
+        let mut p = Pipeline::new(NONCE);
+        send(&mut p, &[frontend::QUERY]);
+        p.on_client(frontend::QUERY);
+        p.expect(
+            backend::ERROR_RESPONSE,
+            Action::Retry(Arc::from("SELECT 2")),
+        );
+        p.end_cycle();
+        assert_eq!(p.on_server(backend::ERROR_RESPONSE, &stale()), Reply::Relay);
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert_eq!(
+            p.on_server(backend::ERROR_RESPONSE, &stale()),
+            Reply::Retry(Arc::from("SELECT 2"))
+        );
+    }
+
+    /// COPY TO STDOUT: CopyOutResponse, CopyData, CopyDone and the
+    /// command's tag stream to the client as they are.
+    #[test]
+    fn copy_out_streams_to_the_client() {
+        let mut p = Pipeline::new(NONCE);
+        send(&mut p, &[frontend::QUERY]);
+        for tag in [
+            backend::COPY_OUT_RESPONSE,
+            backend::COPY_DATA,
+            backend::COPY_DATA,
+            backend::COPY_DONE,
+            backend::COMMAND_COMPLETE,
+        ] {
+            assert_eq!(
+                p.inspect(tag, 100, false),
+                Inspect::Stream,
+                "{}",
+                tag as char
+            );
+        }
+        assert_eq!(
+            p.on_server(backend::COMMAND_COMPLETE, b"COPY 3\0"),
+            Reply::Relay
+        );
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(p.idle());
+    }
+
+    /// A staged COPY FROM that the client abandons (CopyFail), or whose
+    /// staging table cannot be made: the error is the client's, and the
+    /// expectations left end with the cycle, not eating the next cycle's
+    /// tags.
+    #[test]
+    fn a_staged_copy_that_fails_leaves_nothing_expected() {
+        let mut p = Pipeline::new(NONCE);
+        // Abandoned by the client.
+        p.on_client(frontend::QUERY);
+        p.expect_copy_in();
+        p.end_cycle();
+        assert_eq!(
+            p.on_server(backend::COMMAND_COMPLETE, b"SELECT 0\0"),
+            Reply::Drop
+        );
+        p.on_client(frontend::COPY_DATA);
+        p.on_client(frontend::COPY_FAIL);
+        assert!(!p.unsynced(), "COPY messages are no extended cycle");
+        let failed = error("57014", "COPY from stdin failed: client gave up");
+        assert_eq!(p.on_server(backend::ERROR_RESPONSE, &failed), Reply::Relay);
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+        // In a failed transaction block, the staging table's creation
+        // fails first.
+        p.on_client(frontend::QUERY);
+        p.expect_copy_in();
+        p.end_cycle();
+        let aborted = error("25P02", "current transaction is aborted");
+        assert_eq!(p.on_server(backend::ERROR_RESPONSE, &aborted), Reply::Relay);
+        p.on_server(backend::READY_FOR_QUERY, &ready(status::FAILED));
+        send(&mut p, &[frontend::QUERY]);
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::COMMAND_COMPLETE, b"ROLLBACK\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, relayed(2));
+    }
+
+    /// ReadyForQuery's status follows the transaction: `T` in a block, `E`
+    /// once it failed (where a refusal is 25P02 as PostgreSQL answers),
+    /// `I` after it ends (where the refusal says why again). An error in
+    /// an implicit transaction (a text of several statements) leaves `I`.
+    #[test]
+    fn ready_for_query_statuses_follow_the_transaction() {
+        let mut p = Pipeline::new(NONCE);
+        let refused = |p: &mut Pipeline| {
+            p.on_client(frontend::QUERY);
+            let marker = p.refuse(&Refusal::Table("hr.salaries".into()), None);
+            p.end_cycle();
+            let reply = p.on_server(backend::ERROR_RESPONSE, &marker_error(&marker));
+            let after = p.status();
+            p.on_server(backend::READY_FOR_QUERY, &[after]);
+            code_of(&reply)
+        };
+        let division = error("22012", "division by zero");
+        // SELECT 1; SELECT 1/0: the implicit transaction fails and ends.
+        send(&mut p, &[frontend::QUERY]);
+        p.on_server(backend::COMMAND_COMPLETE, b"SELECT 1\0");
+        p.on_server(backend::ERROR_RESPONSE, &division);
+        p.on_server(backend::READY_FOR_QUERY, &ready(status::IDLE));
+        assert_eq!(p.status(), status::IDLE);
+        assert_eq!(refused(&mut p).as_deref(), Some("42501"));
+        // BEGIN
+        send(&mut p, &[frontend::QUERY]);
+        p.on_server(backend::READY_FOR_QUERY, &ready(status::IN_TRANSACTION));
+        assert_eq!(p.status(), status::IN_TRANSACTION);
+        assert_eq!(refused(&mut p).as_deref(), Some("42501"), "not failed yet");
+        p.on_server(backend::READY_FOR_QUERY, &ready(status::FAILED));
+        assert_eq!(p.status(), status::FAILED);
+        assert_eq!(refused(&mut p).as_deref(), Some("25P02"));
+        // ROLLBACK
+        send(&mut p, &[frontend::QUERY]);
+        p.on_server(backend::READY_FOR_QUERY, &ready(status::IDLE));
+        assert_eq!(refused(&mut p).as_deref(), Some("42501"));
+        assert!(p.idle());
+    }
+
+    /// NoticeResponse, ParameterStatus and NotificationResponse may come
+    /// at any time: they stream to the client and meet no expectation.
+    #[test]
+    fn asynchronous_messages_pass_and_leave_expectations_alone() {
+        let mut p = Pipeline::new(NONCE);
+        let auto = Auto::new("rowgate_auto_1".into(), 0);
+        p.on_client(frontend::QUERY);
+        p.expect(backend::COMMAND_COMPLETE, Action::Swallow(auto.clone()));
+        p.end_cycle();
+        for tag in [
+            backend::NOTICE_RESPONSE,
+            backend::PARAMETER_STATUS,
+            backend::NOTIFICATION_RESPONSE,
+        ] {
+            for auditing in [false, true] {
+                assert_eq!(p.inspect(tag, 30, auditing), Inspect::Stream);
+            }
+            // Even read whole, it is no expected response.
+            assert_eq!(p.on_server(tag, b"x\0"), Reply::Relay);
+        }
+        assert!(!auto.ready());
+        assert_eq!(
+            p.on_server(backend::COMMAND_COMPLETE, b"PREPARE\0"),
+            Reply::Drop
+        );
+        assert!(auto.ready());
+    }
+
+    /// A notification for the client's LISTEN that arrives while an own
+    /// query runs (the backend was idle) is the client's, not the own
+    /// query's to consume.
+    #[test]
+    fn a_notification_during_an_own_query_reaches_the_client() {
+        let mut p = Pipeline::new(NONCE);
+        p.own_query();
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::NOTIFICATION_RESPONSE, b"\0\0\0\x01ch\0\0"),
+                (backend::ROW_DESCRIPTION, b"x"),
+                (backend::PARAMETER_STATUS, b"search_path\0x\0"),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        let mut want = vec![Reply::Relay];
+        want.extend((0..4).map(|_| Reply::Drop));
+        assert_eq!(replies, want);
+        assert!(p.take_answer().is_some() && p.idle());
+    }
+
+    /// An own query after a client cycle that failed its transaction
+    /// block: the client's cycle ends with its expectations, the own
+    /// answer says it failed and in what status.
+    #[test]
+    fn an_own_query_after_a_failed_cycle_answers_failed() {
+        let mut p = Pipeline::new(NONCE);
+        let auto = Auto::new("rowgate_auto_1".into(), 0);
+        p.on_client(frontend::QUERY);
+        p.expect(backend::COMMAND_COMPLETE, Action::Swallow(auto.clone()));
+        p.end_cycle();
+        p.own_query();
+        let aborted = error("25P02", "current transaction is aborted");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::ERROR_RESPONSE, &aborted),
+                (backend::READY_FOR_QUERY, b"E"),
+                (backend::ERROR_RESPONSE, &aborted),
+                (backend::READY_FOR_QUERY, b"E"),
+            ],
+        );
+        assert_eq!(
+            replies,
+            vec![Reply::Relay, Reply::Relay, Reply::Drop, Reply::Drop]
+        );
+        assert!(auto.failed());
+        let answer = p.take_answer().unwrap();
+        assert!(answer.failed && answer.value.is_none());
+        assert_eq!(answer.status, status::FAILED);
+        assert_eq!(p.status(), status::FAILED);
+        assert!(p.idle());
+    }
+
+    /// A FunctionCall is a cycle of its own; refused, its marker's error
+    /// becomes the refusal.
+    #[test]
+    fn a_function_call_is_a_cycle_of_its_own() {
+        let mut p = Pipeline::new(NONCE);
+        assert!(p.on_client(frontend::FUNCTION_CALL), "between cycles");
+        assert!(!p.unsynced());
+        p.end_cycle();
+        assert_eq!(
+            p.inspect(backend::FUNCTION_CALL_RESPONSE, 8, true),
+            Inspect::Stream
+        );
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        p.on_client(frontend::FUNCTION_CALL);
+        let marker = p.refuse(
+            &Refusal::statement("the FunctionCall protocol message"),
+            None,
+        );
+        p.end_cycle();
+        let reply = p.on_server(backend::ERROR_RESPONSE, &marker_error(&marker));
+        assert_eq!(code_of(&reply).as_deref(), Some("42501"));
+        assert_eq!(
+            p.on_server(backend::READY_FOR_QUERY, &ready(b'I')),
+            Reply::Relay
+        );
+        assert!(p.idle());
     }
 }
