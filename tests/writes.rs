@@ -241,6 +241,24 @@ const WRITES: &[&str] = &[
     "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) UPDATE orders SET amount = 0 WHERE id IN (SELECT n FROM r) RETURNING id",
     "WITH c AS MATERIALIZED (SELECT id FROM countries) UPDATE merchants SET country_id = (SELECT min(id) FROM c) WHERE id = 1",
     "WITH s AS (SELECT 1 AS id) INSERT INTO orders (id, merchant_id) VALUES (192, 1) ON CONFLICT (id) DO UPDATE SET note = (SELECT 'from ' || id FROM s)",
+    // MERGE: a hidden target row matches no source row; new rows are
+    // checked.
+    "MERGE INTO orders o USING (SELECT 1 AS id, 1 AS m) s ON o.id = s.id WHEN MATCHED THEN UPDATE SET note = 'merged' WHEN NOT MATCHED THEN INSERT (id, merchant_id) VALUES (s.id, s.m)",
+    "MERGE INTO orders o USING (VALUES (11, 1), (500, 1)) s(id, m) ON o.id = s.id WHEN MATCHED THEN UPDATE SET amount = 0 WHEN NOT MATCHED THEN INSERT (id, merchant_id) VALUES (s.id, s.m)",
+    "MERGE INTO orders o USING merchants m ON o.merchant_id = m.id WHEN MATCHED AND m.tier = 1 THEN UPDATE SET note = m.name",
+    "MERGE INTO orders o USING (SELECT 11 AS id) s ON o.id = s.id WHEN MATCHED THEN UPDATE SET merchant_id = 5",
+    "MERGE INTO orders o USING (SELECT 11 AS id) s ON o.id = s.id WHEN MATCHED THEN UPDATE SET merchant_id = (SELECT min(id) FROM merchants)",
+    "MERGE INTO orders o USING (SELECT 13 AS id) s ON o.id = s.id WHEN MATCHED THEN DELETE",
+    "MERGE INTO orders o USING (SELECT 11 AS id) s ON o.id = s.id WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN DO NOTHING",
+    "MERGE INTO orders o USING (SELECT 600 AS id, 5 AS m) s ON o.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.m)",
+    "MERGE INTO orders o USING (SELECT 601 AS id) s ON o.id = s.id WHEN NOT MATCHED THEN INSERT (id) VALUES (s.id)",
+    "MERGE INTO orders o USING (SELECT 602 AS id) s ON o.id = s.id WHEN NOT MATCHED THEN INSERT (id, merchant_id) VALUES (s.id, DEFAULT)",
+    "MERGE INTO orders o USING orders s ON o.id = s.id AND o.amount / 0 > 1 WHEN MATCHED THEN DO NOTHING",
+    "MERGE INTO orders o USING (SELECT id FROM orders WHERE merchant_id IS NULL) s ON o.id = s.id WHEN MATCHED THEN UPDATE SET note = 'x' WHEN NOT MATCHED THEN DO NOTHING",
+    "MERGE INTO orders o USING (SELECT id, merchant_id FROM orders WHERE id < 20) s ON o.id = s.id + 100 WHEN NOT MATCHED AND s.merchant_id IS NOT NULL THEN INSERT (id, merchant_id) VALUES (s.id + 100, s.merchant_id)",
+    "MERGE INTO merchants t USING (SELECT 1 AS id, 2.6 AS tier) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET tier = s.tier",
+    "MERGE INTO merchants t USING (SELECT 5 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET name = 'x' || CAST(t.name AS integer)",
+    "MERGE INTO sales.events e USING (SELECT 3 AS id, date '2024-07-31' AS at) s ON e.id = s.id AND e.at = s.at WHEN MATCHED THEN UPDATE SET what = 'm', at = '2025-05-05'",
     // SQL PREPARE of a write, then EXECUTE (the parameters of the types
     // PREPARE gives them).
     "PREPARE w1(int, int) AS UPDATE orders SET merchant_id = $1 WHERE id = $2; EXECUTE w1(2, 1)",
@@ -264,6 +282,7 @@ const REFUSED: &[&str] = &[
     "UPDATE orders SET merchant_id = count(*) OVER () WHERE id = 1",
     "WITH orders AS (SELECT 1 AS id) DELETE FROM orders",
     "DELETE FROM ONLY sales.notes",
+    "MERGE INTO merchants t USING (SELECT 1 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET name = initcap('king inc'), country_id = abs(-1), tier = abs(-1)",
     "WITH d AS (DELETE FROM sales.\"Returns\" RETURNING order_id) UPDATE orders SET note = 'returned' WHERE id IN (SELECT order_id FROM d)",
     "WITH x AS (SELECT 1 AS id) , d AS (DELETE FROM orders WHERE id IN (SELECT id FROM x) RETURNING id) SELECT count(*) FROM d",
 ];
@@ -668,6 +687,13 @@ fn writes_reach_no_hidden_row() {
         "WITH x AS (UPDATE merchants SET name = 'y' RETURNING *) SELECT * FROM x",
         "WITH x AS (DELETE FROM merchants RETURNING name) SELECT * FROM x",
         "COPY merchants FROM STDIN",
+        // MERGE: a hidden row matches nothing, and the ON runs on no
+        // hidden row before the filter.
+        "MERGE INTO merchants t USING (SELECT 5 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET name = 'x' || CAST(t.name AS integer)",
+        "MERGE INTO merchants t USING (SELECT 5 AS id) s ON t.id = s.id AND CAST(t.name AS integer) > 0 WHEN MATCHED THEN DO NOTHING",
+        "MERGE INTO merchants t USING (SELECT id FROM generate_series(1, 11) id) s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        "MERGE INTO merchants t USING (SELECT id FROM generate_series(1, 11) id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET tier = 1",
+        "MERGE INTO orders o USING (SELECT 1 AS id) s ON o.id = s.id WHEN NOT MATCHED THEN INSERT (id, merchant_id, note) VALUES (900, 1, (SELECT string_agg(name, ',') FROM merchants))",
         // Under a WITH, whose queries read visible rows only.
         "WITH h AS (SELECT name FROM merchants) UPDATE orders SET note = (SELECT string_agg(name, ',') FROM h) WHERE id = 1 RETURNING note",
         "WITH h AS (SELECT * FROM merchants WHERE id = 5) UPDATE merchants SET name = 'x' FROM h WHERE merchants.id = h.id RETURNING h.name",

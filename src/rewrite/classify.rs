@@ -391,7 +391,10 @@ pub(crate) fn check(
             "COPY other than COPY ... TO STDOUT (COPY FROM, to a file or a program)",
         )),
 
-        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_)
             if super::writes::writes(cx) =>
         {
             super::writes::rewrite(statement, cx)

@@ -25,6 +25,10 @@
 //!   the catalog, given explicitly; an `INSERT ... <query>` reads the
 //!   query's rows as a derived table, as PostgreSQL does.
 //!
+//! `MERGE` joins the filter to its ON (a hidden target row matches no
+//! source row, as PostgreSQL filters the target by its policies before
+//! the join) and checks its UPDATE and INSERT actions' new rows.
+//!
 //! `COPY t FROM STDIN` goes through a staging table and a checked INSERT
 //! ([`copy_in`]).
 //!
@@ -91,6 +95,7 @@ fn rewrite_in(statement: &mut Statement, cx: &Context, outer: &Outer) -> Result<
         Statement::Insert(insert) => insert_values(insert, cx, outer),
         Statement::Update(update) => update_rows(update, cx, outer),
         Statement::Delete(delete) => delete_rows(delete, cx, outer),
+        Statement::Merge(merge) => merge_rows(merge, cx, outer),
         _ => Err(Refusal::statement("this statement")),
     }
 }
@@ -802,6 +807,215 @@ fn delete_rows(delete: &mut Delete, cx: &Context, outer: &Outer) -> Result<(), R
     delete.using = (!rest.is_empty()).then_some(rest);
     if had_returning {
         delete.returning = Some(rewritten.items);
+    }
+    Ok(())
+}
+
+/// `MERGE INTO t USING src ON cond WHEN ...`, as native RLS runs it under
+/// a `FOR ALL` policy: a row of the target the member cannot see matches
+/// no source row (PostgreSQL filters the target's rows by its policies
+/// before the join), so the table's filter joins the ON, the statement's
+/// own condition guarded as an UPDATE's WHERE is; the new row of a
+/// `THEN UPDATE` or `THEN INSERT` must pass the check. The source, the ON,
+/// the WHEN conditions and the SET and INSERT values are read as any
+/// statement is.
+fn merge_rows(
+    merge: &mut sqlparser::ast::Merge,
+    cx: &Context,
+    outer: &Outer,
+) -> Result<(), Refusal> {
+    use sqlparser::ast::{MergeAction, MergeClauseKind, MergeInsertKind, MergeUpdateKind};
+    if merge.output.is_some() || !merge.optimizer_hints.is_empty() || !merge.into {
+        return Err(unsupported("this form of MERGE"));
+    }
+    let (name, alias) = target_factor(&merge.table)?;
+    let (name, alias) = (name.clone(), alias.cloned());
+    let rel = target(&name, cx)?;
+    let me = refname(&rel, alias.as_ref());
+    // What the statement reads, in order: each clause's condition, then
+    // its SET or INSERT values.
+    let mut items: Vec<SelectItem> = Vec::new();
+    for clause in &merge.clauses {
+        if matches!(clause.clause_kind, MergeClauseKind::NotMatchedBySource) {
+            return Err(unsupported("WHEN NOT MATCHED BY SOURCE"));
+        }
+        if let Some(p) = &clause.predicate {
+            items.push(SelectItem::UnnamedExpr(p.clone()));
+        }
+        match &clause.action {
+            MergeAction::Update(update) => {
+                let MergeUpdateKind::Set(assignments) = &update.kind else {
+                    return Err(unsupported("this MERGE UPDATE"));
+                };
+                if update.update_predicate.is_some() || update.delete_predicate.is_some() {
+                    return Err(unsupported("this MERGE UPDATE"));
+                }
+                items.extend(
+                    assignments
+                        .iter()
+                        .map(|a| SelectItem::UnnamedExpr(a.value.clone())),
+                );
+            }
+            MergeAction::Insert(insert) => {
+                let MergeInsertKind::Values(values) = &insert.kind else {
+                    return Err(unsupported("this MERGE INSERT"));
+                };
+                let [row] = values.rows.as_slice() else {
+                    return Err(unsupported("this MERGE INSERT"));
+                };
+                if insert.insert_predicate.is_some() {
+                    return Err(unsupported("this MERGE INSERT"));
+                }
+                // DEFAULT stays where it is; it reads nothing.
+                items.extend(
+                    row.iter()
+                        .filter(|v| !is_default(v))
+                        .map(|v| SelectItem::UnnamedExpr(v.clone())),
+                );
+            }
+            MergeAction::Delete { .. } | MergeAction::DoNothing { .. } => {}
+        }
+    }
+    let count = items.len();
+    let from = vec![
+        TableWithJoins {
+            relation: merge.table.clone(),
+            joins: Vec::new(),
+        },
+        TableWithJoins {
+            relation: merge.source.clone(),
+            joins: Vec::new(),
+        },
+    ];
+    let rewritten = read(items, from, Some((*merge.on).clone()), cx, outer)?;
+    let mut values = Vec::new();
+    for item in rewritten.items {
+        match item {
+            SelectItem::UnnamedExpr(e) => values.push(e),
+            _ => return Err(unsupported("this MERGE")),
+        }
+    }
+    if values.len() != count {
+        return Err(unsupported("this MERGE"));
+    }
+    let Some(source) = rewritten.from.into_iter().nth(1) else {
+        return Err(unsupported("this MERGE source"));
+    };
+    if !source.joins.is_empty() {
+        return Err(unsupported("this MERGE source"));
+    }
+    merge.source = source.relation;
+    let filter = cx.access.filter(&rel);
+    let visible = filter.map(|f| substituted(f, &rel, &|c| column_of(&me, c)));
+    merge.on = Box::new(
+        write_where(visible, rewritten.selection)?
+            .unwrap_or_else(|| Expr::Value(Value::Boolean(true).into())),
+    );
+    let mut values = values.into_iter();
+    let mut next = || values.next().ok_or_else(|| unsupported("this MERGE"));
+    for clause in merge.clauses.iter_mut() {
+        if let Some(p) = clause.predicate.as_mut() {
+            *p = next()?;
+        }
+        match &mut clause.action {
+            MergeAction::Update(update) => {
+                let MergeUpdateKind::Set(assignments) = &mut update.kind else {
+                    return Err(unsupported("this MERGE UPDATE"));
+                };
+                let mut columns = Vec::new();
+                for a in assignments.iter_mut() {
+                    a.value = next()?;
+                    match &a.target {
+                        AssignmentTarget::ColumnName(n) if n.0.len() == 1 => {
+                            let Some(ident) = n.0[0].as_ident() else {
+                                return Err(unsupported("this SET target"));
+                            };
+                            columns.push(crate::names::fold(ident));
+                        }
+                        _ => return Err(unsupported("SET of several columns at once")),
+                    }
+                }
+                let Some(f) = filter else { continue };
+                let read_columns = filter_columns(f, &rel);
+                let mut new_values = Vec::new();
+                let mut at = Vec::new();
+                for (i, (column, a)) in columns.iter().zip(assignments.iter()).enumerate() {
+                    if read_columns.contains(column) {
+                        new_values.push((column.clone(), new_value(&a.value, &rel, column, cx)?));
+                        at.push(i);
+                    }
+                }
+                let guarded = guard_row(f, &rel, &new_values, &|c| column_of(&me, c))?;
+                for (i, value) in at.into_iter().zip(guarded) {
+                    assignments[i].value = value;
+                }
+            }
+            MergeAction::Insert(insert) => {
+                let MergeInsertKind::Values(values) = &mut insert.kind else {
+                    return Err(unsupported("this MERGE INSERT"));
+                };
+                let row = &mut values.rows[0];
+                for v in row.iter_mut() {
+                    if !is_default(v) {
+                        *v = next()?;
+                    }
+                }
+                let Some(f) = filter else { continue };
+                let mut columns: Vec<String> = insert
+                    .columns
+                    .iter()
+                    .map(|c| match c.0.as_slice() {
+                        [part] => part
+                            .as_ident()
+                            .map(crate::names::fold)
+                            .ok_or_else(|| unsupported("this INSERT column")),
+                        _ => Err(unsupported("this INSERT column")),
+                    })
+                    .collect::<Result<_, _>>()?;
+                if columns.is_empty() {
+                    let all = cx.catalog.columns(&rel.schema, &rel.name).ok_or_else(|| {
+                        unsupported(
+                            "a MERGE INSERT without a column list into a table of unknown columns",
+                        )
+                    })?;
+                    if row.len() > all.len() {
+                        // PostgreSQL's own error.
+                        continue;
+                    }
+                    columns = all.into_iter().take(row.len()).map(|(n, _)| n).collect();
+                    insert.columns = columns
+                        .iter()
+                        .map(|c| ObjectName::from(vec![crate::names::ident(c)]))
+                        .collect();
+                }
+                if row.len() != columns.len() {
+                    continue;
+                }
+                let read_columns = filter_columns(f, &rel);
+                for c in &read_columns {
+                    if !columns.contains(c) {
+                        insert
+                            .columns
+                            .push(ObjectName::from(vec![crate::names::ident(c)]));
+                        columns.push(c.clone());
+                        row.push(default_keyword());
+                    }
+                }
+                let mut new_values = Vec::new();
+                let mut at = Vec::new();
+                for c in &read_columns {
+                    let i = columns.iter().position(|have| have == c).expect("listed");
+                    new_values.push((c.clone(), new_value(&row[i], &rel, c, cx)?));
+                    at.push(i);
+                }
+                let null = Expr::Value(Value::Null.into());
+                let guarded = guard_row(f, &rel, &new_values, &|_| null.clone())?;
+                for (i, value) in at.into_iter().zip(guarded) {
+                    row[i] = value;
+                }
+            }
+            MergeAction::Delete { .. } | MergeAction::DoNothing { .. } => {}
+        }
     }
     Ok(())
 }
