@@ -907,10 +907,8 @@ fn merge_rows(
     merge.source = source.relation;
     let filter = cx.access.filter(&rel);
     let visible = filter.map(|f| substituted(f, &rel, &|c| column_of(&me, c)));
-    merge.on = Box::new(
-        write_where(visible, rewritten.selection)?
-            .unwrap_or_else(|| Expr::Value(Value::Boolean(true).into())),
-    );
+    *merge.on = write_where(visible, rewritten.selection)?
+        .unwrap_or_else(|| Expr::Value(Value::Boolean(true).into()));
     let mut values = values.into_iter();
     let mut next = || values.next().ok_or_else(|| unsupported("this MERGE"));
     for clause in merge.clauses.iter_mut() {
