@@ -471,7 +471,7 @@ fn filter_columns(filter: &Expr, rel: &RelName) -> Vec<String> {
         if !seen.iter().any(|c| c == column) {
             seen.push(column.to_string());
         }
-        Expr::Value(Value::Null.into())
+        null()
     });
     seen.into_inner()
 }
@@ -612,7 +612,7 @@ fn default_value(
             "the filtered column {column}, an identity or generated column"
         ))),
         Some(ColumnDefault::Null) => {
-            let null = cast_to(&Expr::Value(Value::Null.into()), ty)?;
+            let null = cast_to(&null(), ty)?;
             Ok(NewValue {
                 value: null.clone(),
                 check: null,
@@ -715,6 +715,85 @@ fn guard_row(
         None => out[0] = guarded(&values[0].1.value, &check, rel)?,
     }
     Ok(out)
+}
+
+/// The new values a row gives the columns the filter reads, checked:
+/// `values` the row's values by column (`columns`), replaced in place;
+/// `other` what the check reads for a filtered column the row does not
+/// give (see [`guard_row`]).
+fn check_row(
+    values: &mut [Expr],
+    columns: &[String],
+    f: &Expr,
+    rel: &RelName,
+    other: &dyn Fn(&str) -> Expr,
+    cx: &Context,
+) -> Result<(), Refusal> {
+    let read_columns = filter_columns(f, rel);
+    let mut new_values = Vec::new();
+    let mut at = Vec::new();
+    for (i, column) in columns.iter().enumerate() {
+        if read_columns.contains(column) {
+            new_values.push((column.clone(), new_value(&values[i], rel, column, cx)?));
+            at.push(i);
+        }
+    }
+    let guarded = guard_row(f, rel, &new_values, other)?;
+    for (i, value) in at.into_iter().zip(guarded) {
+        values[i] = value;
+    }
+    Ok(())
+}
+
+/// [`check_row`] of the SET of an UPDATE (its other filtered columns keep
+/// the row's values, `me.column`).
+fn check_assignments(
+    assignments: &mut [Assignment],
+    columns: &[String],
+    f: &Expr,
+    rel: &RelName,
+    me: &Ident,
+    cx: &Context,
+) -> Result<(), Refusal> {
+    let mut values: Vec<Expr> = assignments.iter().map(|a| a.value.clone()).collect();
+    check_row(&mut values, columns, f, rel, &|c| column_of(me, c), cx)?;
+    for (a, value) in assignments.iter_mut().zip(values) {
+        a.value = value;
+    }
+    Ok(())
+}
+
+/// The column each SET assigns (one column each).
+fn set_columns(assignments: &[Assignment]) -> Result<Vec<String>, Refusal> {
+    assignments
+        .iter()
+        .map(|a| match &a.target {
+            AssignmentTarget::ColumnName(n) if n.0.len() == 1 => n.0[0]
+                .as_ident()
+                .map(crate::names::fold)
+                .ok_or_else(|| unsupported("this SET target")),
+            _ => Err(unsupported("SET of several columns at once")),
+        })
+        .collect()
+}
+
+/// The columns an INSERT lists.
+fn insert_columns(columns: &[ObjectName]) -> Result<Vec<String>, Refusal> {
+    columns
+        .iter()
+        .map(|c| match c.0.as_slice() {
+            [part] => part
+                .as_ident()
+                .map(crate::names::fold)
+                .ok_or_else(|| unsupported("this INSERT column")),
+            _ => Err(unsupported("this INSERT column")),
+        })
+        .collect()
+}
+
+/// A column's name as an INSERT lists it.
+fn column_name(column: &str) -> ObjectName {
+    ObjectName::from(vec![crate::names::ident(column)])
 }
 
 /// The name of a column's type in `pg_catalog`, when it is one of
@@ -920,32 +999,12 @@ fn merge_rows(
                 let MergeUpdateKind::Set(assignments) = &mut update.kind else {
                     return Err(unsupported("this MERGE UPDATE"));
                 };
-                let mut columns = Vec::new();
                 for a in assignments.iter_mut() {
                     a.value = next()?;
-                    match &a.target {
-                        AssignmentTarget::ColumnName(n) if n.0.len() == 1 => {
-                            let Some(ident) = n.0[0].as_ident() else {
-                                return Err(unsupported("this SET target"));
-                            };
-                            columns.push(crate::names::fold(ident));
-                        }
-                        _ => return Err(unsupported("SET of several columns at once")),
-                    }
                 }
-                let Some(f) = filter else { continue };
-                let read_columns = filter_columns(f, &rel);
-                let mut new_values = Vec::new();
-                let mut at = Vec::new();
-                for (i, (column, a)) in columns.iter().zip(assignments.iter()).enumerate() {
-                    if read_columns.contains(column) {
-                        new_values.push((column.clone(), new_value(&a.value, &rel, column, cx)?));
-                        at.push(i);
-                    }
-                }
-                let guarded = guard_row(f, &rel, &new_values, &|c| column_of(&me, c))?;
-                for (i, value) in at.into_iter().zip(guarded) {
-                    assignments[i].value = value;
+                let columns = set_columns(assignments)?;
+                if let Some(f) = filter {
+                    check_assignments(assignments, &columns, f, &rel, &me, cx)?;
                 }
             }
             MergeAction::Insert(insert) => {
@@ -959,17 +1018,7 @@ fn merge_rows(
                     }
                 }
                 let Some(f) = filter else { continue };
-                let mut columns: Vec<String> = insert
-                    .columns
-                    .iter()
-                    .map(|c| match c.0.as_slice() {
-                        [part] => part
-                            .as_ident()
-                            .map(crate::names::fold)
-                            .ok_or_else(|| unsupported("this INSERT column")),
-                        _ => Err(unsupported("this INSERT column")),
-                    })
-                    .collect::<Result<_, _>>()?;
+                let mut columns = insert_columns(&insert.columns)?;
                 if columns.is_empty() {
                     let all = cx.catalog.columns(&rel.schema, &rel.name).ok_or_else(|| {
                         unsupported(
@@ -981,36 +1030,20 @@ fn merge_rows(
                         continue;
                     }
                     columns = all.into_iter().take(row.len()).map(|(n, _)| n).collect();
-                    insert.columns = columns
-                        .iter()
-                        .map(|c| ObjectName::from(vec![crate::names::ident(c)]))
-                        .collect();
+                    insert.columns = columns.iter().map(|c| column_name(c)).collect();
                 }
                 if row.len() != columns.len() {
                     continue;
                 }
-                let read_columns = filter_columns(f, &rel);
-                for c in &read_columns {
-                    if !columns.contains(c) {
-                        insert
-                            .columns
-                            .push(ObjectName::from(vec![crate::names::ident(c)]));
-                        columns.push(c.clone());
+                // A filtered column left out gets its default.
+                for c in filter_columns(f, &rel) {
+                    if !columns.contains(&c) {
+                        insert.columns.push(column_name(&c));
+                        columns.push(c);
                         row.push(default_keyword());
                     }
                 }
-                let mut new_values = Vec::new();
-                let mut at = Vec::new();
-                for c in &read_columns {
-                    let i = columns.iter().position(|have| have == c).expect("listed");
-                    new_values.push((c.clone(), new_value(&row[i], &rel, c, cx)?));
-                    at.push(i);
-                }
-                let null = Expr::Value(Value::Null.into());
-                let guarded = guard_row(f, &rel, &new_values, &|_| null.clone())?;
-                for (i, value) in at.into_iter().zip(guarded) {
-                    row[i] = value;
-                }
+                check_row(row, &columns, f, &rel, &|_| null(), cx)?;
             }
             MergeAction::Delete { .. } | MergeAction::DoNothing { .. } => {}
         }
@@ -1036,18 +1069,7 @@ fn update_rows(update: &mut Update, cx: &Context, outer: &Outer) -> Result<(), R
     let rel = target(name, cx)?;
     let me = refname(&rel, alias);
     // Each SET target is one column of the table.
-    let mut columns = Vec::new();
-    for a in &update.assignments {
-        match &a.target {
-            AssignmentTarget::ColumnName(n) if n.0.len() == 1 => {
-                let Some(ident) = n.0[0].as_ident() else {
-                    return Err(unsupported("this SET target"));
-                };
-                columns.push(crate::names::fold(ident));
-            }
-            _ => return Err(unsupported("SET of several columns at once")),
-        }
-    }
+    let columns = set_columns(&update.assignments)?;
     let from = match update.from.take() {
         None => Vec::new(),
         Some(UpdateTableFromKind::AfterSet(f)) => f,
@@ -1084,19 +1106,7 @@ fn update_rows(update: &mut Update, cx: &Context, outer: &Outer) -> Result<(), R
         update.selection = write_where(Some(using), rewritten.selection)?;
         // WITH CHECK: the new version, when a SET changes a column the
         // filter reads (else it is the visible row's own value).
-        let read_columns = filter_columns(f, &rel);
-        let mut new_values = Vec::new();
-        let mut at = Vec::new();
-        for (i, (column, a)) in columns.iter().zip(&assignments).enumerate() {
-            if read_columns.contains(column) {
-                new_values.push((column.clone(), new_value(&a.value, &rel, column, cx)?));
-                at.push(i);
-            }
-        }
-        let guarded = guard_row(f, &rel, &new_values, &|c| column_of(&me, c))?;
-        for (i, value) in at.into_iter().zip(guarded) {
-            assignments[i].value = value;
-        }
+        check_assignments(&mut assignments, &columns, f, &rel, &me, cx)?;
     } else {
         update.selection = write_where(None, rewritten.selection)?;
     }
@@ -1154,17 +1164,7 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
     if insert.table_alias.is_some() {
         return Err(unsupported("INSERT INTO ... AS alias"));
     }
-    let mut columns: Vec<String> = insert
-        .columns
-        .iter()
-        .map(|c| match c.0.as_slice() {
-            [part] => part
-                .as_ident()
-                .map(crate::names::fold)
-                .ok_or_else(|| unsupported("this INSERT column")),
-            _ => Err(unsupported("this INSERT column")),
-        })
-        .collect::<Result<_, _>>()?;
+    let mut columns = insert_columns(&insert.columns)?;
     // Without a column list, the values go to the table's columns in order
     // (a row may give fewer: the rest take their defaults).
     let listed = !columns.is_empty();
@@ -1235,10 +1235,7 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
             return Ok(());
         }
         columns = all.into_iter().take(width).map(|(name, _)| name).collect();
-        insert.columns = columns
-            .iter()
-            .map(|c| ObjectName::from(vec![crate::names::ident(c)]))
-            .collect();
+        insert.columns = columns.iter().map(|c| column_name(c)).collect();
     }
     // A filtered column the INSERT leaves out gets its default, given
     // here so that the check reads it.
@@ -1248,9 +1245,7 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
         .cloned()
         .collect();
     for c in &missing {
-        insert
-            .columns
-            .push(ObjectName::from(vec![crate::names::ident(c)]));
+        insert.columns.push(column_name(c));
     }
     match source.body.as_mut() {
         SetExpr::Values(values) => {
@@ -1262,23 +1257,17 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
                     continue;
                 }
                 row.extend(missing.iter().map(|_| default_keyword()));
-                let mut new_values = Vec::new();
-                let mut at = Vec::new();
-                for c in &read_columns {
-                    let i = all.iter().position(|have| have == c).expect("listed");
-                    new_values.push((c.clone(), new_value(&row[i], &rel, c, cx)?));
-                    at.push(i);
-                }
-                let null = Expr::Value(Value::Null.into());
-                let guarded = guard_row(f, &rel, &new_values, &|_| null.clone())?;
-                for (i, value) in at.into_iter().zip(guarded) {
-                    row[i] = value;
-                }
+                check_row(row, &all, f, &rel, &|_| null(), cx)?;
             }
         }
         _ => **source = checked_query(source, &columns, &missing, &read_columns, f, &rel, cx)?,
     }
     Ok(())
+}
+
+/// `NULL`.
+fn null() -> Expr {
+    Expr::Value(Value::Null.into())
 }
 
 /// `DEFAULT`, as a value.
@@ -1465,8 +1454,7 @@ fn checked_query(
         new_values.push((c.clone(), value));
         at.push(i);
     }
-    let null = Expr::Value(Value::Null.into());
-    let guarded = guard_row(f, rel, &new_values, &|_| null.clone())?;
+    let guarded = guard_row(f, rel, &new_values, &|_| null())?;
     for (i, value) in at.into_iter().zip(guarded) {
         items[i] = value;
     }
@@ -1499,16 +1487,7 @@ fn conflict_update(
     cx: &Context,
     outer: &Outer,
 ) -> Result<(), Refusal> {
-    let mut columns = Vec::new();
-    for a in &update.assignments {
-        match &a.target {
-            AssignmentTarget::ColumnName(n) if n.0.len() == 1 => match n.0[0].as_ident() {
-                Some(ident) => columns.push(crate::names::fold(ident)),
-                None => return Err(unsupported("this SET target")),
-            },
-            _ => return Err(unsupported("SET of several columns at once")),
-        }
-    }
+    let columns = set_columns(&update.assignments)?;
     let mut items: Vec<SelectItem> = update
         .assignments
         .iter()
@@ -1543,19 +1522,7 @@ fn conflict_update(
     };
     let me = refname(rel, None);
     let visible = substituted(f, rel, &|c| column_of(&me, c));
-    let read_columns = filter_columns(f, rel);
-    let mut new_values = Vec::new();
-    let mut at = Vec::new();
-    for (i, (column, a)) in columns.iter().zip(&update.assignments).enumerate() {
-        if read_columns.contains(column) {
-            new_values.push((column.clone(), new_value(&a.value, rel, column, cx)?));
-            at.push(i);
-        }
-    }
-    let checked = guard_row(f, rel, &new_values, &|c| column_of(&me, c))?;
-    for (i, value) in at.into_iter().zip(checked) {
-        update.assignments[i].value = value;
-    }
+    check_assignments(&mut update.assignments, &columns, f, rel, &me, cx)?;
     // USING: PostgreSQL checks that the conflicting row is visible before
     // it computes any SET value (in the table's column order, not the
     // statement's). Every value that may read the row runs only after the
