@@ -33,11 +33,13 @@
 //! ([`copy_in`]).
 //!
 //! What is not provably the same as native RLS is refused: INSERT of
-//! `SELECT *` of other than one table, a write under a WITH that writes (a write inside a WITH
-//! is rewritten on its own; a write under a WITH of queries reads with
-//! it, see [`rewrite_under_with`]), COPY FROM anything but STDIN, views, tables with rules, triggers
-//! of their own or of their descendants, computed new values of two filtered columns
-//! of one row, and identity or generated filtered columns left out.
+//! `SELECT *` of other than one table, a write under a WITH that writes
+//! (a write inside a WITH is rewritten on its own; a write under a WITH of
+//! queries reads with it, see [`rewrite_under_with`]), COPY FROM anything
+//! but STDIN, views, tables with rules or triggers of their own or of
+//! their descendants, computed new values of two filtered columns in one
+//! ON CONFLICT DO UPDATE, and identity or generated filtered columns left
+//! out.
 
 use sqlparser::ast::{
     Assignment, AssignmentTarget, Delete, Expr, FromTable, Ident, Insert, ObjectName, Select,
@@ -746,20 +748,93 @@ fn check_row(
 }
 
 /// [`check_row`] of the SET of an UPDATE (its other filtered columns keep
-/// the row's values, `me.column`).
+/// the row's values, `me.column`). With `tuple`, computed new values of
+/// several filtered columns become one multiple-column SET from a
+/// sub-SELECT that computes each once and then checks them all: `SET (a,
+/// b) = (SELECT CASE WHEN <check> THEN v0 END, v1 FROM (SELECT <a's value>
+/// AS v0, <b's value> AS v1 OFFSET 0) AS rowgate_new)`.
 fn check_assignments(
-    assignments: &mut [Assignment],
+    assignments: &mut Vec<Assignment>,
     columns: &[String],
     f: &Expr,
     rel: &RelName,
     me: &Ident,
+    tuple: bool,
     cx: &Context,
 ) -> Result<(), Refusal> {
-    let mut values: Vec<Expr> = assignments.iter().map(|a| a.value.clone()).collect();
-    check_row(&mut values, columns, f, rel, &|c| column_of(me, c), cx)?;
-    for (a, value) in assignments.iter_mut().zip(values) {
-        a.value = value;
+    let read_columns = filter_columns(f, rel);
+    let mut new_values = Vec::new();
+    let mut at = Vec::new();
+    for (i, column) in columns.iter().enumerate() {
+        if read_columns.contains(column) {
+            let value = new_value(&assignments[i].value, rel, column, cx)?;
+            new_values.push((column.clone(), value));
+            at.push(i);
+        }
     }
+    let computed: Vec<usize> = (0..new_values.len())
+        .filter(|&k| new_values[k].1.once)
+        .collect();
+    if computed.len() <= 1 || !tuple {
+        let guarded = guard_row(f, rel, &new_values, &|c| column_of(me, c))?;
+        for (i, value) in at.into_iter().zip(guarded) {
+            assignments[i].value = value;
+        }
+        return Ok(());
+    }
+    let once = Ident::new(ONCE);
+    let name = |k: usize| format!("v{k}");
+    let mut reads = Vec::new();
+    for (k, (column, value)) in new_values.iter().enumerate() {
+        let read = if value.once {
+            let ty = column_type(rel, column, cx)
+                .ok_or_else(|| unsupported("a computed value of a column of unknown type"))?;
+            cast_to(&column_of(&once, &name(k)), &ty)?
+        } else {
+            value.check.clone()
+        };
+        reads.push((column.clone(), read));
+    }
+    let check = substituted(f, rel, &|c| match reads.iter().find(|(n, _)| n == c) {
+        Some((_, read)) => read.clone(),
+        None => column_of(me, c),
+    });
+    let mut items = Vec::new();
+    let mut computes = Vec::new();
+    for (j, &k) in computed.iter().enumerate() {
+        let v = column_of(&once, &name(k));
+        items.push(if j == 0 {
+            guarded(&v, &check, rel)?.to_string()
+        } else {
+            v.to_string()
+        });
+        computes.push(format!("{} AS {}", new_values[k].1.value, name(k)));
+    }
+    let sub = parse_expr(&format!(
+        "(SELECT {} FROM (SELECT {} OFFSET 0) AS {ONCE})",
+        items.join(", "),
+        computes.join(", ")
+    ))?;
+    // The plain new values stand as they are; the computed ones go to the
+    // multiple-column SET, in place of their own.
+    for (k, (_, value)) in new_values.iter().enumerate() {
+        if !value.once {
+            assignments[at[k]].value = value.value.clone();
+        }
+    }
+    let targets: Vec<ObjectName> = computed
+        .iter()
+        .map(|&k| column_name(&new_values[k].0))
+        .collect();
+    let mut drop: Vec<usize> = computed.iter().map(|&k| at[k]).collect();
+    drop.sort_unstable();
+    for i in drop.into_iter().rev() {
+        assignments.remove(i);
+    }
+    assignments.push(Assignment {
+        target: AssignmentTarget::Tuple(targets),
+        value: sub,
+    });
     Ok(())
 }
 
@@ -1004,7 +1079,7 @@ fn merge_rows(
                 }
                 let columns = set_columns(assignments)?;
                 if let Some(f) = filter {
-                    check_assignments(assignments, &columns, f, &rel, &me, cx)?;
+                    check_assignments(assignments, &columns, f, &rel, &me, true, cx)?;
                 }
             }
             MergeAction::Insert(insert) => {
@@ -1106,7 +1181,7 @@ fn update_rows(update: &mut Update, cx: &Context, outer: &Outer) -> Result<(), R
         update.selection = write_where(Some(using), rewritten.selection)?;
         // WITH CHECK: the new version, when a SET changes a column the
         // filter reads (else it is the visible row's own value).
-        check_assignments(&mut assignments, &columns, f, &rel, &me, cx)?;
+        check_assignments(&mut assignments, &columns, f, &rel, &me, true, cx)?;
     } else {
         update.selection = write_where(None, rewritten.selection)?;
     }
@@ -1247,8 +1322,26 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
     for c in &missing {
         insert.columns.push(column_name(c));
     }
-    match source.body.as_mut() {
+    // VALUES rows that compute the new values of several filtered columns
+    // are read as a query (each value computed once in it, then checked).
+    let several = match source.body.as_ref() {
         SetExpr::Values(values) => {
+            let mut several = false;
+            for row in values.rows.iter().filter(|r| r.len() == width) {
+                let mut computed = 0;
+                for (value, column) in row.iter().zip(&columns) {
+                    if read_columns.contains(column) && new_value(value, &rel, column, cx)?.once {
+                        computed += 1;
+                    }
+                }
+                several |= computed > 1;
+            }
+            several
+        }
+        _ => false,
+    };
+    match source.body.as_mut() {
+        SetExpr::Values(values) if !several => {
             let all: Vec<String> = columns.iter().chain(&missing).cloned().collect();
             for row in values.rows.iter_mut() {
                 if row.len() != width {
@@ -1393,6 +1486,25 @@ fn checked_query(
     cx: &Context,
 ) -> Result<sqlparser::ast::Query, Refusal> {
     let mut inner = source.clone();
+    if let SetExpr::Values(values) = inner.body.as_mut() {
+        // As a query, VALUES gives its columns types of its own: each
+        // untyped value cast to its column's, as the INSERT assigns it.
+        for row in values.rows.iter_mut() {
+            for (value, column) in row.iter_mut().zip(columns) {
+                if is_default(value) {
+                    return Err(unsupported(
+                        "DEFAULT in VALUES that compute several filtered columns",
+                    ));
+                }
+                if is_untyped(value) {
+                    let ty = column_type(rel, column, cx).ok_or_else(|| {
+                        unsupported("an untyped value of a column of a type rowgate does not know")
+                    })?;
+                    *value = cast_to(value, &ty)?;
+                }
+            }
+        }
+    }
     if let SetExpr::Select(select) = inner.body.as_mut() {
         let plain = |i: &SelectItem| {
             matches!(
@@ -1522,7 +1634,9 @@ fn conflict_update(
     };
     let me = refname(rel, None);
     let visible = substituted(f, rel, &|c| column_of(&me, c));
-    check_assignments(&mut update.assignments, &columns, f, rel, &me, cx)?;
+    // (Several computed filtered values stay refused here: the visibility
+    // check below cannot wrap a multiple-column SET.)
+    check_assignments(&mut update.assignments, &columns, f, rel, &me, false, cx)?;
     // USING: PostgreSQL checks that the conflicting row is visible before
     // it computes any SET value (in the table's column order, not the
     // statement's). Every value that may read the row runs only after the
