@@ -268,6 +268,13 @@ const WRITES: &[&str] = &[
     "MERGE INTO merchants t USING (SELECT 1 AS id, 2.6 AS tier) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET tier = s.tier",
     "MERGE INTO merchants t USING (SELECT 5 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET name = 'x' || CAST(t.name AS integer)",
     "MERGE INTO sales.events e USING (SELECT 3 AS id, date '2024-07-31' AS at) s ON e.id = s.id AND e.at = s.at WHEN MATCHED THEN UPDATE SET what = 'm', at = '2025-05-05'",
+    // Write statements under a WITH that writes: each write rewritten as
+    // one.
+    "WITH d AS (DELETE FROM sales.\"Returns\" RETURNING order_id) UPDATE orders SET note = 'returned' WHERE id IN (SELECT order_id FROM d)",
+    "WITH d AS (DELETE FROM orders WHERE id < 12 RETURNING id, merchant_id) INSERT INTO orders (id, merchant_id) SELECT id + 1000, merchant_id FROM d RETURNING id",
+    "WITH d AS (DELETE FROM orders WHERE id < 12 RETURNING id) INSERT INTO orders (id, merchant_id) SELECT id + 1000, 5 FROM d",
+    "WITH u AS (UPDATE merchants SET tier = 2 WHERE id = 1 RETURNING id) DELETE FROM orders WHERE merchant_id IN (SELECT id FROM u) RETURNING id",
+    "WITH i AS (INSERT INTO merchants (id, name, country_id, tier) VALUES (72, 'King Inc', 1, 1) RETURNING id) INSERT INTO orders (id, merchant_id) SELECT 195, id FROM i",
     // SQL PREPARE of a write, then EXECUTE (the parameters of the types
     // PREPARE gives them).
     "PREPARE w1(int, int) AS UPDATE orders SET merchant_id = $1 WHERE id = $2; EXECUTE w1(2, 1)",
@@ -291,7 +298,6 @@ const REFUSED: &[&str] = &[
     "UPDATE orders SET merchant_id = count(*) OVER () WHERE id = 1",
     "WITH orders AS (SELECT 1 AS id) DELETE FROM orders",
     "DELETE FROM ONLY sales.notes",
-    "WITH d AS (DELETE FROM sales.\"Returns\" RETURNING order_id) UPDATE orders SET note = 'returned' WHERE id IN (SELECT order_id FROM d)",
     "WITH x AS (SELECT 1 AS id) , d AS (DELETE FROM orders WHERE id IN (SELECT id FROM x) RETURNING id) SELECT count(*) FROM d",
 ];
 

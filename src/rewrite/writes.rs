@@ -33,9 +33,8 @@
 //! ([`copy_in`]).
 //!
 //! What is not provably the same as native RLS is refused: INSERT of
-//! `SELECT *` of other than one table, a write under a WITH that writes
-//! (a write inside a WITH is rewritten on its own; a write under a WITH of
-//! queries reads with it, see [`rewrite_under_with`]), COPY FROM anything
+//! `SELECT *` of other than one table, a write under a WITH one of whose
+//! names hides the written table (see [`rewrite_under_with`]), COPY FROM anything
 //! but STDIN, views, tables with rules or triggers of their own or of
 //! their descendants, computed new values of two filtered columns in one
 //! ON CONFLICT DO UPDATE, and identity or generated filtered columns left
@@ -128,10 +127,10 @@ impl Outer<'_> {
     }
 }
 
-/// `WITH <queries> INSERT/UPDATE/DELETE ...` of a read-write member: the
-/// write rewritten as one, its reads with the WITH (see [`Outer`]). A WITH
-/// that itself writes, or one of whose names is the written table's, is
-/// refused.
+/// `WITH ... INSERT/UPDATE/DELETE ...` of a read-write member: the write
+/// rewritten as one, its reads with the WITH (see [`Outer`]), in which a
+/// write is rewritten as a write, as in a `WITH` at the head of a SELECT.
+/// A WITH one of whose names is the written table's is refused.
 pub(crate) fn rewrite_under_with(
     query: &mut sqlparser::ast::Query,
     cx: &Context,
@@ -146,17 +145,6 @@ pub(crate) fn rewrite_under_with(
     let Some(with) = query.with.take() else {
         return Err(unsupported("this write"));
     };
-    for cte in &with.cte_tables {
-        if !matches!(
-            cte.query.body.as_ref(),
-            SetExpr::Select(_)
-                | SetExpr::Query(_)
-                | SetExpr::SetOperation { .. }
-                | SetExpr::Values(_)
-        ) {
-            return Err(unsupported("a write statement under a WITH that writes"));
-        }
-    }
     let statement = match query.body.as_mut() {
         SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => s,
         _ => return Err(unsupported("this write under WITH")),
@@ -1273,7 +1261,9 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
     **source = *rewritten;
     if let Some(returning) = insert.returning.as_mut() {
         let from = vec![table_ref(name, None)];
-        let r = read(std::mem::take(returning), from, None, cx, outer)?;
+        // (Without the WITH: RETURNING reads the new rows, and the WITH's
+        // names are not the table's.)
+        let r = read(std::mem::take(returning), from, None, cx, &Outer::none())?;
         *returning = r.items;
     }
     if let Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
