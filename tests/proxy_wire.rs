@@ -998,3 +998,80 @@ fn a_refused_unnamed_parse_leaves_no_unnamed_statement() {
         assert_eq!(first_value(&out).as_deref(), Some("1"), "{user}");
     }
 }
+
+/// A Query sent after extended-protocol messages and before their Sync,
+/// when one of those messages fails (upstream, or refused): PostgreSQL
+/// discards everything up to the Sync, the Query with it, which gets no
+/// response of its own; the client gets the messages before the error, the
+/// error and one ReadyForQuery. The session stays exact after it: the
+/// query rowgate runs of its own to read the search path back (after a
+/// `SET search_path`) stays unseen, and statements get their own rows.
+#[test]
+fn a_query_discarded_after_an_extended_error_gets_nothing() {
+    let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
+    let no_params: [i32; 0] = [];
+    let cases: [(&str, &[&str], &str, &str); 4] = [
+        ("SELECT nope FROM merchants", &["SELECT 1"], "EZ", "42703"),
+        (
+            "SELECT 10 / (id - 7) FROM merchants",
+            &["SELECT 1"],
+            "12DEZ",
+            "22012",
+        ),
+        (
+            "SELECT * FROM hr.salaries",
+            &["SELECT 1", "SELECT 2"],
+            "EZ",
+            "42501",
+        ),
+        ("SELECT nope FROM merchants", &[], "EZ", "42703"),
+    ];
+    for (sql, queries, want, code) in cases {
+        let mut buf = BytesMut::new();
+        frontend::parse("", sql, [], &mut buf).unwrap();
+        frontend::bind(
+            "",
+            "",
+            [],
+            no_params,
+            |v: i32, b: &mut BytesMut| {
+                b.extend_from_slice(&v.to_be_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            [],
+            &mut buf,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, &mut buf).unwrap();
+        for q in queries {
+            frontend::query(q, &mut buf).unwrap();
+        }
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), want, "{sql}: {:?}", errors(&out));
+        assert_eq!(errors(&out)[0].0, code, "{sql}");
+        // Nothing more comes: the next statement's responses are its own.
+        let out = raw.query("SET search_path = public, pg_catalog").unwrap();
+        assert_eq!(tags(&out), "CZ", "{sql}: {:?}", errors(&out));
+        for _ in 0..2 {
+            let out = raw.query("SELECT count(*) FROM merchants").unwrap();
+            assert_eq!(tags(&out), "TDCZ", "{sql}: {:?}", errors(&out));
+            assert_eq!(first_value(&out).as_deref(), Some("3"), "{sql}");
+            buf.clear();
+            parse_bind_execute(
+                &mut buf,
+                "SELECT count(*) FROM merchants WHERE id > $1",
+                1,
+                false,
+            );
+            frontend::sync(&mut buf);
+            raw.send(&buf).unwrap();
+            let out = raw.until_ready().unwrap();
+            assert_eq!(tags(&out), "12DCZ", "{sql}: {:?}", errors(&out));
+            assert_eq!(first_value(&out).as_deref(), Some("2"), "{sql}");
+        }
+    }
+    still_serving();
+}
