@@ -632,3 +632,50 @@ fn a_query_discarded_after_an_extended_error_hands_the_connection_back() {
         assert_eq!(values(&k), ["King Inc"], "{bad}");
     }
 }
+
+/// The unnamed statement's Parse is sent again on the next connection only
+/// when it succeeded: one that failed upstream left no unnamed statement
+/// (a Bind of it gets 26000, not the Parse's error again), and one that
+/// PostgreSQL skipped after an earlier error left the one before.
+#[test]
+fn only_an_unnamed_parse_that_succeeded_follows_the_session() {
+    let proxy = pooled(1, "5s");
+    let sql = "SELECT DISTINCT name FROM merchants";
+    let bad = "SELECT nope FROM merchants";
+    let tags = |m: &[Msg]| m.iter().map(|m| m.tag as char).collect::<String>();
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    // Failed once (sent as it is), then again (as a shared statement).
+    for parses in [1, 2] {
+        for _ in 0..parses {
+            let out = prepare(&mut king, "", bad);
+            assert_eq!(error_code(&out).as_deref(), Some("42703"), "{out:?}");
+        }
+        assert_eq!(values(&bel.query(sql).unwrap()), ["Bel Air"]);
+        let gone = run_prepared(&mut king, "");
+        assert_eq!(tags(&gone), "EZ", "after {parses}: {gone:?}");
+        let e = gone.iter().find(|m| m.tag == b'E').unwrap();
+        assert_eq!(e.field(b'C').as_deref(), Some("26000"), "{gone:?}");
+        assert_eq!(
+            e.field(b'M').as_deref(),
+            Some("unnamed prepared statement does not exist")
+        );
+    }
+    // Skipped: an Execute of a portal that does not exist fails first.
+    for runs in [1, 2] {
+        for _ in 0..runs {
+            assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
+        }
+        let mut buf = BytesMut::new();
+        frontend::execute("no_such_portal", 0, &mut buf).unwrap();
+        frontend::parse("", "SELECT 'skipped'", [], &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        king.send(&buf).unwrap();
+        let out = king.until_ready().unwrap();
+        assert_eq!(tags(&out), "EZ", "{out:?}");
+        assert_eq!(values(&bel.query(sql).unwrap()), ["Bel Air"]);
+        let ran = run_prepared(&mut king, "");
+        assert_eq!(tags(&ran), "2DCZ", "after {runs} runs: {ran:?}");
+        assert_eq!(values(&ran), ["King Inc"]);
+    }
+}

@@ -1075,3 +1075,98 @@ fn a_query_discarded_after_an_extended_error_gets_nothing() {
     }
     still_serving();
 }
+
+/// Bind, Execute and Sync of the unnamed statement with one parameter.
+fn run_unnamed(raw: &mut Client, value: i32) -> Vec<Msg> {
+    let mut buf = BytesMut::new();
+    bind_execute(&mut buf, value);
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    raw.until_ready().unwrap()
+}
+
+/// A Parse of the unnamed statement that PostgreSQL skips (an earlier
+/// message of its pipeline failed) never ran: the unnamed statement before
+/// it stays, also when rowgate's statement stood for that one.
+#[test]
+fn an_unnamed_parse_skipped_after_an_error_keeps_the_statement_before() {
+    let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
+    let sql = "SELECT count(*) FROM merchants WHERE id > $1";
+    // Once the ordinary way, then standing for rowgate's statement.
+    for run in 0..4 {
+        let mut buf = BytesMut::new();
+        parse_bind_execute(&mut buf, sql, 1, false);
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), "12DCZ", "{:?}", errors(&out));
+        assert_eq!(first_value(&out).as_deref(), Some("2"));
+        // An Execute of a portal that does not exist, then a Parse of the
+        // unnamed statement that PostgreSQL skips.
+        buf.clear();
+        frontend::execute("no_such_portal", 0, &mut buf).unwrap();
+        frontend::parse("", "SELECT 'skipped'", [], &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), "EZ", "run {run}");
+        assert_eq!(errors(&out)[0].0, "34000", "run {run}");
+        // The statement before is bound.
+        let out = run_unnamed(&mut raw, 7);
+        assert_eq!(tags(&out), "2DCZ", "run {run}: {:?}", errors(&out));
+        assert_eq!(first_value(&out).as_deref(), Some("1"), "run {run}");
+    }
+}
+
+/// A repeated unnamed Parse (which rowgate prepares under a name of its
+/// own) that fails upstream leaves no unnamed statement: a Bind of it
+/// fails as PostgreSQL says it, naming the unnamed statement.
+#[test]
+fn a_failed_repeated_unnamed_parse_leaves_postgresql_s_26000() {
+    let (mut gate, _) = login(proxy().port, "member", "member-pw", fixture_db());
+    let mut direct = Client::connect(common::cluster().port).unwrap();
+    direct.login("postgres", fixture_db(), None, &[]).unwrap();
+    let sql = "SELECT count(*) FROM merchants WHERE id > $1";
+    let mut got = Vec::new();
+    for raw in [&mut direct, &mut gate] {
+        let mut buf = BytesMut::new();
+        parse_bind_execute(&mut buf, sql, 1, false);
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        assert_eq!(tags(&raw.until_ready().unwrap()), "12DCZ");
+        // In a failed transaction block the Parse fails, after PostgreSQL
+        // dropped the unnamed statement before it.
+        assert_eq!(tags(&raw.query("BEGIN").unwrap()), "CZ");
+        assert_eq!(tags(&raw.query("SELECT 1/0").unwrap()), "EZ");
+        buf.clear();
+        frontend::parse("", sql, [23], &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(errors(&out)[0].0, "25P02");
+        let out = run_unnamed(raw, 1);
+        assert_eq!(tags(&out), "EZ");
+        got.push(errors(&out));
+        assert_eq!(tags(&raw.query("ROLLBACK").unwrap()), "CZ");
+        let out = run_unnamed(raw, 1);
+        assert_eq!(tags(&out), "EZ");
+        got.push(errors(&out));
+    }
+    assert_eq!(
+        got[0],
+        [(
+            "26000".to_string(),
+            "unnamed prepared statement does not exist".to_string()
+        )]
+    );
+    assert_eq!(got[0], got[1]);
+    assert_eq!(got[2], got[0], "in the failed block");
+    assert_eq!(got[3], got[0], "after it");
+    // The session goes on.
+    let mut buf = BytesMut::new();
+    parse_bind_execute(&mut buf, sql, 7, false);
+    frontend::sync(&mut buf);
+    gate.send(&buf).unwrap();
+    let out = gate.until_ready().unwrap();
+    assert_eq!(first_value(&out).as_deref(), Some("1"));
+}

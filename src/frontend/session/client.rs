@@ -55,6 +55,10 @@ pub(super) struct Session<'a> {
     pub texts: HashMap<String, HashMap<Vec<u8>, Seen>>,
     /// The upstream statement that stands for the client's unnamed one.
     pub unnamed: Option<Arc<Auto>>,
+    /// Unnamed Parses sent whose outcome may still undo them, oldest
+    /// first, each with the unnamed statement's state before it (see
+    /// [`Session::settle_unnamed`]).
+    pub unnamed_log: Vec<(Arc<Auto>, UnnamedState)>,
     /// Statements prepared automatically so far (their names' counter).
     pub autos: usize,
     /// Of those, the ones not forgotten since.
@@ -250,6 +254,7 @@ impl Session<'_> {
                             .is_some() =>
                 {
                     let parse = messages::parse(frame.body())?;
+                    let before = self.unnamed_before(parse.name);
                     let sql = view_as::redacted(parse.query.unwrap_or_default()).into_owned();
                     let setting = match self.view_as_request(sql.as_bytes()) {
                         Some(Ok(view_as::ViewAs::Token(_))) => view_as::TOKEN_SETTING,
@@ -270,6 +275,7 @@ impl Session<'_> {
                         self.unnamed_parsed(None);
                     }
                     io.send(&parse_message(parse.name, &marker, parse.types));
+                    self.unnamed_sent(before);
                     self.audit_parsed(frame.body())?;
                 }
                 frontend::QUERY => {
@@ -295,8 +301,10 @@ impl Session<'_> {
                     self.pipe.end_cycle();
                 }
                 frontend::PARSE if rewrites => {
+                    let before = self.unnamed_before(messages::parse(frame.body())?.name);
                     let out = self.parse(frame.body(), io).await?;
                     io.send(&out);
+                    self.unnamed_sent(before);
                     self.audit_parsed(frame.body())?;
                 }
                 frontend::PARSE if self.trail.is_some() => {
@@ -314,6 +322,10 @@ impl Session<'_> {
                     self.audit_parsed(frame.body())?;
                 }
                 frontend::BIND | frontend::DESCRIBE if rewrites => {
+                    let to_unnamed = targets_unnamed(frame.tag(), frame.body())?;
+                    if to_unnamed {
+                        self.settle_unnamed();
+                    }
                     if frame.tag() == frontend::BIND && !self.stateful.is_empty() {
                         let (_, statement, _) = messages::bind(frame.body())?;
                         if let Some(effect) = self.stateful.get(statement).cloned() {
@@ -332,7 +344,7 @@ impl Session<'_> {
                             continue;
                         }
                     }
-                    if self.pooled.is_some() && targets_unnamed(frame.tag(), frame.body())? {
+                    if self.pooled.is_some() && to_unnamed {
                         self.restore_unnamed(io);
                     }
                     let out = match reserved_target(frame.tag(), frame.body())? {
@@ -344,6 +356,7 @@ impl Session<'_> {
                 frontend::CLOSE if rewrites => {
                     if messages::target(frame.body())? == (b'S', "") {
                         self.unnamed = None;
+                        self.unnamed_log.clear();
                     }
                     self.pipe.expect(backend::CLOSE_COMPLETE, Action::Pass);
                     if let Some(out) = self.pooled_close(frame.body())? {
@@ -425,6 +438,7 @@ impl Session<'_> {
     async fn query(&mut self, body: &[u8], io: &mut Io) -> Result<Bytes, WireError> {
         // PostgreSQL drops the unnamed statement when a Query runs.
         self.unnamed = None;
+        self.unnamed_log.clear();
         self.unnamed_dropped();
         let text = match messages::query(body)? {
             Ok(sql) => {
@@ -715,6 +729,88 @@ impl Session<'_> {
 
     pub fn refuse(&mut self, refusal: &Refusal) -> String {
         self.refuse_text(refusal, None)
+    }
+}
+
+/// What a Parse of the unnamed statement may change: the statement that
+/// stands for it upstream, and in transaction pooling its Parse to send
+/// again and the shared statement standing for it.
+pub(super) struct UnnamedState {
+    unnamed: Option<Arc<Auto>>,
+    parse: Option<Bytes>,
+    shared: Option<super::pooling::Named>,
+}
+
+/// Unnamed Parses remembered at most while their outcome is unknown.
+const UNNAMED_LOG: usize = 64;
+
+impl Session<'_> {
+    /// Before a Parse named `name` goes: for the unnamed statement, its
+    /// state now.
+    fn unnamed_before(&mut self, name: &str) -> Option<UnnamedState> {
+        if !name.is_empty() {
+            return None;
+        }
+        self.settle_unnamed();
+        let pooled = self.pooled.as_ref();
+        Some(UnnamedState {
+            unnamed: self.unnamed.clone(),
+            parse: pooled.and_then(|p| p.unnamed_parse.clone()),
+            shared: pooled.and_then(|p| p.statements.get("").cloned()),
+        })
+    }
+
+    /// An unnamed Parse went (`before`: the state before it): its outcome
+    /// is followed.
+    fn unnamed_sent(&mut self, before: Option<UnnamedState>) {
+        let Some(before) = before else {
+            return;
+        };
+        let outcome = Auto::new(String::new(), self.pipe.cycle());
+        self.pipe.track(outcome.clone());
+        if self.unnamed_log.len() >= UNNAMED_LOG {
+            self.unnamed_log.remove(0);
+        }
+        self.unnamed_log.push((outcome, before));
+    }
+
+    /// Takes in the outcomes of unnamed Parses known so far, as PostgreSQL
+    /// had them: one skipped after an earlier error in its cycle never ran
+    /// and changed nothing (the statement before it stays); one that ran
+    /// and failed left no unnamed statement (PostgreSQL drops the old one
+    /// before it parses), so in transaction pooling nothing is sent again
+    /// for it; one that succeeded stands. A Parse whose outcome is not
+    /// known yet stands meanwhile.
+    pub(super) fn settle_unnamed(&mut self) {
+        while let Some((outcome, _)) = self.unnamed_log.last() {
+            if outcome.pending() {
+                return;
+            }
+            if outcome.skipped() {
+                if let Some((_, before)) = self.unnamed_log.pop() {
+                    self.unnamed = before.unnamed;
+                    if let Some(p) = &mut self.pooled {
+                        p.unnamed_parse = before.parse;
+                        match before.shared {
+                            Some(named) => p.statements.insert(String::new(), named),
+                            None => p.statements.remove(""),
+                        };
+                    }
+                }
+                continue;
+            }
+            if outcome.failed() {
+                // Without a session of its own, a Bind names the statement
+                // that stood for it, and its 26000 says the unnamed one
+                // does not exist (see `Pipeline::on_server`).
+                if let Some(p) = &mut self.pooled {
+                    p.unnamed_parse = None;
+                    p.unnamed_missing = false;
+                    p.statements.remove("");
+                }
+            }
+            self.unnamed_log.clear();
+        }
     }
 }
 

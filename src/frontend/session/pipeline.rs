@@ -85,6 +85,16 @@ struct Expect {
     action: Action,
 }
 
+/// A client message whose outcome the session follows (see
+/// [`Pipeline::track`]).
+#[derive(Debug)]
+struct Tracked {
+    cycle: u64,
+    /// Its place among the cycle's extended-protocol messages.
+    index: u32,
+    outcome: Arc<Auto>,
+}
+
 /// A cycle that a Query or FunctionCall ended while extended-protocol
 /// messages waited for their Sync.
 #[derive(Debug)]
@@ -160,8 +170,12 @@ pub struct Pipeline {
     /// The mixed cycles sent and not yet ended, in order.
     mixed_cycles: VecDeque<Mixed>,
     /// Responses of the cycle receiving that completed an
-    /// extended-protocol message.
+    /// extended-protocol message (or, after them, a Query's statement).
     completed: u32,
+    /// Client messages whose outcome is followed, in order.
+    tracked: VecDeque<Tracked>,
+    /// The prefix of the session's automatic statements' names.
+    auto_prefix: String,
     /// An extended-protocol message of the cycle receiving failed: the
     /// backend discards everything up to the next Sync.
     skipping: bool,
@@ -191,6 +205,8 @@ impl Pipeline {
             client_extended: false,
             mixed_cycles: VecDeque::new(),
             completed: 0,
+            tracked: VecDeque::new(),
+            auto_prefix: super::outgoing::auto_prefix(nonce),
             skipping: false,
             expect: VecDeque::new(),
             own: OwnQueries::default(),
@@ -287,6 +303,18 @@ impl Pipeline {
         self.expect(backend::COMMAND_COMPLETE, Action::Drop);
     }
 
+    /// Follows the outcome of the client's extended-protocol message just
+    /// sent (after rowgate's own messages that go before it): `outcome`
+    /// settles ready when its response comes, failed when it fails, and
+    /// skipped when PostgreSQL skipped it after an earlier error.
+    pub fn track(&mut self, outcome: Arc<Auto>) {
+        self.tracked.push_back(Tracked {
+            cycle: self.sent,
+            index: self.extended,
+            outcome,
+        });
+    }
+
     /// Extended-protocol messages were sent since the last Sync.
     pub fn unsynced(&self) -> bool {
         self.unsynced
@@ -378,22 +406,60 @@ impl Pipeline {
         }
     }
 
-    /// Counts the responses that complete an extended-protocol message in
-    /// a mixed cycle; an error before the last of them is one of those
-    /// messages' (the backend skips to Sync), an error after them the
-    /// Query's.
+    /// Counts the responses that complete an extended-protocol message:
+    /// the `n`th is the `n`th message's, and an error is the message's
+    /// after the ones completed (those after it are skipped). In a mixed
+    /// cycle an error before the last extended-protocol message completed
+    /// is one of theirs (the backend skips to Sync), an error after them
+    /// the Query's.
     fn count_server(&mut self, tag: u8) {
-        let Some(m) = self.mixed_cycles.front().filter(|m| m.cycle == self.done) else {
-            return;
-        };
-        if self.completed >= m.extended {
-            return;
-        }
+        let done = self.done;
         if tag == backend::ERROR_RESPONSE {
-            self.skipping = true;
+            if self
+                .mixed_cycles
+                .front()
+                .is_some_and(|m| m.cycle == done && self.completed < m.extended)
+            {
+                self.skipping = true;
+            }
+            while let Some(t) = self.tracked.front().filter(|t| t.cycle == done) {
+                if t.index == self.completed {
+                    t.outcome.settle(false);
+                } else {
+                    t.outcome.settle_skipped();
+                }
+                self.tracked.pop_front();
+            }
         } else if completes_extended(tag) {
-            self.completed += 1;
+            while let Some(t) = self
+                .tracked
+                .front()
+                .filter(|t| t.cycle == done && t.index <= self.completed)
+            {
+                t.outcome.settle(true);
+                self.tracked.pop_front();
+            }
+            self.completed = self.completed.saturating_add(1);
         }
+    }
+
+    /// A 26000 error naming one of the session's automatic statements can
+    /// only answer a Bind or Describe of the client's unnamed statement
+    /// that one stood for (the client cannot name rowgate's statements):
+    /// PostgreSQL's words for the unnamed statement instead.
+    fn unnamed_missing(&self, body: &[u8]) -> Option<Bytes> {
+        let mut fields = wire::error_fields(body);
+        let code = fields.iter().find(|(c, _)| *c == b'C').map(|(_, v)| v);
+        if code.map(String::as_str) != Some(sqlstate::UNDEFINED_PSTATEMENT) {
+            return None;
+        }
+        let quoted = format!("prepared statement \"{}", self.auto_prefix);
+        let message = fields.iter_mut().find(|(c, _)| *c == b'M')?;
+        if !message.1.starts_with(&quoted) {
+            return None;
+        }
+        message.1 = "unnamed prepared statement does not exist".to_string();
+        Some(wire::error_from_fields(&fields))
     }
 
     /// A whole message from upstream (one [`Pipeline::inspect`] asked for).
@@ -427,6 +493,11 @@ impl Pipeline {
                     self.mixed_cycles.pop_front();
                 }
                 self.completed = 0;
+                // What the merged cycles were to do never ran.
+                while let Some(t) = self.tracked.front().filter(|t| t.cycle <= last) {
+                    t.outcome.settle_skipped();
+                    self.tracked.pop_front();
+                }
                 self.end_received(last);
                 self.done = last + 1;
                 self.status = body.first().copied().unwrap_or(status::IDLE);
@@ -439,11 +510,14 @@ impl Pipeline {
             backend::ERROR_RESPONSE => {
                 if autoprep::stale_statement_error(body) {
                     self.stale = true;
+                    // rowgate's own EXECUTE of an automatic statement.
                     if let Some(Action::Retry(sql)) = self.take_expected(tag) {
                         if self.may_retry() {
                             self.drop_ready = true;
                             return Reply::Retry(sql);
                         }
+                    } else if let Some(error) = self.unnamed_missing(body) {
+                        return Reply::Replace(error);
                     }
                 }
                 match self.refusals.translate(body) {
@@ -1065,6 +1139,106 @@ mod tests {
         assert_eq!(replies, relayed(7), "the last PREPARE is the client's");
         assert!(auto.failed());
         assert!(p.idle());
+    }
+
+    /// Tracked client messages settle by their place among the cycle's
+    /// extended-protocol messages (rowgate's own counted where they go):
+    /// the one an error answers failed, the ones after it were skipped,
+    /// and so were those of cycles skipped up to the Sync.
+    #[test]
+    fn tracked_messages_settle_by_their_place() {
+        let mut p = Pipeline::new(NONCE);
+        let t: Vec<Arc<Auto>> = (0..5).map(|_| Auto::new(String::new(), 0)).collect();
+        p.on_client(frontend::PARSE);
+        p.track(t[0].clone());
+        p.on_client(frontend::BIND);
+        p.on_client(frontend::PARSE);
+        p.track(t[1].clone());
+        p.on_client(frontend::PARSE);
+        p.track(t[2].clone());
+        send(&mut p, &[frontend::SYNC]);
+        // A Bind with a Parse of rowgate's before it, a Parse, a Query,
+        // a Parse in the next cycle.
+        p.on_client(frontend::BIND);
+        p.expect(backend::PARSE_COMPLETE, Action::Drop);
+        p.on_client(frontend::PARSE);
+        p.track(t[3].clone());
+        send(&mut p, &[frontend::QUERY]);
+        p.on_client(frontend::PARSE);
+        p.track(t[4].clone());
+        send(&mut p, &[frontend::SYNC]);
+
+        let bad = error("42703", "column \"nope\" does not exist");
+        receive(&mut p, &[(backend::PARSE_COMPLETE, b"")]);
+        assert!(t[0].ready() && t[1].pending());
+        receive(
+            &mut p,
+            &[
+                (backend::BIND_COMPLETE, b""),
+                (backend::ERROR_RESPONSE, &bad),
+            ],
+        );
+        assert!(t[1].failed() && !t[1].skipped(), "the error is its own");
+        assert!(t[2].skipped());
+        receive(&mut p, &[(backend::READY_FOR_QUERY, b"I")]);
+        assert!(t[3].pending());
+        let missing = error("26000", "prepared statement \"s\" does not exist");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::ERROR_RESPONSE, &missing),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, vec![Reply::Drop, Reply::Relay, Reply::Relay]);
+        assert!(t[3].skipped(), "after the Bind's error");
+        assert!(t[4].skipped(), "in a cycle skipped up to the Sync");
+        assert!(p.idle());
+    }
+
+    /// A 26000 naming one of the session's automatic statements answers a
+    /// Bind of the unnamed statement it stood for: PostgreSQL's words for
+    /// the unnamed statement. Other names, and rowgate's own EXECUTE,
+    /// keep theirs.
+    #[test]
+    fn a_missing_automatic_statement_is_the_unnamed_one() {
+        let mut p = Pipeline::new(NONCE);
+        let auto = super::super::outgoing::auto_name(NONCE, 3);
+        let missing = |name: &str| {
+            error(
+                "26000",
+                &format!("prepared statement \"{name}\" does not exist"),
+            )
+        };
+        send(&mut p, &[frontend::BIND, frontend::SYNC]);
+        let reply = p.on_server(backend::ERROR_RESPONSE, &missing(&auto));
+        let Reply::Replace(b) = &reply else {
+            panic!("{reply:?}")
+        };
+        let fields = wire::error_fields(&b[5..]);
+        assert!(fields.contains(&(b'C', "26000".into())));
+        assert!(fields.contains(&(b'M', "unnamed prepared statement does not exist".into())));
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+        send(&mut p, &[frontend::BIND, frontend::SYNC]);
+        let other = super::super::outgoing::auto_name(NONCE + 1, 3);
+        for name in ["s1", "rowgate_reserved", other.as_str()] {
+            assert_eq!(
+                p.on_server(backend::ERROR_RESPONSE, &missing(name)),
+                Reply::Relay
+            );
+        }
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'T'));
+        p.on_client(frontend::QUERY);
+        p.expect(
+            backend::ERROR_RESPONSE,
+            Action::Retry(Arc::from("SELECT 1")),
+        );
+        p.end_cycle();
+        assert_eq!(
+            p.on_server(backend::ERROR_RESPONSE, &missing(&auto)),
+            Reply::Relay
+        );
     }
 
     /// Errors too long to be a refusal's stream through unread; results
