@@ -669,6 +669,7 @@ fn only_an_unnamed_parse_that_succeeded_follows_the_session() {
         let mut buf = BytesMut::new();
         frontend::execute("no_such_portal", 0, &mut buf).unwrap();
         frontend::parse("", "SELECT 'skipped'", [], &mut buf).unwrap();
+        frontend::close(b'S', "", &mut buf).unwrap();
         frontend::sync(&mut buf);
         king.send(&buf).unwrap();
         let out = king.until_ready().unwrap();
@@ -678,4 +679,13 @@ fn only_an_unnamed_parse_that_succeeded_follows_the_session() {
         assert_eq!(tags(&ran), "2DCZ", "after {runs} runs: {ran:?}");
         assert_eq!(values(&ran), ["King Inc"]);
     }
+    // A Close that ran leaves nothing to send again.
+    let mut buf = BytesMut::new();
+    frontend::close(b'S', "", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    king.send(&buf).unwrap();
+    assert_eq!(tags(&king.until_ready().unwrap()), "3Z");
+    assert_eq!(values(&bel.query(sql).unwrap()), ["Bel Air"]);
+    let gone = run_prepared(&mut king, "");
+    assert_eq!(error_code(&gone).as_deref(), Some("26000"), "{gone:?}");
 }

@@ -1087,7 +1087,8 @@ fn run_unnamed(raw: &mut Client, value: i32) -> Vec<Msg> {
 
 /// A Parse of the unnamed statement that PostgreSQL skips (an earlier
 /// message of its pipeline failed) never ran: the unnamed statement before
-/// it stays, also when rowgate's statement stood for that one.
+/// it stays, also when rowgate's statement stood for that one. So for a
+/// Close of it and a Query, which drop it when they run.
 #[test]
 fn an_unnamed_parse_skipped_after_an_error_keeps_the_statement_before() {
     let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
@@ -1106,6 +1107,7 @@ fn an_unnamed_parse_skipped_after_an_error_keeps_the_statement_before() {
         buf.clear();
         frontend::execute("no_such_portal", 0, &mut buf).unwrap();
         frontend::parse("", "SELECT 'skipped'", [], &mut buf).unwrap();
+        frontend::close(b'S', "", &mut buf).unwrap();
         frontend::sync(&mut buf);
         raw.send(&buf).unwrap();
         let out = raw.until_ready().unwrap();
@@ -1116,6 +1118,21 @@ fn an_unnamed_parse_skipped_after_an_error_keeps_the_statement_before() {
         assert_eq!(tags(&out), "2DCZ", "run {run}: {:?}", errors(&out));
         assert_eq!(first_value(&out).as_deref(), Some("1"), "run {run}");
     }
+    // A Query skipped with them.
+    let mut buf = BytesMut::new();
+    frontend::execute("no_such_portal", 0, &mut buf).unwrap();
+    frontend::query("SELECT 1", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    let out = raw.until_ready().unwrap();
+    assert_eq!(tags(&out), "EZ");
+    let out = run_unnamed(&mut raw, 7);
+    assert_eq!(tags(&out), "2DCZ", "{:?}", errors(&out));
+    assert_eq!(first_value(&out).as_deref(), Some("1"));
+    // A Query that runs drops it.
+    assert_eq!(tags(&raw.query("SELECT 1").unwrap()), "TDCZ");
+    let out = run_unnamed(&mut raw, 7);
+    assert_eq!(errors(&out)[0].0, "26000");
 }
 
 /// A repeated unnamed Parse (which rowgate prepares under a name of its

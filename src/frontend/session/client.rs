@@ -280,8 +280,12 @@ impl Session<'_> {
                 }
                 frontend::QUERY => {
                     if rewrites {
+                        // A Query drops the unnamed statement, unless
+                        // PostgreSQL skips it (see `settle_unnamed`).
+                        let before = self.unnamed_before("");
                         let out = self.query(frame.body(), io).await?;
                         io.send(&out);
+                        self.unnamed_sent(before);
                     } else if let Some(refusal) = self.audit_refusal() {
                         let marker = self.refuse(&refusal);
                         self.note(&refusal_sql(frame.body()), None, Some(&refusal));
@@ -354,9 +358,12 @@ impl Session<'_> {
                     io.send(out.as_ref().unwrap_or(&frame.frame));
                 }
                 frontend::CLOSE if rewrites => {
-                    if messages::target(frame.body())? == (b'S', "") {
+                    let before = match messages::target(frame.body())? {
+                        (b'S', "") => self.unnamed_before(""),
+                        _ => None,
+                    };
+                    if before.is_some() {
                         self.unnamed = None;
-                        self.unnamed_log.clear();
                     }
                     self.pipe.expect(backend::CLOSE_COMPLETE, Action::Pass);
                     if let Some(out) = self.pooled_close(frame.body())? {
@@ -365,6 +372,7 @@ impl Session<'_> {
                     }
                     let out = reserved_target(frontend::CLOSE, frame.body())?;
                     io.send(out.as_ref().unwrap_or(&frame.frame));
+                    self.unnamed_sent(before);
                 }
                 frontend::FUNCTION_CALL => {
                     if rewrites {
@@ -438,7 +446,6 @@ impl Session<'_> {
     async fn query(&mut self, body: &[u8], io: &mut Io) -> Result<Bytes, WireError> {
         // PostgreSQL drops the unnamed statement when a Query runs.
         self.unnamed = None;
-        self.unnamed_log.clear();
         self.unnamed_dropped();
         let text = match messages::query(body)? {
             Ok(sql) => {
@@ -745,8 +752,9 @@ pub(super) struct UnnamedState {
 const UNNAMED_LOG: usize = 64;
 
 impl Session<'_> {
-    /// Before a Parse named `name` goes: for the unnamed statement, its
-    /// state now.
+    /// Before a Parse named `name` goes (or a Query or a Close of the
+    /// unnamed statement, with `name` empty): for the unnamed statement,
+    /// its state now.
     fn unnamed_before(&mut self, name: &str) -> Option<UnnamedState> {
         if !name.is_empty() {
             return None;
@@ -760,8 +768,8 @@ impl Session<'_> {
         })
     }
 
-    /// An unnamed Parse went (`before`: the state before it): its outcome
-    /// is followed.
+    /// An unnamed Parse (or a Query, or a Close of the unnamed statement)
+    /// went, `before` the state before it: its outcome is followed.
     fn unnamed_sent(&mut self, before: Option<UnnamedState>) {
         let Some(before) = before else {
             return;
@@ -780,7 +788,8 @@ impl Session<'_> {
     /// and failed left no unnamed statement (PostgreSQL drops the old one
     /// before it parses), so in transaction pooling nothing is sent again
     /// for it; one that succeeded stands. A Parse whose outcome is not
-    /// known yet stands meanwhile.
+    /// known yet stands meanwhile. The same for a Query and a Close of the
+    /// unnamed statement, which drop it when they run.
     pub(super) fn settle_unnamed(&mut self) {
         while let Some((outcome, _)) = self.unnamed_log.last() {
             if outcome.pending() {

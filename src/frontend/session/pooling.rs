@@ -368,8 +368,10 @@ impl Session<'_> {
             }
             (b'S', "") => {
                 // Closed upstream too (a Close of the connection's own
-                // unnamed statement is harmless).
+                // unnamed statement is harmless), and not sent again.
                 p.statements.remove("");
+                p.unnamed_parse = None;
+                p.unnamed_missing = false;
                 Ok(None)
             }
             _ => Ok(None),
