@@ -443,6 +443,13 @@ impl Pipeline {
         }
     }
 
+    /// Cycles up to `cycle` ended.
+    fn forget_mixed(&mut self, cycle: u64) {
+        while self.mixed_cycles.front().is_some_and(|m| m.cycle <= cycle) {
+            self.mixed_cycles.pop_front();
+        }
+    }
+
     /// A 26000 error naming one of the session's automatic statements can
     /// only answer a Bind or Describe of the client's unnamed statement
     /// that one stood for (the client cannot name rowgate's statements):
@@ -471,6 +478,7 @@ impl Pipeline {
                 return Reply::Relay;
             }
             if let Some(answer) = self.own.take(self.done, tag, body) {
+                self.forget_mixed(self.done);
                 self.done += 1;
                 self.status = answer.status;
                 self.answer = Some(answer);
@@ -489,8 +497,8 @@ impl Pipeline {
                         self.mixed_cycles.pop_front();
                         last += 1;
                     }
-                } else if self.mixed_cycles.front().is_some_and(|m| m.cycle == last) {
-                    self.mixed_cycles.pop_front();
+                } else {
+                    self.forget_mixed(last);
                 }
                 self.completed = 0;
                 // What the merged cycles were to do never ran.
