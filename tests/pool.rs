@@ -566,3 +566,126 @@ fn a_refused_unnamed_parse_leaves_no_unnamed_statement_to_restore() {
         assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
     }
 }
+
+/// A Query sent after extended-protocol messages and before their Sync,
+/// when one of them fails: PostgreSQL discards it with them up to the Sync
+/// (no ReadyForQuery of its own). The session's connection goes back to
+/// the pool after the Sync's ReadyForQuery, and its later statements get
+/// exactly their own responses (the shared statement standing for the
+/// unnamed one answers its Parse as a ParseComplete).
+#[test]
+fn a_query_discarded_after_an_extended_error_hands_the_connection_back() {
+    let proxy = pooled(1, "3s");
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    let sql = "SELECT DISTINCT name FROM merchants";
+    let tags = |m: &[Msg]| m.iter().map(|m| m.tag as char).collect::<String>();
+    for _ in 0..2 {
+        assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
+    }
+    for (bad, queries, want) in [
+        ("SELECT nope FROM merchants", 1, "EZ"),
+        ("SELECT 10 / (id - 7) FROM merchants", 2, "12DEZ"),
+        ("SELECT * FROM hr.salaries", 1, "EZ"),
+    ] {
+        let mut buf = BytesMut::new();
+        // Bind of the unnamed statement first: on a connection that lacks
+        // it, rowgate sends its Parse again before it.
+        frontend::bind(
+            "",
+            "",
+            [],
+            [],
+            |_: (), _| Ok(postgres_protocol::IsNull::No),
+            [],
+            &mut buf,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, &mut buf).unwrap();
+        frontend::parse("", bad, [], &mut buf).unwrap();
+        frontend::bind(
+            "",
+            "",
+            [],
+            [],
+            |_: (), _| Ok(postgres_protocol::IsNull::No),
+            [],
+            &mut buf,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, &mut buf).unwrap();
+        for _ in 0..queries {
+            frontend::query("SELECT 1", &mut buf).unwrap();
+        }
+        frontend::sync(&mut buf);
+        king.send(&buf).unwrap();
+        let out = king.until_ready().unwrap();
+        assert_eq!(tags(&out), format!("2DC{want}"), "{bad}: {out:?}");
+        assert_eq!(values(&out)[0], "King Inc", "{bad}");
+        // The connection is free for another session.
+        let b = bel.query(sql).unwrap();
+        assert_eq!(values(&b), ["Bel Air"], "{bad}: {b:?}");
+        let k = parse_and_run(&mut king, sql);
+        assert_eq!(tags(&k), "12DCZ", "{bad}: {k:?}");
+        assert_eq!(values(&k), ["King Inc"], "{bad}");
+    }
+}
+
+/// The unnamed statement's Parse is sent again on the next connection only
+/// when it succeeded: one that failed upstream left no unnamed statement
+/// (a Bind of it gets 26000, not the Parse's error again), and one that
+/// PostgreSQL skipped after an earlier error left the one before.
+#[test]
+fn only_an_unnamed_parse_that_succeeded_follows_the_session() {
+    let proxy = pooled(1, "5s");
+    let sql = "SELECT DISTINCT name FROM merchants";
+    let bad = "SELECT nope FROM merchants";
+    let tags = |m: &[Msg]| m.iter().map(|m| m.tag as char).collect::<String>();
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    // Failed once (sent as it is), then again (as a shared statement).
+    for parses in [1, 2] {
+        for _ in 0..parses {
+            let out = prepare(&mut king, "", bad);
+            assert_eq!(error_code(&out).as_deref(), Some("42703"), "{out:?}");
+        }
+        assert_eq!(values(&bel.query(sql).unwrap()), ["Bel Air"]);
+        let gone = run_prepared(&mut king, "");
+        assert_eq!(tags(&gone), "EZ", "after {parses}: {gone:?}");
+        let e = gone.iter().find(|m| m.tag == b'E').unwrap();
+        assert_eq!(e.field(b'C').as_deref(), Some("26000"), "{gone:?}");
+        assert_eq!(
+            e.field(b'M').as_deref(),
+            Some("unnamed prepared statement does not exist")
+        );
+    }
+    // Skipped: an Execute of a portal that does not exist fails first.
+    for runs in [1, 2] {
+        for _ in 0..runs {
+            assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
+        }
+        let mut buf = BytesMut::new();
+        frontend::execute("no_such_portal", 0, &mut buf).unwrap();
+        frontend::parse("", "SELECT 'skipped'", [], &mut buf).unwrap();
+        frontend::close(b'S', "", &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        king.send(&buf).unwrap();
+        let out = king.until_ready().unwrap();
+        assert_eq!(tags(&out), "EZ", "{out:?}");
+        assert_eq!(values(&bel.query(sql).unwrap()), ["Bel Air"]);
+        let ran = run_prepared(&mut king, "");
+        assert_eq!(tags(&ran), "2DCZ", "after {runs} runs: {ran:?}");
+        assert_eq!(values(&ran), ["King Inc"]);
+    }
+    // A Close that ran leaves nothing to send again.
+    let mut buf = BytesMut::new();
+    frontend::close(b'S', "", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    king.send(&buf).unwrap();
+    assert_eq!(tags(&king.until_ready().unwrap()), "3Z");
+    assert_eq!(values(&bel.query(sql).unwrap()), ["Bel Air"]);
+    let gone = run_prepared(&mut king, "");
+    assert_eq!(error_code(&gone).as_deref(), Some("26000"), "{gone:?}");
+}

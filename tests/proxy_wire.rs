@@ -77,6 +77,12 @@ fn wait_for_sessions(condition: &str, want: i64, timeout: Duration, what: &str) 
     }
 }
 
+/// The suite runs in transaction pooling (`ROWGATE_TEST_POOL`, see
+/// `common`).
+fn transaction_pooling() -> bool {
+    std::env::var("ROWGATE_TEST_POOL").is_ok_and(|v| v == "transaction")
+}
+
 /// Proof that the proxy still serves: a new member session sees its rows.
 fn still_serving() {
     let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
@@ -495,6 +501,19 @@ fn an_upstream_restart_ends_the_session_with_an_error() {
     let mut buf = BytesMut::new();
     frontend::query("SELECT 1", &mut buf).unwrap();
     let _ = raw.send(&buf);
+    if transaction_pooling() {
+        // The session held no connection while idle: the one ended is
+        // replaced unseen (tests/pool.rs), and the statement runs.
+        let out = raw.until_ready().unwrap();
+        assert_eq!(
+            first_value(&out).as_deref(),
+            Some("1"),
+            "{:?}",
+            errors(&out)
+        );
+        still_serving();
+        return;
+    }
     let mut fatal = None;
     while let Ok(m) = raw.read() {
         if m.tag == b'E' && m.field(b'S').as_deref() == Some("FATAL") {
@@ -771,6 +790,12 @@ fn repeated_statements_prepared_automatically_keep_the_protocol_exact() {
         let complete = out.iter().find(|m| m.tag == b'C').unwrap();
         assert_eq!(complete.body, format!("SELECT {rows}\0").as_bytes());
     }
+    // In transaction pooling rowgate's statements are shared between
+    // sessions, under names that members' catalog reads do not show
+    // (tests/pool.rs follows them).
+    if transaction_pooling() {
+        return;
+    }
     // The simple query's statement is prepared upstream. The extended one
     // was forgotten when the Binds above failed with 26000 (rowgate then
     // assumes its statements may be gone) and closed upstream since.
@@ -997,4 +1022,193 @@ fn a_refused_unnamed_parse_leaves_no_unnamed_statement() {
         let out = raw.until_ready().unwrap();
         assert_eq!(first_value(&out).as_deref(), Some("1"), "{user}");
     }
+}
+
+/// A Query sent after extended-protocol messages and before their Sync,
+/// when one of those messages fails (upstream, or refused): PostgreSQL
+/// discards everything up to the Sync, the Query with it, which gets no
+/// response of its own; the client gets the messages before the error, the
+/// error and one ReadyForQuery. The session stays exact after it: the
+/// query rowgate runs of its own to read the search path back (after a
+/// `SET search_path`) stays unseen, and statements get their own rows.
+#[test]
+fn a_query_discarded_after_an_extended_error_gets_nothing() {
+    let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
+    let no_params: [i32; 0] = [];
+    let cases: [(&str, &[&str], &str, &str); 4] = [
+        ("SELECT nope FROM merchants", &["SELECT 1"], "EZ", "42703"),
+        (
+            "SELECT 10 / (id - 7) FROM merchants",
+            &["SELECT 1"],
+            "12DEZ",
+            "22012",
+        ),
+        (
+            "SELECT * FROM hr.salaries",
+            &["SELECT 1", "SELECT 2"],
+            "EZ",
+            "42501",
+        ),
+        ("SELECT nope FROM merchants", &[], "EZ", "42703"),
+    ];
+    for (sql, queries, want, code) in cases {
+        let mut buf = BytesMut::new();
+        frontend::parse("", sql, [], &mut buf).unwrap();
+        frontend::bind(
+            "",
+            "",
+            [],
+            no_params,
+            |v: i32, b: &mut BytesMut| {
+                b.extend_from_slice(&v.to_be_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            [],
+            &mut buf,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, &mut buf).unwrap();
+        for q in queries {
+            frontend::query(q, &mut buf).unwrap();
+        }
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), want, "{sql}: {:?}", errors(&out));
+        assert_eq!(errors(&out)[0].0, code, "{sql}");
+        // Nothing more comes: the next statement's responses are its own.
+        let out = raw.query("SET search_path = public, pg_catalog").unwrap();
+        assert_eq!(tags(&out), "CZ", "{sql}: {:?}", errors(&out));
+        for _ in 0..2 {
+            let out = raw.query("SELECT count(*) FROM merchants").unwrap();
+            assert_eq!(tags(&out), "TDCZ", "{sql}: {:?}", errors(&out));
+            assert_eq!(first_value(&out).as_deref(), Some("3"), "{sql}");
+            buf.clear();
+            parse_bind_execute(
+                &mut buf,
+                "SELECT count(*) FROM merchants WHERE id > $1",
+                1,
+                false,
+            );
+            frontend::sync(&mut buf);
+            raw.send(&buf).unwrap();
+            let out = raw.until_ready().unwrap();
+            assert_eq!(tags(&out), "12DCZ", "{sql}: {:?}", errors(&out));
+            assert_eq!(first_value(&out).as_deref(), Some("2"), "{sql}");
+        }
+    }
+    still_serving();
+}
+
+/// Bind, Execute and Sync of the unnamed statement with one parameter.
+fn run_unnamed(raw: &mut Client, value: i32) -> Vec<Msg> {
+    let mut buf = BytesMut::new();
+    bind_execute(&mut buf, value);
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    raw.until_ready().unwrap()
+}
+
+/// A Parse of the unnamed statement that PostgreSQL skips (an earlier
+/// message of its pipeline failed) never ran: the unnamed statement before
+/// it stays, also when rowgate's statement stood for that one. So for a
+/// Close of it and a Query, which drop it when they run.
+#[test]
+fn an_unnamed_parse_skipped_after_an_error_keeps_the_statement_before() {
+    let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
+    let sql = "SELECT count(*) FROM merchants WHERE id > $1";
+    // Once the ordinary way, then standing for rowgate's statement.
+    for run in 0..4 {
+        let mut buf = BytesMut::new();
+        parse_bind_execute(&mut buf, sql, 1, false);
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), "12DCZ", "{:?}", errors(&out));
+        assert_eq!(first_value(&out).as_deref(), Some("2"));
+        // An Execute of a portal that does not exist, then a Parse of the
+        // unnamed statement that PostgreSQL skips.
+        buf.clear();
+        frontend::execute("no_such_portal", 0, &mut buf).unwrap();
+        frontend::parse("", "SELECT 'skipped'", [], &mut buf).unwrap();
+        frontend::close(b'S', "", &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(tags(&out), "EZ", "run {run}");
+        assert_eq!(errors(&out)[0].0, "34000", "run {run}");
+        // The statement before is bound.
+        let out = run_unnamed(&mut raw, 7);
+        assert_eq!(tags(&out), "2DCZ", "run {run}: {:?}", errors(&out));
+        assert_eq!(first_value(&out).as_deref(), Some("1"), "run {run}");
+    }
+    // A Query skipped with them.
+    let mut buf = BytesMut::new();
+    frontend::execute("no_such_portal", 0, &mut buf).unwrap();
+    frontend::query("SELECT 1", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    let out = raw.until_ready().unwrap();
+    assert_eq!(tags(&out), "EZ");
+    let out = run_unnamed(&mut raw, 7);
+    assert_eq!(tags(&out), "2DCZ", "{:?}", errors(&out));
+    assert_eq!(first_value(&out).as_deref(), Some("1"));
+    // A Query that runs drops it.
+    assert_eq!(tags(&raw.query("SELECT 1").unwrap()), "TDCZ");
+    let out = run_unnamed(&mut raw, 7);
+    assert_eq!(errors(&out)[0].0, "26000");
+}
+
+/// A repeated unnamed Parse (which rowgate prepares under a name of its
+/// own) that fails upstream leaves no unnamed statement: a Bind of it
+/// fails as PostgreSQL says it, naming the unnamed statement.
+#[test]
+fn a_failed_repeated_unnamed_parse_leaves_postgresql_s_26000() {
+    let (mut gate, _) = login(proxy().port, "member", "member-pw", fixture_db());
+    let mut direct = Client::connect(common::cluster().port).unwrap();
+    direct.login("postgres", fixture_db(), None, &[]).unwrap();
+    let sql = "SELECT count(*) FROM merchants WHERE id > $1";
+    let mut got = Vec::new();
+    for raw in [&mut direct, &mut gate] {
+        let mut buf = BytesMut::new();
+        parse_bind_execute(&mut buf, sql, 1, false);
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        assert_eq!(tags(&raw.until_ready().unwrap()), "12DCZ");
+        // In a failed transaction block the Parse fails, after PostgreSQL
+        // dropped the unnamed statement before it.
+        assert_eq!(tags(&raw.query("BEGIN").unwrap()), "CZ");
+        assert_eq!(tags(&raw.query("SELECT 1/0").unwrap()), "EZ");
+        buf.clear();
+        frontend::parse("", sql, [23], &mut buf).unwrap();
+        frontend::sync(&mut buf);
+        raw.send(&buf).unwrap();
+        let out = raw.until_ready().unwrap();
+        assert_eq!(errors(&out)[0].0, "25P02");
+        let out = run_unnamed(raw, 1);
+        assert_eq!(tags(&out), "EZ");
+        got.push(errors(&out));
+        assert_eq!(tags(&raw.query("ROLLBACK").unwrap()), "CZ");
+        let out = run_unnamed(raw, 1);
+        assert_eq!(tags(&out), "EZ");
+        got.push(errors(&out));
+    }
+    assert_eq!(
+        got[0],
+        [(
+            "26000".to_string(),
+            "unnamed prepared statement does not exist".to_string()
+        )]
+    );
+    assert_eq!(got[0], got[1]);
+    assert_eq!(got[2], got[0], "in the failed block");
+    assert_eq!(got[3], got[0], "after it");
+    // The session goes on.
+    let mut buf = BytesMut::new();
+    parse_bind_execute(&mut buf, sql, 7, false);
+    frontend::sync(&mut buf);
+    gate.send(&buf).unwrap();
+    let out = gate.until_ready().unwrap();
+    assert_eq!(first_value(&out).as_deref(), Some("1"));
 }

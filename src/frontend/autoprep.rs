@@ -370,6 +370,7 @@ pub fn deallocates_all(statements: &[Statement]) -> bool {
 const PREPARING: u8 = 0;
 const READY: u8 = 1;
 const FAILED: u8 = 2;
+const SKIPPED: u8 = 3;
 
 /// A statement rowgate prepared upstream.
 #[derive(Debug)]
@@ -397,7 +398,18 @@ impl Auto {
 
     /// Its preparing failed or was skipped.
     pub fn failed(&self) -> bool {
-        self.state.load(Ordering::SeqCst) == FAILED
+        matches!(self.state.load(Ordering::SeqCst), FAILED | SKIPPED)
+    }
+
+    /// Its message never ran: PostgreSQL skipped it after an earlier
+    /// error in the same cycle.
+    pub fn skipped(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == SKIPPED
+    }
+
+    /// Not settled yet.
+    pub fn pending(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == PREPARING
     }
 
     /// Usable by a message of `cycle`: known to exist, or sent earlier in
@@ -413,7 +425,15 @@ impl Auto {
 
     /// Settles its state (once): prepared or not.
     pub(crate) fn settle(&self, ready: bool) {
-        let state = if ready { READY } else { FAILED };
+        self.settle_as(if ready { READY } else { FAILED });
+    }
+
+    /// Settles its state (once): its message was skipped.
+    pub(crate) fn settle_skipped(&self) {
+        self.settle_as(SKIPPED);
+    }
+
+    fn settle_as(&self, state: u8) {
         let _ = self
             .state
             .compare_exchange(PREPARING, state, Ordering::SeqCst, Ordering::SeqCst);

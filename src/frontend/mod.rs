@@ -24,4 +24,5 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+    pub const UNDEFINED_PSTATEMENT: &str = "26000";
 }

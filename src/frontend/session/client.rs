@@ -55,6 +55,10 @@ pub(super) struct Session<'a> {
     pub texts: HashMap<String, HashMap<Vec<u8>, Seen>>,
     /// The upstream statement that stands for the client's unnamed one.
     pub unnamed: Option<Arc<Auto>>,
+    /// Unnamed Parses sent whose outcome may still undo them, oldest
+    /// first, each with the unnamed statement's state before it (see
+    /// [`Session::settle_unnamed`]).
+    pub unnamed_log: Vec<(Arc<Auto>, UnnamedState)>,
     /// Statements prepared automatically so far (their names' counter).
     pub autos: usize,
     /// Of those, the ones not forgotten since.
@@ -250,6 +254,7 @@ impl Session<'_> {
                             .is_some() =>
                 {
                     let parse = messages::parse(frame.body())?;
+                    let before = self.unnamed_before(parse.name);
                     let sql = view_as::redacted(parse.query.unwrap_or_default()).into_owned();
                     let setting = match self.view_as_request(sql.as_bytes()) {
                         Some(Ok(view_as::ViewAs::Token(_))) => view_as::TOKEN_SETTING,
@@ -270,12 +275,17 @@ impl Session<'_> {
                         self.unnamed_parsed(None);
                     }
                     io.send(&parse_message(parse.name, &marker, parse.types));
+                    self.unnamed_sent(before);
                     self.audit_parsed(frame.body())?;
                 }
                 frontend::QUERY => {
                     if rewrites {
+                        // A Query drops the unnamed statement, unless
+                        // PostgreSQL skips it (see `settle_unnamed`).
+                        let before = self.unnamed_before("");
                         let out = self.query(frame.body(), io).await?;
                         io.send(&out);
+                        self.unnamed_sent(before);
                     } else if let Some(refusal) = self.audit_refusal() {
                         let marker = self.refuse(&refusal);
                         self.note(&refusal_sql(frame.body()), None, Some(&refusal));
@@ -295,8 +305,10 @@ impl Session<'_> {
                     self.pipe.end_cycle();
                 }
                 frontend::PARSE if rewrites => {
+                    let before = self.unnamed_before(messages::parse(frame.body())?.name);
                     let out = self.parse(frame.body(), io).await?;
                     io.send(&out);
+                    self.unnamed_sent(before);
                     self.audit_parsed(frame.body())?;
                 }
                 frontend::PARSE if self.trail.is_some() => {
@@ -314,6 +326,10 @@ impl Session<'_> {
                     self.audit_parsed(frame.body())?;
                 }
                 frontend::BIND | frontend::DESCRIBE if rewrites => {
+                    let to_unnamed = targets_unnamed(frame.tag(), frame.body())?;
+                    if to_unnamed {
+                        self.settle_unnamed();
+                    }
                     if frame.tag() == frontend::BIND && !self.stateful.is_empty() {
                         let (_, statement, _) = messages::bind(frame.body())?;
                         if let Some(effect) = self.stateful.get(statement).cloned() {
@@ -332,7 +348,7 @@ impl Session<'_> {
                             continue;
                         }
                     }
-                    if self.pooled.is_some() && targets_unnamed(frame.tag(), frame.body())? {
+                    if self.pooled.is_some() && to_unnamed {
                         self.restore_unnamed(io);
                     }
                     let out = match reserved_target(frame.tag(), frame.body())? {
@@ -342,7 +358,11 @@ impl Session<'_> {
                     io.send(out.as_ref().unwrap_or(&frame.frame));
                 }
                 frontend::CLOSE if rewrites => {
-                    if messages::target(frame.body())? == (b'S', "") {
+                    let before = match messages::target(frame.body())? {
+                        (b'S', "") => self.unnamed_before(""),
+                        _ => None,
+                    };
+                    if before.is_some() {
                         self.unnamed = None;
                     }
                     self.pipe.expect(backend::CLOSE_COMPLETE, Action::Pass);
@@ -352,6 +372,7 @@ impl Session<'_> {
                     }
                     let out = reserved_target(frontend::CLOSE, frame.body())?;
                     io.send(out.as_ref().unwrap_or(&frame.frame));
+                    self.unnamed_sent(before);
                 }
                 frontend::FUNCTION_CALL => {
                     if rewrites {
@@ -715,6 +736,90 @@ impl Session<'_> {
 
     pub fn refuse(&mut self, refusal: &Refusal) -> String {
         self.refuse_text(refusal, None)
+    }
+}
+
+/// What a Parse of the unnamed statement may change: the statement that
+/// stands for it upstream, and in transaction pooling its Parse to send
+/// again and the shared statement standing for it.
+pub(super) struct UnnamedState {
+    unnamed: Option<Arc<Auto>>,
+    parse: Option<Bytes>,
+    shared: Option<super::pooling::Named>,
+}
+
+/// Unnamed Parses remembered at most while their outcome is unknown.
+const UNNAMED_LOG: usize = 64;
+
+impl Session<'_> {
+    /// Before a Parse named `name` goes (or a Query or a Close of the
+    /// unnamed statement, with `name` empty): for the unnamed statement,
+    /// its state now.
+    fn unnamed_before(&mut self, name: &str) -> Option<UnnamedState> {
+        if !name.is_empty() {
+            return None;
+        }
+        self.settle_unnamed();
+        let pooled = self.pooled.as_ref();
+        Some(UnnamedState {
+            unnamed: self.unnamed.clone(),
+            parse: pooled.and_then(|p| p.unnamed_parse.clone()),
+            shared: pooled.and_then(|p| p.statements.get("").cloned()),
+        })
+    }
+
+    /// An unnamed Parse (or a Query, or a Close of the unnamed statement)
+    /// went, `before` the state before it: its outcome is followed.
+    fn unnamed_sent(&mut self, before: Option<UnnamedState>) {
+        let Some(before) = before else {
+            return;
+        };
+        let outcome = Auto::new(String::new(), self.pipe.cycle());
+        self.pipe.track(outcome.clone());
+        if self.unnamed_log.len() >= UNNAMED_LOG {
+            self.unnamed_log.remove(0);
+        }
+        self.unnamed_log.push((outcome, before));
+    }
+
+    /// Takes in the outcomes of unnamed Parses known so far, as PostgreSQL
+    /// had them: one skipped after an earlier error in its cycle never ran
+    /// and changed nothing (the statement before it stays); one that ran
+    /// and failed left no unnamed statement (PostgreSQL drops the old one
+    /// before it parses), so in transaction pooling nothing is sent again
+    /// for it; one that succeeded stands. A Parse whose outcome is not
+    /// known yet stands meanwhile. The same for a Query and a Close of the
+    /// unnamed statement, which drop it when they run.
+    pub(super) fn settle_unnamed(&mut self) {
+        while let Some((outcome, _)) = self.unnamed_log.last() {
+            if outcome.pending() {
+                return;
+            }
+            if outcome.skipped() {
+                if let Some((_, before)) = self.unnamed_log.pop() {
+                    self.unnamed = before.unnamed;
+                    if let Some(p) = &mut self.pooled {
+                        p.unnamed_parse = before.parse;
+                        match before.shared {
+                            Some(named) => p.statements.insert(String::new(), named),
+                            None => p.statements.remove(""),
+                        };
+                    }
+                }
+                continue;
+            }
+            if outcome.failed() {
+                // Without a session of its own, a Bind names the statement
+                // that stood for it, and its 26000 says the unnamed one
+                // does not exist (see `Pipeline::on_server`).
+                if let Some(p) = &mut self.pooled {
+                    p.unnamed_parse = None;
+                    p.unnamed_missing = false;
+                    p.statements.remove("");
+                }
+            }
+            self.unnamed_log.clear();
+        }
     }
 }
 

@@ -505,6 +505,7 @@ async fn session(
         shapes: HashMap::new(),
         texts: HashMap::new(),
         unnamed: None,
+        unnamed_log: Vec::new(),
         autos: 0,
         live: 0,
         retired: Vec::new(),

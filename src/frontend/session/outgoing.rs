@@ -29,7 +29,12 @@ pub(super) fn query_message(text: &str) -> Bytes {
 
 /// The name of a session's `n`th automatic statement.
 pub(super) fn auto_name(nonce: u64, n: usize) -> String {
-    format!("{AUTO}{nonce:016x}_{n}")
+    format!("{}{n}", auto_prefix(nonce))
+}
+
+/// What the names of a session's automatic statements start with.
+pub(super) fn auto_prefix(nonce: u64) -> String {
+    format!("{AUTO}{nonce:016x}_")
 }
 
 pub(super) fn parse_message(name: &str, text: &str, types: &[u8]) -> Bytes {

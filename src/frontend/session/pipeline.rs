@@ -4,12 +4,21 @@
 //! ties the two directions together.
 //!
 //! - **Cycles.** Every Query, Sync and FunctionCall sent upstream (the
-//!   client's and rowgate's own) is answered by exactly one ReadyForQuery;
-//!   the cycle a message belongs to is the count of those sent before it,
-//!   and the cycle a response belongs to is the count of ReadyForQuery
-//!   received before it. PostgreSQL skips to the Sync after an error, so
-//!   what a cycle still expected when its ReadyForQuery arrives was
-//!   skipped.
+//!   client's and rowgate's own) ends a cycle; the cycle a message belongs
+//!   to is the count of those sent before it, and the cycle a response
+//!   belongs to is the count of cycles ended before it. Each cycle is
+//!   answered by one ReadyForQuery, but for one case: after an error in an
+//!   extended-protocol message PostgreSQL discards every message up to the
+//!   next Sync, a Query or FunctionCall among them, which then gets no
+//!   ReadyForQuery; the Sync's then ends all those cycles at once. What a
+//!   cycle still expected when it ends was skipped.
+//! - **Mixed cycles.** To tell whether an error came from an
+//!   extended-protocol message (and the backend now skips to Sync) or from
+//!   the Query after them, a cycle that a Query or FunctionCall ends while
+//!   extended-protocol messages wait for their Sync keeps the count of
+//!   those messages (the client's and rowgate's own among them), and the
+//!   responses that complete one are counted as they arrive: an error
+//!   before the last of them is an extended-protocol message's.
 //! - **Expected responses.** The responses to rowgate's own messages
 //!   inside a client's cycle (a Close standing for a Parse, an automatic
 //!   `PREPARE`, the Close of a retired statement), in the order sent; each
@@ -76,6 +85,43 @@ struct Expect {
     action: Action,
 }
 
+/// A client message whose outcome the session follows (see
+/// [`Pipeline::track`]).
+#[derive(Debug)]
+struct Tracked {
+    cycle: u64,
+    /// Its place among the cycle's extended-protocol messages.
+    index: u32,
+    outcome: Arc<Auto>,
+}
+
+/// A cycle that a Query or FunctionCall ended while extended-protocol
+/// messages waited for their Sync.
+#[derive(Debug)]
+struct Mixed {
+    cycle: u64,
+    /// The extended-protocol messages sent in it before its Query.
+    extended: u32,
+}
+
+/// Whether a response completes an extended-protocol message (each one
+/// gets exactly one of these, or an ErrorResponse): ParseComplete,
+/// BindComplete, CloseComplete, a Describe's RowDescription or NoData, an
+/// Execute's CommandComplete, EmptyQueryResponse or PortalSuspended.
+fn completes_extended(tag: u8) -> bool {
+    matches!(
+        tag,
+        backend::PARSE_COMPLETE
+            | backend::BIND_COMPLETE
+            | backend::CLOSE_COMPLETE
+            | backend::ROW_DESCRIPTION
+            | backend::NO_DATA
+            | backend::COMMAND_COMPLETE
+            | backend::EMPTY_QUERY
+            | backend::PORTAL_SUSPENDED
+    )
+}
+
 /// How the relay reads a message from upstream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inspect {
@@ -114,10 +160,25 @@ pub struct Pipeline {
     /// Extended-protocol messages sent since the last Sync.
     unsynced: bool,
     /// A Query came before a Sync ended the extended-protocol messages
-    /// before it. After an error PostgreSQL skips such a Query without a
-    /// ReadyForQuery, so cycles can no longer be told apart; the session
-    /// then stops preparing statements of its own.
+    /// before it (the session then stops preparing statements of its own).
     mixed: bool,
+    /// Extended-protocol messages sent in the cycle being sent, and
+    /// whether the client's last one is still to be counted (it goes after
+    /// the messages rowgate sends before it).
+    extended: u32,
+    client_extended: bool,
+    /// The mixed cycles sent and not yet ended, in order.
+    mixed_cycles: VecDeque<Mixed>,
+    /// Responses of the cycle receiving that completed an
+    /// extended-protocol message (or, after them, a Query's statement).
+    completed: u32,
+    /// Client messages whose outcome is followed, in order.
+    tracked: VecDeque<Tracked>,
+    /// The prefix of the session's automatic statements' names.
+    auto_prefix: String,
+    /// An extended-protocol message of the cycle receiving failed: the
+    /// backend discards everything up to the next Sync.
+    skipping: bool,
     expect: VecDeque<Expect>,
     own: OwnQueries,
     /// The answer of the last own query, until taken.
@@ -140,6 +201,13 @@ impl Pipeline {
             status: status::IDLE,
             unsynced: false,
             mixed: false,
+            extended: 0,
+            client_extended: false,
+            mixed_cycles: VecDeque::new(),
+            completed: 0,
+            tracked: VecDeque::new(),
+            auto_prefix: super::outgoing::auto_prefix(nonce),
+            skipping: false,
             expect: VecDeque::new(),
             own: OwnQueries::default(),
             answer: None,
@@ -156,6 +224,7 @@ impl Pipeline {
     /// between cycles (no extended-protocol message since the last Sync).
     pub fn on_client(&mut self, tag: u8) -> bool {
         let between = !self.unsynced;
+        self.count_client();
         match tag {
             frontend::SYNC => self.unsynced = false,
             frontend::QUERY if self.unsynced => self.mixed = true,
@@ -163,11 +232,36 @@ impl Pipeline {
             | frontend::BIND
             | frontend::DESCRIBE
             | frontend::EXECUTE
-            | frontend::CLOSE
-            | frontend::FLUSH => self.unsynced = true,
+            | frontend::CLOSE => {
+                self.unsynced = true;
+                self.client_extended = true;
+            }
+            frontend::FLUSH => self.unsynced = true,
             _ => {}
         }
         between
+    }
+
+    /// Counts the client's last extended-protocol message, once rowgate's
+    /// own messages before it are counted.
+    fn count_client(&mut self) {
+        if std::mem::take(&mut self.client_extended) {
+            self.extended += 1;
+        }
+    }
+
+    /// The cycle being sent ends; it is a mixed one if extended-protocol
+    /// messages wait for their Sync.
+    fn close_cycle(&mut self) {
+        self.count_client();
+        if self.unsynced {
+            self.mixed_cycles.push_back(Mixed {
+                cycle: self.sent,
+                extended: self.extended,
+            });
+        }
+        self.extended = 0;
+        self.sent += 1;
     }
 
     /// The cycle the next message sent belongs to.
@@ -177,11 +271,19 @@ impl Pipeline {
 
     /// A message that ends a cycle (Query, Sync, FunctionCall) was sent.
     pub fn end_cycle(&mut self) {
-        self.sent += 1;
+        self.close_cycle();
     }
 
     /// Expects a response tagged `tag` to a message of the current cycle.
+    /// A ParseComplete or CloseComplete to drop (`Drop`, `Restored`)
+    /// answers a message of rowgate's own, sent in addition to the
+    /// client's (before the client's message it goes with).
     pub fn expect(&mut self, tag: u8, action: Action) {
+        if matches!(tag, backend::PARSE_COMPLETE | backend::CLOSE_COMPLETE)
+            && matches!(action, Action::Drop | Action::Restored(_))
+        {
+            self.extended += 1;
+        }
         self.expect.push_back(Expect {
             cycle: self.sent,
             tag,
@@ -201,6 +303,18 @@ impl Pipeline {
         self.expect(backend::COMMAND_COMPLETE, Action::Drop);
     }
 
+    /// Follows the outcome of the client's extended-protocol message just
+    /// sent (after rowgate's own messages that go before it): `outcome`
+    /// settles ready when its response comes, failed when it fails, and
+    /// skipped when PostgreSQL skipped it after an earlier error.
+    pub fn track(&mut self, outcome: Arc<Auto>) {
+        self.tracked.push_back(Tracked {
+            cycle: self.sent,
+            index: self.extended,
+            outcome,
+        });
+    }
+
     /// Extended-protocol messages were sent since the last Sync.
     pub fn unsynced(&self) -> bool {
         self.unsynced
@@ -214,7 +328,7 @@ impl Pipeline {
     /// The next cycle is an own query's (its Query is sent with this call).
     pub fn own_query(&mut self) {
         self.own.register(self.sent);
-        self.sent += 1;
+        self.close_cycle();
     }
 
     /// An own query is under way.
@@ -284,6 +398,77 @@ impl Pipeline {
         }
     }
 
+    /// A message from upstream streamed to the client unread (as
+    /// [`Pipeline::inspect`] said).
+    pub fn on_streamed(&mut self, tag: u8) {
+        if !self.own.owns(self.done) {
+            self.count_server(tag);
+        }
+    }
+
+    /// Counts the responses that complete an extended-protocol message:
+    /// the `n`th is the `n`th message's, and an error is the message's
+    /// after the ones completed (those after it are skipped). In a mixed
+    /// cycle an error before the last extended-protocol message completed
+    /// is one of theirs (the backend skips to Sync), an error after them
+    /// the Query's.
+    fn count_server(&mut self, tag: u8) {
+        let done = self.done;
+        if tag == backend::ERROR_RESPONSE {
+            if self
+                .mixed_cycles
+                .front()
+                .is_some_and(|m| m.cycle == done && self.completed < m.extended)
+            {
+                self.skipping = true;
+            }
+            while let Some(t) = self.tracked.front().filter(|t| t.cycle == done) {
+                if t.index == self.completed {
+                    t.outcome.settle(false);
+                } else {
+                    t.outcome.settle_skipped();
+                }
+                self.tracked.pop_front();
+            }
+        } else if completes_extended(tag) {
+            while let Some(t) = self
+                .tracked
+                .front()
+                .filter(|t| t.cycle == done && t.index <= self.completed)
+            {
+                t.outcome.settle(true);
+                self.tracked.pop_front();
+            }
+            self.completed = self.completed.saturating_add(1);
+        }
+    }
+
+    /// Cycles up to `cycle` ended.
+    fn forget_mixed(&mut self, cycle: u64) {
+        while self.mixed_cycles.front().is_some_and(|m| m.cycle <= cycle) {
+            self.mixed_cycles.pop_front();
+        }
+    }
+
+    /// A 26000 error naming one of the session's automatic statements can
+    /// only answer a Bind or Describe of the client's unnamed statement
+    /// that one stood for (the client cannot name rowgate's statements):
+    /// PostgreSQL's words for the unnamed statement instead.
+    fn unnamed_missing(&self, body: &[u8]) -> Option<Bytes> {
+        let mut fields = wire::error_fields(body);
+        let code = fields.iter().find(|(c, _)| *c == b'C').map(|(_, v)| v);
+        if code.map(String::as_str) != Some(sqlstate::UNDEFINED_PSTATEMENT) {
+            return None;
+        }
+        let quoted = format!("prepared statement \"{}", self.auto_prefix);
+        let message = fields.iter_mut().find(|(c, _)| *c == b'M')?;
+        if !message.1.starts_with(&quoted) {
+            return None;
+        }
+        message.1 = "unnamed prepared statement does not exist".to_string();
+        Some(wire::error_from_fields(&fields))
+    }
+
     /// A whole message from upstream (one [`Pipeline::inspect`] asked for).
     pub fn on_server(&mut self, tag: u8, body: &[u8]) -> Reply {
         if self.own.owns(self.done) {
@@ -293,16 +478,36 @@ impl Pipeline {
                 return Reply::Relay;
             }
             if let Some(answer) = self.own.take(self.done, tag, body) {
+                self.forget_mixed(self.done);
                 self.done += 1;
                 self.status = answer.status;
                 self.answer = Some(answer);
             }
             return Reply::Drop;
         }
+        self.count_server(tag);
         match tag {
             backend::READY_FOR_QUERY => {
-                self.end_received(self.done);
-                self.done += 1;
+                // After an extended-protocol error, the cycles that
+                // Queries ended before the Sync were skipped with it: this
+                // ReadyForQuery is the Sync's and ends them all.
+                let mut last = self.done;
+                if std::mem::take(&mut self.skipping) {
+                    while self.mixed_cycles.front().is_some_and(|m| m.cycle <= last) {
+                        self.mixed_cycles.pop_front();
+                        last += 1;
+                    }
+                } else {
+                    self.forget_mixed(last);
+                }
+                self.completed = 0;
+                // What the merged cycles were to do never ran.
+                while let Some(t) = self.tracked.front().filter(|t| t.cycle <= last) {
+                    t.outcome.settle_skipped();
+                    self.tracked.pop_front();
+                }
+                self.end_received(last);
+                self.done = last + 1;
                 self.status = body.first().copied().unwrap_or(status::IDLE);
                 if std::mem::take(&mut self.drop_ready) {
                     Reply::Deferred
@@ -313,11 +518,14 @@ impl Pipeline {
             backend::ERROR_RESPONSE => {
                 if autoprep::stale_statement_error(body) {
                     self.stale = true;
+                    // rowgate's own EXECUTE of an automatic statement.
                     if let Some(Action::Retry(sql)) = self.take_expected(tag) {
                         if self.may_retry() {
                             self.drop_ready = true;
                             return Reply::Retry(sql);
                         }
+                    } else if let Some(error) = self.unnamed_missing(body) {
+                        return Reply::Replace(error);
                     }
                 }
                 match self.refusals.translate(body) {
@@ -763,6 +971,284 @@ mod tests {
         assert!(!p.unsynced());
     }
 
+    /// Parse (failing), Bind, Execute, then a Query before the Sync:
+    /// PostgreSQL discards everything up to the Sync, the Query with it,
+    /// and answers the error and one ReadyForQuery. The Query's cycle ends
+    /// with the Sync's, its expectations (a staged COPY's four tags) with
+    /// it; the next cycles are counted as they are.
+    #[test]
+    fn a_query_skipped_after_an_extended_error_ends_with_the_sync() {
+        let mut p = Pipeline::new(NONCE);
+        send(
+            &mut p,
+            &[frontend::PARSE, frontend::BIND, frontend::EXECUTE],
+        );
+        p.on_client(frontend::QUERY);
+        p.expect_copy_in();
+        p.end_cycle();
+        assert!(p.mixed());
+        send(&mut p, &[frontend::SYNC]);
+        // A Close standing for a Parse in the next cycle.
+        p.on_client(frontend::PARSE);
+        p.expect(backend::CLOSE_COMPLETE, Action::AsParseComplete);
+        send(&mut p, &[frontend::BIND, frontend::EXECUTE, frontend::SYNC]);
+        send(&mut p, &[frontend::QUERY]);
+        assert_eq!(p.cycle(), 4);
+        let bad = error("42703", "column \"nope\" does not exist");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::ERROR_RESPONSE, &bad),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, relayed(2));
+        assert_eq!(p.receiving(), 2, "the Query's cycle ended with the Sync's");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::CLOSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        let mut want = vec![parse_complete()];
+        want.extend(relayed(5));
+        assert_eq!(replies, want);
+        assert!(p.idle());
+    }
+
+    /// Several Queries (and a FunctionCall) skipped before the Sync: the
+    /// one ReadyForQuery ends them all, and a restored statement expected
+    /// in one of them does not exist.
+    #[test]
+    fn every_query_up_to_the_sync_is_skipped() {
+        let mut p = Pipeline::new(NONCE);
+        let s = Auto::new("rowgate_s_x".into(), 0);
+        send(&mut p, &[frontend::PARSE]);
+        send(&mut p, &[frontend::QUERY]);
+        p.on_client(frontend::BIND);
+        p.expect(backend::PARSE_COMPLETE, Action::Restored(s.clone()));
+        send(
+            &mut p,
+            &[
+                frontend::EXECUTE,
+                frontend::QUERY,
+                frontend::FUNCTION_CALL,
+                frontend::SYNC,
+            ],
+        );
+        send(&mut p, &[frontend::QUERY]);
+        let bad = error("42601", "syntax error at or near \"SELEC\"");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::ERROR_RESPONSE, &bad),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, relayed(2));
+        assert!(s.failed(), "skipped: it does not exist");
+        assert_eq!(p.receiving(), 4);
+        assert!(!p.idle());
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, relayed(2), "the ParseComplete is the Query's own");
+        assert!(p.idle());
+    }
+
+    /// A Query before the Sync that runs (the extended messages before it
+    /// succeeded), or fails itself: its ReadyForQuery comes, then the
+    /// Sync's; the error of the Query makes nothing skip.
+    #[test]
+    fn a_query_inside_extended_messages_runs_when_they_succeed() {
+        for query_fails in [false, true] {
+            let mut p = Pipeline::new(NONCE);
+            let s = Auto::new("rowgate_s_x".into(), 0);
+            send(&mut p, &[frontend::PARSE]);
+            p.on_client(frontend::DESCRIBE);
+            p.on_client(frontend::BIND);
+            p.expect(backend::PARSE_COMPLETE, Action::Restored(s.clone()));
+            send(&mut p, &[frontend::EXECUTE, frontend::QUERY]);
+            p.on_client(frontend::PARSE);
+            p.expect(backend::CLOSE_COMPLETE, Action::AsParseComplete);
+            send(&mut p, &[frontend::SYNC]);
+            let bad = error("22012", "division by zero");
+            let mut msgs: Vec<(u8, &[u8])> = vec![
+                (backend::PARSE_COMPLETE, b""),
+                (backend::PARAMETER_DESCRIPTION, b"\0\0"),
+                (backend::ROW_DESCRIPTION, b"x"),
+                (backend::PARSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::DATA_ROW, b"x"),
+                (backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+            ];
+            if query_fails {
+                msgs.push((backend::ERROR_RESPONSE, &bad));
+            } else {
+                msgs.push((backend::ROW_DESCRIPTION, b"x"));
+                msgs.push((backend::COMMAND_COMPLETE, b"SELECT 1\0"));
+            }
+            msgs.push((backend::READY_FOR_QUERY, b"I"));
+            let replies = receive(&mut p, &msgs);
+            let mut want = relayed(3);
+            want.push(Reply::Drop);
+            want.extend(relayed(msgs.len() - 4));
+            assert_eq!(replies, want, "query fails: {query_fails}");
+            assert!(s.ready());
+            assert_eq!(p.receiving(), 1, "the Query's ReadyForQuery");
+            let replies = receive(
+                &mut p,
+                &[
+                    (backend::CLOSE_COMPLETE, b""),
+                    (backend::READY_FOR_QUERY, b"I"),
+                ],
+            );
+            assert_eq!(replies, vec![parse_complete(), Reply::Relay]);
+            assert!(p.idle());
+        }
+    }
+
+    /// An Execute that fails after rows, before a Query: the rows and the
+    /// error are the Execute's, and the Query is skipped.
+    #[test]
+    fn an_execute_failing_before_a_query_skips_it() {
+        let mut p = Pipeline::new(NONCE);
+        let auto = Auto::new("rowgate_auto_1".into(), 0);
+        send(
+            &mut p,
+            &[frontend::PARSE, frontend::BIND, frontend::EXECUTE],
+        );
+        p.on_client(frontend::QUERY);
+        p.expect(backend::COMMAND_COMPLETE, Action::Swallow(auto.clone()));
+        p.end_cycle();
+        send(&mut p, &[frontend::SYNC, frontend::QUERY]);
+        let bad = error("22012", "division by zero");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::BIND_COMPLETE, b""),
+                (backend::DATA_ROW, b"x"),
+                (backend::ERROR_RESPONSE, &bad),
+                (backend::READY_FOR_QUERY, b"I"),
+                (backend::COMMAND_COMPLETE, b"PREPARE\0"),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, relayed(7), "the last PREPARE is the client's");
+        assert!(auto.failed());
+        assert!(p.idle());
+    }
+
+    /// Tracked client messages settle by their place among the cycle's
+    /// extended-protocol messages (rowgate's own counted where they go):
+    /// the one an error answers failed, the ones after it were skipped,
+    /// and so were those of cycles skipped up to the Sync.
+    #[test]
+    fn tracked_messages_settle_by_their_place() {
+        let mut p = Pipeline::new(NONCE);
+        let t: Vec<Arc<Auto>> = (0..5).map(|_| Auto::new(String::new(), 0)).collect();
+        p.on_client(frontend::PARSE);
+        p.track(t[0].clone());
+        p.on_client(frontend::BIND);
+        p.on_client(frontend::PARSE);
+        p.track(t[1].clone());
+        p.on_client(frontend::PARSE);
+        p.track(t[2].clone());
+        send(&mut p, &[frontend::SYNC]);
+        // A Bind with a Parse of rowgate's before it, a Parse, a Query,
+        // a Parse in the next cycle.
+        p.on_client(frontend::BIND);
+        p.expect(backend::PARSE_COMPLETE, Action::Drop);
+        p.on_client(frontend::PARSE);
+        p.track(t[3].clone());
+        send(&mut p, &[frontend::QUERY]);
+        p.on_client(frontend::PARSE);
+        p.track(t[4].clone());
+        send(&mut p, &[frontend::SYNC]);
+
+        let bad = error("42703", "column \"nope\" does not exist");
+        receive(&mut p, &[(backend::PARSE_COMPLETE, b"")]);
+        assert!(t[0].ready() && t[1].pending());
+        receive(
+            &mut p,
+            &[
+                (backend::BIND_COMPLETE, b""),
+                (backend::ERROR_RESPONSE, &bad),
+            ],
+        );
+        assert!(t[1].failed() && !t[1].skipped(), "the error is its own");
+        assert!(t[2].skipped());
+        receive(&mut p, &[(backend::READY_FOR_QUERY, b"I")]);
+        assert!(t[3].pending());
+        let missing = error("26000", "prepared statement \"s\" does not exist");
+        let replies = receive(
+            &mut p,
+            &[
+                (backend::PARSE_COMPLETE, b""),
+                (backend::ERROR_RESPONSE, &missing),
+                (backend::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(replies, vec![Reply::Drop, Reply::Relay, Reply::Relay]);
+        assert!(t[3].skipped(), "after the Bind's error");
+        assert!(t[4].skipped(), "in a cycle skipped up to the Sync");
+        assert!(p.idle());
+    }
+
+    /// A 26000 naming one of the session's automatic statements answers a
+    /// Bind of the unnamed statement it stood for: PostgreSQL's words for
+    /// the unnamed statement. Other names, and rowgate's own EXECUTE,
+    /// keep theirs.
+    #[test]
+    fn a_missing_automatic_statement_is_the_unnamed_one() {
+        let mut p = Pipeline::new(NONCE);
+        let auto = super::super::outgoing::auto_name(NONCE, 3);
+        let missing = |name: &str| {
+            error(
+                "26000",
+                &format!("prepared statement \"{name}\" does not exist"),
+            )
+        };
+        send(&mut p, &[frontend::BIND, frontend::SYNC]);
+        let reply = p.on_server(backend::ERROR_RESPONSE, &missing(&auto));
+        let Reply::Replace(b) = &reply else {
+            panic!("{reply:?}")
+        };
+        let fields = wire::error_fields(&b[5..]);
+        assert!(fields.contains(&(b'C', "26000".into())));
+        assert!(fields.contains(&(b'M', "unnamed prepared statement does not exist".into())));
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'I'));
+        send(&mut p, &[frontend::BIND, frontend::SYNC]);
+        let other = super::super::outgoing::auto_name(NONCE + 1, 3);
+        for name in ["s1", "rowgate_reserved", other.as_str()] {
+            assert_eq!(
+                p.on_server(backend::ERROR_RESPONSE, &missing(name)),
+                Reply::Relay
+            );
+        }
+        p.on_server(backend::READY_FOR_QUERY, &ready(b'T'));
+        p.on_client(frontend::QUERY);
+        p.expect(
+            backend::ERROR_RESPONSE,
+            Action::Retry(Arc::from("SELECT 1")),
+        );
+        p.end_cycle();
+        assert_eq!(
+            p.on_server(backend::ERROR_RESPONSE, &missing(&auto)),
+            Reply::Relay
+        );
+    }
+
     /// Errors too long to be a refusal's stream through unread; results
     /// are read whole only when the audit log follows them.
     #[test]
@@ -811,7 +1297,10 @@ mod tests {
         msgs.iter()
             .map(|&(tag, body)| match p.inspect(tag, body.len() + 4, false) {
                 Inspect::Whole => p.on_server(tag, body),
-                Inspect::Stream => Reply::Relay,
+                Inspect::Stream => {
+                    p.on_streamed(tag);
+                    Reply::Relay
+                }
             })
             .collect()
     }

@@ -88,12 +88,14 @@ pub(super) fn shared_name(text: &str, types: &[u8], settings: &[(String, String)
 impl Session<'_> {
     /// Takes a pooled connection when the session has none.
     pub(super) async fn attach(&mut self, io: &mut Io) -> Result<(), Stop> {
+        if self.pooled.is_none() || io.attached() {
+            return Ok(());
+        }
+        // Detached only when idle: every unnamed Parse's outcome is known.
+        self.settle_unnamed();
         let Some(p) = &mut self.pooled else {
             return Ok(());
         };
-        if io.attached() {
-            return Ok(());
-        }
         match p.pools.acquire(&self.database, &p.wanted).await {
             Ok((server, lease, _)) => {
                 if let Some(key) = server.key {
@@ -366,8 +368,10 @@ impl Session<'_> {
             }
             (b'S', "") => {
                 // Closed upstream too (a Close of the connection's own
-                // unnamed statement is harmless).
+                // unnamed statement is harmless), and not sent again.
                 p.statements.remove("");
+                p.unnamed_parse = None;
+                p.unnamed_missing = false;
                 Ok(None)
             }
             _ => Ok(None),

@@ -304,6 +304,7 @@ impl Session<'_> {
         }
         self.live = 0;
         self.unnamed = None;
+        self.unnamed_log.clear();
     }
 
     /// Close messages for retired automatic statements, whose

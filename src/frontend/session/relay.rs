@@ -407,6 +407,7 @@ impl Session<'_> {
                 return Err(Stop::Upstream(WireError::BadLength(len.into()).to_string()));
             }
             if self.pipe.inspect(tag, len as usize, self.trail.is_some()) == Inspect::Stream {
+                self.pipe.on_streamed(tag);
                 io.passthrough = len as usize + 1;
                 continue;
             }
