@@ -1024,6 +1024,52 @@ fn a_refused_unnamed_parse_leaves_no_unnamed_statement() {
     }
 }
 
+/// `SET rowgate.view_as` as a Query between extended-protocol messages
+/// and their Sync is refused (starting a view runs rowgate's own queries,
+/// which PostgreSQL skips after an error there): after a failed Parse the
+/// client gets the error and one ReadyForQuery, the admin still sees as
+/// itself, and the session goes on; without an error it gets the refusal.
+#[test]
+fn view_as_before_a_sync_is_refused_and_never_hangs() {
+    let (mut raw, _) = login(proxy().port, "admin", "admin-pw", fixture_db());
+    let no_params: [u32; 0] = [];
+    let mut buf = BytesMut::new();
+    frontend::parse("", "SELECT nope FROM merchants", no_params, &mut buf).unwrap();
+    frontend::query("SET rowgate.view_as = 'member'", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    let out = raw.until_ready().unwrap();
+    assert_eq!(tags(&out), "EZ", "{:?}", errors(&out));
+    assert_eq!(errors(&out)[0].0, "42703", "{:?}", errors(&out));
+    // Not viewing: the admin sees every merchant.
+    let out = raw.query("SELECT count(*) FROM merchants").unwrap();
+    assert_eq!(
+        first_value(&out).as_deref(),
+        Some("11"),
+        "{:?}",
+        errors(&out)
+    );
+    // Without an error before it, the refusal itself.
+    buf.clear();
+    frontend::parse("", "SELECT 1", no_params, &mut buf).unwrap();
+    frontend::query("SET rowgate.view_as = 'member'", &mut buf).unwrap();
+    raw.send(&buf).unwrap();
+    let out = raw.until_ready().unwrap();
+    assert!(tags(&out).ends_with("EZ"), "{:?}", tags(&out));
+    assert_eq!(errors(&out)[0].0, "0A000", "{:?}", errors(&out));
+    buf.clear();
+    frontend::sync(&mut buf);
+    raw.send(&buf).unwrap();
+    raw.until_ready().unwrap();
+    let out = raw.query("SELECT count(*) FROM merchants").unwrap();
+    assert_eq!(
+        first_value(&out).as_deref(),
+        Some("11"),
+        "{:?}",
+        errors(&out)
+    );
+}
+
 /// A Query sent after extended-protocol messages and before their Sync,
 /// when one of those messages fails (upstream, or refused): PostgreSQL
 /// discards everything up to the Sync, the Query with it, which gets no

@@ -67,6 +67,12 @@ impl Session<'_> {
         };
         let outcome = match request {
             _ if self.login.role != Role::Admin => Err(Refusal::Setting(setting.into())),
+            // Starting or ending a view runs rowgate's own queries, which
+            // PostgreSQL would skip after an error among extended-protocol
+            // messages still waiting for their Sync.
+            _ if self.pipe.unsynced() => Err(Refusal::unsupported(format!(
+                "SET {setting} before the Sync of extended-protocol messages (send the Sync first)"
+            ))),
             Err(refusal) => Err(refusal),
             Ok(ViewAs::Reset) => {
                 if let Some(was) = self.viewing.take() {
