@@ -708,6 +708,9 @@ fn writes_reach_no_hidden_row() {
         "MERGE INTO merchants t USING (SELECT id FROM generate_series(1, 11) id) s ON t.id = s.id WHEN MATCHED THEN DELETE",
         "MERGE INTO merchants t USING (SELECT id FROM generate_series(1, 11) id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET tier = 1",
         "MERGE INTO orders o USING (SELECT 1 AS id) s ON o.id = s.id WHEN NOT MATCHED THEN INSERT (id, merchant_id, note) VALUES (900, 1, (SELECT string_agg(name, ',') FROM merchants))",
+        // A prepared write reaches no hidden row either.
+        "PREPARE hw(int) AS UPDATE merchants SET name = name WHERE id = $1 RETURNING name; EXECUTE hw(5)",
+        "PREPARE hi(int) AS INSERT INTO orders (id, merchant_id, note) VALUES ($1, 1, (SELECT string_agg(name, ',') FROM merchants)) RETURNING note; EXECUTE hi(901)",
         // Under a WITH, whose queries read visible rows only.
         "WITH h AS (SELECT name FROM merchants) UPDATE orders SET note = (SELECT string_agg(name, ',') FROM h) WHERE id = 1 RETURNING note",
         "WITH h AS (SELECT * FROM merchants WHERE id = 5) UPDATE merchants SET name = 'x' FROM h WHERE merchants.id = h.id RETURNING h.name",

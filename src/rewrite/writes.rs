@@ -536,12 +536,7 @@ fn new_value(value: &Expr, rel: &RelName, column: &str, cx: &Context) -> Result<
     if is_default(value) {
         return default_value(rel, column, ty.as_deref(), cx);
     }
-    let plain = match value {
-        Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
-        Expr::UnaryOp { expr, .. } => matches!(expr.as_ref(), Expr::Value(_)),
-        Expr::Cast { expr, .. } => matches!(expr.as_ref(), Expr::Value(_)),
-        _ => false,
-    };
+    let plain = is_plain(value);
     let Some(ty) = ty else {
         if plain && !is_untyped(value) {
             return Ok(NewValue {
@@ -573,6 +568,33 @@ fn new_value(value: &Expr, rel: &RelName, column: &str, cx: &Context) -> Result<
         check: cast,
         once: false,
     })
+}
+
+/// A constant, a parameter or a column: a value the check may read again.
+fn is_plain(value: &Expr) -> bool {
+    match value {
+        Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
+        Expr::UnaryOp { expr, .. } | Expr::Cast { expr, .. } => {
+            matches!(expr.as_ref(), Expr::Value(_))
+        }
+        _ => false,
+    }
+}
+
+/// Whether [`new_value`] computes `value` once (without building it): a
+/// value that is not plain, of a column of a known type, or `DEFAULT` of
+/// a column whose default is an expression.
+fn computed(value: &Expr, rel: &RelName, column: &str, cx: &Context) -> bool {
+    match value {
+        Expr::Nested(inner) => computed(inner, rel, column, cx),
+        v if is_default(v) => {
+            matches!(
+                cx.catalog.column_default(&rel.schema, &rel.name, column),
+                Some(ColumnDefault::Expr(_))
+            ) && column_type(rel, column, cx).is_some()
+        }
+        v => !is_plain(v) && column_type(rel, column, cx).is_some(),
+    }
 }
 
 /// `DEFAULT` as a value (it reads as a bare identifier).
@@ -707,6 +729,30 @@ fn guard_row(
     Ok(out)
 }
 
+/// New values of filtered columns, by column.
+type FilteredValues = Vec<(String, NewValue)>;
+
+/// The new values a row gives (`values`, by column) to the columns the
+/// filter reads, and their places in the row.
+fn filtered_values(
+    values: &[Expr],
+    columns: &[String],
+    f: &Expr,
+    rel: &RelName,
+    cx: &Context,
+) -> Result<(FilteredValues, Vec<usize>), Refusal> {
+    let read_columns = filter_columns(f, rel);
+    let mut new_values = Vec::new();
+    let mut at = Vec::new();
+    for (i, column) in columns.iter().enumerate() {
+        if read_columns.contains(column) {
+            new_values.push((column.clone(), new_value(&values[i], rel, column, cx)?));
+            at.push(i);
+        }
+    }
+    Ok((new_values, at))
+}
+
 /// The new values a row gives the columns the filter reads, checked:
 /// `values` the row's values by column (`columns`), replaced in place;
 /// `other` what the check reads for a filtered column the row does not
@@ -719,15 +765,7 @@ fn check_row(
     other: &dyn Fn(&str) -> Expr,
     cx: &Context,
 ) -> Result<(), Refusal> {
-    let read_columns = filter_columns(f, rel);
-    let mut new_values = Vec::new();
-    let mut at = Vec::new();
-    for (i, column) in columns.iter().enumerate() {
-        if read_columns.contains(column) {
-            new_values.push((column.clone(), new_value(&values[i], rel, column, cx)?));
-            at.push(i);
-        }
-    }
+    let (new_values, at) = filtered_values(values, columns, f, rel, cx)?;
     let guarded = guard_row(f, rel, &new_values, other)?;
     for (i, value) in at.into_iter().zip(guarded) {
         values[i] = value;
@@ -750,16 +788,8 @@ fn check_assignments(
     tuple: bool,
     cx: &Context,
 ) -> Result<(), Refusal> {
-    let read_columns = filter_columns(f, rel);
-    let mut new_values = Vec::new();
-    let mut at = Vec::new();
-    for (i, column) in columns.iter().enumerate() {
-        if read_columns.contains(column) {
-            let value = new_value(&assignments[i].value, rel, column, cx)?;
-            new_values.push((column.clone(), value));
-            at.push(i);
-        }
-    }
+    let values: Vec<Expr> = assignments.iter().map(|a| a.value.clone()).collect();
+    let (new_values, at) = filtered_values(&values, columns, f, rel, cx)?;
     let computed: Vec<usize> = (0..new_values.len())
         .filter(|&k| new_values[k].1.once)
         .collect();
@@ -1318,13 +1348,12 @@ fn insert_values(insert: &mut Insert, cx: &Context, outer: &Outer) -> Result<(),
         SetExpr::Values(values) => {
             let mut several = false;
             for row in values.rows.iter().filter(|r| r.len() == width) {
-                let mut computed = 0;
-                for (value, column) in row.iter().zip(&columns) {
-                    if read_columns.contains(column) && new_value(value, &rel, column, cx)?.once {
-                        computed += 1;
-                    }
-                }
-                several |= computed > 1;
+                let count = row
+                    .iter()
+                    .zip(&columns)
+                    .filter(|(v, c)| read_columns.contains(c) && computed(v, &rel, c, cx))
+                    .count();
+                several |= count > 1;
             }
             several
         }
