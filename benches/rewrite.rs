@@ -87,7 +87,8 @@ fn policy() -> PolicySet {
 
 fn bench_rewrite(c: &mut Criterion) {
     let policy = policy();
-    let access: Access = policy.access("emea_teller").expect("the bench user exists");
+    let access: std::sync::Arc<Access> =
+        policy.access("emea_teller").expect("the bench user exists");
     let catalog = OfflineCatalog::new(&policy);
     let search_path = default_search_path();
     let cx = Context {

@@ -94,7 +94,7 @@ const USERS: &[&str] = &[
 ];
 
 struct Fixture {
-    users: Vec<Access>,
+    users: Vec<std::sync::Arc<Access>>,
     catalog: OfflineCatalog,
     search_path: Vec<String>,
 }

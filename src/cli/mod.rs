@@ -78,7 +78,7 @@ struct UserView {
     config: Config,
     /// The policy set of the data source the user's session would use.
     policy: std::sync::Arc<crate::policy::PolicySet>,
-    access: crate::policy::Access,
+    access: std::sync::Arc<crate::policy::Access>,
 }
 
 /// The access of a user (or token holder) resolved on every source's
@@ -87,7 +87,7 @@ struct UserView {
 fn on_source(
     config: Config,
     loaded: Loaded,
-    access: crate::policy::Access,
+    access: std::sync::Arc<crate::policy::Access>,
     database: Option<&str>,
 ) -> Option<UserView> {
     let policies = &loaded.policies;
@@ -190,7 +190,7 @@ fn load_token(config_path: &Path, token: &str, database: Option<&str>) -> Option
             .and_then(|identity| loaded.policy().token_access(&identity))
     });
     match access {
-        Ok(access) => on_source(config, loaded, access, database),
+        Ok(access) => on_source(config, loaded, std::sync::Arc::new(access), database),
         Err(reason) => {
             eprintln!("rowgate: token refused: {reason}");
             None

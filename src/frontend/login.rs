@@ -9,6 +9,7 @@
 //! never by the token itself.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use pgwire::messages::startup::Authentication;
@@ -48,7 +49,7 @@ pub async fn authenticate(
     peer: SocketAddr,
     shared: &Shared,
     policy: &PolicySet,
-) -> Result<Access, Failed> {
+) -> Result<Arc<Access>, Failed> {
     let user = policy.users.get(&hello.user);
     if user.is_none() {
         if let Some(tokens) = &shared.tokens {
@@ -98,7 +99,7 @@ async fn token(
     shared: &Shared,
     policy: &PolicySet,
     verifier: &crate::tokens::Verifier,
-) -> Result<Access, Failed> {
+) -> Result<Arc<Access>, Failed> {
     let user = &hello.user;
     let refuse = |issuer: Option<&str>, token_id: Option<&str>, reason: String| {
         let auth = match issuer {
@@ -196,7 +197,7 @@ async fn token(
                 .logins
                 .with_label_values(&["token", "ok"])
                 .inc();
-            Ok(access)
+            Ok(Arc::new(access))
         }
         Err((issuer, token_id, reason)) => {
             let why = refuse(issuer.as_deref(), Some(&token_id), reason);

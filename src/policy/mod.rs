@@ -10,6 +10,7 @@ mod value;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 pub use load::{load_path, load_path_for, load_sources, load_sources_for, Loaded, Source};
 pub(crate) use resolve::{and_all, select_from};
@@ -208,6 +209,28 @@ pub struct PolicySet {
     pub tables: BTreeMap<RelName, TablePolicy>,
     /// User-defined functions members may call, schema-qualified.
     pub functions: BTreeSet<RelName>,
+    /// Each declared user's access, resolved once and shared by all of
+    /// their sessions.
+    resolved: AccessCache,
+}
+
+/// Declared users' resolved access. A policy set is not changed once
+/// sessions use it (a reload makes new sets), so an entry stays right for
+/// the set's life; a copy of the set starts empty, since a copy may be
+/// changed before use.
+#[derive(Default)]
+struct AccessCache(dashmap::DashMap<String, Option<Arc<Access>>>);
+
+impl Clone for AccessCache {
+    fn clone(&self) -> Self {
+        AccessCache::default()
+    }
+}
+
+impl fmt::Debug for AccessCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccessCache({} users)", self.0.len())
+    }
 }
 
 impl PolicySet {
@@ -219,18 +242,29 @@ impl PolicySet {
         self.attributes.get(name).copied()
     }
 
-    /// Resolves everything `user` may read and see; `None` for an unknown user.
-    pub fn access(&self, user: &str) -> Option<Access> {
-        resolve::resolve(self, user)
+    /// Resolves everything `user` may read and see; `None` for an unknown
+    /// user. A declared user is resolved once per policy set: their
+    /// sessions share it.
+    pub fn access(&self, user: &str) -> Option<Arc<Access>> {
+        if let Some(known) = self.resolved.0.get(user) {
+            return known.clone();
+        }
+        // Only declared names are kept, so that names clients make up
+        // take no memory.
+        let access = resolve::resolve(self, user).map(Arc::new);
+        if self.users.contains_key(user) {
+            self.resolved.0.insert(user.to_string(), access.clone());
+        }
+        access
     }
 
     /// Resolves again the access of a session's login (a declared user, or
     /// a signed token's identity) against this policy set; `None` when it
     /// no longer resolves (the user, or the token's integration or a group
     /// it names, is gone).
-    pub fn reresolve(&self, login: &Access) -> Option<Access> {
+    pub fn reresolve(&self, login: &Access) -> Option<Arc<Access>> {
         match &login.token {
-            Some(identity) => self.token_access(identity).ok(),
+            Some(identity) => self.token_access(identity).ok().map(Arc::new),
             None => self.access(&login.user),
         }
     }
@@ -337,5 +371,75 @@ impl Policies {
             (Some(only), None) => Ok(only.clone()),
             _ => Err(SourceRefusal::NoDefault),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "
+attributes:
+  region: { type: text }
+users:
+  ann:
+    password: x
+    tables: [public.orders]
+    attributes: { region: [EMEA] }
+  bob:
+    password: x
+    tables: [public.orders]
+    attributes: { region: [APAC] }
+tables:
+  public.orders:
+    filters:
+      - { column: region, attribute: region }
+";
+
+    fn policy() -> PolicySet {
+        let sources = [Source {
+            path: "p.yaml".into(),
+            text: POLICY.into(),
+        }];
+        load_sources(&sources).unwrap().policy().clone()
+    }
+
+    #[test]
+    fn a_declared_users_access_is_resolved_once_and_shared() {
+        let p = policy();
+        let first = p.access("ann").expect("ann is declared");
+        let again = p.access("ann").expect("ann is declared");
+        assert!(Arc::ptr_eq(&first, &again), "one value for every session");
+        assert_eq!(*first, resolve::resolve(&p, "ann").unwrap());
+        let bob = p.access("bob").expect("bob is declared");
+        assert!(!Arc::ptr_eq(&first, &bob));
+        assert_ne!(
+            first.filter(&RelName::new("public", "orders")),
+            bob.filter(&RelName::new("public", "orders"))
+        );
+        // Re-resolving a declared login gives the shared value too.
+        let re = p.reresolve(&first).expect("ann still resolves");
+        assert!(Arc::ptr_eq(&first, &re));
+    }
+
+    #[test]
+    fn unknown_names_are_not_kept_and_copies_start_empty() {
+        let p = policy();
+        for i in 0..100 {
+            assert!(p.access(&format!("nobody{i}")).is_none());
+        }
+        assert_eq!(
+            p.resolved.0.len(),
+            0,
+            "names clients make up take no memory"
+        );
+        let ann = p.access("ann").unwrap();
+        assert_eq!(p.resolved.0.len(), 1);
+        // A copy may be changed before use: it resolves afresh.
+        let mut copy = p.clone();
+        assert_eq!(copy.resolved.0.len(), 0);
+        copy.users.get_mut("ann").unwrap().attributes.clear();
+        let changed = copy.access("ann").unwrap();
+        assert_ne!(*changed, *ann);
     }
 }

@@ -589,7 +589,9 @@ impl LiveCatalog {
                 return Ok(s.clone());
             }
         }
-        let mut snapshot = self.load(database).await?;
+        // Boxed: a session awaits this rarely, and its own future should
+        // not hold the load's state while idle.
+        let mut snapshot = Box::pin(self.load(database)).await?;
         if let Some(old) = self.inner.snapshots.get(database) {
             snapshot.generation = if old.same_objects(&snapshot) {
                 old.generation

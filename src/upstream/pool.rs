@@ -271,7 +271,9 @@ impl Pools {
         };
         let mut server = match reused {
             Some(s) => s,
-            None => self.open(database).await?,
+            // Boxed (rare): an idle session's future then holds none of
+            // the connect's state.
+            None => Box::pin(self.open(database)).await?,
         };
         let reported = match tokio::time::timeout(APPLY_TIMEOUT, server.apply(wanted)).await {
             Ok(Ok(r)) => r,

@@ -40,7 +40,7 @@ pub(super) struct Session<'a> {
     pub database: String,
     /// The source's policy set.
     pub policy: Arc<PolicySet>,
-    pub access: Access,
+    pub access: Arc<Access>,
     pub catalog: Arc<Snapshot>,
     pub cache: HashMap<String, Result<Forward, Refusal>>,
     pub nonce: u64,
@@ -96,7 +96,7 @@ pub(super) struct Session<'a> {
     pub audit_portals: HashMap<String, Arc<Decided>>,
     /// The access the client logged in with; `access` is another user's
     /// while an admin looks as them (`SET rowgate.view_as`).
-    pub login: Access,
+    pub login: Arc<Access>,
     /// The user an admin session looks as.
     pub viewing: Option<String>,
     /// The session's members of audit records.
@@ -237,7 +237,9 @@ impl Session<'_> {
                     if view_as::mentions_body(frame.body())
                         && self.view_as_request(frame.body()).is_some() =>
                 {
-                    let out = self.view_as_query(frame.body(), io).await?;
+                    // Boxed (rare): the session's future holds none of its
+                    // state while idle.
+                    let out = Box::pin(self.view_as_query(frame.body(), io)).await?;
                     io.send(&out);
                     self.audit_push(Await::Query);
                     self.pipe.end_cycle();
@@ -718,13 +720,23 @@ impl Session<'_> {
             return true;
         }
         self.policy = current;
-        let login = self.policy.reresolve(&self.login).as_ref() == Some(&self.login);
-        // The viewed user (declared, or a token's) resolved again.
-        let viewed = match &self.viewing {
-            None => true,
-            Some(_) => self.policy.reresolve(&self.access).as_ref() == Some(&self.access),
+        let unchanged = |was: &Arc<Access>| self.policy.reresolve(was).filter(|now| now == was);
+        let Some(login) = unchanged(&self.login) else {
+            return false;
         };
-        login && viewed
+        // The viewed user (declared, or a token's) resolved again.
+        let access = match &self.viewing {
+            None => login.clone(),
+            Some(_) => match unchanged(&self.access) {
+                Some(access) => access,
+                None => return false,
+            },
+        };
+        // The new set's values, shared with the sessions that start now
+        // (the old set's go with the last session holding them).
+        self.login = login;
+        self.access = access;
+        true
     }
 
     /// Registers a refusal and returns the text that stands in for the

@@ -58,7 +58,7 @@ use super::startup::{self, First};
 use super::tags;
 use crate::audit::{Audit, Trail};
 use crate::config::Upstream;
-use crate::policy::{Policies, PolicySet, Role};
+use crate::policy::{Policies, Role};
 use crate::rewrite::{self, Fence, Refusal};
 use crate::tls::Stream;
 use crate::upstream::pool::{self, PoolError, Pools};
@@ -206,13 +206,46 @@ async fn fatal(stream: &mut Stream, code: &str, message: &str) {
     let _ = stream.shutdown().await;
 }
 
+/// A session from its first byte to its relay.
 async fn session(
-    mut stream: Stream,
+    stream: Stream,
     peer: SocketAddr,
     shared: &Shared,
     shutdown: watch::Receiver<bool>,
     log: &mut LogLine,
 ) -> Outcome {
+    // The login is boxed and gone once done: this future lives as long as
+    // the session, and would otherwise keep room for the login's state (a
+    // TLS handshake, SCRAM, a connect) while the session idles.
+    let mut opened = match Box::pin(open(stream, peer, shared, shutdown, log)).await {
+        Ok(opened) => opened,
+        Err(outcome) => return outcome,
+    };
+    let stop = opened.session.relay(&mut opened.io).await;
+    // Boxed (once, at the end) for the same reason.
+    let outcome = Box::pin(opened.session.finish(opened.io, stop)).await;
+    log.statements = opened.session.statements;
+    log.refused = opened.session.refused;
+    outcome
+}
+
+/// A session logged in, with its connections, ready to relay.
+struct Opened<'a> {
+    session: Session<'a>,
+    io: Io,
+    /// Removes the session's cancel key when it ends.
+    _cancel: CancelGuard<'a>,
+}
+
+/// Startup, login and the upstream connection: the session ready to
+/// relay, or how it ended before.
+async fn open<'a>(
+    mut stream: Stream,
+    peer: SocketAddr,
+    shared: &'a Shared,
+    shutdown: watch::Receiver<bool>,
+    log: &mut LogLine,
+) -> Result<Opened<'a>, Outcome> {
     let mut buf = BytesMut::with_capacity(8192);
     let hello = match startup::negotiate(&mut stream, &mut buf, shared.tls.as_ref()).await {
         Ok(First::Cancel { pid, secret }) => {
@@ -231,17 +264,17 @@ async fn session(
                     warn!(peer = %peer, "cannot forward a cancel request to instance {instance}: {e}");
                 }
             }
-            return Outcome::Cancel;
+            return Err(Outcome::Cancel);
         }
         Ok(First::Startup(s)) => s,
-        Err(startup::StartupError::Wire(WireError::Closed)) => return Outcome::ClientGone,
+        Err(startup::StartupError::Wire(WireError::Closed)) => return Err(Outcome::ClientGone),
         Err(e) => {
             let code = match e {
                 startup::StartupError::Protocol(..) => sqlstate::FEATURE_NOT_SUPPORTED,
                 _ => sqlstate::PROTOCOL_VIOLATION,
             };
             fatal(&mut stream, code, &e.to_string()).await;
-            return Outcome::Rejected(e.to_string());
+            return Err(Outcome::Rejected(e.to_string()));
         }
     };
     log.user = Some(hello.user.clone());
@@ -264,7 +297,7 @@ async fn session(
             }
         });
         if stream.write_all(&out).await.is_err() {
-            return Outcome::ClientGone;
+            return Err(Outcome::ClientGone);
         }
     }
 
@@ -280,8 +313,8 @@ async fn session(
     .await
     {
         Ok(access) => access,
-        Err(super::login::Failed::ClientGone) => return Outcome::ClientGone,
-        Err(super::login::Failed::Rejected(why)) => return Outcome::Rejected(why),
+        Err(super::login::Failed::ClientGone) => return Err(Outcome::ClientGone),
+        Err(super::login::Failed::Rejected(why)) => return Err(Outcome::Rejected(why)),
     };
 
     // An admin may start out looking as a user (`options=-c
@@ -296,12 +329,12 @@ async fn session(
                 let refusal = Refusal::ViewAsUnknown(name);
                 let why = refusal.to_string();
                 fatal(&mut stream, refusal.sqlstate(), &why).await;
-                return Outcome::Rejected(why);
+                return Err(Outcome::Rejected(why));
             }
         },
         Err(why) => {
             fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &why).await;
-            return Outcome::Rejected(why);
+            return Err(Outcome::Rejected(why));
         }
     };
     // The database the client named chooses the data source (the session's
@@ -318,24 +351,28 @@ async fn session(
         Ok(_) => {
             let why = "the data source is not configured".to_string();
             fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
-            return Outcome::Rejected(why);
+            return Err(Outcome::Rejected(why));
         }
         Err(refusal) => {
             let why = refusal.to_string();
             warn!(user = %hello.user, database = %hello.database, "{why}");
             fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
-            return Outcome::Rejected(why);
+            return Err(Outcome::Rejected(why));
         }
     };
-    let (login, access) = match (
-        policy.reresolve(&login),
-        reresolve_viewed(&policy, &viewing, &access),
-    ) {
+    // Without view-as, the session's access is its login's (one shared
+    // value, as every session of a declared user shares it).
+    let login = policy.reresolve(&login);
+    let access = match &viewing {
+        Some(name) => policy.access(name),
+        None => login.clone(),
+    };
+    let (login, access) = match (login, access) {
         (Some(l), Some(a)) => (l, a),
         _ => {
             let why = "the user no longer resolves".to_string();
             fatal(&mut stream, sqlstate::INVALID_PASSWORD, &why).await;
-            return Outcome::Rejected(why);
+            return Err(Outcome::Rejected(why));
         }
     };
     log.source = Some(source.name.clone());
@@ -348,7 +385,7 @@ async fn session(
         Ok(p) => p,
         Err(why) => {
             fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &why).await;
-            return Outcome::Rejected(why);
+            return Err(Outcome::Rejected(why));
         }
     };
     // Members and analysts share pooled connections in transaction mode;
@@ -372,7 +409,7 @@ async fn session(
                     _ => sqlstate::CONNECTION_FAILURE,
                 };
                 fatal(&mut stream, code, &why).await;
-                return Outcome::Failed(why);
+                return Err(Outcome::Failed(why));
             }
         },
     };
@@ -405,13 +442,13 @@ async fn session(
             } else {
                 let _ = stream.write_all(&frame).await;
             }
-            return Outcome::Rejected("upstream refused the session".into());
+            return Err(Outcome::Rejected("upstream refused the session".into()));
         }
         Err(e) => {
             warn!(user = %hello.user, "upstream connection failed: {e}");
             let msg = "rowgate could not connect to the upstream database";
             fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
-            return Outcome::Failed(e.to_string());
+            return Err(Outcome::Failed(e.to_string()));
         }
     };
     let catalog = if access.role == Role::Admin {
@@ -423,7 +460,7 @@ async fn session(
                 warn!(database = %database, "cannot read the upstream catalog: {e}");
                 let msg = "rowgate could not read the upstream catalog";
                 fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await;
-                return Outcome::Failed(e.to_string());
+                return Err(Outcome::Failed(e.to_string()));
             }
         }
     };
@@ -463,7 +500,7 @@ async fn session(
     });
     out.put_slice(&ready);
     if stream.write_all(&out).await.is_err() {
-        return Outcome::ClientGone;
+        return Err(Outcome::ClientGone);
     }
 
     let nonce: u64 = rand::random();
@@ -546,10 +583,11 @@ async fn session(
             });
         }
     }
-    let outcome = session.relay(io).await;
-    log.statements = session.statements;
-    log.refused = session.refused;
-    outcome
+    Ok(Opened {
+        session,
+        io,
+        _cancel,
+    })
 }
 
 /// A ReadyForQuery, idle.
@@ -559,18 +597,6 @@ const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
 enum Upstreamed {
     Own(upstream::Connected),
     Pooled(pool::Server, pool::Lease, Vec<Bytes>),
-}
-
-/// The viewed user's access on the chosen source's policy set.
-fn reresolve_viewed(
-    policy: &PolicySet,
-    viewing: &Option<String>,
-    access: &crate::policy::Access,
-) -> Option<crate::policy::Access> {
-    match viewing {
-        Some(name) => policy.access(name),
-        None => policy.reresolve(access),
-    }
 }
 
 /// Removes a cancel key when its session ends.

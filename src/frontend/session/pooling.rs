@@ -96,7 +96,9 @@ impl Session<'_> {
         let Some(p) = &mut self.pooled else {
             return Ok(());
         };
-        match p.pools.acquire(&self.database, &p.wanted).await {
+        // Boxed: an idle session's future holds no room for a wait on the
+        // pool (one allocation a transaction).
+        match Box::pin(p.pools.acquire(&self.database, &p.wanted)).await {
             Ok((server, lease, _)) => {
                 if let Some(key) = server.key {
                     let source = self.source.clone();

@@ -319,13 +319,9 @@ fn has_frame(buf: &[u8]) -> bool {
 }
 
 impl Session<'_> {
-    /// Relays until the session ends; how it ended.
-    pub(super) async fn relay(&mut self, mut io: Io) -> Outcome {
-        let stop = self.relay_loop(&mut io).await;
-        self.finish(io, stop).await
-    }
-
-    async fn relay_loop(&mut self, io: &mut Io) -> Stop {
+    /// Relays until the session stops; why it stopped (then
+    /// [`Session::finish`]).
+    pub(super) async fn relay(&mut self, io: &mut Io) -> Stop {
         loop {
             if let Err(stop) = self.turn(io).await {
                 return stop;
@@ -439,7 +435,7 @@ impl Session<'_> {
 
     /// Ends the session: the client is told why when there is something
     /// to tell, before the connections close.
-    async fn finish(&mut self, mut io: Io, stop: Stop) -> Outcome {
+    pub(super) async fn finish(&mut self, mut io: Io, stop: Stop) -> Outcome {
         let (outcome, fatal, read_first) = match stop {
             Stop::Outcome(Outcome::Terminated) if self.pooled.is_none() => {
                 // The Terminate goes upstream, so that PostgreSQL ends the
@@ -511,7 +507,7 @@ impl Session<'_> {
             if read_first {
                 // Read what the client already sent, so that closing does
                 // not reset the connection before the client reads why.
-                let mut scratch = [0u8; 8192];
+                let mut scratch = vec![0u8; 8192];
                 let rd = &mut io.client_rd;
                 let _ = tokio::time::timeout(Duration::from_millis(100), async {
                     while matches!(rd.read(&mut scratch).await, Ok(n) if n > 0) {}

@@ -2,6 +2,8 @@
 //! rowgate.view_as`, and the ones rowgate answers itself (`SHOW
 //! rowgate.access`, `SELECT rowgate.explain('...')`).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tracing::warn;
 
@@ -87,7 +89,10 @@ impl Session<'_> {
                 None => Err(Refusal::ViewAsUnknown(name)),
             },
             Ok(ViewAs::Token(token)) => match self.token_access(&token).await {
-                Ok(access) => self.start_viewing(access.user.clone(), access, io).await?,
+                Ok(access) => {
+                    self.start_viewing(access.user.clone(), Arc::new(access), io)
+                        .await?
+                }
                 Err(refusal) => Err(refusal),
             },
         };
@@ -109,7 +114,7 @@ impl Session<'_> {
     async fn start_viewing(
         &mut self,
         name: String,
-        access: crate::policy::Access,
+        access: Arc<crate::policy::Access>,
         io: &mut Io,
     ) -> Result<Result<(), Refusal>, Stop> {
         if !access.may_use_source(&self.source.name) {
