@@ -666,13 +666,7 @@ fn only_an_unnamed_parse_that_succeeded_follows_the_session() {
         for _ in 0..runs {
             assert_eq!(values(&parse_and_run(&mut king, sql)), ["King Inc"]);
         }
-        let mut buf = BytesMut::new();
-        frontend::execute("no_such_portal", 0, &mut buf).unwrap();
-        frontend::parse("", "SELECT 'skipped'", [], &mut buf).unwrap();
-        frontend::close(b'S', "", &mut buf).unwrap();
-        frontend::sync(&mut buf);
-        king.send(&buf).unwrap();
-        let out = king.until_ready().unwrap();
+        let out = king.skipped_unnamed_parse().unwrap();
         assert_eq!(tags(&out), "EZ", "{out:?}");
         assert_eq!(values(&bel.query(sql).unwrap()), ["Bel Air"]);
         let ran = run_prepared(&mut king, "");

@@ -83,16 +83,21 @@ fn transaction_pooling() -> bool {
     std::env::var("ROWGATE_TEST_POOL").is_ok_and(|v| v == "transaction")
 }
 
-/// Proof that the proxy still serves: a new member session sees its rows.
-fn still_serving() {
-    let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
+/// `SELECT count(*) FROM merchants` on `raw` gives `want`.
+fn assert_merchants(raw: &mut Client, want: &str) {
     let out = raw.query("SELECT count(*) FROM merchants").unwrap();
     assert_eq!(
         first_value(&out).as_deref(),
-        Some("3"),
+        Some(want),
         "{:?}",
         errors(&out)
     );
+}
+
+/// Proof that the proxy still serves: a new member session sees its rows.
+fn still_serving() {
+    let (mut raw, _) = login(proxy().port, "member", "member-pw", fixture_db());
+    assert_merchants(&mut raw, "3");
 }
 
 #[test]
@@ -1042,13 +1047,7 @@ fn view_as_before_a_sync_is_refused_and_never_hangs() {
     assert_eq!(tags(&out), "EZ", "{:?}", errors(&out));
     assert_eq!(errors(&out)[0].0, "42703", "{:?}", errors(&out));
     // Not viewing: the admin sees every merchant.
-    let out = raw.query("SELECT count(*) FROM merchants").unwrap();
-    assert_eq!(
-        first_value(&out).as_deref(),
-        Some("11"),
-        "{:?}",
-        errors(&out)
-    );
+    assert_merchants(&mut raw, "11");
     // Without an error before it, the refusal itself.
     buf.clear();
     frontend::parse("", "SELECT 1", no_params, &mut buf).unwrap();
@@ -1061,13 +1060,7 @@ fn view_as_before_a_sync_is_refused_and_never_hangs() {
     frontend::sync(&mut buf);
     raw.send(&buf).unwrap();
     raw.until_ready().unwrap();
-    let out = raw.query("SELECT count(*) FROM merchants").unwrap();
-    assert_eq!(
-        first_value(&out).as_deref(),
-        Some("11"),
-        "{:?}",
-        errors(&out)
-    );
+    assert_merchants(&mut raw, "11");
 }
 
 /// A Query sent after extended-protocol messages and before their Sync,
@@ -1175,13 +1168,7 @@ fn an_unnamed_parse_skipped_after_an_error_keeps_the_statement_before() {
         assert_eq!(first_value(&out).as_deref(), Some("2"));
         // An Execute of a portal that does not exist, then a Parse of the
         // unnamed statement that PostgreSQL skips.
-        buf.clear();
-        frontend::execute("no_such_portal", 0, &mut buf).unwrap();
-        frontend::parse("", "SELECT 'skipped'", [], &mut buf).unwrap();
-        frontend::close(b'S', "", &mut buf).unwrap();
-        frontend::sync(&mut buf);
-        raw.send(&buf).unwrap();
-        let out = raw.until_ready().unwrap();
+        let out = raw.skipped_unnamed_parse().unwrap();
         assert_eq!(tags(&out), "EZ", "run {run}");
         assert_eq!(errors(&out)[0].0, "34000", "run {run}");
         // The statement before is bound.

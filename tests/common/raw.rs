@@ -215,6 +215,20 @@ impl Client {
         self.until_ready()
     }
 
+    /// An Execute of a portal that does not exist, then a Parse and a Close
+    /// of the unnamed statement, which PostgreSQL skips after the error,
+    /// and a Sync: the messages up to ReadyForQuery.
+    #[allow(dead_code)]
+    pub fn skipped_unnamed_parse(&mut self) -> Result<Vec<Msg>, String> {
+        let mut buf = BytesMut::new();
+        frontend::execute("no_such_portal", 0, &mut buf).map_err(|e| e.to_string())?;
+        frontend::parse("", "SELECT 'skipped'", [], &mut buf).map_err(|e| e.to_string())?;
+        frontend::close(b'S', "", &mut buf).map_err(|e| e.to_string())?;
+        frontend::sync(&mut buf);
+        self.send(&buf)?;
+        self.until_ready()
+    }
+
     /// A simple-query `COPY ... FROM STDIN` with `data`: the messages up to
     /// ReadyForQuery (the data is sent when the server asks for it).
     #[allow(dead_code)]
