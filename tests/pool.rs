@@ -148,10 +148,13 @@ fn a_transaction_keeps_its_connection_and_others_wait_for_it() {
 }
 
 #[test]
-fn a_setting_pins_the_session_and_a_client_waiting_too_long_gets_53300() {
+fn an_idle_session_timeout_pins_the_session_and_a_client_waiting_too_long_gets_53300() {
     let proxy = pooled(1, "500ms");
     let mut king = login(&proxy, "king", "k");
-    let k = king.query("SET datestyle = 'German'").unwrap();
+    // PostgreSQL would end the pooled connection while it waits idle for
+    // another session: the setting keeps king on its connection, where it
+    // acts as natively.
+    let k = king.query("SET idle_session_timeout = '10min'").unwrap();
     assert_eq!(error_code(&k), None, "{k:?}");
     // The connection stays king's: nobody else can have it.
     let mut bel = Client::connect(proxy.port).unwrap();
@@ -165,9 +168,9 @@ fn a_setting_pins_the_session_and_a_client_waiting_too_long_gets_53300() {
     assert!(started.elapsed() >= Duration::from_millis(450));
     assert!(proxy
         .log()
-        .contains("session pinned to its upstream connection"));
-    let k = king.query("SHOW datestyle").unwrap();
-    assert_eq!(values(&k), ["German, DMY"]);
+        .contains("session pinned to its upstream connection: idle_session_timeout is set"));
+    let k = king.query("SHOW idle_session_timeout").unwrap();
+    assert_eq!(values(&k), ["10min"]);
     // Once king is gone, its connection (with its setting) is not reused.
     king.terminate();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -180,8 +183,174 @@ fn a_setting_pins_the_session_and_a_client_waiting_too_long_gets_53300() {
         assert!(Instant::now() < deadline, "the pool never freed");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let b = bel.query("SHOW datestyle").unwrap();
-    assert_eq!(values(&b), ["ISO, MDY"], "king's setting stayed with king");
+    let b = bel.query("SHOW idle_session_timeout").unwrap();
+    assert_eq!(values(&b), ["0"], "king's setting stayed with king");
+}
+
+/// What a step of a settings script shows: its values and its error's
+/// SQLSTATE.
+fn shown(msgs: &[Msg]) -> (Vec<String>, Option<String>) {
+    (values(msgs), error_code(msgs))
+}
+
+/// A native session as the test cluster's superuser with the startup
+/// parameters `extra`.
+fn native(db: &str, extra: &[(&str, &str)]) -> Client {
+    let mut raw = Client::connect(common::cluster().port).unwrap();
+    let after = raw.login("postgres", db, None, extra).unwrap();
+    assert_eq!(error_code(&after), None, "{after:?}");
+    raw
+}
+
+/// A member's session with the startup parameters `extra`.
+fn member(proxy: &common::Proxy, user: &str, extra: &[(&str, &str)]) -> Client {
+    let mut raw = Client::connect(proxy.port).unwrap();
+    let password = format!("{user}-pw");
+    let after = raw
+        .login(user, fixture_db(), Some(&password), extra)
+        .unwrap();
+    assert_eq!(error_code(&after), None, "{after:?}");
+    raw
+}
+
+#[test]
+fn settings_follow_their_session_across_connections_and_stay_its_own() {
+    // Two members on a pool of one connection, each statement of the one
+    // after the other's; the same script on two native sessions is the
+    // oracle for what each step gives.
+    let proxy = pooled(1, "2s");
+    let king_params = [("application_name", "k"), ("DateStyle", "SQL, DMY")];
+    let bel_params = [("application_name", "b")];
+    let mut king = member(&proxy, "king", &king_params);
+    let mut bel = member(&proxy, "bel", &bel_params);
+    let mut native_king = native(fixture_db(), &king_params);
+    let mut native_bel = native(fixture_db(), &bel_params);
+    let path_at_login = values(&king.query("SHOW search_path").unwrap());
+    let script: &[(char, &str)] = &[
+        ('k', "SET datestyle = 'German'"),
+        ('b', "SHOW datestyle"),
+        ('k', "SHOW datestyle"),
+        (
+            'k',
+            "SELECT to_char(date '2024-03-01', 'YYYY') || ' ' || date '2024-03-01'",
+        ),
+        ('k', "SET statement_timeout = '5min'"),
+        ('b', "SHOW statement_timeout"),
+        ('k', "SHOW statement_timeout"),
+        // Undone by its transaction's rollback; SET LOCAL ends with its
+        // transaction.
+        (
+            'k',
+            "BEGIN; SET intervalstyle = 'postgres_verbose'; ROLLBACK",
+        ),
+        ('k', "SHOW intervalstyle"),
+        ('k', "BEGIN"),
+        ('k', "SET LOCAL timezone = 'Asia/Tokyo'"),
+        ('k', "SHOW timezone"),
+        ('k', "COMMIT"),
+        ('k', "SHOW timezone"),
+        ('k', "BEGIN; SET lock_timeout = '7s'; COMMIT"),
+        ('b', "SHOW lock_timeout"),
+        ('k', "SHOW lock_timeout"),
+        // A value that would be SQL of its own if it were not quoted.
+        ('k', "SET application_name = 'x''); SELECT 1; --'"),
+        ('b', "SHOW application_name"),
+        ('k', "SHOW application_name"),
+        (
+            'k',
+            "SELECT set_config('application_name', 'renamed', false)",
+        ),
+        ('b', "SHOW application_name"),
+        ('k', "SHOW application_name"),
+        ('b', "SET timezone = 'Europe/Paris'"),
+        ('k', "SHOW timezone"),
+        ('b', "SHOW timezone"),
+        ('b', "SET extra_float_digits = 0"),
+        ('k', "SELECT 0.1::float8 + 0.2::float8"),
+        ('b', "SELECT 0.1::float8 + 0.2::float8"),
+        // RESET goes back to the session's startup value, not the
+        // connection's.
+        ('k', "RESET datestyle"),
+        ('k', "SHOW datestyle"),
+        ('b', "SHOW datestyle"),
+        ('k', "SET datestyle = 'Postgres'"),
+        ('k', "RESET ALL"),
+        ('b', "SHOW datestyle"),
+        ('k', "SHOW datestyle"),
+        ('k', "SHOW application_name"),
+        ('k', "SHOW statement_timeout"),
+        ('k', "SHOW lock_timeout"),
+        ('k', "SHOW timezone"),
+        ('b', "SHOW timezone"),
+        ('b', "RESET ALL"),
+        ('b', "SHOW timezone"),
+        ('b', "SHOW application_name"),
+        ('b', "SHOW extra_float_digits"),
+    ];
+    for (who, sql) in script {
+        let (proxied, oracle) = match who {
+            'k' => (&mut king, &mut native_king),
+            _ => (&mut bel, &mut native_bel),
+        };
+        let got = proxied
+            .query(sql)
+            .unwrap_or_else(|e| panic!("{who}: {sql}: {e}\n{}", proxy.log()));
+        let want = shown(&oracle.query(sql).unwrap());
+        assert_eq!(shown(&got), want, "{who}: {sql}");
+    }
+    // The search path too, which rowgate sets for members at login.
+    king.query("SET search_path = pg_catalog, public").unwrap();
+    assert_eq!(
+        values(&bel.query("SHOW search_path").unwrap()),
+        path_at_login
+    );
+    assert_eq!(
+        values(&king.query("SHOW search_path").unwrap()),
+        ["pg_catalog, public"]
+    );
+    assert_eq!(
+        values(&king.query("SELECT DISTINCT name FROM merchants").unwrap()),
+        ["King Inc"]
+    );
+    king.query("RESET search_path").unwrap();
+    assert_eq!(
+        values(&king.query("SHOW search_path").unwrap()),
+        path_at_login
+    );
+    // A prepared statement that changes a setting when it runs, not when
+    // it is parsed.
+    let set = "SELECT set_config('extra_float_digits', '2', false)";
+    assert_eq!(error_code(&prepare(&mut king, "sf", set)), None);
+    let show = "SHOW extra_float_digits";
+    let before = values(&king.query(show).unwrap());
+    assert_eq!(before, values(&native_king.query(show).unwrap()));
+    assert_ne!(before, ["2"]);
+    assert_eq!(values(&run_prepared(&mut king, "sf")), ["2"]);
+    assert_eq!(
+        values(&bel.query(show).unwrap()),
+        values(&native_bel.query(show).unwrap())
+    );
+    assert_eq!(values(&king.query(show).unwrap()), ["2"]);
+    // Nobody was pinned: one connection served both all along.
+    let log = proxy.log();
+    assert!(!log.contains("session pinned"), "{log}");
+}
+
+#[test]
+fn a_statement_timeout_left_on_a_connection_harms_no_other_session() {
+    let proxy = pooled(2, "5s");
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    // A millisecond: rowgate's own queries may be cancelled by it too.
+    let k = king.query("SET statement_timeout = 1").unwrap();
+    assert_eq!(error_code(&k), None, "{k:?}");
+    for _ in 0..20 {
+        king.query("SELECT 1").unwrap();
+        let b = bel.query("SELECT DISTINCT name FROM merchants").unwrap();
+        assert_eq!(error_code(&b), None, "{b:?}");
+        assert_eq!(values(&b), ["Bel Air"]);
+        assert_eq!(values(&bel.query("SHOW statement_timeout").unwrap()), ["0"]);
+    }
 }
 
 #[test]

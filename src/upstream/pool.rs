@@ -269,18 +269,27 @@ impl Pools {
                 }
             }
         };
+        let fresh = reused.is_none();
         let mut server = match reused {
             Some(s) => s,
             // Boxed (rare): an idle session's future then holds none of
             // the connect's state.
             None => Box::pin(self.open(database)).await?,
         };
-        let reported = match tokio::time::timeout(APPLY_TIMEOUT, server.apply(wanted)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(PoolError::Apply(e)),
-            Err(_) => return Err(PoolError::Apply("timed out".into())),
-        };
-        Ok((server, lease, reported))
+        match apply_within(&mut server, wanted).await {
+            Ok(reported) => Ok((server, lease, reported)),
+            // What the last session left made it fail (a statement
+            // timeout of a millisecond firing on the change itself): a
+            // new connection starts from the neutral settings.
+            Err(e) if !fresh => {
+                debug!(database = %database, "a pooled connection could not take a session's settings ({e}): replaced");
+                close(server);
+                let mut server = Box::pin(self.open(database)).await?;
+                let reported = apply_within(&mut server, wanted).await?;
+                Ok((server, lease, reported))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Returns a clean connection (outside a transaction, nothing under
@@ -382,6 +391,18 @@ impl Pools {
     }
 }
 
+/// Puts `wanted` in force on `server` within [`APPLY_TIMEOUT`].
+async fn apply_within(
+    server: &mut Server,
+    wanted: &[(String, String)],
+) -> Result<Vec<Bytes>, PoolError> {
+    match tokio::time::timeout(APPLY_TIMEOUT, server.apply(wanted)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(PoolError::Apply(e)),
+        Err(_) => Err(PoolError::Apply("timed out".into())),
+    }
+}
+
 /// Ends a connection politely, in the background.
 pub fn close(mut s: Server) {
     tokio::spawn(async move {
@@ -398,14 +419,19 @@ pub fn close(mut s: Server) {
 /// `None` when nothing differs.
 pub fn settings_change(from: &[(String, String)], to: &[(String, String)]) -> Option<String> {
     let mut parts = Vec::new();
+    // Names of settings are case-insensitive (a client's startup may say
+    // `datestyle`, PostgreSQL's catalog says `DateStyle`).
     for (name, _) in from {
-        if !to.iter().any(|(n, _)| n == name) {
+        if !to.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
             parts.push(format!("RESET {}", quote_ident(name)));
         }
     }
     let mut sets = Vec::new();
     for (name, value) in to {
-        if from.iter().any(|(n, v)| n == name && v == value) {
+        if from
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
+        {
             continue;
         }
         sets.push(format!(
@@ -420,7 +446,7 @@ pub fn settings_change(from: &[(String, String)], to: &[(String, String)]) -> Op
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-fn quote_literal(s: &str) -> String {
+pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -473,6 +499,12 @@ impl Server {
                 _ => {}
             }
         }
+    }
+
+    /// The settings in force, as the session that used it read them back
+    /// after changing some.
+    pub fn settings_read(&mut self, now: Vec<(String, String)>) {
+        self.applied = now;
     }
 
     /// Registers the connection's sockets with the poller of worker
@@ -574,6 +606,9 @@ mod tests {
             settings_change(&to, &pairs(&[("search_path", "\"a'b\", public")])).unwrap(),
             "RESET \"application_name\""
         );
+        // A name differs from the catalog's in case only: the same setting.
+        let read = pairs(&[("DateStyle", "ISO"), ("search_path", "public")]);
+        assert_eq!(settings_change(&from, &read), None);
     }
 
     #[test]

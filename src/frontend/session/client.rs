@@ -135,6 +135,7 @@ pub(super) struct Stateful {
     pub ends_transaction: bool,
     pub deallocates_all: bool,
     pub path: Option<rewrite::PathChange>,
+    pub resets: bool,
 }
 
 /// A rewrite that may be forwarded.
@@ -336,6 +337,9 @@ impl Session<'_> {
                         let (_, statement, _) = messages::bind(frame.body())?;
                         if let Some(effect) = self.stateful.get(statement).cloned() {
                             self.settings_event(effect.changes_settings, effect.ends_transaction);
+                            if effect.resets {
+                                self.settings_reset();
+                            }
                             if effect.deallocates_all {
                                 // Each run drops rowgate's statements too.
                                 self.forget_autos(false);
@@ -520,7 +524,12 @@ impl Session<'_> {
             }
         };
         if let Ok(f) = &forward {
-            if f.changes_settings || f.ends_transaction || f.deallocates_all || f.path.is_some() {
+            if f.changes_settings
+                || f.ends_transaction
+                || f.deallocates_all
+                || f.path.is_some()
+                || f.resets
+            {
                 self.stateful.insert(
                     parse.name.to_string(),
                     Stateful {
@@ -528,6 +537,7 @@ impl Session<'_> {
                         ends_transaction: f.ends_transaction,
                         deallocates_all: f.deallocates_all,
                         path: f.path.clone(),
+                        resets: f.resets,
                     },
                 );
             } else if !self.stateful.is_empty() {
@@ -586,9 +596,7 @@ impl Session<'_> {
         match result {
             Ok(forward) => {
                 debug!(user = %self.user, sql = %forward.sql, "forward");
-                if forward.changes_settings || forward.path.is_some() {
-                    self.pin("a setting changed");
-                } else if let Some(why) = forward.pins {
+                if let Some(why) = forward.pins {
                     self.pin(why);
                 }
                 if forward.resets {

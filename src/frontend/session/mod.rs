@@ -574,6 +574,8 @@ async fn open<'a>(
                 pools: pools.cloned().expect("pooled only with pools"),
                 lease: Some(lease),
                 wanted: params,
+                startup: None,
+                unsettled: false,
                 pinned: false,
                 unnamed_parse: None,
                 unnamed_missing: false,

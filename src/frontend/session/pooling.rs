@@ -1,8 +1,11 @@
 //! Transaction pooling as a session sees it: it takes a pooled connection
 //! when it has something to send, gives it back when nothing is under way
 //! outside a transaction block, and stays on its connection for good once
-//! it holds state that cannot move to another (a named prepared statement,
-//! a changed setting, a cursor WITH HOLD, a session-level lock).
+//! it holds state that cannot move to another (an SQL `PREPARE`, a cursor
+//! WITH HOLD, a session-level lock, `LISTEN`). Its settings follow it: a
+//! session that changed some reads them back from PostgreSQL before it
+//! gives its connection back, and the next connection it takes is given
+//! them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,23 +20,44 @@ use super::pipeline::Action;
 use super::relay::{Io, Stop};
 use crate::frontend::autoprep::Auto;
 use crate::frontend::messages;
+use crate::frontend::own::Answer;
 use crate::frontend::tags::frontend;
 use crate::frontend::tags::{backend, status};
 use crate::rewrite::Refusal;
-use crate::upstream::pool::{settings_change, Lease, PoolError, Pools};
+use crate::upstream::pool::{quote_literal, Lease, PoolError, Pools};
 use crate::wire::{self, WireError};
 
 /// The prefix of statements' shared names upstream (which members'
 /// catalog reads do not show).
 const SHARED_PREFIX: &str = crate::rewrite::system::SHARED_STATEMENTS;
 
+/// rowgate's own query for the settings a pooled session has in force:
+/// every one whose value is the connection's startup's or was set in the
+/// session (by rowgate, for the session's startup values, or by the
+/// session), as `SHOW` prints it (which `set_config` reads back).
+const SETTINGS_QUERY: &str = "SELECT pg_catalog.json_object_agg(name, \
+     pg_catalog.current_setting(name) ORDER BY name) FROM pg_catalog.pg_settings \
+     WHERE source IN ('client', 'session')";
+
+/// A setting that acts on a connection while no session uses it: a
+/// session with it set keeps its connection (PostgreSQL ends that
+/// connection when it has been idle that long, as natively).
+const IDLE_SESSION_TIMEOUT: &str = "idle_session_timeout";
+
 /// A pooled session's hold on the pool.
 pub(super) struct Pooled {
     pub pools: Arc<Pools>,
     /// The connection attached, while one is.
     pub lease: Option<Lease>,
-    /// The settings the session's connection must have (its startup's).
+    /// The settings the session's connection must have: its startup's,
+    /// then, once it changed some, the ones it read back.
     pub wanted: Vec<(String, String)>,
+    /// Its startup's settings, once `wanted` is no longer them (`None`
+    /// while it is).
+    pub startup: Option<Vec<(String, String)>>,
+    /// A statement that may have changed settings ran since they were
+    /// last read back.
+    pub unsettled: bool,
     /// The session stays on its connection from now on.
     pub pinned: bool,
     /// The last unnamed statement's Parse, as sent, while it exists.
@@ -118,16 +142,11 @@ impl Session<'_> {
     /// Gives the connection back when nothing needs it: the pipeline is
     /// idle outside a transaction block and nothing is on its way.
     pub(super) fn detach_if_done(&mut self, io: &mut Io) {
+        let done = self.done(io);
         let Some(p) = &mut self.pooled else {
             return;
         };
-        if p.pinned
-            || !io.attached()
-            || !self.pipe.idle()
-            || self.pipe.status() != status::IDLE
-            || self.pipe.unsynced()
-            || !io.upstream_quiet()
-        {
+        if p.pinned || !done {
             return;
         }
         if let (Some(mut server), Some(lease)) = (io.detach(), p.lease.take()) {
@@ -138,6 +157,75 @@ impl Session<'_> {
             p.pools.release(&self.database, server, lease);
             io.shrink();
         }
+    }
+
+    /// Whether the attached connection is not needed now: the pipeline is
+    /// idle outside a transaction block and nothing is on its way.
+    fn done(&self, io: &Io) -> bool {
+        io.attached()
+            && self.pipe.idle()
+            && self.pipe.status() == status::IDLE
+            && !self.pipe.unsynced()
+            && io.upstream_quiet()
+    }
+
+    /// A statement that may change settings was sent or bound: they are
+    /// read back before the connection goes.
+    pub(super) fn settings_touched(&mut self) {
+        if let Some(p) = &mut self.pooled {
+            p.unsettled = true;
+        }
+    }
+
+    /// Whether the session must read its settings back now: it may have
+    /// changed some, and its connection is about to go.
+    pub(super) fn settings_unsettled(&self, io: &Io) -> bool {
+        self.pooled
+            .as_ref()
+            .is_some_and(|p| p.unsettled && !p.pinned)
+            && self.done(io)
+    }
+
+    /// Reads the session's settings back from its connection (after
+    /// putting its startup values back where a `RESET` undid them), so
+    /// that the next connection it takes is given them. What cannot be
+    /// read, or a setting that acts on an idle connection, keeps the
+    /// session on its connection instead.
+    pub(super) async fn settle_settings(&mut self, io: &mut Io) -> Result<(), Stop> {
+        self.reapply_settings(io).await?;
+        let answer = self.own_query(SETTINGS_QUERY, io).await?;
+        let read = match answer {
+            Answer {
+                failed: false,
+                status: status::IDLE,
+                value,
+            } => read_settings(value.as_deref()),
+            _ => None,
+        };
+        let Some(p) = &mut self.pooled else {
+            return Ok(());
+        };
+        p.unsettled = false;
+        match read {
+            Some(now)
+                if now
+                    .iter()
+                    .any(|(n, v)| n.eq_ignore_ascii_case(IDLE_SESSION_TIMEOUT) && v != "0") =>
+            {
+                self.pin("idle_session_timeout is set");
+            }
+            Some(now) => {
+                if p.startup.is_none() {
+                    p.startup = Some(p.wanted.clone());
+                }
+                if let Some(server) = io.server_mut() {
+                    server.settings_read(now.clone());
+                }
+                p.wanted = now;
+            }
+            None => self.pin("its settings could not be read back"),
+        }
+        Ok(())
     }
 
     /// The session keeps its connection from now on.
@@ -159,7 +247,9 @@ impl Session<'_> {
 
     /// Puts the session's startup settings back after a `RESET`, as an own
     /// query in the same transaction (so that a rollback undoes both, as
-    /// it would undo the `RESET` alone natively).
+    /// it would undo the `RESET` alone natively): the ones whose value no
+    /// longer comes from the session, that is, the ones the `RESET` took
+    /// back to the connection's startup values.
     pub(super) async fn reapply_settings(&mut self, io: &mut Io) -> Result<(), Stop> {
         let Some(p) = &mut self.pooled else {
             return Ok(());
@@ -167,7 +257,7 @@ impl Session<'_> {
         if !std::mem::take(&mut p.reapply) {
             return Ok(());
         }
-        let Some(text) = settings_change(&[], &p.wanted) else {
+        let Some(text) = startup_again(p.startup.as_ref().unwrap_or(&p.wanted)) else {
             return Ok(());
         };
         // In a failed transaction it fails, and the RESET is undone anyway.
@@ -400,6 +490,41 @@ impl Session<'_> {
     }
 }
 
+/// The statement that sets each of `startup` again where its value does
+/// not come from the session (a `RESET` took it back to the connection's
+/// startup value or the server's default).
+fn startup_again(startup: &[(String, String)]) -> Option<String> {
+    if startup.is_empty() {
+        return None;
+    }
+    let rows: Vec<String> = startup
+        .iter()
+        .map(|(n, v)| format!("({}, {})", quote_literal(n), quote_literal(v)))
+        .collect();
+    Some(format!(
+        "SELECT pg_catalog.set_config(p.name, s.value, false) \
+         FROM (VALUES {}) AS s(name, value) \
+         JOIN pg_catalog.pg_settings p ON pg_catalog.lower(p.name) = pg_catalog.lower(s.name) \
+         WHERE p.source <> 'session'",
+        rows.join(", ")
+    ))
+}
+
+/// The settings of [`SETTINGS_QUERY`]'s answer (a JSON object of names
+/// and values; NULL for none); `None` when it is not one.
+fn read_settings(answer: Option<&str>) -> Option<Vec<(String, String)>> {
+    let Some(text) = answer else {
+        return Some(Vec::new());
+    };
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+    map.into_iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::String(v) => Some((name, v)),
+            _ => None,
+        })
+        .collect()
+}
+
 impl Pooled {
     /// The shared name of an unnamed statement parsed again (see
     /// [`shared_name`]), in the pools' current epoch (a stale statement
@@ -417,5 +542,44 @@ impl Pooled {
         settings.push(("types".into(), types.join(",")));
         settings.push(("epoch".into(), self.pools.epoch().to_string()));
         shared_name(template, &[], &settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_read_back_are_the_answers_names_and_values() {
+        let answer = r#"{"DateStyle" : "German, DMY", "statement_timeout" : "5min"}"#;
+        assert_eq!(
+            read_settings(Some(answer)),
+            Some(vec![
+                ("DateStyle".to_string(), "German, DMY".to_string()),
+                ("statement_timeout".to_string(), "5min".to_string()),
+            ])
+        );
+        // NULL: no setting of the session's.
+        assert_eq!(read_settings(None), Some(Vec::new()));
+        // Anything else is not an answer to trust.
+        assert_eq!(read_settings(Some("[1]")), None);
+        assert_eq!(read_settings(Some(r#"{"a": 1}"#)), None);
+        assert_eq!(read_settings(Some("not json")), None);
+    }
+
+    #[test]
+    fn startup_values_are_set_again_where_the_session_no_longer_sets_them() {
+        assert_eq!(startup_again(&[]), None);
+        let startup = vec![
+            ("datestyle".to_string(), "SQL, DMY".to_string()),
+            ("application_name".to_string(), "it's".to_string()),
+        ];
+        assert_eq!(
+            startup_again(&startup).unwrap(),
+            "SELECT pg_catalog.set_config(p.name, s.value, false) \
+             FROM (VALUES ('datestyle', 'SQL, DMY'), ('application_name', 'it''s')) AS s(name, value) \
+             JOIN pg_catalog.pg_settings p ON pg_catalog.lower(p.name) = pg_catalog.lower(s.name) \
+             WHERE p.source <> 'session'"
+        );
     }
 }

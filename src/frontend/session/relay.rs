@@ -341,6 +341,10 @@ impl Session<'_> {
         while let Some(sql) = self.drain(io)? {
             self.run_again(sql, io).await;
         }
+        if self.settings_unsettled(io) {
+            // Boxed (rare): an idle session's future holds no room for it.
+            Box::pin(self.settle_settings(io)).await?;
+        }
         self.detach_if_done(io);
         if !io.attached() {
             io.shrink();

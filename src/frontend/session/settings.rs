@@ -17,6 +17,7 @@ impl Session<'_> {
     /// changes a setting, and when a transaction that changed one ends.
     pub(super) fn settings_event(&mut self, changes_settings: bool, ends_transaction: bool) {
         if changes_settings {
+            self.settings_touched();
             self.set_in_transaction = true;
             self.forget_autos(true);
         }
@@ -36,6 +37,7 @@ impl Session<'_> {
     ) {
         match change {
             Some(change) => {
+                self.settings_touched();
                 self.path_touched = true;
                 self.cycle_touches = true;
                 if let rewrite::PathChange::Set(entries) = change {
