@@ -337,6 +337,47 @@ fn settings_follow_their_session_across_connections_and_stay_its_own() {
 }
 
 #[test]
+fn a_listed_function_that_changes_a_setting_has_it_followed() {
+    // The statement does not say that it changes a setting; the function
+    // the policy lists does, in its body.
+    common::cluster()
+        .connect(fixture_db())
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION public.pool_set_style(s text) RETURNS text \
+             LANGUAGE sql AS $$ SELECT pg_catalog.set_config('datestyle', s, false) $$",
+        )
+        .unwrap();
+    let proxy = pooled(1, "2s");
+    let mut king = login(&proxy, "king", "k");
+    let mut bel = login(&proxy, "bel", "b");
+    // Three times: a statement run again is prepared automatically.
+    for _ in 0..3 {
+        let k = king.query("SELECT pool_set_style('German')").unwrap();
+        assert_eq!(values(&k), ["German, DMY"], "{k:?}");
+        assert_eq!(values(&bel.query("SHOW datestyle").unwrap()), ["ISO, MDY"]);
+        assert_eq!(
+            values(&king.query("SHOW datestyle").unwrap()),
+            ["German, DMY"]
+        );
+        king.query("RESET datestyle").unwrap();
+    }
+    // So through a prepared statement, at each run.
+    let set = "SELECT pool_set_style('Postgres')";
+    assert_eq!(error_code(&prepare(&mut king, "style", set)), None);
+    for _ in 0..2 {
+        assert_eq!(values(&run_prepared(&mut king, "style")), ["Postgres, MDY"]);
+        assert_eq!(values(&bel.query("SHOW datestyle").unwrap()), ["ISO, MDY"]);
+        assert_eq!(
+            values(&king.query("SHOW datestyle").unwrap()),
+            ["Postgres, MDY"]
+        );
+        king.query("RESET datestyle").unwrap();
+    }
+    let log = proxy.log();
+    assert!(!log.contains("session pinned"), "{log}");
+}
+
+#[test]
 fn a_statement_timeout_left_on_a_connection_harms_no_other_session() {
     let proxy = pooled(2, "5s");
     let mut king = login(&proxy, "king", "k");

@@ -587,6 +587,19 @@ pub fn may_call_set_config(sql: &str) -> bool {
     contains_word_part(sql, "set_config")
 }
 
+/// Whether `sql` may call one of `functions` (the user-defined functions
+/// the policy lists): its text names one. Such a function may change
+/// settings (its body may call `set_config`) without the statement saying
+/// so; the proxy then reads the session's settings back in transaction
+/// pooling (`frontend/session/pooling.rs`). A name in a string or a
+/// comment counts too: reading back costs a query, never a setting.
+pub fn may_call_listed(
+    sql: &str,
+    functions: &std::collections::BTreeSet<crate::names::RelName>,
+) -> bool {
+    functions.iter().any(|f| contains_word_part(sql, &f.name))
+}
+
 /// Whether `text` holds `part`, ignoring ASCII case.
 fn contains_word_part(text: &str, part: &str) -> bool {
     text.as_bytes()

@@ -136,6 +136,7 @@ pub(super) struct Stateful {
     pub deallocates_all: bool,
     pub path: Option<rewrite::PathChange>,
     pub resets: bool,
+    pub calls_listed: bool,
 }
 
 /// A rewrite that may be forwarded.
@@ -156,6 +157,9 @@ pub(super) struct Forward {
     pub pins: Option<&'static str>,
     /// Sets settings back to the session's startup values.
     pub resets: bool,
+    /// May call a function the policy lists, which may change settings
+    /// without saying so.
+    pub calls_listed: bool,
     /// A read-write member's COPY FROM STDIN through its staging table: of
     /// the four statements' results the client sees the COPY's.
     pub copy_in: bool,
@@ -173,6 +177,7 @@ impl Forward {
             ends_transaction: false,
             pins: None,
             resets: false,
+            calls_listed: false,
             copy_in: false,
         }
     }
@@ -339,6 +344,9 @@ impl Session<'_> {
                             self.settings_event(effect.changes_settings, effect.ends_transaction);
                             if effect.resets {
                                 self.settings_reset();
+                            }
+                            if effect.calls_listed {
+                                self.settings_touched();
                             }
                             if effect.deallocates_all {
                                 // Each run drops rowgate's statements too.
@@ -529,6 +537,7 @@ impl Session<'_> {
                 || f.deallocates_all
                 || f.path.is_some()
                 || f.resets
+                || f.calls_listed
             {
                 self.stateful.insert(
                     parse.name.to_string(),
@@ -538,6 +547,7 @@ impl Session<'_> {
                         deallocates_all: f.deallocates_all,
                         path: f.path.clone(),
                         resets: f.resets,
+                        calls_listed: f.calls_listed,
                     },
                 );
             } else if !self.stateful.is_empty() {
@@ -601,6 +611,9 @@ impl Session<'_> {
                 }
                 if forward.resets {
                     self.settings_reset();
+                }
+                if forward.calls_listed {
+                    self.settings_touched();
                 }
                 if forward.deallocates_all {
                     self.forget_autos(false);
@@ -713,6 +726,7 @@ impl Session<'_> {
             ends_transaction: autoprep::ends_transaction(statements),
             pins: autoprep::pins_connection(statements, sql),
             resets: autoprep::resets_settings(statements),
+            calls_listed: rewrite::may_call_listed(sql, &self.access.functions),
             copy_in: rewrite::writes::is_copy_in(statements),
             sql: rewritten.sql,
         })
