@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use tracing::warn;
 
@@ -49,6 +49,34 @@ pub struct Metrics {
     pub audit_queue: IntGauge,
     /// Audit records that could not be written or queued.
     pub audit_lost: IntGauge,
+    /// Transaction pooling's figures (see [`PoolMetrics`]).
+    pub pool: PoolMetrics,
+}
+
+/// Transaction pooling's figures, by data source and database where they
+/// are a pool's.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    /// Pooled upstream connections open.
+    pub connections: IntGaugeVec,
+    /// Pooled upstream connections a session holds now.
+    pub in_use: IntGaugeVec,
+    /// Time a session waited for a connection.
+    pub wait_seconds: prometheus::HistogramVec,
+    /// Sessions that waited `pool.max_client_wait` in vain (53300).
+    pub timeouts: IntCounterVec,
+    /// Sessions pinned to their connection, by why.
+    pub pinned: IntCounterVec,
+    /// Sessions' settings read back after a statement that may change one.
+    pub settings_reads: IntCounter,
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -121,7 +149,54 @@ impl Metrics {
             0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.1,
         ];
         let connect = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+        let wait = vec![
+            0.000_01, 0.000_1, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+        ];
+        let pool_labels = &["data_source", "database"];
+        let settings_reads = IntCounter::new(
+            "pool_settings_reads_total",
+            "Sessions' settings read back after a statement that may change one (transaction pooling)",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(settings_reads.clone()))
+            .expect("registered once");
+        let pool = PoolMetrics {
+            connections: gauge_vec(
+                &registry,
+                "pool_connections",
+                "Pooled upstream connections open",
+                pool_labels,
+            ),
+            in_use: gauge_vec(
+                &registry,
+                "pool_connections_in_use",
+                "Pooled upstream connections a session holds now",
+                pool_labels,
+            ),
+            wait_seconds: histogram_vec(
+                &registry,
+                "pool_wait_seconds",
+                "Time a session waited for a pooled connection",
+                wait,
+                pool_labels,
+            ),
+            timeouts: counter_vec(
+                &registry,
+                "pool_wait_timeouts_total",
+                "Sessions that waited pool.max_client_wait for a connection in vain",
+                pool_labels,
+            ),
+            pinned: counter_vec(
+                &registry,
+                "pool_pinned_sessions_total",
+                "Sessions pinned to their pooled connection, by why",
+                &["reason"],
+            ),
+            settings_reads,
+        };
         Metrics {
+            pool,
             audit_queue,
             audit_lost,
             connections,

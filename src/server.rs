@@ -180,7 +180,13 @@ impl Server {
             .iter()
             .map(|(name, upstream)| {
                 let pools = pooled.then(|| {
-                    let pools = Pools::new(config.pool.clone(), upstream.clone(), &path);
+                    let pools = Pools::new(
+                        config.pool.clone(),
+                        upstream.clone(),
+                        &path,
+                        name,
+                        metrics.pool.clone(),
+                    );
                     tokio::spawn(pools.clone().maintain());
                     pools
                 });

@@ -45,13 +45,19 @@ fn sample(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[test]
-fn counters_move_with_traffic_and_health_answers() {
+/// A new database with the differential fixture's data.
+fn fixture_db(prefix: &str) -> String {
     let c = common::cluster();
-    let db = c.create_database("metrics");
+    let db = c.create_database(prefix);
     c.connect(&db)
         .batch_execute(&std::fs::read_to_string("tests/fixtures/differential/schema.sql").unwrap())
         .unwrap();
+    db
+}
+
+#[test]
+fn counters_move_with_traffic_and_health_answers() {
+    let db = fixture_db("metrics");
     let port = common::free_port();
     let proxy = common::Proxy::start(Path::new(POLICY), &format!("metrics: 127.0.0.1:{port}\n"));
     let (status, body) = get(port, "/healthz");
@@ -105,7 +111,17 @@ fn counters_move_with_traffic_and_health_answers() {
         "rowgate_relayed_bytes_total{direction=\"to_upstream\"}",
         50.0,
     );
-    assert_eq!(sample(&after, "rowgate_client_connections"), 1.0, "{after}");
+    // The refused login's connection is counted down when its session
+    // has ended, which may be just after the client saw the refusal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, now) = get(port, "/metrics");
+        if sample(&now, "rowgate_client_connections") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(member);
 
     // A reload moves the policy generation.
@@ -116,6 +132,67 @@ fn counters_move_with_traffic_and_health_answers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(get(port, "/nothing").0, 404);
+}
+
+#[test]
+fn the_pools_figures_follow_its_connections_waits_and_pins() {
+    let db = fixture_db("metrics_pool");
+    let port = common::free_port();
+    let proxy = common::Proxy::start(
+        Path::new(POLICY),
+        &format!(
+            "metrics: 127.0.0.1:{port}\npool:\n  mode: transaction\n  size: 1\n  min_idle: 0\n  max_client_wait: 500ms\n"
+        ),
+    );
+    let pool = format!("{{data_source=\"default\",database=\"{db}\"}}");
+    let figure = |text: &str, name: &str| sample(text, &format!("{name}{pool}"));
+    let mut member = proxy.connect(&db, "member", "member-pw").unwrap();
+    member
+        .simple_query("SELECT count(*) FROM merchants")
+        .unwrap();
+    member.simple_query("SET datestyle = 'German'").unwrap();
+    // The client has its answer before the session reads its settings
+    // back and gives the connection up.
+    let idle = |open: f64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, m) = get(port, "/metrics");
+            if figure(&m, "rowgate_pool_connections") == open
+                && figure(&m, "rowgate_pool_connections_in_use") == 0.0
+            {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "the pool never settled: {m}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let m = idle(1.0);
+    // The login, and each statement, took the connection.
+    assert!(figure(&m, "rowgate_pool_wait_seconds_count") >= 3.0, "{m}");
+    assert!(
+        sample(&m, "rowgate_pool_settings_reads_total") >= 1.0,
+        "{m}"
+    );
+
+    // A cursor WITH HOLD pins the session; another then waits in vain.
+    member
+        .simple_query("DECLARE h CURSOR WITH HOLD FOR SELECT 1")
+        .unwrap();
+    assert!(proxy.connect(&db, "member", "member-pw").is_err());
+    let (_, m) = get(port, "/metrics");
+    assert_eq!(figure(&m, "rowgate_pool_connections_in_use"), 1.0, "{m}");
+    assert_eq!(figure(&m, "rowgate_pool_wait_timeouts_total"), 1.0, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "rowgate_pool_pinned_sessions_total{reason=\"a cursor WITH HOLD\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    // The pinned session gone, its connection is closed, not reused.
+    drop(member);
+    idle(0.0);
 }
 
 #[test]

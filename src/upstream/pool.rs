@@ -25,8 +25,10 @@ use tracing::{debug, warn};
 use super::connect::{connect_within, UpstreamError};
 use crate::config::{PoolConfig, Upstream};
 use crate::frontend::autoprep::Auto;
+use crate::metrics::PoolMetrics;
 use crate::tls::Stream;
 use crate::wire;
+use prometheus::{Histogram, IntCounter, IntGauge};
 
 /// A connection's read half: plain TCP as it is (no dynamic dispatch,
 /// and it can move to another worker's poller), anything else boxed.
@@ -151,6 +153,14 @@ pub struct Server {
     idle_since: Instant,
     /// The worker whose poller its sockets are registered with.
     home: ThreadId,
+    /// The pool's count of open connections, one less when dropped.
+    open: IntGauge,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 /// Why no connection could be had.
@@ -168,11 +178,24 @@ pub enum PoolError {
 /// this is dropped.
 pub struct Lease {
     _permit: OwnedSemaphorePermit,
+    /// The pool's count of connections in use, one less when dropped.
+    in_use: IntGauge,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.in_use.dec();
+    }
 }
 
 struct Pool {
     idle: Mutex<Vec<Server>>,
     permits: Arc<Semaphore>,
+    /// Its figures (the data source's and database's series).
+    open: IntGauge,
+    in_use: IntGauge,
+    wait: Histogram,
+    timeouts: IntCounter,
 }
 
 /// The pools, one per upstream database.
@@ -185,12 +208,21 @@ pub struct Pools {
     /// Bumped when a shared statement went stale: automatic statements'
     /// names include it.
     epoch: AtomicU64,
+    /// The data source's name, for its figures.
+    source: String,
+    metrics: PoolMetrics,
 }
 
 impl Pools {
     /// Pools whose connections start with `search_path` and the state a
     /// member's session pins (standard_conforming_strings, UTF-8).
-    pub fn new(config: PoolConfig, upstream: Upstream, search_path: &str) -> Arc<Self> {
+    pub fn new(
+        config: PoolConfig,
+        upstream: Upstream,
+        search_path: &str,
+        source: &str,
+        metrics: PoolMetrics,
+    ) -> Arc<Self> {
         let neutral = vec![
             ("search_path".to_string(), search_path.to_string()),
             ("standard_conforming_strings".to_string(), "on".to_string()),
@@ -202,6 +234,8 @@ impl Pools {
             neutral,
             by_database: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            source: source.to_string(),
+            metrics,
         })
     }
 
@@ -222,9 +256,15 @@ impl Pools {
         pools
             .entry(database.to_string())
             .or_insert_with(|| {
+                let labels = [self.source.as_str(), database];
+                let m = &self.metrics;
                 Arc::new(Pool {
                     idle: Mutex::new(Vec::new()),
                     permits: Arc::new(Semaphore::new(self.config.size)),
+                    open: m.connections.with_label_values(&labels),
+                    in_use: m.in_use.with_label_values(&labels),
+                    wait: m.wait_seconds.with_label_values(&labels),
+                    timeouts: m.timeouts.with_label_values(&labels),
                 })
             })
             .clone()
@@ -240,11 +280,20 @@ impl Pools {
     ) -> Result<(Server, Lease, Vec<Bytes>), PoolError> {
         let pool = self.pool(database);
         let wait = self.config.max_client_wait;
+        let started = Instant::now();
         let permit = match tokio::time::timeout(wait, pool.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
-            _ => return Err(PoolError::Timeout(wait)),
+            _ => {
+                pool.timeouts.inc();
+                return Err(PoolError::Timeout(wait));
+            }
         };
-        let lease = Lease { _permit: permit };
+        pool.wait.observe(started.elapsed().as_secs_f64());
+        pool.in_use.inc();
+        let lease = Lease {
+            _permit: permit,
+            in_use: pool.in_use.clone(),
+        };
         let here = this_worker();
         let reused = loop {
             let next = {
@@ -274,7 +323,7 @@ impl Pools {
             Some(s) => s,
             // Boxed (rare): an idle session's future then holds none of
             // the connect's state.
-            None => Box::pin(self.open(database)).await?,
+            None => Box::pin(self.open(database, &pool)).await?,
         };
         match apply_within(&mut server, wanted).await {
             Ok(reported) => Ok((server, lease, reported)),
@@ -284,7 +333,7 @@ impl Pools {
             Err(e) if !fresh => {
                 debug!(database = %database, "a pooled connection could not take a session's settings ({e}): replaced");
                 close(server);
-                let mut server = Box::pin(self.open(database)).await?;
+                let mut server = Box::pin(self.open(database, &pool)).await?;
                 let reported = apply_within(&mut server, wanted).await?;
                 Ok((server, lease, reported))
             }
@@ -309,12 +358,14 @@ impl Pools {
         drop(lease);
     }
 
-    async fn open(&self, database: &str) -> Result<Server, UpstreamError> {
+    async fn open(&self, database: &str, pool: &Pool) -> Result<Server, UpstreamError> {
         let limit = self.config.server_connect_timeout;
         let c = connect_within(&self.upstream, database, &self.neutral, limit).await?;
         let (rd, wr, flushes) = halves(c.stream);
         let now = Instant::now();
+        pool.open.inc();
         Ok(Server {
+            open: pool.open.clone(),
             rd,
             wr,
             flushes,
@@ -375,7 +426,7 @@ impl Pools {
                     let Ok(permit) = pool.permits.clone().try_acquire_owned() else {
                         break;
                     };
-                    match self.open(&database).await {
+                    match self.open(&database, &pool).await {
                         Ok(s) => {
                             pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(s);
                             drop(permit);

@@ -193,6 +193,7 @@ impl Session<'_> {
     /// session on its connection instead.
     pub(super) async fn settle_settings(&mut self, io: &mut Io) -> Result<(), Stop> {
         self.reapply_settings(io).await?;
+        self.shared.metrics.pool.settings_reads.inc();
         let answer = self.own_query(SETTINGS_QUERY, io).await?;
         let read = match answer {
             Answer {
@@ -233,6 +234,12 @@ impl Session<'_> {
         if let Some(p) = &mut self.pooled {
             if !p.pinned {
                 p.pinned = true;
+                self.shared
+                    .metrics
+                    .pool
+                    .pinned
+                    .with_label_values(&[why])
+                    .inc();
                 info!(user = %self.user, "session pinned to its upstream connection: {why}");
             }
         }
