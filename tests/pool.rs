@@ -344,7 +344,9 @@ fn a_listed_function_that_changes_a_setting_has_it_followed() {
         .connect(fixture_db())
         .batch_execute(
             "CREATE OR REPLACE FUNCTION public.pool_set_style(s text) RETURNS text \
-             LANGUAGE sql AS $$ SELECT pg_catalog.set_config('datestyle', s, false) $$",
+             LANGUAGE sql AS $$ SELECT pg_catalog.set_config('datestyle', s, false) $$; \
+             CREATE OR REPLACE FUNCTION public.pool_set_digits(d text) RETURNS text \
+             LANGUAGE sql AS $$ SELECT pg_catalog.set_config('extra_float_digits', d, false) $$",
         )
         .unwrap();
     let proxy = pooled(1, "2s");
@@ -361,20 +363,59 @@ fn a_listed_function_that_changes_a_setting_has_it_followed() {
         );
         king.query("RESET datestyle").unwrap();
     }
-    // So through a prepared statement, at each run.
-    let set = "SELECT pool_set_style('Postgres')";
-    assert_eq!(error_code(&prepare(&mut king, "style", set)), None);
+    // So through a prepared statement, at each run (a setting that does
+    // not change how statements read: the session keeps its prepared
+    // statement and is not pinned).
+    let set = "SELECT pool_set_digits('2')";
+    assert_eq!(error_code(&prepare(&mut king, "digits", set)), None);
     for _ in 0..2 {
-        assert_eq!(values(&run_prepared(&mut king, "style")), ["Postgres, MDY"]);
-        assert_eq!(values(&bel.query("SHOW datestyle").unwrap()), ["ISO, MDY"]);
+        assert_eq!(values(&run_prepared(&mut king, "digits")), ["2"]);
         assert_eq!(
-            values(&king.query("SHOW datestyle").unwrap()),
-            ["Postgres, MDY"]
+            values(&bel.query("SHOW extra_float_digits").unwrap()),
+            ["1"]
         );
-        king.query("RESET datestyle").unwrap();
+        assert_eq!(
+            values(&king.query("SHOW extra_float_digits").unwrap()),
+            ["2"]
+        );
+        king.query("RESET extra_float_digits").unwrap();
     }
     let log = proxy.log();
     assert!(!log.contains("session pinned"), "{log}");
+}
+
+#[test]
+fn statements_prepared_under_a_changed_setting_are_not_anothers() {
+    // A date literal is read when a statement is prepared, under the
+    // session's DateStyle then: 03/04 is March in MDY, April in DMY.
+    let proxy = pooled(1, "2s");
+    // The same user and startup: statements of the same text are shared.
+    let mut first = login(&proxy, "king", "dates");
+    let mut second = login(&proxy, "king", "dates");
+    let month = "SELECT extract(month FROM '03/04/2024'::date)";
+    // Prepared automatically inside the transaction that changed the
+    // setting, before the session's settings are read back.
+    first.query("BEGIN").unwrap();
+    first.query("SET datestyle = 'SQL, DMY'").unwrap();
+    for _ in 0..4 {
+        assert_eq!(values(&first.query(month).unwrap()), ["4"]);
+    }
+    first.query("COMMIT").unwrap();
+    for _ in 0..4 {
+        assert_eq!(values(&second.query(month).unwrap()), ["3"]);
+        assert_eq!(values(&first.query(month).unwrap()), ["4"]);
+    }
+    // A named statement made under the old setting keeps its reading, as
+    // natively: the session stays on the connection that has it.
+    let mut third = login(&proxy, "bel", "dates");
+    drop(second);
+    assert_eq!(error_code(&prepare(&mut third, "m", month)), None);
+    third.query("SET datestyle = 'SQL, DMY'").unwrap();
+    assert_eq!(values(&run_prepared(&mut third, "m")), ["3"]);
+    assert_eq!(values(&third.query(month).unwrap()), ["4"]);
+    assert!(proxy.log().contains(
+        "session pinned to its upstream connection: prepared statements made under other settings"
+    ));
 }
 
 #[test]

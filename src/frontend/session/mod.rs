@@ -576,6 +576,7 @@ async fn open<'a>(
                 wanted: params,
                 startup: None,
                 unsettled: false,
+                unique: nonce,
                 pinned: false,
                 unnamed_parse: None,
                 unnamed_missing: false,

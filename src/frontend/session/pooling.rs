@@ -58,6 +58,9 @@ pub(super) struct Pooled {
     /// A statement that may have changed settings ran since they were
     /// last read back.
     pub unsettled: bool,
+    /// The session's own number: while its settings are unsettled, the
+    /// statements it prepares are named for it alone.
+    pub unique: u64,
     /// The session stays on its connection from now on.
     pub pinned: bool,
     /// The last unnamed statement's Parse, as sent, while it exists.
@@ -207,7 +210,16 @@ impl Session<'_> {
             return Ok(());
         };
         p.unsettled = false;
+        // A prepared statement keeps the reading of the settings it was
+        // made under (literals, names); prepared again elsewhere it would
+        // take the new ones, under a name that says the old.
+        let moved = read
+            .as_ref()
+            .is_some_and(|now| !same_reading(&p.wanted, now));
         match read {
+            Some(_) if moved && !p.statements.is_empty() => {
+                self.pin("prepared statements made under other settings");
+            }
             Some(now)
                 if now
                     .iter()
@@ -361,7 +373,7 @@ impl Session<'_> {
         let Some(p) = &mut self.pooled else {
             return parse_message(name, text, types);
         };
-        let shared = shared_name(text, types, &p.wanted);
+        let shared = shared_name(text, types, &p.settings_in_force());
         let named = Named {
             parse: parse_message(&shared, text, types),
             shared,
@@ -517,6 +529,49 @@ fn startup_again(startup: &[(String, String)]) -> Option<String> {
     ))
 }
 
+/// The settings PostgreSQL reads a statement under when it prepares it:
+/// names resolve along `search_path`; date and time literals read by
+/// `DateStyle`, `IntervalStyle` and `TimeZone`, money by `lc_monetary`.
+/// A prepared statement keeps that reading.
+const READING: &[&str] = &[
+    "datestyle",
+    "intervalstyle",
+    "lc_monetary",
+    "search_path",
+    "timezone",
+];
+
+/// Whether two lists of settings read statements alike (see [`READING`]):
+/// the same values of those settings, names in any case, values in any
+/// case and spacing (a startup's `iso, mdy` is the catalog's `ISO, MDY`).
+fn same_reading(a: &[(String, String)], b: &[(String, String)]) -> bool {
+    let reading = |x: &[(String, String)]| -> Vec<(String, String)> {
+        x.iter()
+            .filter(|(n, _)| READING.iter().any(|r| n.eq_ignore_ascii_case(r)))
+            .cloned()
+            .collect()
+    };
+    same_settings(&reading(a), &reading(b))
+}
+
+/// Whether two lists of settings say the same, as PostgreSQL reads them:
+/// names in any case, values in any case and spacing.
+fn same_settings(a: &[(String, String)], b: &[(String, String)]) -> bool {
+    let squeeze = |v: &str| -> String {
+        v.chars()
+            .filter(|c| !c.is_whitespace())
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let covers = |x: &[(String, String)], y: &[(String, String)]| {
+        x.iter().all(|(n, v)| {
+            y.iter()
+                .any(|(m, w)| n.eq_ignore_ascii_case(m) && squeeze(v) == squeeze(w))
+        })
+    };
+    covers(a, b) && covers(b, a)
+}
+
 /// The settings of [`SETTINGS_QUERY`]'s answer (a JSON object of names
 /// and values; NULL for none); `None` when it is not one.
 fn read_settings(answer: Option<&str>) -> Option<Vec<(String, String)>> {
@@ -533,11 +588,24 @@ fn read_settings(answer: Option<&str>) -> Option<Vec<(String, String)>> {
 }
 
 impl Pooled {
+    /// The settings a statement prepared now is read under, for its
+    /// shared name: the session's, as last read back. While a statement
+    /// may have changed them since, they are not known, and the name is
+    /// the session's alone (no other session runs a statement prepared
+    /// under settings that are not its own).
+    fn settings_in_force(&self) -> Vec<(String, String)> {
+        let mut settings = self.wanted.clone();
+        if self.unsettled {
+            settings.push(("session".into(), self.unique.to_string()));
+        }
+        settings
+    }
+
     /// The shared name of an unnamed statement parsed again (see
     /// [`shared_name`]), in the pools' current epoch (a stale statement
     /// takes a new name).
     pub fn unnamed_name(&self, text: &str, types: &[u8]) -> String {
-        let mut settings = self.wanted.clone();
+        let mut settings = self.settings_in_force();
         settings.push(("epoch".into(), self.pools.epoch().to_string()));
         shared_name(text, types, &settings)
     }
@@ -545,7 +613,7 @@ impl Pooled {
     /// The shared name of an automatic statement (see [`shared_name`]),
     /// in the pools' current epoch.
     pub fn auto_name(&self, template: &str, types: &[&str]) -> String {
-        let mut settings = self.wanted.clone();
+        let mut settings = self.settings_in_force();
         settings.push(("types".into(), types.join(",")));
         settings.push(("epoch".into(), self.pools.epoch().to_string()));
         shared_name(template, &[], &settings)
@@ -572,6 +640,28 @@ mod tests {
         assert_eq!(read_settings(Some("[1]")), None);
         assert_eq!(read_settings(Some(r#"{"a": 1}"#)), None);
         assert_eq!(read_settings(Some("not json")), None);
+    }
+
+    #[test]
+    fn only_the_settings_statements_are_read_under_decide_a_move() {
+        let pairs = |l: &[(&str, &str)]| -> Vec<(String, String)> {
+            l.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let startup = pairs(&[("datestyle", "iso, mdy"), ("application_name", "a")]);
+        // The catalog's spelling of the same values, and a setting that
+        // only formats output.
+        let read = pairs(&[
+            ("DateStyle", "ISO, MDY"),
+            ("application_name", "b"),
+            ("extra_float_digits", "2"),
+        ]);
+        assert!(same_reading(&startup, &read));
+        let dmy = pairs(&[("DateStyle", "SQL, DMY"), ("application_name", "a")]);
+        assert!(!same_reading(&startup, &dmy));
+        let path = pairs(&[("datestyle", "iso, mdy"), ("search_path", "hr")]);
+        assert!(!same_reading(&startup, &path));
     }
 
     #[test]
