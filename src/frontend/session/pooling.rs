@@ -192,7 +192,8 @@ impl Session<'_> {
     /// Reads the session's settings back from its connection (after
     /// putting its startup values back where a `RESET` undid them), so
     /// that the next connection it takes is given them. What cannot be
-    /// read, or a setting that acts on an idle connection, keeps the
+    /// read, a setting that acts on an idle connection, or a change of how
+    /// statements read while the session holds prepared ones keeps the
     /// session on its connection instead.
     pub(super) async fn settle_settings(&mut self, io: &mut Io) -> Result<(), Stop> {
         self.reapply_settings(io).await?;
